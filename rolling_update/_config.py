@@ -1,0 +1,328 @@
+"""Config: a TOML file validated by pydantic, plus the files it names.
+
+Everything that can be wrong with the input is found here, before the first
+Docker call, and reported as a :class:`ConfigError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._errors import ConfigError
+
+DEFAULT_CONFIG = Path("rolling-update.toml")
+
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EXPANSION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(ge=0, le=86_400)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_env_names(env: dict[str, str]) -> dict[str, str]:
+    for key in env:
+        if not _ENV_NAME.match(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+    return env
+
+
+EnvMap = Annotated[dict[str, str], AfterValidator(_check_env_names)]
+
+
+class ServiceConfig(_Section):
+    name: str = Field(description="Name of the production container (blue, then the new one).")
+    green_name: str = Field(description="Name of the container that warms up beside blue.")
+    host: str = Field("127.0.0.1", description="Address the tool probes the service on.")
+    port: Port = Field(description="Port production serves on.")
+    green_port: Port = Field(description="Port green serves on while it warms up.")
+    port_env: list[str] = Field(
+        default_factory=lambda: ["PORT"],
+        min_length=1,
+        description="Env var(s) that tell the app which port to bind; each gets the port.",
+    )
+    network: str = Field("host", description="Docker network mode of every container.")
+    env_file: Path | None = Field(
+        None, description="Env file passed to every container (docker --env-file format)."
+    )
+    restart: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
+        "unless-stopped", description="Restart policy of green and the production container."
+    )
+    stop_timeout: int = Field(
+        10, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL when stopping blue."
+    )
+
+    @field_validator("name", "green_name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _CONTAINER_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+            )
+        return value
+
+    @field_validator("port_env")
+    @classmethod
+    def _valid_port_env(cls, value: list[str]) -> list[str]:
+        _check_env_names(dict.fromkeys(value, ""))
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ServiceConfig:
+        if self.port == self.green_port:
+            raise ValueError(f"port and green_port are both {self.port}; they must differ")
+        if self.name == self.green_name:
+            raise ValueError("name and green_name must differ")
+        return self
+
+
+class ImageConfig(_Section):
+    name: str = Field(
+        description="Image reference to build and run; '{version}' is replaced by the version."
+    )
+    version_file: Path = Field(description="JSON file holding the version (e.g. package.json).")
+    version_key: str = Field("version", description="Key of the version in version_file.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        try:
+            value.format(version="0")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad template {value!r}: only {{version}} may be used") from exc
+        return value
+
+
+class BuildConfig(_Section):
+    enabled: bool = Field(True, description="Build the image; false expects it to exist.")
+    context: Path | None = Field(None, description="Docker build context directory.")
+    dockerfile: str = Field("Dockerfile", description="Dockerfile path inside the context.")
+    args: dict[str, str] = Field(default_factory=dict, description="Build arguments.")
+    command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="External build command instead of context; '{image}' is replaced.",
+    )
+    timeout: PositiveSeconds = Field(900, description="Deadline of the build, in seconds.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> BuildConfig:
+        if self.enabled and (self.context is None) == (self.command is None):
+            raise ValueError("set exactly one of build.context and build.command")
+        return self
+
+
+class MigrateConfig(_Section):
+    commands: list[list[str]] = Field(
+        default_factory=list, description="Commands run in order in a one-off container."
+    )
+    timeout: PositiveSeconds = Field(600, description="Deadline of each migration command.")
+
+    @field_validator("commands")
+    @classmethod
+    def _non_empty(cls, value: list[list[str]]) -> list[list[str]]:
+        if any(not command for command in value):
+            raise ValueError("a migration command must not be empty")
+        return value
+
+
+class GreenConfig(_Section):
+    env: EnvMap = Field(
+        default_factory=dict,
+        repr=False,
+        description="Env overrides for green only, while it runs beside blue.",
+    )
+
+
+class HealthConfig(_Section):
+    path: str = Field("/health", description="Health endpoint path.")
+    expect_status: int = Field(200, ge=100, le=599, description="HTTP status that counts.")
+    expect_json: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Fields (dotted paths) the JSON body must have, with these values.",
+    )
+    version_field: str | None = Field(
+        "version", description="Dotted path of the version in the health body; none to skip."
+    )
+    interval: PositiveSeconds = Field(5.0, description="Seconds between green health probes.")
+    attempts: int = Field(12, ge=1, le=10_000, description="Probes before green counts as dead.")
+    request_timeout: PositiveSeconds = Field(2.0, description="Deadline of one HTTP probe.")
+    max_body_bytes: int = Field(65_536, ge=64, description="Larger answers count as unhealthy.")
+
+
+class TickConfig(_Section):
+    enabled: bool = Field(True, description="Wait for blue's tick boundary before switching.")
+    path: str = Field("/api/brain/tick/status", description="Tick status endpoint path.")
+    interval: PositiveSeconds = Field(0.5, description="Seconds between tick status polls.")
+    timeout: PositiveSeconds = Field(300, description="Deadline for a safe tick boundary.")
+    settle: Seconds = Field(10, description="Seconds to wait after the tick ends (0 allowed).")
+    guard: Seconds = Field(
+        5, description="No switch starts when next_tick is less than this many seconds away."
+    )
+
+
+class VerifyConfig(_Section):
+    interval: PositiveSeconds = Field(0.02, description="Seconds between production probes.")
+    timeout: PositiveSeconds = Field(30, description="Deadline for production to serve.")
+
+
+class RollbackConfig(_Section):
+    step_timeout: PositiveSeconds = Field(60, description="Deadline of each compensation.")
+
+
+class Config(_Section):
+    service: ServiceConfig
+    image: ImageConfig
+    build: BuildConfig = Field(default_factory=lambda: BuildConfig(enabled=False))
+    migrate: MigrateConfig = Field(default_factory=MigrateConfig)
+    env: EnvMap = Field(
+        default_factory=dict,
+        repr=False,
+        description="Env for every container; ${VAR:-default} is expanded from the tool's env.",
+    )
+    green: GreenConfig = Field(default_factory=GreenConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    tick: TickConfig = Field(default_factory=TickConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+
+
+def expand(value: str, environ: Mapping[str, str], *, key: str) -> str:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$$`` the way compose files do."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = environ.get(name)
+        if found:
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(f"${{{name}}} is not set and has no default", key=key)
+
+    return _EXPANSION.sub(substitute, value)
+
+
+def _format_validation(exc: pydantic.ValidationError) -> str:
+    # Our own wording, because pydantic's repeats the input value, and an env
+    # value may be a secret.
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        parts.append(f"{loc}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str], source: str
+) -> Config:
+    """Validate parsed TOML; resolve paths against ``base_dir`` and expand env values."""
+    try:
+        cfg = Config.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_format_validation(exc), source=source) from None
+
+    def resolve(path: Path | None) -> Path | None:
+        return None if path is None else (base_dir / path).resolve()
+
+    try:
+        env = {k: expand(v, environ, key=f"env.{k}") for k, v in cfg.env.items()}
+        green_env = {k: expand(v, environ, key=f"green.env.{k}") for k, v in cfg.green.env.items()}
+    except ConfigError as exc:
+        raise ConfigError(str(exc), source=source) from None
+    return cfg.model_copy(
+        update={
+            "env": env,
+            "green": cfg.green.model_copy(update={"env": green_env}),
+            "service": cfg.service.model_copy(update={"env_file": resolve(cfg.service.env_file)}),
+            "image": cfg.image.model_copy(update={"version_file": resolve(cfg.image.version_file)}),
+            "build": cfg.build.model_copy(update={"context": resolve(cfg.build.context)}),
+        }
+    )
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the config file at ``path``."""
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", source=source) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("config is not UTF-8 text", source=source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", source=source) from None
+    return parse_config(
+        data,
+        base_dir=path.resolve().parent,
+        environ=os.environ if environ is None else environ,
+        source=source,
+    )
+
+
+def read_version(cfg: ImageConfig) -> str:
+    """The version in ``version_file`` under ``version_key``."""
+    source = str(cfg.version_file)
+    try:
+        data = json.loads(cfg.version_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read version file: {exc.strerror or exc}", source=source
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"version file is not JSON: {exc}", source=source) from None
+    version = data.get(cfg.version_key) if isinstance(data, dict) else None
+    if not isinstance(version, str) or not re.fullmatch(
+        r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}", version
+    ):
+        raise ConfigError(
+            "missing, or not usable as an image tag", source=source, key=cfg.version_key
+        )
+    return version
+
+
+def read_env_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Parse a file in ``docker run --env-file`` format.
+
+    Like Docker: no quote handling, ``#`` starts a comment line, and a bare
+    ``NAME`` takes its value from the environment (and is dropped when unset).
+    """
+    environ = os.environ if environ is None else environ
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file: {exc.strerror or exc}", source=source) from None
+    except UnicodeDecodeError:
+        raise ConfigError("env file is not UTF-8 text", source=source) from None
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = stripped.partition("=")
+        if not _ENV_NAME.match(name):
+            # The value is not quoted in the message: it may be a secret.
+            raise ConfigError(f"line {number}: invalid variable name", source=source)
+        if sep:
+            env[name] = value
+        elif name in environ:
+            env[name] = environ[name]
+    return env

@@ -1,0 +1,125 @@
+"""HTTP probes of the service, and pure parsers of what it answers.
+
+A probe never raises for the service's misbehaviour (refused, slow, huge,
+not JSON): it returns an :class:`Answer` saying what happened, and the
+caller's judgement (:func:`judge_health`, :func:`parse_tick`) decides. Only
+cancellation passes through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import anyio
+
+from ._config import HealthConfig
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One probe's outcome: an HTTP status and parsed JSON body, or an error."""
+
+    url: str
+    status: int | None = None
+    body: Any = None
+    error: str | None = None
+
+    def describe(self, limit: int = 300) -> str:
+        if self.error is not None:
+            return self.error
+        text = json.dumps(self.body, separators=(",", ":"), default=str)
+        if len(text) > limit:
+            text = text[:limit] + "…"
+        return f"HTTP {self.status} {text}"
+
+
+async def probe(session: aiohttp.ClientSession, url: str, rule: HealthConfig) -> Answer:
+    """GET ``url`` and parse its JSON body, within ``rule``'s request time and size limits.
+
+    A probe that runs out of time is an answer ("no answer within ..."), not
+    an error: the caller's own deadline bounds the whole wait.
+    """
+    timeout, max_bytes = rule.request_timeout, rule.max_body_bytes
+    try:
+        with anyio.fail_after(timeout):
+            async with session.get(url, allow_redirects=False) as response:
+                raw = await response.content.read(max_bytes + 1)
+                status = response.status
+    except TimeoutError:
+        return Answer(url, error=f"no answer within {timeout:g}s")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return Answer(url, error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if len(raw) > max_bytes:
+        return Answer(url, status=status, error=f"HTTP {status} body larger than {max_bytes} bytes")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return Answer(url, status=status, error=f"HTTP {status} body is not JSON")
+    return Answer(url, status=status, body=body)
+
+
+def dotted(body: Any, path: str) -> Any:
+    """``body["a"]["b"]`` for ``"a.b"``; ``_MISSING`` where any part is absent."""
+    node = body
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def judge_health(
+    answer: Answer, rule: HealthConfig, expect_version: str | None = None
+) -> str | None:
+    """``None`` when ``answer`` is healthy under ``rule``; otherwise why not."""
+    if answer.error is not None:
+        return answer.error
+    if answer.status != rule.expect_status:
+        return f"HTTP {answer.status}, expected {rule.expect_status}"
+    for path, expected in rule.expect_json.items():
+        found = dotted(answer.body, path)
+        if found is _MISSING:
+            return f"{path} missing"
+        # bool is an int in Python: True must not pass for 1.
+        if found != expected or (type(found) is bool and type(expected) is not bool):
+            return f"{path} is {found!r}, expected {expected!r}"
+    if expect_version is not None and rule.version_field:
+        found = dotted(answer.body, rule.version_field)
+        if found != expect_version:
+            shown = "missing" if found is _MISSING else repr(found)
+            return f"{rule.version_field} is {shown}, expected {expect_version!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class TickStatus:
+    tick_running: bool
+    next_tick: datetime | None
+
+
+def parse_tick(answer: Answer) -> TickStatus:
+    """Read ``tick_running`` and ``next_tick``; ``ValueError`` saying why when unusable."""
+    if answer.error is not None:
+        raise ValueError(answer.error)
+    if answer.status != 200:
+        raise ValueError(f"HTTP {answer.status}")
+    body = answer.body
+    if not isinstance(body, Mapping) or not isinstance(body.get("tick_running"), bool):
+        raise ValueError("tick_running missing or not a boolean")
+    next_tick: datetime | None = None
+    raw = body.get("next_tick")
+    if isinstance(raw, str) and raw:
+        try:
+            next_tick = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("next_tick is not an ISO 8601 time") from None
+        if next_tick.tzinfo is None:
+            raise ValueError("next_tick has no time zone")
+    return TickStatus(tick_running=body["tick_running"], next_tick=next_tick)

@@ -1,0 +1,115 @@
+"""structlog set-up: a human console, or one JSON object per line for journald.
+
+Configured once, by the CLI (or a Python caller) through :func:`configure`;
+everything else calls ``structlog.get_logger()``. Every event passes the
+:class:`Redactor`, which blanks known secret values (env values) wherever they
+appear, including lines a container prints about its own environment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+LogFormat = Literal["console", "json"]
+
+# Shorter values are too common to blank without blanking ordinary words.
+_MIN_SECRET = 4
+_REDACTED = "***"
+
+
+class Redactor:
+    """A structlog processor that replaces registered secret values by ``***``."""
+
+    def __init__(self) -> None:
+        self._secrets: list[str] = []
+
+    def add(self, values: Iterable[str]) -> None:
+        known = set(self._secrets)
+        known.update(v for v in values if len(v) >= _MIN_SECRET)
+        # Longest first, so a secret containing another is blanked whole.
+        self._secrets = sorted(known, key=len, reverse=True)
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, _REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        if not self._secrets:
+            return event_dict
+        return {k: self.scrub(v) for k, v in event_dict.items()}
+
+
+redactor = Redactor()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Never log these values (env values read from config and env files)."""
+    redactor.add(values)
+
+
+class ConsoleRenderer:
+    """Renders deploy events the way an operator reads a deploy script's output."""
+
+    def __init__(self) -> None:
+        self._plain = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        event = event_dict.get("event")
+        ev: MutableMapping[str, Any] = event_dict
+        if event == "deploy.step.started":
+            return f"[{ev['index']}/{ev['total']}] {ev['title']}..."
+        if event == "deploy.step.done":
+            return f"✅ {ev['title']} ({ev['seconds']:.1f}s)"
+        if event == "deploy.step.failed":
+            return f"❌ {ev.get('step')}: {ev.get('error')}"
+        if event in ("container.log", "build.log"):
+            return (
+                f"   │ {ev.get('container', '')}{': ' if ev.get('container') else ''}{ev['line']}"
+            )
+        if event == "deploy.done":
+            health = json.dumps(ev.get("health"), indent=2, ensure_ascii=False)
+            summary = ", ".join(f"{k}={v}" for k, v in (ev.get("measured") or {}).items())
+            took = f"{ev.get('seconds', 0):.1f}s"
+            return f"🎉 Deployed {ev.get('image')} in {took} ({summary})\n{health}"
+        for key in ("timestamp", "deploy_id"):
+            ev.pop(key, None)
+        level = ev.pop("level", "info")
+        prefix = {"warning": "⚠️  ", "error": "❌ ", "critical": "❌ "}.get(level, "   ")
+        return prefix + str(self._plain(logger, name, ev))
+
+
+def configure(fmt: LogFormat = "console", stream: TextIO | None = None) -> None:
+    """Configure structlog for the whole process."""
+    out = stream if stream is not None else sys.stdout
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redactor,
+    ]
+    if fmt == "json":
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False),
+        ]
+    else:
+        processors.append(ConsoleRenderer())
+    structlog.configure(
+        processors=processors,
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,119 @@
+"""The saga runner: steps in order; on failure or cancellation, undo in reverse.
+
+A step is anything with ``name``, ``title``, ``run(ctx)`` and
+``compensate(ctx)`` (:class:`Step`); no base class is needed. The runner
+records a step as started *before* awaiting ``run()``, so a step that fails
+half-way is compensated too; compensations must therefore be idempotent and
+treat "nothing to undo" as success.
+
+A step whose ``pivot`` attribute is true is the point of no return: once it
+has succeeded, the steps before it are no longer undone (the new version was
+verified; a failure after that must not roll back a healthy deploy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import anyio
+import structlog
+
+from ._errors import RollbackIncomplete
+
+Ctx = TypeVar("Ctx", contravariant=True)
+
+
+class Step(Protocol[Ctx]):
+    """The shape of a step; a plain class with these members is one."""
+
+    name: str
+    title: str
+
+    async def run(self, ctx: Ctx) -> None: ...
+
+    async def compensate(self, ctx: Ctx) -> None: ...
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    seconds: float
+
+
+C = TypeVar("C")
+
+
+async def run_saga(
+    steps: Sequence[Step[C]], ctx: C, *, compensate_limit: float
+) -> list[StepRecord]:
+    """Run ``steps`` in order with ``ctx``; return how long each took.
+
+    On an exception or cancellation, every started step since the last pivot
+    is compensated in reverse order, each shielded and bounded by
+    ``compensate_limit`` seconds; then the original exception propagates.
+    When a compensation fails and the original was an ``Exception``,
+    :class:`RollbackIncomplete` (caused by the original) is raised instead.
+    """
+    log = structlog.get_logger()
+    started: list[Step[C]] = []
+    records: list[StepRecord] = []
+    total = len(steps)
+    try:
+        for index, step in enumerate(steps, start=1):
+            with structlog.contextvars.bound_contextvars(step=step.name):
+                log.info("deploy.step.started", index=index, total=total, title=step.title)
+                started.append(step)
+                began = time.monotonic()
+                await step.run(ctx)
+                seconds = time.monotonic() - began
+                records.append(StepRecord(step.name, seconds))
+                log.info(
+                    "deploy.step.done",
+                    index=index,
+                    total=total,
+                    title=step.title,
+                    seconds=round(seconds, 3),
+                )
+                if getattr(step, "pivot", False):
+                    started.clear()
+    except BaseException as exc:
+        failed = started[-1].name if started else None
+        with structlog.contextvars.bound_contextvars(step=failed):
+            if isinstance(exc, Exception):
+                log.error("deploy.step.failed", error=str(exc) or type(exc).__name__)
+            else:
+                log.warning("deploy.step.interrupted", reason=type(exc).__name__)
+        failures = await _unwind(started, ctx, compensate_limit)
+        if failures:
+            log.error("deploy.rollback.incomplete", failures=[f"{s}: {w}" for s, w in failures])
+            if isinstance(exc, Exception):
+                raise RollbackIncomplete(exc, failures) from exc
+        elif started:
+            log.info("deploy.rollback.done", undone=[s.name for s in reversed(started)])
+        raise
+    return records
+
+
+async def _unwind(started: list[Step[C]], ctx: C, limit: float) -> list[tuple[str, str]]:
+    log = structlog.get_logger()
+    failures: list[tuple[str, str]] = []
+    for step in reversed(started):
+        with structlog.contextvars.bound_contextvars(step=step.name):
+            log.info("deploy.compensate.started", title=step.title)
+            with anyio.move_on_after(limit, shield=True) as scope:
+                try:
+                    await step.compensate(ctx)
+                except Exception as exc:
+                    # One failed undo must not stop the others from running.
+                    failures.append((step.name, str(exc) or type(exc).__name__))
+                    log.error("deploy.compensate.failed", error=str(exc) or type(exc).__name__)
+                    continue
+            if scope.cancelled_caught:
+                failures.append((step.name, f"did not finish within {limit:g}s"))
+                log.error("deploy.compensate.failed", error=f"deadline of {limit:g}s passed")
+            else:
+                log.info("deploy.compensate.done")
+    return failures

@@ -1,0 +1,25 @@
+"""The built-in deploy steps; each has ``run(ctx)`` and ``compensate(ctx)``.
+
+Compose them, with steps of your own, into a list for
+:func:`rolling_update.deploy`; :func:`rolling_update.default_plan` is the
+reference order.
+"""
+
+from .build import BuildImage
+from .cleanup import RemoveOld
+from .green import AwaitGreenHealthy, StartGreen
+from .migrate import RunMigrations
+from .switch import Switch, VerifyProduction
+from .tick import AwaitTickBoundary, wait_for_tick_boundary
+
+__all__ = [
+    "AwaitGreenHealthy",
+    "AwaitTickBoundary",
+    "BuildImage",
+    "RemoveOld",
+    "RunMigrations",
+    "StartGreen",
+    "Switch",
+    "VerifyProduction",
+    "wait_for_tick_boundary",
+]

@@ -1,0 +1,106 @@
+"""Start green beside blue, and wait until it is healthy."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import structlog
+
+from rolling_update._config import GreenConfig, HealthConfig, ServiceConfig
+from rolling_update._context import DeployContext
+from rolling_update._engine import ContainerSpec
+from rolling_update._errors import GreenFailed, HealthCheckFailed, PreflightError
+from rolling_update._http import Answer
+from rolling_update._watch import await_healthy
+
+from ._common import port_in_use, remove_ours, remove_stale
+
+
+class StartGreen:
+    """Create and start green on its own port, with green-only env overrides."""
+
+    name = "start-green"
+    title = "Starting green container"
+
+    def __init__(self, service: ServiceConfig, green: GreenConfig) -> None:
+        self.service = service
+        self.green = green
+
+    def spec(self, ctx: DeployContext) -> ContainerSpec:
+        return ContainerSpec(
+            name=self.service.green_name,
+            image=ctx.image,
+            env=ctx.container_env(self.service.green_port, self.green.env),
+            network=self.service.network,
+            restart=self.service.restart,
+            labels=ctx.labels("green"),
+            stop_timeout=self.service.stop_timeout,
+        )
+
+    async def run(self, ctx: DeployContext) -> None:
+        await remove_stale(ctx.engine, self.service.green_name)
+        if await port_in_use(self.service.host, self.service.green_port):
+            raise PreflightError(
+                f"port {self.service.green_port} (service.green_port) is already in use; "
+                "green could not bind it"
+            )
+        ctx.green_id = await ctx.engine.create(self.spec(ctx))
+        await ctx.engine.start(ctx.green_id)
+        ctx.green_started = time.monotonic()
+        structlog.get_logger().info(
+            "green.started",
+            container=self.service.green_name,
+            id=ctx.green_id[:12],
+            port=self.service.green_port,
+        )
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        await remove_ours(ctx.engine, self.service.green_name, ctx.deploy_id)
+
+
+class AwaitGreenHealthy:
+    """Poll green's health while streaming its logs; abort at once if it dies."""
+
+    name = "green-health"
+    title = "Waiting for green to be healthy"
+
+    def __init__(self, service: ServiceConfig, health: HealthConfig) -> None:
+        self.service = service
+        self.health = health
+
+    async def run(self, ctx: DeployContext) -> None:
+        assert ctx.green_id is not None, "StartGreen must run first"
+        info = await ctx.engine.inspect(ctx.green_id)
+        if info is None:
+            raise GreenFailed(
+                "green vanished before its health check", container=self.service.green_name
+            )
+        url = ctx.url(self.service.green_port, self.health.path)
+        seen: list[Answer] = []
+        deadline = self.health.interval * self.health.attempts
+        try:
+            with anyio.fail_after(deadline):
+                answer = await await_healthy(
+                    ctx,
+                    container_id=ctx.green_id,
+                    container_name=self.service.green_name,
+                    # A second early: the engine's clock and ours may disagree.
+                    since_nano=int((info.created - 1) * 1e9),
+                    url=url,
+                    rule=self.health,
+                    interval=self.health.interval,
+                    expect_version=ctx.version,
+                    seen=seen,
+                    failure=GreenFailed,
+                )
+        except TimeoutError:
+            raise HealthCheckFailed(
+                f"green not healthy within {deadline:g}s",
+                url=url,
+                last_answer=seen[-1].describe() if seen else None,
+            ) from None
+        structlog.get_logger().info("green.healthy", health=answer.body)
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        pass

@@ -1,0 +1,105 @@
+"""Run database migrations in one-off containers of the new image."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from rolling_update._config import MigrateConfig, ServiceConfig
+from rolling_update._context import DeployContext
+from rolling_update._engine import ContainerSpec
+from rolling_update._errors import MigrationFailed
+from rolling_update._watch import task_group
+
+from ._common import remove_ours, remove_stale
+
+
+class RunMigrations:
+    """Run each migration command; a non-zero exit stops the deploy, blue untouched.
+
+    Migrations cannot be undone by the tool: the compensation only removes the
+    one-off container. Write migrations that the old version tolerates.
+    """
+
+    name = "migrate"
+    title = "Running migrations"
+
+    def __init__(self, cfg: MigrateConfig, service: ServiceConfig) -> None:
+        self.cfg = cfg
+        self.service = service
+
+    @property
+    def container_name(self) -> str:
+        return f"{self.service.name}-migrate"
+
+    def spec(self, ctx: DeployContext, command: list[str]) -> ContainerSpec:
+        return ContainerSpec(
+            name=self.container_name,
+            image=ctx.image,
+            env=ctx.container_env(None),
+            command=command,
+            network=self.service.network,
+            restart="no",
+            labels=ctx.labels("migrate"),
+        )
+
+    async def run(self, ctx: DeployContext) -> None:
+        log = structlog.get_logger()
+        if not self.cfg.commands:
+            log.info("migrate.skipped", reason="no migration commands configured")
+            return
+        await remove_stale(ctx.engine, self.container_name)
+        for command in self.cfg.commands:
+            log.info("migrate.command", command=command)
+            container_id = await ctx.engine.create(self.spec(ctx, command))
+            try:
+                await self._run_one(ctx, container_id, command)
+            finally:
+                with anyio.move_on_after(ctx.config.rollback.step_timeout, shield=True):
+                    await ctx.engine.remove(container_id)
+
+    async def _run_one(self, ctx: DeployContext, container_id: str, command: list[str]) -> None:
+        log = structlog.get_logger()
+        tail: deque[str] = deque(maxlen=30)
+
+        async def on_line(line: str) -> None:
+            tail.append(line)
+            log.info("container.log", container=self.container_name, line=line)
+
+        logs_done = anyio.Event()
+
+        async def follow(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await ctx.engine.follow_logs(container_id, on_line, task_status=task_status)
+            finally:
+                logs_done.set()
+
+        await ctx.engine.start(container_id)
+        try:
+            with anyio.fail_after(self.cfg.timeout):
+                async with task_group() as tg:
+                    await tg.start(follow)
+                    code = await ctx.engine.wait(container_id)
+                    # The follow ends by itself once the container has exited;
+                    # waiting for it keeps the last lines in the error message.
+                    with anyio.move_on_after(5):
+                        await logs_done.wait()
+                    tg.cancel_scope.cancel()
+        except TimeoutError:
+            raise MigrationFailed(
+                f"migration {' '.join(command)!r} ran past {self.cfg.timeout:g}s",
+                container=self.container_name,
+                last_logs=list(tail),
+            ) from None
+        if code != 0:
+            raise MigrationFailed(
+                f"migration {' '.join(command)!r} exited with code {code}",
+                container=self.container_name,
+                last_logs=list(tail),
+            )
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        await remove_ours(ctx.engine, self.container_name, ctx.deploy_id)

@@ -1,0 +1,185 @@
+"""Move production from blue to the new image, and verify it serves."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import structlog
+
+from rolling_update._config import HealthConfig, ServiceConfig, TickConfig, VerifyConfig
+from rolling_update._context import DeployContext
+from rolling_update._engine import LABEL_DEPLOY, ContainerSpec
+from rolling_update._errors import (
+    PreflightError,
+    ProductionFailed,
+    RollingUpdateError,
+    TickWaitFailed,
+    VerificationFailed,
+)
+from rolling_update._http import Answer
+from rolling_update._watch import await_healthy, poll_until_healthy
+
+from .tick import wait_for_tick_boundary
+
+
+class Switch:
+    """Stop blue at a tick boundary and start the new production container.
+
+    The slow work happens while blue still serves: blue is renamed out of the
+    way (a rename does not touch the running process) and the production
+    container is created under the production name. Only the stop of blue and
+    the start of the prepared container remain inside the window.
+    """
+
+    name = "switch"
+    title = "Switching production to the new version"
+
+    def __init__(
+        self, service: ServiceConfig, tick: TickConfig, health: HealthConfig, verify: VerifyConfig
+    ) -> None:
+        self.service = service
+        self.tick = tick
+        self.health = health
+        self.verify = verify
+
+    def spec(self, ctx: DeployContext) -> ContainerSpec:
+        return ContainerSpec(
+            name=self.service.name,
+            image=ctx.image,
+            env=ctx.container_env(self.service.port),
+            network=self.service.network,
+            restart=self.service.restart,
+            labels=ctx.labels("production"),
+            stop_timeout=self.service.stop_timeout,
+        )
+
+    async def run(self, ctx: DeployContext) -> None:
+        log = structlog.get_logger()
+        blue = await ctx.engine.inspect(self.service.name)
+        if blue is not None:
+            old = await ctx.engine.inspect(ctx.old_name)
+            if old is not None:
+                if old.running or not old.managed:
+                    raise PreflightError(
+                        f"a container named {ctx.old_name} exists"
+                        f"{' and is running' if old.running else ''}; it is in the way of "
+                        "the switch: remove it, or run recover"
+                    )
+                await ctx.engine.remove(old.id)
+            ctx.blue_id, ctx.blue_was_running = blue.id, blue.running
+            await ctx.engine.rename(blue.id, ctx.old_name)
+            ctx.blue_renamed = True
+        ctx.production_id = await ctx.engine.create(self.spec(ctx))
+        if blue is not None and blue.running:
+            if self.tick.enabled:
+                # Checked again right before SIGTERM: a tick may have begun
+                # since the tick step returned.
+                url = ctx.url(self.service.port, self.tick.path)
+                try:
+                    with anyio.fail_after(self.tick.timeout):
+                        await wait_for_tick_boundary(ctx, url, self.tick, self.health, settle=0)
+                except TimeoutError:
+                    raise TickWaitFailed(
+                        f"blue's tick did not reach a safe boundary within {self.tick.timeout:g}s"
+                    ) from None
+            ctx.switch_began = time.monotonic()
+            log.info("switch.stop_blue", container=self.service.name, id=blue.id[:12])
+            await ctx.engine.stop(blue.id, grace=self.service.stop_timeout)
+            ctx.measured["blue_stop_s"] = round(time.monotonic() - ctx.switch_began, 3)
+            if ctx.green_started is not None:
+                ctx.measured["two_containers_s"] = round(time.monotonic() - ctx.green_started, 3)
+        else:
+            ctx.switch_began = time.monotonic()
+        await ctx.engine.start(ctx.production_id)
+        log.info("switch.started", container=self.service.name, id=ctx.production_id[:12])
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        log = structlog.get_logger()
+        began = time.monotonic()
+        # Labels, not our own flags, decide what is ours to remove: the flags
+        # may lag the engine when we were cancelled mid-call.
+        current = await ctx.engine.inspect(self.service.name)
+        if current is not None and current.labels.get(LABEL_DEPLOY) == ctx.deploy_id:
+            await ctx.engine.remove(current.id)
+        if ctx.blue_id is None:
+            return
+        blue = await ctx.engine.inspect(ctx.blue_id)
+        if blue is None:
+            raise RollingUpdateError(f"blue ({ctx.blue_id[:12]}) no longer exists")
+        if blue.name != self.service.name:
+            await ctx.engine.rename(ctx.blue_id, self.service.name)
+        if ctx.blue_was_running and not blue.running:
+            await ctx.engine.start(ctx.blue_id)
+            url = ctx.url(self.service.port, self.health.path)
+            seen: list[Answer] = []
+            with anyio.move_on_after(self.verify.timeout):
+                await poll_until_healthy(
+                    ctx,
+                    url,
+                    self.health,
+                    interval=self.verify.interval,
+                    expect_version=None,
+                    seen=seen,
+                )
+                if ctx.switch_began is not None:
+                    ctx.measured["rollback_outage_s"] = round(
+                        time.monotonic() - ctx.switch_began, 3
+                    )
+                log.info("switch.blue_restored", seconds=round(time.monotonic() - began, 3))
+                return
+            raise RollingUpdateError(
+                f"blue is back as {self.service.name} but not healthy within "
+                f"{self.verify.timeout:g}s (last answer: {seen[-1].describe() if seen else 'none'})"
+            )
+
+
+class VerifyProduction:
+    """Production must answer healthy with the new version; the point of no return."""
+
+    name = "verify"
+    title = "Verifying production serves the new version"
+    pivot = True
+
+    def __init__(self, service: ServiceConfig, health: HealthConfig, verify: VerifyConfig) -> None:
+        self.service = service
+        self.health = health
+        self.verify = verify
+
+    async def run(self, ctx: DeployContext) -> None:
+        assert ctx.production_id is not None, "Switch must run first"
+        info = await ctx.engine.inspect(ctx.production_id)
+        if info is None:
+            raise ProductionFailed("production container vanished", container=self.service.name)
+        url = ctx.url(self.service.port, self.health.path)
+        seen: list[Answer] = []
+        try:
+            with anyio.fail_after(self.verify.timeout):
+                answer = await await_healthy(
+                    ctx,
+                    container_id=ctx.production_id,
+                    container_name=self.service.name,
+                    since_nano=int((info.created - 1) * 1e9),
+                    url=url,
+                    rule=self.health,
+                    interval=self.verify.interval,
+                    expect_version=ctx.version,
+                    seen=seen,
+                    failure=ProductionFailed,
+                )
+        except TimeoutError:
+            raise VerificationFailed(
+                f"{self.service.name} did not serve {ctx.version} healthily within "
+                f"{self.verify.timeout:g}s",
+                url=url,
+                last_answer=seen[-1].describe() if seen else None,
+            ) from None
+        now = time.monotonic()
+        if ctx.switch_began is not None:
+            ctx.measured["switch_s"] = round(now - ctx.switch_began, 3)
+        if ctx.last_blue_ok is not None:
+            ctx.measured["downtime_window_s"] = round(now - ctx.last_blue_ok, 3)
+        ctx.final_health = answer.body
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        pass
