@@ -14,6 +14,7 @@ from ._deploy import DeployResult, default_plan, deploy, prepare
 from ._engine import ContainerEvent, ContainerInfo, ContainerSpec, DockerEngine, Engine
 from ._errors import (
     BuildFailed,
+    ConfigError,
     ContainerFailure,
     EngineError,
     EngineUnavailable,

@@ -29,7 +29,7 @@ import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
-from ._errors import EngineError, EngineUnavailable
+from ._errors import BuildFailed, EngineError, EngineUnavailable
 
 LABEL_MANAGED = "io.rolling-update.managed"
 LABEL_ROLE = "io.rolling-update.role"
@@ -281,8 +281,6 @@ class DockerEngine:
         args: Mapping[str, str],
         on_line: Callable[[str], None],
     ) -> None:
-        from ._errors import BuildFailed
-
         tar = await anyio.to_thread.run_sync(build_context_tar, context)
         try:
             async with self._translate("build", tag):
@@ -304,6 +302,9 @@ class DockerEngine:
                         for line in text.splitlines():
                             if line.strip():
                                 on_line(line.rstrip())
+        except EngineError as exc:
+            # aiodocker raises the build's own error as a DockerError too.
+            raise BuildFailed(f"build of {tag} failed: {exc.detail}") from exc
         finally:
             tar.close()
 

@@ -56,6 +56,7 @@ class EngineError(RollingUpdateError):
         self.operation = operation
         self.target = target
         self.status = status
+        self.detail = message
         super().__init__(f"docker {operation} {target} failed ({status}): {message}")
 
 
@@ -87,11 +88,10 @@ class ProductionFailed(ContainerFailure):
 class HealthCheckFailed(RollingUpdateError):
     """No acceptable health answer before the deadline."""
 
-    def __init__(self, message: str, *, url: str, last_answer: str | None):
+    def __init__(self, message: str, *, url: str, why: str):
         self.url = url
-        self.last_answer = last_answer
-        detail = f" (last answer: {last_answer})" if last_answer else ""
-        super().__init__(f"{message}{detail}")
+        self.why = why
+        super().__init__(f"{message}: {why}")
 
 
 class VerificationFailed(HealthCheckFailed):

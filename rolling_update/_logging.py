@@ -18,8 +18,9 @@ from structlog.typing import EventDict, WrappedLogger
 
 LogFormat = Literal["console", "json"]
 
-# Shorter values are too common to blank without blanking ordinary words.
-_MIN_SECRET = 4
+# Shorter values (us, true, 5221) are too common to blank without garbling
+# ordinary output; the tool itself never prints env values of any length.
+_MIN_SECRET = 6
 _REDACTED = "***"
 
 

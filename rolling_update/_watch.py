@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 import structlog
@@ -23,6 +24,19 @@ from ._errors import ContainerFailure, RollingUpdateError
 from ._http import Answer, judge_health, probe
 
 _FATAL_ACTIONS = {"die", "oom", "destroy"}
+
+
+@dataclass
+class LastProbe:
+    """The latest answer and verdict of a poll, for the error when its deadline passes."""
+
+    answer: Answer | None = None
+    verdict: str | None = None
+
+    def explain(self) -> str:
+        if self.answer is None:
+            return "no probe finished"
+        return f"{self.verdict} (last answer: {self.answer.describe()})"
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -57,20 +71,19 @@ async def poll_until_healthy(
     *,
     interval: float,
     expect_version: str | None,
-    seen: list[Answer],
+    last: LastProbe,
 ) -> Answer:
     """Probe ``url`` every ``interval`` until healthy; the caller bounds it in time.
 
-    Every answer is appended to ``seen`` so the caller can report the last one
+    Each answer and verdict is kept in ``last``, for the caller to report
     when its deadline passes.
     """
     log = structlog.get_logger()
     verdict_before: str | None = "(none yet)"
     while True:
         answer = await probe(ctx.http, url, rule)
-        seen.append(answer)
-        del seen[:-1]
         verdict = judge_health(answer, rule, expect_version)
+        last.answer, last.verdict = answer, verdict
         if verdict != verdict_before:
             # Only changes are logged: a 20 ms poll would flood the journal.
             log.info("health.probe", url=url, healthy=verdict is None, reason=verdict)
@@ -90,7 +103,7 @@ async def await_healthy(
     rule: HealthConfig,
     interval: float,
     expect_version: str | None,
-    seen: list[Answer],
+    last: LastProbe,
     failure: type[ContainerFailure],
 ) -> Answer:
     """Wait until ``url`` is healthy, failing at once if the container dies.
@@ -122,7 +135,7 @@ async def await_healthy(
         await tg.start(ctx.engine.follow_logs, container_id, on_line)
         await tg.start(ctx.engine.watch_events, container_id, since_nano, on_event)
         answer = await poll_until_healthy(
-            ctx, url, rule, interval=interval, expect_version=expect_version, seen=seen
+            ctx, url, rule, interval=interval, expect_version=expect_version, last=last
         )
         tg.cancel_scope.cancel()
     return answer

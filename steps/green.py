@@ -11,8 +11,7 @@ from rolling_update._config import GreenConfig, HealthConfig, ServiceConfig
 from rolling_update._context import DeployContext
 from rolling_update._engine import ContainerSpec
 from rolling_update._errors import GreenFailed, HealthCheckFailed, PreflightError
-from rolling_update._http import Answer
-from rolling_update._watch import await_healthy
+from rolling_update._watch import LastProbe, await_healthy
 
 from ._common import port_in_use, remove_ours, remove_stale
 
@@ -77,7 +76,7 @@ class AwaitGreenHealthy:
                 "green vanished before its health check", container=self.service.green_name
             )
         url = ctx.url(self.service.green_port, self.health.path)
-        seen: list[Answer] = []
+        last = LastProbe()
         deadline = self.health.interval * self.health.attempts
         try:
             with anyio.fail_after(deadline):
@@ -91,14 +90,14 @@ class AwaitGreenHealthy:
                     rule=self.health,
                     interval=self.health.interval,
                     expect_version=ctx.version,
-                    seen=seen,
+                    last=last,
                     failure=GreenFailed,
                 )
         except TimeoutError:
             raise HealthCheckFailed(
                 f"green not healthy within {deadline:g}s",
                 url=url,
-                last_answer=seen[-1].describe() if seen else None,
+                why=last.explain(),
             ) from None
         structlog.get_logger().info("green.healthy", health=answer.body)
 

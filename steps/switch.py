@@ -17,8 +17,7 @@ from rolling_update._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
-from rolling_update._http import Answer
-from rolling_update._watch import await_healthy, poll_until_healthy
+from rolling_update._watch import LastProbe, await_healthy, poll_until_healthy
 
 from .tick import wait_for_tick_boundary
 
@@ -112,7 +111,7 @@ class Switch:
         if ctx.blue_was_running and not blue.running:
             await ctx.engine.start(ctx.blue_id)
             url = ctx.url(self.service.port, self.health.path)
-            seen: list[Answer] = []
+            last = LastProbe()
             with anyio.move_on_after(self.verify.timeout):
                 await poll_until_healthy(
                     ctx,
@@ -120,7 +119,7 @@ class Switch:
                     self.health,
                     interval=self.verify.interval,
                     expect_version=None,
-                    seen=seen,
+                    last=last,
                 )
                 if ctx.switch_began is not None:
                     ctx.measured["rollback_outage_s"] = round(
@@ -130,7 +129,7 @@ class Switch:
                 return
             raise RollingUpdateError(
                 f"blue is back as {self.service.name} but not healthy within "
-                f"{self.verify.timeout:g}s (last answer: {seen[-1].describe() if seen else 'none'})"
+                f"{self.verify.timeout:g}s: {last.explain()}"
             )
 
 
@@ -152,7 +151,7 @@ class VerifyProduction:
         if info is None:
             raise ProductionFailed("production container vanished", container=self.service.name)
         url = ctx.url(self.service.port, self.health.path)
-        seen: list[Answer] = []
+        last = LastProbe()
         try:
             with anyio.fail_after(self.verify.timeout):
                 answer = await await_healthy(
@@ -164,7 +163,7 @@ class VerifyProduction:
                     rule=self.health,
                     interval=self.verify.interval,
                     expect_version=ctx.version,
-                    seen=seen,
+                    last=last,
                     failure=ProductionFailed,
                 )
         except TimeoutError:
@@ -172,7 +171,7 @@ class VerifyProduction:
                 f"{self.service.name} did not serve {ctx.version} healthily within "
                 f"{self.verify.timeout:g}s",
                 url=url,
-                last_answer=seen[-1].describe() if seen else None,
+                why=last.explain(),
             ) from None
         now = time.monotonic()
         if ctx.switch_began is not None:

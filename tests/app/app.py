@@ -1,6 +1,7 @@
 """A stand-in for the reference service: its endpoints, port rules and tick loop.
 
-Knobs (env) make it misbehave the ways a real new version can:
+Knobs make it misbehave the ways a real new version can. Each is read from the
+environment, else from "knobs" in package.json (a release that is broken by itself):
 BOOT_DELAY=s         sleep before binding the port
 HEALTH_STATUS=x      status field of /api/brain/health (default "healthy")
 FAIL_HEALTH=1        /api/brain/health answers 500
@@ -26,7 +27,15 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "package.json")) as f:
-    VERSION = json.load(f)["version"]
+    PACKAGE = json.load(f)
+VERSION = PACKAGE["version"]
+KNOBS = {k: str(v) for k, v in PACKAGE.get("knobs", {}).items()}
+
+
+def knob(name, default=None):
+    return os.environ.get(name) or KNOBS.get(name) or default
+
+
 PORT = int(os.environ.get("PORT") or os.environ.get("BRAIN_PORT") or 5221)
 STARTED = time.time()
 state = {"tick_running": False, "next_tick": None, "ticks": 0}
@@ -34,12 +43,12 @@ lock = threading.Lock()
 
 
 def env_float(name, default):
-    value = os.environ.get(name)
+    value = knob(name)
     return float(value) if value else default
 
 
 def report(event, **fields):
-    url = os.environ.get("REPORT_URL")
+    url = knob("REPORT_URL")
     print(f"event={event} {fields}", flush=True)
     if not url:
         return
@@ -93,10 +102,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/api/brain/health":
-            if os.environ.get("FAIL_HEALTH") == "1":
+            if knob("FAIL_HEALTH") == "1":
                 return self.answer(500, {"status": "error"})
-            status = os.environ.get("HEALTH_STATUS", "healthy")
-            if os.environ.get("FAIL_ON_PORT") == str(PORT):
+            status = knob("HEALTH_STATUS", "healthy")
+            if knob("FAIL_ON_PORT") == str(PORT):
                 status = "degraded"
             return self.answer(
                 200,
@@ -116,17 +125,17 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(404, {"error": "not found"})
 
 
-TICK_ENABLED = os.environ.get("CECELIA_TICK_ENABLED", "true") != "false"
+TICK_ENABLED = knob("CECELIA_TICK_ENABLED", "true") != "false"
 
 
 def serve():
-    if os.environ.get("ECHO_ENV"):
-        name = os.environ["ECHO_ENV"]
+    if knob("ECHO_ENV"):
+        name = knob("ECHO_ENV")
         print(f"{name}={os.environ.get(name, '')}", flush=True)
     hold = bytearray(int(env_float("MEMORY_MB", 0)) * 1024 * 1024)
     for i in range(0, len(hold), 4096):
         hold[i] = 1
-    crash_after = os.environ.get("CRASH_AFTER")
+    crash_after = knob("CRASH_AFTER")
     if crash_after:
         threading.Timer(
             float(crash_after), lambda: (print("crashing on purpose", flush=True), os._exit(3))
@@ -155,7 +164,7 @@ def serve():
 
 def migrate():
     print(f"migrating to {VERSION}", flush=True)
-    if os.environ.get("MIGRATE_FAIL") == "1":
+    if knob("MIGRATE_FAIL") == "1":
         print("migration 042 failed: relation already exists", flush=True)
         sys.exit(1)
     print("migrations done", flush=True)

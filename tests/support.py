@@ -1,0 +1,304 @@
+"""Helpers for tests on the real Docker engine: one isolated service per test.
+
+Each test gets unique container names, free ports and its own image repository,
+and the fixture removes all of them afterwards. Blue is started the way the
+reference user's bash script does it: with the docker CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
+BASE_IMAGE = os.environ.get("RU_TEST_BASE", "rolling-update-test-base:bookworm")
+APP_DIR = Path(__file__).resolve().parent / "app"
+ROOT = APP_DIR.parent.parent
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
+    result = subprocess.run(
+        [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def require_engine() -> None:
+    """Fail (not skip) without an engine: CI must never pass by skipping these."""
+    try:
+        docker("info", "--format", "{{.ServerVersion}}", timeout=10)
+        docker("image", "inspect", BASE_IMAGE, timeout=10)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(
+            f"needs a running Docker engine and the image {BASE_IMAGE}: run "
+            f"`bash scripts/test-env.sh` first ({exc})"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 1.0) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+class Prober(threading.Thread):
+    """GETs the health URL every 20 ms and records what answered."""
+
+    def __init__(self, url: str, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.url, self.interval = url, interval
+        self.samples: list[tuple[float, str | None]] = []
+        self._stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_flag.is_set():
+            body = get_json(self.url, timeout=0.5)
+            version = body.get("version") if isinstance(body, dict) else None
+            self.samples.append((time.monotonic(), version))
+            self._stop_flag.wait(self.interval)
+
+    def __enter__(self) -> Prober:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_flag.set()
+        self.join(5)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for _, version in self.samples if version is None)
+
+    @property
+    def versions(self) -> list[str]:
+        seen: list[str] = []
+        for _, version in self.samples:
+            if version is not None and (not seen or seen[-1] != version):
+                seen.append(version)
+        return seen
+
+    def longest_gap(self) -> float:
+        """Longest time between two successful answers (the downtime window)."""
+        gap, last_ok = 0.0, None
+        for t, version in self.samples:
+            if version is not None:
+                if last_ok is not None:
+                    gap = max(gap, t - last_ok)
+                last_ok = t
+        return gap
+
+
+@dataclass
+class Service:
+    """One test's service: names, ports, app directory, config, and cleanup."""
+
+    workdir: Path
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    port: int = field(default_factory=free_port)
+    green_port: int = field(default_factory=free_port)
+
+    @property
+    def name(self) -> str:
+        return f"rutest-{self.uid}"
+
+    @property
+    def green(self) -> str:
+        return f"{self.name}-green"
+
+    @property
+    def repo(self) -> str:
+        return f"rutest-{self.uid}"
+
+    def url(self, port: int | None = None, path: str = "/api/brain/health") -> str:
+        return f"http://127.0.0.1:{port or self.port}{path}"
+
+    def write_app(
+        self, version: str, *, knobs: Mapping[str, object] | None = None, dockerfile_extra: str = ""
+    ) -> Path:
+        """The app at ``version``; ``knobs`` make this release misbehave (see tests/app/app.py)."""
+        app = self.workdir / "brain"
+        shutil.rmtree(app, ignore_errors=True)
+        shutil.copytree(APP_DIR, app)
+        package = {"name": "brain", "version": version, "knobs": dict(knobs or {})}
+        (app / "package.json").write_text(json.dumps(package))
+        if dockerfile_extra:
+            with (app / "Dockerfile").open("a") as f:
+                f.write(dockerfile_extra + "\n")
+        return app
+
+    def write_env_file(self, env: Mapping[str, str]) -> Path:
+        path = self.workdir / ".env.docker"
+        path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        return path
+
+    def start_blue(self, version: str = "1.0.0", env: Mapping[str, str] | None = None) -> str:
+        """Build and run blue like the reference bash script does."""
+        app = self.write_app(version)
+        docker(
+            "build",
+            "-q",
+            "--build-arg",
+            f"BASE={BASE_IMAGE}",
+            "-t",
+            f"{self.repo}:{version}",
+            str(app),
+        )
+        args = [
+            "run",
+            "-d",
+            "--name",
+            self.name,
+            "--network",
+            "host",
+            "--restart",
+            "unless-stopped",
+        ]
+        if (self.workdir / ".env.docker").exists():
+            args += ["--env-file", str(self.workdir / ".env.docker")]
+        for k, v in {"PORT": str(self.port), **(env or {})}.items():
+            args += ["-e", f"{k}={v}"]
+        cid = docker(*args, f"{self.repo}:{version}")
+        deadline = time.monotonic() + 20
+        while get_json(self.url()) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"blue did not come up: {docker('logs', self.name, check=False)}"
+                )
+            time.sleep(0.05)
+        return cid
+
+    def config(
+        self, *, env: Mapping[str, str] | None = None, extra: str = "", **sections: str
+    ) -> Path:
+        """Write a fast-timing config for this service; ``sections`` replace whole tables."""
+        env_lines = "".join(f'{k} = "{v}"\n' for k, v in (env or {}).items())
+        tables = {
+            "service": f'name = "{self.name}"\ngreen_name = "{self.green}"\nport = {self.port}\n'
+            f'green_port = {self.green_port}\nenv_file = ".env.docker"\nstop_timeout = 5\n',
+            "image": f'name = "{self.repo}:{{version}}"\nversion_file = "brain/package.json"\n',
+            "build": f'context = "brain"\nargs = {{ BASE = "{BASE_IMAGE}" }}\ntimeout = 120\n',
+            "migrate": 'commands = [["python3", "/app/app.py", "migrate"]]\ntimeout = 60\n',
+            "env": 'ENV_REGION = "${ENV_REGION:-us}"\n' + env_lines,
+            "green.env": 'CECELIA_TICK_ENABLED = "false"\n',
+            "health": 'path = "/api/brain/health"\nexpect_json = { status = "healthy" }\n'
+            "interval = 0.1\nattempts = 150\n",
+            "tick": "settle = 0\nguard = 1\ninterval = 0.1\ntimeout = 30\n",
+            "verify": "timeout = 10\n",
+            "rollback": "step_timeout = 30\n",
+        }
+        tables.update(sections)
+        if not (self.workdir / ".env.docker").exists():
+            self.write_env_file({})
+        text = "".join(f"[{k}]\n{v}\n" for k, v in tables.items()) + extra
+        path = self.workdir / "rolling-update.toml"
+        path.write_text(text)
+        return path
+
+    def deploy(self, *, environ: Mapping[str, str] | None = None, timeout: float = 180) -> Run:
+        """Run ``python -m rolling_update deploy`` with JSON logs, as a user would."""
+        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
+        env.update(environ or {})
+        began = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rolling_update",
+                "deploy",
+                "--config",
+                str(self.workdir / "rolling-update.toml"),
+                "--log-format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=ROOT,
+            check=False,
+        )
+        return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - began)
+
+    def containers(self) -> list[str]:
+        # Name filters match substrings: keep exact-prefix matches only.
+        names = docker("ps", "-a", "--filter", f"name={self.name}", "--format", "{{.Names}}")
+        return sorted(n for n in names.split() if n == self.name or n.startswith(self.name + "-"))
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        data: list[dict[str, Any]] = json.loads(docker("inspect", name))
+        return data[0]
+
+    def created_since(self, since: float) -> list[str]:
+        """Names of containers of this service the engine created since ``since`` (unix time)."""
+        out = docker(
+            "events",
+            "--since",
+            f"{since:.3f}",
+            "--until",
+            f"{time.time():.3f}",
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--format",
+            "{{.Actor.Attributes.name}}",
+        )
+        return [n for n in out.split() if n.startswith(self.name)]
+
+    def cleanup(self) -> None:
+        names = docker("ps", "-aq", "--filter", f"name={self.name}").split()
+        if names:
+            docker("rm", "-f", *names, check=False)
+        images = docker("images", "-q", self.repo).split()
+        if images:
+            docker("rmi", "-f", *set(images), check=False)
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+    def event(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    require_engine()
+    svc = Service(tmp_path)
+    try:
+        yield svc
+    finally:
+        svc.cleanup()

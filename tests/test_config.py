@@ -1,0 +1,242 @@
+"""Config loading: the example file, validation messages, env expansion, env files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import string
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rolling_update import ConfigError, load_config
+from rolling_update._config import expand, parse_config, read_env_file, read_version
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.toml"
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "service": {"name": "app", "green_name": "app-green", "port": 8000, "green_port": 8001},
+        "image": {"name": "app:{version}", "version_file": "package.json"},
+    }
+
+
+def parse(data: dict[str, Any], environ: dict[str, str] | None = None) -> Any:
+    return parse_config(data, base_dir=Path("/srv"), environ=environ or {}, source="t.toml")
+
+
+def test_example_config_loads_with_the_reference_values() -> None:
+    """config.example.toml is valid and holds the reference service's PRD values."""
+    cfg = load_config(EXAMPLE, environ={})
+    assert (cfg.service.name, cfg.service.green_name) == (
+        "cecelia-node-brain",
+        "cecelia-node-brain-green",
+    )
+    assert (cfg.service.port, cfg.service.green_port) == (5221, 5222)
+    assert cfg.service.network == "host" and cfg.service.restart == "unless-stopped"
+    assert cfg.service.env_file == ROOT / ".env.docker"
+    assert cfg.image.name.format(version="1.2.3") == "cecelia-brain:1.2.3"
+    assert cfg.image.version_file == ROOT / "brain" / "package.json"
+    assert cfg.migrate.commands == [["node", "src/migrate.js"]]
+    assert cfg.health.expect_json == {"status": "healthy"}
+    assert (cfg.health.attempts, cfg.health.interval) == (12, 5.0)
+    assert cfg.tick.settle == 10
+    assert cfg.env == {"ENV_REGION": "us"}
+    assert cfg.green.env == {"CECELIA_TICK_ENABLED": "false"}
+
+
+def test_env_region_is_inherited_from_the_tool_environment() -> None:
+    """${ENV_REGION:-us} takes the caller's ENV_REGION when it is set."""
+    cfg = load_config(EXAMPLE, environ={"ENV_REGION": "eu"})
+    assert cfg.env["ENV_REGION"] == "eu"
+
+
+def test_unknown_key_is_rejected_naming_it() -> None:
+    """An unknown key fails validation with its dotted path in the message."""
+    data = minimal()
+    data["service"]["prot"] = 1
+    with pytest.raises(ConfigError, match=r"t\.toml: service\.prot: Extra inputs"):
+        parse(data)
+
+
+def test_equal_ports_are_rejected() -> None:
+    """port and green_port must differ."""
+    data = minimal()
+    data["service"]["green_port"] = 8000
+    with pytest.raises(ConfigError, match="must differ"):
+        parse(data)
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, "x"])
+def test_out_of_range_port_is_rejected(port: object) -> None:
+    """Ports outside 1..65535 (or not integers) fail, naming service.port."""
+    data = minimal()
+    data["service"]["port"] = port
+    with pytest.raises(ConfigError, match=r"service\.port"):
+        parse(data)
+
+
+def test_bad_container_name_is_rejected() -> None:
+    """Container names must be valid Docker names."""
+    data = minimal()
+    data["service"]["name"] = "bad name!"
+    with pytest.raises(ConfigError, match=r"service\.name"):
+        parse(data)
+
+
+def test_validation_errors_never_echo_env_values() -> None:
+    """A wrong-typed env value is reported by key, and its value is not quoted."""
+    data = minimal()
+    data["env"] = {"TOKEN": ["s3cr3t-value"]}
+    with pytest.raises(ConfigError) as caught:
+        parse(data)
+    assert "env.TOKEN" in str(caught.value) and "s3cr3t-value" not in str(caught.value)
+
+
+def test_build_needs_exactly_one_way() -> None:
+    """An enabled build needs either a context or a command, not both."""
+    data = minimal()
+    data["build"] = {"context": ".", "command": ["make"]}
+    with pytest.raises(ConfigError, match=r"exactly one of build\.context and build\.command"):
+        parse(data)
+
+
+def test_unset_variable_without_default_names_the_key() -> None:
+    """${VAR} with VAR unset and no default is an error naming env.KEY."""
+    data = minimal()
+    data["env"] = {"REGION": "${NOPE}"}
+    with pytest.raises(ConfigError, match=r"env\.REGION: \$\{NOPE\} is not set"):
+        parse(data)
+
+
+def test_expansion_forms() -> None:
+    """${A}, ${A:-d} (also for empty A) and $$ expand as in compose files."""
+    env = {"A": "x", "E": ""}
+    assert expand("${A}-${B:-d}-${E:-e}-$$A", env, key="k") == "x-d-e-$A"
+
+
+def test_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    """Relative paths in the file are relative to the file, not to the working directory."""
+    (tmp_path / "c.toml").write_text(
+        '[service]\nname="a"\ngreen_name="b"\nport=1\ngreen_port=2\nenv_file=".env"\n'
+        '[image]\nname="i:{version}"\nversion_file="sub/p.json"\n'
+    )
+    cfg = load_config(tmp_path / "c.toml", environ={})
+    assert cfg.service.env_file == tmp_path / ".env"
+    assert cfg.image.version_file == tmp_path / "sub" / "p.json"
+
+
+def test_missing_and_malformed_files_name_the_file(tmp_path: Path) -> None:
+    """A missing config file and broken TOML both produce a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read config"):
+        load_config(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("[service\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
+        load_config(tmp_path / "bad.toml")
+
+
+def test_env_file_format(tmp_path: Path) -> None:
+    """Env files follow docker's rules: comments, no quote stripping, bare names from the env."""
+    path = tmp_path / ".env"
+    path.write_text('# c\n\nA=1\nB="q"\nC=x=y\nFROM_ENV\nUNSET\n')
+    assert read_env_file(path, {"FROM_ENV": "e"}) == {
+        "A": "1",
+        "B": '"q"',
+        "C": "x=y",
+        "FROM_ENV": "e",
+    }
+
+
+def test_env_file_errors_do_not_quote_values(tmp_path: Path) -> None:
+    """A bad line is reported by number without its content."""
+    path = tmp_path / ".env"
+    path.write_text("GOOD=1\nBAD NAME=secret-stuff\n")
+    with pytest.raises(ConfigError, match="line 2") as caught:
+        read_env_file(path, {})
+    assert "secret-stuff" not in str(caught.value)
+
+
+def test_version_file(tmp_path: Path) -> None:
+    """The version comes from the JSON key; a missing key or non-tag value is rejected."""
+    from rolling_update._config import ImageConfig
+
+    path = tmp_path / "package.json"
+    path.write_text(json.dumps({"version": "1.4.0"}))
+    assert read_version(ImageConfig(name="x:{version}", version_file=path)) == "1.4.0"
+    path.write_text(json.dumps({"version": "1 4"}))
+    with pytest.raises(ConfigError, match="not usable as an image tag"):
+        read_version(ImageConfig(name="x:{version}", version_file=path))
+    path.write_text("{nope")
+    with pytest.raises(ConfigError, match="not JSON"):
+        read_version(ImageConfig(name="x:{version}", version_file=path))
+
+
+toml_scalars = st.one_of(
+    st.integers(-(2**31), 2**31),
+    st.text(string.printable, max_size=12),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+toml_values = st.recursive(
+    toml_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.text(string.ascii_lowercase + "_", min_size=1, max_size=8), inner, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["service", "image", "build", "env", "health", "tick", "junk"]),
+        toml_values,
+        max_size=5,
+    )
+)
+def test_arbitrary_documents_fail_only_with_config_error(data: dict[str, Any]) -> None:
+    """Any parsed document either validates or raises ConfigError — never another exception."""
+    with contextlib.suppress(ConfigError):
+        parse(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_fail_only_with_config_error(
+    tmp_path_factory: pytest.TempPathFactory, raw: bytes
+) -> None:
+    """Any file content either loads or raises ConfigError."""
+    path = tmp_path_factory.mktemp("cfg") / "c.toml"
+    path.write_bytes(raw)
+    with contextlib.suppress(ConfigError):
+        load_config(path, environ={})
+
+
+def test_example_documents_every_key_with_a_comment() -> None:
+    """config.example.toml sets every key the config knows, each on a commented line."""
+    from pydantic import BaseModel
+
+    from rolling_update import Config
+
+    text = EXAMPLE.read_text()
+    data = tomllib.loads(text)
+    for section, field in Config.model_fields.items():
+        model = field.annotation
+        if section == "env":
+            continue
+        assert section in data, f"[{section}] missing from the example"
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        missing = set(model.model_fields) - set(data[section])
+        # build.command is the alternative to build.context: shown commented out.
+        assert missing <= {"command"}, f"[{section}] lacks {sorted(missing)}"
+    key_lines = [ln for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
+    assert [ln for ln in key_lines if "#" not in ln] == []

@@ -1,0 +1,132 @@
+"""Health and tick answers: judged by body, not only by status; garbage never crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rolling_update._config import HealthConfig
+from rolling_update._http import Answer, judge_health, parse_tick, probe
+
+RULE = HealthConfig(expect_json={"status": "healthy"}, version_field="version")
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+def answer(body: Any, status: int = 200) -> Answer:
+    return Answer("http://x", status=status, body=body)
+
+
+def test_degraded_with_200_is_unhealthy() -> None:
+    """The reference service answers 200 when degraded; the body decides."""
+    assert judge_health(answer({"status": "degraded", "version": "1"}), RULE) == (
+        "status is 'degraded', expected 'healthy'"
+    )
+
+
+def test_healthy_body_with_expected_version_passes() -> None:
+    """Status 200, the JSON field match and the expected version make a healthy answer."""
+    assert judge_health(answer({"status": "healthy", "version": "2.0.0"}), RULE, "2.0.0") is None
+
+
+def test_wrong_version_is_unhealthy() -> None:
+    """Serving the old version counts as a failed verification."""
+    verdict = judge_health(answer({"status": "healthy", "version": "1.0.0"}), RULE, "2.0.0")
+    assert verdict == "version is '1.0.0', expected '2.0.0'"
+
+
+def test_bool_does_not_pass_for_int() -> None:
+    """A rule expecting 1 is not met by true (bool is an int in Python)."""
+    rule = HealthConfig(expect_json={"db.ok": 1})
+    assert judge_health(answer({"db": {"ok": True}}), rule) is not None
+    assert judge_health(answer({"db": {"ok": 1}}), rule) is None
+
+
+def test_tick_status_parses_the_reference_shape() -> None:
+    """tick_running and a zoned next_tick are read from the reference service's answer."""
+    status = parse_tick(
+        answer(
+            {
+                "tick_running": True,
+                "next_tick": "2026-01-01T00:00:00Z",
+                "loop_running": True,
+                "enabled": True,
+            }
+        )
+    )
+    assert status.tick_running is True and status.next_tick is not None
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"tick_running": "no"}, [], "x", {"tick_running": False, "next_tick": "soon"}]
+)
+def test_unusable_tick_status_is_a_value_error(body: Any) -> None:
+    """Missing or mistyped fields are reported as ValueError saying why."""
+    with pytest.raises(ValueError, match=r"tick_running|next_tick"):
+        parse_tick(answer(body))
+
+
+@settings(max_examples=500)
+@given(json_values, st.integers(100, 599))
+def test_parsers_never_crash_on_any_json(body: Any, status: int) -> None:
+    """Any JSON body and status gives a verdict (health) or a ValueError (tick), nothing else."""
+    verdict = judge_health(answer(body, status), RULE, "1")
+    assert verdict is None or isinstance(verdict, str)
+    with contextlib.suppress(ValueError):
+        parse_tick(answer(body, status))
+
+
+@pytest.fixture
+async def hostile_server() -> Any:
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" + b"1," * 100_000 + b"1]", content_type="application/json")
+
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(text="<html>oops</html>")
+
+    async def slow(request: web.Request) -> web.Response:
+        import anyio
+
+        await anyio.sleep(1)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/huge", huge)
+    app.router.add_get("/html", not_json)
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_probe_reports_hostile_answers_without_raising(hostile_server: str) -> None:
+    """A huge body, HTML, a slow server and a closed port each become an Answer with an error."""
+    rule = HealthConfig(request_timeout=0.3, max_body_bytes=1024)
+    async with aiohttp.ClientSession() as session:
+        huge = await probe(session, f"{hostile_server}/huge", rule)
+        html = await probe(session, f"{hostile_server}/html", rule)
+        slow = await probe(session, f"{hostile_server}/slow", rule)
+        closed = await probe(session, "http://127.0.0.1:1/", rule)
+    assert huge.error == "HTTP 200 body larger than 1024 bytes"
+    assert html.error == "HTTP 200 body is not JSON"
+    assert slow.error == "no answer within 0.3s"
+    assert closed.error is not None and "Connect" in closed.error
+    assert json.loads(json.dumps(huge.describe()))

@@ -1,0 +1,144 @@
+"""The saga runner, with fake steps: order, compensation, cancellation, pivots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+
+from rolling_update import RollbackIncomplete, RollingUpdateError, run_saga
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Journal:
+    entries: list[str] = field(default_factory=list)
+
+
+class Boom(RollingUpdateError):
+    pass
+
+
+class FakeStep:
+    def __init__(
+        self,
+        name: str,
+        *,
+        fail: bool = False,
+        fail_undo: bool = False,
+        hang: bool = False,
+        hang_undo: bool = False,
+        pivot: bool = False,
+    ) -> None:
+        self.name = name
+        self.title = f"step {name}"
+        self.fail, self.fail_undo, self.hang, self.hang_undo = fail, fail_undo, hang, hang_undo
+        self.pivot = pivot
+
+    async def run(self, ctx: Journal) -> None:
+        ctx.entries.append(f"run {self.name}")
+        if self.hang:
+            await anyio.sleep_forever()
+        if self.fail:
+            raise Boom(f"{self.name} failed")
+
+    async def compensate(self, ctx: Journal) -> None:
+        if self.hang_undo:
+            await anyio.sleep_forever()
+        ctx.entries.append(f"undo {self.name}")
+        if self.fail_undo:
+            raise RuntimeError(f"undo of {self.name} failed")
+
+
+async def test_all_steps_run_in_order_and_nothing_is_undone() -> None:
+    """A successful saga runs every step once, in order, and compensates none."""
+    journal = Journal()
+    records = await run_saga(
+        [FakeStep("a"), FakeStep("b"), FakeStep("c")], journal, compensate_limit=1
+    )
+    assert journal.entries == ["run a", "run b", "run c"]
+    assert [r.name for r in records] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("failing", range(4))
+async def test_failure_at_any_position_undoes_started_steps_in_reverse(failing: int) -> None:
+    """A step failing at position N compensates steps N..1 (itself included) in reverse."""
+    names = ["a", "b", "c", "d"]
+    steps = [FakeStep(n, fail=i == failing) for i, n in enumerate(names)]
+    journal = Journal()
+    with pytest.raises(Boom, match=f"{names[failing]} failed"):
+        await run_saga(steps, journal, compensate_limit=1)
+    ran = [f"run {n}" for n in names[: failing + 1]]
+    undone = [f"undo {n}" for n in reversed(names[: failing + 1])]
+    assert journal.entries == ran + undone
+
+
+async def test_failing_compensation_is_reported_and_the_others_still_run() -> None:
+    """A raising undo gives RollbackIncomplete (caused by the original); later undos still run."""
+    steps = [FakeStep("a"), FakeStep("b", fail_undo=True), FakeStep("c", fail=True)]
+    journal = Journal()
+    with pytest.raises(RollbackIncomplete) as caught:
+        await run_saga(steps, journal, compensate_limit=1)
+    assert journal.entries == ["run a", "run b", "run c", "undo c", "undo b", "undo a"]
+    assert isinstance(caught.value.cause, Boom)
+    assert caught.value.__cause__ is caught.value.cause
+    assert caught.value.failures == [("b", "undo of b failed")]
+
+
+async def test_hanging_compensation_is_cut_at_its_deadline() -> None:
+    """An undo that never returns is abandoned after compensate_limit and counted as failed."""
+    steps = [FakeStep("a"), FakeStep("b", hang_undo=True), FakeStep("c", fail=True)]
+    journal = Journal()
+    with pytest.raises(RollbackIncomplete) as caught:
+        await run_saga(steps, journal, compensate_limit=0.05)
+    assert journal.entries[-2:] == ["undo c", "undo a"]
+    assert caught.value.failures[0][0] == "b"
+
+
+async def test_cancellation_mid_step_compensates_and_propagates() -> None:
+    """Cancelling the runner during a step undoes the started steps, then re-raises the cancel."""
+    steps = [FakeStep("a"), FakeStep("b", hang=True), FakeStep("c")]
+    journal = Journal()
+    with anyio.move_on_after(0.05) as scope:
+        await run_saga(steps, journal, compensate_limit=1)
+    assert scope.cancelled_caught
+    assert journal.entries == ["run a", "run b", "undo b", "undo a"]
+
+
+async def test_compensations_run_to_the_end_despite_cancellation() -> None:
+    """Compensations are shielded: a cancel that arrives during an undo does not cut it short."""
+
+    class SlowUndo(FakeStep):
+        async def compensate(self, ctx: Journal) -> None:
+            await anyio.sleep(0.1)
+            await super().compensate(ctx)
+
+    steps = [SlowUndo("a"), FakeStep("b", hang=True)]
+    journal = Journal()
+    with anyio.move_on_after(0.05):
+        await run_saga(steps, journal, compensate_limit=1)
+    assert journal.entries == ["run a", "run b", "undo b", "undo a"]
+
+
+async def test_steps_before_a_pivot_are_not_undone() -> None:
+    """After a pivot step succeeds, a later failure compensates only the steps after it."""
+    steps = [FakeStep("a"), FakeStep("verify", pivot=True), FakeStep("c", fail=True)]
+    journal = Journal()
+    with pytest.raises(Boom):
+        await run_saga(steps, journal, compensate_limit=1)
+    assert journal.entries == ["run a", "run verify", "run c", "undo c"]
+
+
+async def test_unexpected_exception_is_compensated_and_reraised_unchanged() -> None:
+    """A bug (a non-RollingUpdateError) in a step still triggers the rollback and surfaces as is."""
+
+    class Buggy(FakeStep):
+        async def run(self, ctx: Journal) -> None:
+            raise KeyError("oops")
+
+    journal = Journal()
+    with pytest.raises(KeyError):
+        await run_saga([FakeStep("a"), Buggy("b")], journal, compensate_limit=1)
+    assert journal.entries == ["run a", "undo b", "undo a"]
