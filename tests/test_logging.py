@@ -7,12 +7,12 @@ import json
 
 import structlog
 
-from rolling_update._logging import Redactor, configure, register_secrets
+from rolling_update._logging import LogFormat, Redactor, configure, register_secrets
 
 
-def emit(fmt: str) -> str:
+def emit(fmt: LogFormat) -> str:
     stream = io.StringIO()
-    configure(fmt, stream=stream)  # type: ignore[arg-type]
+    configure(fmt, stream=stream)
     log = structlog.get_logger()
     with structlog.contextvars.bound_contextvars(deploy_id="d1", step="build"):
         log.info("deploy.step.started", index=1, total=6, title="Building new image")
@@ -50,7 +50,7 @@ def test_secret_in_a_container_log_line_never_reaches_json_output() -> None:
     """A container printing its own secret env value is logged with the value blanked."""
     register_secrets(["tok-9f8e7d6c"])
     stream = io.StringIO()
-    configure("json", stream=stream)  # type: ignore[arg-type]
+    configure("json", stream=stream)
     structlog.get_logger().info("container.log", container="green", line="TOKEN=tok-9f8e7d6c")
     assert "tok-9f8e7d6c" not in stream.getvalue()
     assert json.loads(stream.getvalue())["line"] == "TOKEN=***"

@@ -1,0 +1,60 @@
+"""The Python API: composing built-in steps with a custom one and running them."""
+
+from __future__ import annotations
+
+import pytest
+
+from rolling_update import DeployContext, RollingUpdateError, default_plan, deploy, load_config
+from tests.support import Service, get_json
+
+pytestmark = [pytest.mark.docker, pytest.mark.anyio]
+
+
+class ReleaseGate:
+    """A custom step: any class with name, title, run() and compensate() will do."""
+
+    name = "release-gate"
+    title = "Asking the release gate"
+
+    def __init__(self, *, open_: bool) -> None:
+        self.open = open_
+        self.journal: list[str] = []
+
+    async def run(self, ctx: DeployContext) -> None:
+        self.journal.append(f"asked for {ctx.version}; green is {ctx.green_id is not None}")
+        if not self.open:
+            raise RollingUpdateError("release gate is closed")
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        self.journal.append("undone")
+
+
+async def test_custom_step_failing_rolls_back_the_built_in_steps(service: Service) -> None:
+    """A custom step that fails before the switch undoes green; blue keeps serving."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    cfg = load_config(service.config())
+    gate = ReleaseGate(open_=False)
+    plan = default_plan(cfg)
+    plan.insert([s.name for s in plan].index("switch"), gate)
+    with pytest.raises(RollingUpdateError, match="release gate is closed"):
+        await deploy(cfg, steps=plan)
+    assert gate.journal == ["asked for 2.0.0; green is True", "undone"]
+    assert get_json(service.url())["version"] == "1.0.0"
+    assert service.containers() == [service.name]
+
+
+async def test_custom_step_in_a_successful_plan(service: Service) -> None:
+    """An open gate lets the deploy finish; the result carries version, steps and figures."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    cfg = load_config(service.config())
+    gate = ReleaseGate(open_=True)
+    plan = default_plan(cfg)
+    plan.insert([s.name for s in plan].index("switch"), gate)
+    result = await deploy(cfg, steps=plan)
+    assert result.version == "2.0.0"
+    assert "release-gate" in [r.name for r in result.steps]
+    assert result.health["version"] == "2.0.0"
+    assert gate.journal == ["asked for 2.0.0; green is True"]
+    assert get_json(service.url())["version"] == "2.0.0"

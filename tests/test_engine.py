@@ -1,0 +1,156 @@
+"""The Docker seam: pure specs, stream decoding, and aiodocker quirks fixed at our seam."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import pytest
+
+from rolling_update import ContainerSpec, DockerEngine
+from rolling_update._engine import ContainerEvent, FrameDecoder, LineSplitter, parse_event
+from tests.support import BASE_IMAGE, docker, require_engine
+
+
+def test_spec_to_api_is_the_docker_create_body() -> None:
+    """A spec maps to exactly the Docker create JSON: host network, restart policy, no limits."""
+    spec = ContainerSpec(
+        name="app",
+        image="app:2",
+        env={"PORT": "5221", "A": "b"},
+        command=["x", "y"],
+        labels={"k": "v"},
+        stop_timeout=10,
+    )
+    assert spec.to_api() == {
+        "Image": "app:2",
+        "Env": ["PORT=5221", "A=b"],
+        "Labels": {"k": "v"},
+        "HostConfig": {"NetworkMode": "host", "RestartPolicy": {"Name": "unless-stopped"}},
+        "Cmd": ["x", "y"],
+        "StopTimeout": 10,
+    }
+
+
+def test_spec_repr_hides_env_values() -> None:
+    """Printing a spec (in a log or traceback) never shows env values."""
+    assert "hunter2" not in repr(ContainerSpec(name="a", image="b", env={"PW": "hunter2"}))
+
+
+def test_frames_and_lines_survive_arbitrary_chunking() -> None:
+    """Multiplexed log frames split at any byte boundary decode to the same lines."""
+    payload = b"".join(
+        bytes([1, 0, 0, 0]) + len(p).to_bytes(4, "big") + p
+        for p in [b"hello\nwor", b"ld\n", b"\xc3\xa9t\xc3\xa9\n", b"tail"]
+    )
+    for size in (1, 3, 7, len(payload)):
+        frames, lines, out = FrameDecoder(), LineSplitter(), []
+        for i in range(0, len(payload), size):
+            for chunk in frames.feed(payload[i : i + size]):
+                out += lines.feed(chunk)
+        out += lines.flush()
+        assert out == ["hello", "world", "été", "tail"]
+
+
+def test_event_lines_parse_into_container_events() -> None:
+    """An engine event line gives action, id, time and exit code; others are skipped."""
+    raw = (
+        b'{"Type":"container","Action":"die","id":"abc","timeNano":5,'
+        b'"Actor":{"ID":"abc","Attributes":{"exitCode":"3"}}}'
+    )
+    assert parse_event(raw) == ContainerEvent("die", "abc", 5, 3)
+    assert parse_event(b'{"Type":"network","Action":"connect"}') is None
+    assert parse_event(b"garbage") is None
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[DockerEngine]:
+    require_engine()
+    async with DockerEngine() as engine:
+        yield engine
+
+
+@pytest.fixture
+def chatty() -> Iterator[str]:
+    """A running container that prints a line every 50 ms."""
+    require_engine()
+    name = f"rutest-chatty-{uuid.uuid4().hex[:8]}"
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        BASE_IMAGE,
+        "python3",
+        "-uc",
+        "import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.05)",
+    )
+    yield name
+    docker("rm", "-f", name, check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_cancelled_log_follows_do_not_exhaust_the_connection_pool(
+    engine: DockerEngine, chatty: str
+) -> None:
+    """Regression: 150 cancelled log follows (more than the pool's 100) leave the client usable.
+
+    aiodocker 0.27 leaks a pooled connection per cancelled streaming call; our
+    seam releases each response, so the call after them still answers.
+    """
+    lines: list[str] = []
+
+    async def on_line(line: str) -> None:
+        lines.append(line)
+
+    for _ in range(150):
+        async with anyio.create_task_group() as tg:
+            await tg.start(engine.follow_logs, chatty, on_line)
+            tg.cancel_scope.cancel()
+    with anyio.fail_after(10):
+        info = await engine.inspect(chatty)
+    assert info is not None and info.running
+    assert "tick" in lines
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_events_before_the_subscription_are_replayed(engine: DockerEngine) -> None:
+    """watch_events with since= sees a container's start and die even if both came first."""
+    name = f"rutest-events-{uuid.uuid4().hex[:8]}"
+    container_id = await engine.create(
+        ContainerSpec(name=name, image=BASE_IMAGE, command=["true"], restart="no")
+    )
+    try:
+        await engine.start(container_id)
+        await engine.wait(container_id)
+        info = await engine.inspect(container_id)
+        assert info is not None
+        seen: list[ContainerEvent] = []
+
+        with anyio.move_on_after(10) as scope:
+
+            async def on_event(event: ContainerEvent) -> None:
+                seen.append(event)
+                if event.action == "die":
+                    scope.cancel()
+
+            await engine.watch_events(container_id, int((info.created - 1) * 1e9), on_event)
+        assert [e.action for e in seen if e.action in ("start", "die")] == ["start", "die"]
+        assert seen[-1].exit_code == 0
+    finally:
+        await engine.remove(container_id)
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_missing_things_are_none_and_undo_is_idempotent(engine: DockerEngine) -> None:
+    """Inspecting a missing container gives None; removing or stopping it again is no error."""
+    missing = f"rutest-missing-{uuid.uuid4().hex[:8]}"
+    assert await engine.inspect(missing) is None
+    await engine.remove(missing)
+    await engine.stop(missing, grace=1)
+    assert await engine.image_exists(f"rutest-none-{time.time_ns()}:x") is False
