@@ -180,6 +180,15 @@ class VerifyConfig(_Section):
     timeout: PositiveSeconds = Field(30, description="Deadline for production to serve.")
 
 
+class LimitsConfig(_Section):
+    two_containers: PositiveSeconds = Field(
+        300, description="Seconds blue and green may run side by side; past it, roll back."
+    )
+    green_memory_mb: float = Field(
+        500, ge=0, description="Green's memory bar in MiB (without page cache); 0: no check."
+    )
+
+
 class RollbackConfig(_Section):
     step_timeout: PositiveSeconds = Field(60, description="Deadline of each compensation.")
 
@@ -198,6 +207,7 @@ class Config(_Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     tick: TickConfig = Field(default_factory=TickConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
 
 

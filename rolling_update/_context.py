@@ -29,6 +29,9 @@ class DeployContext:
 
     green_id: str | None = None
     green_started: float | None = None
+    """Monotonic time green started: the two-container window opens."""
+    green_since_nano: int = 0
+    """Engine time (ns) just before green was created: where its events begin."""
     blue_id: str | None = None
     """The production container found when the switch began, if any."""
     blue_was_running: bool = False
@@ -63,6 +66,36 @@ class DeployContext:
             env.update(dict.fromkeys(self.config.service.port_env, str(port)))
         env.update(overrides or {})
         return env
+
+    @property
+    def two_container_deadline(self) -> float | None:
+        """Monotonic time by which blue must be stopped (``limits.two_containers``)."""
+        if self.green_started is None:
+            return None
+        return self.green_started + self.config.limits.two_containers
+
+    @property
+    def green_memory_limit(self) -> int | None:
+        mb = self.config.limits.green_memory_mb
+        return int(mb * 2**20) if mb else None
+
+    def note_green_memory(self, peak: int) -> None:
+        if peak:
+            mb = round(peak / 2**20, 1)
+            self.measured["green_memory_peak_mb"] = max(
+                mb, self.measured.get("green_memory_peak_mb", 0)
+            )
+
+    def green_watch_args(self) -> dict[str, Any]:
+        """What every watch of green checks: its memory bar and the two-container deadline."""
+        return {
+            "memory_limit": self.green_memory_limit,
+            "deadline": self.two_container_deadline,
+            "deadline_reason": (
+                f"ran beside blue for limits.two_containers = "
+                f"{self.config.limits.two_containers:g}s"
+            ),
+        }
 
     @property
     def old_name(self) -> str:

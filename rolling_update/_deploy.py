@@ -136,7 +136,18 @@ async def deploy(
                 service=cfg.service.name,
                 steps=[s.name for s in plan],
             )
-            records = await run_saga(plan, ctx, compensate_limit=cfg.rollback.step_timeout)
+            try:
+                records = await run_saga(plan, ctx, compensate_limit=cfg.rollback.step_timeout)
+            except BaseException:
+                # What was measured (the outage of a failed switch, memory) is
+                # worth as much on failure as on success.
+                log.warning(
+                    "deploy.failed",
+                    image=release.image,
+                    measured=ctx.measured,
+                    seconds=round(time.monotonic() - began, 3),
+                )
+                raise
         seconds = time.monotonic() - began
         log.info(
             "deploy.done",

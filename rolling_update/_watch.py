@@ -8,14 +8,15 @@ caller's (``anyio.fail_after`` around :func:`await_healthy`).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._config import HealthConfig
 from ._context import DeployContext
@@ -93,6 +94,94 @@ async def poll_until_healthy(
         await anyio.sleep(interval)
 
 
+@dataclass
+class Watch:
+    """What :func:`watching` saw: the container's last log lines and memory peak."""
+
+    container_name: str
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
+    memory_peak: int = 0
+    logs_ended: anyio.Event = field(default_factory=anyio.Event)
+
+
+@asynccontextmanager
+async def watching(
+    ctx: DeployContext,
+    *,
+    container_id: str,
+    container_name: str,
+    since_nano: int,
+    failure: type[ContainerFailure],
+    doing: str,
+    replay_logs: bool = True,
+    memory_limit: int | None = None,
+    deadline: float | None = None,
+    deadline_reason: str = "",
+) -> AsyncIterator[Watch]:
+    """Run the body while watching a container; abort it the moment the container fails.
+
+    Meanwhile the container's log lines stream into the log (from its start
+    when ``replay_logs``, else only new ones), and its engine events, memory
+    and the monotonic ``deadline`` are watched. A ``die``/``oom``/``destroy``
+    event, memory above ``memory_limit`` bytes, or the deadline passing raises
+    ``failure`` with the last log lines, cancelling the body.
+    """
+    log = structlog.get_logger()
+    watch = Watch(container_name)
+
+    def fail(what: str) -> ContainerFailure:
+        return failure(
+            f"{container_name} {what} while {doing}",
+            container=container_name,
+            last_logs=list(watch.tail),
+        )
+
+    async def on_line(line: str) -> None:
+        watch.tail.append(line)
+        log.info("container.log", container=container_name, line=line)
+
+    async def follow(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await ctx.engine.follow_logs(
+                container_id, on_line, replay=replay_logs, task_status=task_status
+            )
+        finally:
+            watch.logs_ended.set()
+
+    async def on_event(event: ContainerEvent) -> None:
+        if event.action in _FATAL_ACTIONS:
+            code = f" with code {event.exit_code}" if event.exit_code is not None else ""
+            # The log follow ends when the container exits: wait for it (briefly)
+            # so that the dying lines are in the error.
+            with anyio.move_on_after(0.3):
+                await watch.logs_ended.wait()
+            raise fail(f"{'exited' if event.action == 'die' else event.action}{code}")
+
+    async def on_memory(used: int) -> None:
+        if used > watch.memory_peak:
+            watch.memory_peak = used
+            log.debug("container.memory", container=container_name, mb=round(used / 2**20, 1))
+        if memory_limit is not None and used > memory_limit:
+            raise fail(
+                f"uses {used / 2**20:.0f} MB, above the limit of {memory_limit / 2**20:.0f} MB"
+            )
+
+    async def expire() -> None:
+        assert deadline is not None
+        await anyio.sleep(max(0.0, deadline - time.monotonic()))
+        raise fail(deadline_reason)
+
+    async with task_group() as tg:
+        await tg.start(follow)
+        await tg.start(ctx.engine.watch_events, container_id, since_nano, on_event)
+        if memory_limit is not None:
+            await tg.start(ctx.engine.watch_memory, container_id, on_memory)
+        if deadline is not None:
+            tg.start_soon(expire)
+        yield watch
+        tg.cancel_scope.cancel()
+
+
 async def await_healthy(
     ctx: DeployContext,
     *,
@@ -105,37 +194,23 @@ async def await_healthy(
     expect_version: str | None,
     last: LastProbe,
     failure: type[ContainerFailure],
-) -> Answer:
-    """Wait until ``url`` is healthy, failing at once if the container dies.
-
-    Streams the container's logs meanwhile. Raises ``failure`` (with the last
-    log lines) on a ``die``/``oom``/``destroy`` event.
-    """
-    log = structlog.get_logger()
-    tail: deque[str] = deque(maxlen=30)
-
-    async def on_line(line: str) -> None:
-        tail.append(line)
-        log.info("container.log", container=container_name, line=line)
-
-    async def on_event(event: ContainerEvent) -> None:
-        if event.action in _FATAL_ACTIONS:
-            code = f" with code {event.exit_code}" if event.exit_code is not None else ""
-            # Let the log stream deliver the dying lines before they are quoted.
-            with anyio.move_on_after(0.3):
-                await anyio.sleep(0.3)
-            raise failure(
-                f"{container_name} {'exited' if event.action == 'die' else event.action}{code} "
-                f"while waiting for health",
-                container=container_name,
-                last_logs=list(tail),
-            )
-
-    async with task_group() as tg:
-        await tg.start(ctx.engine.follow_logs, container_id, on_line)
-        await tg.start(ctx.engine.watch_events, container_id, since_nano, on_event)
+    memory_limit: int | None = None,
+    deadline: float | None = None,
+    deadline_reason: str = "",
+) -> tuple[Answer, Watch]:
+    """Wait until ``url`` is healthy, watching the container (see :func:`watching`)."""
+    async with watching(
+        ctx,
+        container_id=container_id,
+        container_name=container_name,
+        since_nano=since_nano,
+        failure=failure,
+        doing="waiting for health",
+        memory_limit=memory_limit,
+        deadline=deadline,
+        deadline_reason=deadline_reason,
+    ) as watch:
         answer = await poll_until_healthy(
             ctx, url, rule, interval=interval, expect_version=expect_version, last=last
         )
-        tg.cancel_scope.cancel()
-    return answer
+    return answer, watch

@@ -47,6 +47,10 @@ class StartGreen:
         ctx.green_id = await ctx.engine.create(self.spec(ctx))
         await ctx.engine.start(ctx.green_id)
         ctx.green_started = time.monotonic()
+        info = await ctx.engine.inspect(ctx.green_id)
+        if info is not None:
+            # A second early: the engine's clock and ours may disagree.
+            ctx.green_since_nano = int((info.created - 1) * 1e9)
         structlog.get_logger().info(
             "green.started",
             container=self.service.green_name,
@@ -70,28 +74,23 @@ class AwaitGreenHealthy:
 
     async def run(self, ctx: DeployContext) -> None:
         assert ctx.green_id is not None, "StartGreen must run first"
-        info = await ctx.engine.inspect(ctx.green_id)
-        if info is None:
-            raise GreenFailed(
-                "green vanished before its health check", container=self.service.green_name
-            )
         url = ctx.url(self.service.green_port, self.health.path)
         last = LastProbe()
         deadline = self.health.interval * self.health.attempts
         try:
             with anyio.fail_after(deadline):
-                answer = await await_healthy(
+                answer, watch = await await_healthy(
                     ctx,
                     container_id=ctx.green_id,
                     container_name=self.service.green_name,
-                    # A second early: the engine's clock and ours may disagree.
-                    since_nano=int((info.created - 1) * 1e9),
+                    since_nano=ctx.green_since_nano,
                     url=url,
                     rule=self.health,
                     interval=self.health.interval,
                     expect_version=ctx.version,
                     last=last,
                     failure=GreenFailed,
+                    **ctx.green_watch_args(),
                 )
         except TimeoutError:
             raise HealthCheckFailed(
@@ -99,6 +98,7 @@ class AwaitGreenHealthy:
                 url=url,
                 why=last.explain(),
             ) from None
+        ctx.note_green_memory(watch.memory_peak)
         structlog.get_logger().info("green.healthy", health=answer.body)
 
     async def compensate(self, ctx: DeployContext) -> None:

@@ -75,12 +75,16 @@ class Switch:
                 # Checked again right before SIGTERM: a tick may have begun
                 # since the tick step returned.
                 url = ctx.url(self.service.port, self.tick.path)
+                limit = self.tick.timeout
+                if ctx.two_container_deadline is not None:
+                    limit = min(limit, max(0.0, ctx.two_container_deadline - time.monotonic()))
                 try:
-                    with anyio.fail_after(self.tick.timeout):
+                    with anyio.fail_after(limit):
                         await wait_for_tick_boundary(ctx, url, self.tick, self.health, settle=0)
                 except TimeoutError:
                     raise TickWaitFailed(
-                        f"blue's tick did not reach a safe boundary within {self.tick.timeout:g}s"
+                        f"blue's tick did not reach a safe boundary within {limit:g}s "
+                        "(tick.timeout, or what was left of limits.two_containers)"
                     ) from None
             ctx.switch_began = time.monotonic()
             log.info("switch.stop_blue", container=self.service.name, id=blue.id[:12])
@@ -154,7 +158,7 @@ class VerifyProduction:
         last = LastProbe()
         try:
             with anyio.fail_after(self.verify.timeout):
-                answer = await await_healthy(
+                answer, _ = await await_healthy(
                     ctx,
                     container_id=ctx.production_id,
                     container_name=self.service.name,

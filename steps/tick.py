@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import anyio
@@ -10,8 +11,9 @@ import structlog
 
 from rolling_update._config import HealthConfig, ServiceConfig, TickConfig
 from rolling_update._context import DeployContext
-from rolling_update._errors import TickWaitFailed
+from rolling_update._errors import GreenFailed, TickWaitFailed
 from rolling_update._http import parse_tick, probe
+from rolling_update._watch import watching
 
 _UNUSABLE_IN_A_ROW = 3
 
@@ -83,10 +85,27 @@ class AwaitTickBoundary:
             return
         url = ctx.url(self.service.port, self.cfg.path)
         try:
-            with anyio.fail_after(self.cfg.timeout):
-                await wait_for_tick_boundary(
-                    ctx, url, self.cfg, self.health, settle=self.cfg.settle
-                )
+            async with AsyncExitStack() as stack:
+                if ctx.green_id is not None:
+                    # Green keeps being watched (death, memory, two-container
+                    # deadline) while it waits for blue's tick.
+                    watch = await stack.enter_async_context(
+                        watching(
+                            ctx,
+                            container_id=ctx.green_id,
+                            container_name=self.service.green_name,
+                            since_nano=ctx.green_since_nano,
+                            failure=GreenFailed,
+                            doing="waiting for blue's tick",
+                            replay_logs=False,
+                            **ctx.green_watch_args(),
+                        )
+                    )
+                    stack.callback(lambda: ctx.note_green_memory(watch.memory_peak))
+                with anyio.fail_after(self.cfg.timeout):
+                    await wait_for_tick_boundary(
+                        ctx, url, self.cfg, self.health, settle=self.cfg.settle
+                    )
         except TimeoutError:
             raise TickWaitFailed(
                 f"blue's tick did not reach a safe boundary within {self.cfg.timeout:g}s"

@@ -10,7 +10,13 @@ import anyio
 import pytest
 
 from rolling_update import ContainerSpec, DockerEngine
-from rolling_update._engine import ContainerEvent, FrameDecoder, LineSplitter, parse_event
+from rolling_update._engine import (
+    ContainerEvent,
+    FrameDecoder,
+    LineSplitter,
+    memory_in_use,
+    parse_event,
+)
 from tests.support import BASE_IMAGE, docker, require_engine
 
 
@@ -154,3 +160,13 @@ async def test_missing_things_are_none_and_undo_is_idempotent(engine: DockerEngi
     await engine.remove(missing)
     await engine.stop(missing, grace=1)
     assert await engine.image_exists(f"rutest-none-{time.time_ns()}:x") is False
+
+
+def test_memory_in_use_leaves_out_page_cache() -> None:
+    """Memory is counted as docker stats does: usage minus inactive file cache (v1 and v2 names)."""
+    v1 = b'{"memory_stats": {"usage": 1000, "stats": {"total_inactive_file": 300}}}'
+    v2 = b'{"memory_stats": {"usage": 1000, "stats": {"inactive_file": 100}}}'
+    assert memory_in_use(v1) == 700
+    assert memory_in_use(v2) == 900
+    assert memory_in_use(b'{"memory_stats": {}}') is None
+    assert memory_in_use(b"[]") is None

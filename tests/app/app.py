@@ -7,6 +7,7 @@ HEALTH_STATUS=x      status field of /api/brain/health (default "healthy")
 FAIL_HEALTH=1        /api/brain/health answers 500
 FAIL_ON_PORT=p       report "degraded" when serving on port p
 CRASH_AFTER=s        exit with code 3 s seconds after start
+CRASH_ON_PORT=p      exit with code 3 at once when told to serve on port p
 MIGRATE_FAIL=1       "migrate" exits 1
 TICK_INTERVAL=s      seconds between ticks (default 3600); CECELIA_TICK_ENABLED=false: none
 TICK_DURATION=s      how long a tick runs (default 1)
@@ -135,6 +136,10 @@ def serve():
     hold = bytearray(int(env_float("MEMORY_MB", 0)) * 1024 * 1024)
     for i in range(0, len(hold), 4096):
         hold[i] = 1
+    if knob("CRASH_ON_PORT") == str(PORT):
+        print(f"crashing on purpose: refusing port {PORT}", flush=True)
+        time.sleep(0.1)
+        os._exit(3)
     crash_after = knob("CRASH_AFTER")
     if crash_after:
         threading.Timer(
