@@ -3,44 +3,58 @@
 Exit codes (also in the README):
 
 ====  =====================================================================
-0     deployed: the new version serves
+0     deployed: the new version serves (recover: the host is consistent)
 1     the deploy failed and was rolled back: the old version serves
-2     usage, config or preflight error: nothing was touched
-3     the rollback is incomplete: a human must act (the message says what)
+2     usage, config or preflight error, or the service is locked: nothing
+      was touched
+3     the rollback or recovery is incomplete: a human must act
+130   interrupted by SIGINT, rolled back: the old version serves
+143   interrupted by SIGTERM, rolled back: the old version serves
 ====  =====================================================================
+
+A first SIGINT/SIGTERM cancels the deploy and starts the rollback; further
+ones are reported and ignored, so the rollback is never abandoned half-way.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import structlog
 
-from ._config import DEFAULT_CONFIG, load_config
+from ._config import DEFAULT_CONFIG, Config, load_config
 from ._deploy import deploy
 from ._errors import (
     ConfigError,
     ContainerFailure,
     PreflightError,
+    RecoveryFailed,
     RollbackIncomplete,
     RollingUpdateError,
 )
 from ._logging import configure, redactor
+from ._recover import recover
+from ._saga import SagaState
+from ._watch import task_group
 
 EXIT_OK = 0
 EXIT_ROLLED_BACK = 1
 EXIT_USAGE = 2
 EXIT_ROLLBACK_INCOMPLETE = 3
+EXIT_SIGNAL_BASE = 128
 
 
 def exit_code_for(exc: BaseException) -> int:
     """The one mapping from an error to an exit code."""
     if isinstance(exc, ConfigError | PreflightError):
         return EXIT_USAGE
-    if isinstance(exc, RollbackIncomplete):
+    if isinstance(exc, RollbackIncomplete | RecoveryFailed):
         return EXIT_ROLLBACK_INCOMPLETE
     return EXIT_ROLLED_BACK
 
@@ -50,7 +64,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ConfigError | PreflightError):
         line = f"error: {exc} (nothing was changed)"
     elif isinstance(exc, RollbackIncomplete):
-        line = f"error: {exc}. A human must act: check `docker ps -a`."
+        line = f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
+    elif isinstance(exc, RecoveryFailed):
+        line = f"error: recovery incomplete: {exc}"
     elif isinstance(exc, RollingUpdateError):
         line = f"error: {exc} (rolled back: the previous version serves)"
     else:
@@ -69,19 +85,94 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("deploy", help="build, migrate, start green, switch, verify")
-    run.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        help=f"config file (default: ./{DEFAULT_CONFIG})",
+    fix = commands.add_parser(
+        "recover", help="after a crash: restore one serving production container, no leftovers"
     )
-    run.add_argument(
-        "--log-format",
-        choices=["console", "json"],
-        default="console",
-        help="console for people, json (one object per line) for journald",
-    )
+    for sub in (run, fix):
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"config file (default: ./{DEFAULT_CONFIG})",
+        )
+        sub.add_argument(
+            "--log-format",
+            choices=["console", "json"],
+            default="console",
+            help="console for people, json (one object per line) for journald",
+        )
     return parser
+
+
+@dataclass
+class Interrupt:
+    signum: int | None = None
+
+
+async def _interruptible(work: Callable[[], Awaitable[object]], interrupt: Interrupt) -> None:
+    """Run ``work``; the first SIGINT/SIGTERM cancels it (its rollback is shielded)."""
+    log = structlog.get_logger()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def on_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if interrupt.signum is None:
+                        interrupt.signum = signum
+                        log.warning("deploy.interrupted", signal=name, action="rolling back")
+                        scope.cancel()
+                    else:
+                        log.warning(
+                            "deploy.interrupted",
+                            signal=name,
+                            action="ignored: the rollback finishes within its deadlines",
+                        )
+
+            tg.start_soon(on_signals)
+            try:
+                with scope:
+                    await work()
+            finally:
+                if interrupt.signum is not None:
+                    # The outcome is settled: a late repeat must not kill the
+                    # process while it reports. Held, it is dropped at exit.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            tg.cancel_scope.cancel()
+
+
+def _deploy(cfg: Config) -> int:
+    state = SagaState()
+    interrupt = Interrupt()
+    anyio.run(_interruptible, lambda: deploy(cfg, state=state), interrupt)
+    if interrupt.signum is None or state.finished:
+        return EXIT_OK
+    if state.failures:
+        raise RollbackIncomplete(
+            RollingUpdateError(f"interrupted by {signal.Signals(interrupt.signum).name}"),
+            state.failures,
+        )
+    if state.committed:
+        return EXIT_OK
+    name = signal.Signals(interrupt.signum).name
+    print(
+        f"interrupted by {name} during {state.current or 'preparation'}: "
+        "rolled back, the previous version serves",
+        file=sys.stderr,
+        flush=True,
+    )
+    return EXIT_SIGNAL_BASE + interrupt.signum
+
+
+def _recover(cfg: Config) -> int:
+    report = anyio.run(recover, cfg)
+    if report.unfinished:
+        print(f"recovered an unfinished {report.unfinished}", file=sys.stderr)
+    for action in report.actions:
+        print(f"  {action}", file=sys.stderr)
+    print(f"consistent: {report.outcome}", file=sys.stderr, flush=True)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,11 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_format)
     try:
         cfg = load_config(args.config)
-        anyio.run(deploy, cfg)
+        return _deploy(cfg) if args.command == "deploy" else _recover(cfg)
+    except KeyboardInterrupt:
+        # Only reachable before the engine is touched: later, signals are ours.
+        print("interrupted before anything was changed", file=sys.stderr, flush=True)
+        return EXIT_SIGNAL_BASE + signal.SIGINT
     except Exception as exc:
         print(describe(exc), file=sys.stderr, flush=True)
         return exit_code_for(exc)
-    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

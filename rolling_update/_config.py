@@ -189,6 +189,13 @@ class LimitsConfig(_Section):
     )
 
 
+class StateConfig(_Section):
+    dir: Path = Field(
+        Path(".rolling-update"),
+        description="Directory of the deploy lock and journal (relative to the config file).",
+    )
+
+
 class RollbackConfig(_Section):
     step_timeout: PositiveSeconds = Field(60, description="Deadline of each compensation.")
 
@@ -209,6 +216,7 @@ class Config(_Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
 
 
 def expand(value: str, environ: Mapping[str, str], *, key: str) -> str:
@@ -262,6 +270,7 @@ def parse_config(
             "service": cfg.service.model_copy(update={"env_file": resolve(cfg.service.env_file)}),
             "image": cfg.image.model_copy(update={"version_file": resolve(cfg.image.version_file)}),
             "build": cfg.build.model_copy(update={"context": resolve(cfg.build.context)}),
+            "state": cfg.state.model_copy(update={"dir": resolve(cfg.state.dir)}),
         }
     )
 

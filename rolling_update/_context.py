@@ -14,6 +14,7 @@ import aiohttp
 
 from ._config import Config
 from ._engine import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, LABEL_VERSION, Engine
+from ._state import Journal
 
 
 @dataclass
@@ -45,6 +46,13 @@ class DeployContext:
     """Figures reported at the end of the deploy (seconds, bytes, counts)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Free space for custom steps to pass facts along."""
+    journal: Journal | None = None
+    """The durable record ``recover`` reads if this process dies mid-deploy."""
+
+    def record(self, **facts: Any) -> None:
+        """Persist facts a recovery needs, *before* the action they describe."""
+        if self.journal is not None:
+            self.journal.update(**facts)
 
     def url(self, port: int, path: str) -> str:
         return f"http://{self.config.service.host}:{port}{path}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,8 @@ from ._context import DeployContext
 from ._engine import DockerEngine, Engine
 from ._errors import ConfigError, PreflightError
 from ._logging import register_secrets
-from ._saga import Step, StepRecord, run_saga
+from ._saga import SagaState, Step, StepRecord, run_saga
+from ._state import Journal, service_lock
 
 
 def default_plan(cfg: Config) -> list[Step[DeployContext]]:
@@ -89,65 +90,102 @@ class DeployResult:
     health: Any
 
 
+@asynccontextmanager
+async def open_engine(engine: Engine | None) -> AsyncIterator[Engine]:
+    """The given engine, or a :class:`DockerEngine` opened (and closed) here."""
+    if engine is not None:
+        await engine.ping()
+        yield engine
+        return
+    async with DockerEngine() as docker:
+        yield docker
+
+
+def http_session() -> aiohttp.ClientSession:
+    # A fresh connection per probe: availability is what we measure.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), trust_env=False)
+
+
 async def deploy(
     cfg: Config,
     *,
     steps: Sequence[Step[DeployContext]] | None = None,
     engine: Engine | None = None,
     environ: Mapping[str, str] | None = None,
+    state: SagaState | None = None,
 ) -> DeployResult:
     """Deploy the release ``cfg`` describes with ``steps`` (default: :func:`default_plan`).
 
+    Holds the service's lock throughout and keeps a journal for ``recover``.
     Raises a :class:`~rolling_update.RollingUpdateError` when the deploy fails;
-    by then every started step was compensated.
+    by then every started step was compensated. ``state``, if given, is kept
+    up to date with the runner's progress (the CLI reads it after an interrupt).
     """
     deploy_id = uuid.uuid4().hex[:12]
     log = structlog.get_logger()
     with structlog.contextvars.bound_contextvars(deploy_id=deploy_id):
         release = prepare(cfg, environ)
         began = time.monotonic()
-        async with AsyncExitStack() as stack:
-            if engine is None:
-                engine = await stack.enter_async_context(DockerEngine())
-            await engine.ping()
-            if not cfg.build.enabled and not await engine.image_exists(release.image):
-                raise PreflightError(f"image {release.image} does not exist and build is disabled")
-            http = await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    # A fresh connection per probe: availability is what we measure.
-                    connector=aiohttp.TCPConnector(force_close=True),
-                    trust_env=False,
+        state_dir, service = cfg.state.dir, cfg.service.name
+        with service_lock(state_dir, service, purpose="deploy", deploy_id=deploy_id):
+            unfinished = Journal.load(Journal.path_for(state_dir, service))
+            if unfinished is not None:
+                raise PreflightError(
+                    f"an unfinished {unfinished.describe()} was interrupted; "
+                    "run `rolling-update recover` first"
                 )
-            )
-            ctx = DeployContext(
-                config=cfg,
-                engine=engine,
-                http=http,
-                deploy_id=deploy_id,
-                version=release.version,
-                image=release.image,
-                env=dict(release.env),
-            )
-            plan = list(steps) if steps is not None else default_plan(cfg)
-            log.info(
-                "deploy.started",
-                image=release.image,
-                version=release.version,
-                service=cfg.service.name,
-                steps=[s.name for s in plan],
-            )
-            try:
-                records = await run_saga(plan, ctx, compensate_limit=cfg.rollback.step_timeout)
-            except BaseException:
-                # What was measured (the outage of a failed switch, memory) is
-                # worth as much on failure as on success.
-                log.warning(
-                    "deploy.failed",
+            async with open_engine(engine) as docker, http_session() as http:
+                if not cfg.build.enabled and not await docker.image_exists(release.image):
+                    raise PreflightError(
+                        f"image {release.image} does not exist and build is disabled"
+                    )
+                journal = Journal.begin(
+                    state_dir,
+                    deploy_id=deploy_id,
+                    service=service,
                     image=release.image,
-                    measured=ctx.measured,
-                    seconds=round(time.monotonic() - began, 3),
+                    version=release.version,
                 )
-                raise
+                ctx = DeployContext(
+                    config=cfg,
+                    engine=docker,
+                    http=http,
+                    deploy_id=deploy_id,
+                    version=release.version,
+                    image=release.image,
+                    env=dict(release.env),
+                    journal=journal,
+                )
+                plan = list(steps) if steps is not None else default_plan(cfg)
+                log.info(
+                    "deploy.started",
+                    image=release.image,
+                    version=release.version,
+                    service=service,
+                    steps=[s.name for s in plan],
+                )
+                progress = state if state is not None else SagaState()
+                progress.on_progress = lambda p: journal.update(
+                    step=p.current, committed=p.committed
+                )
+                try:
+                    records = await run_saga(
+                        plan, ctx, compensate_limit=cfg.rollback.step_timeout, state=progress
+                    )
+                except BaseException:
+                    # What was measured (the outage of a failed switch, memory) is
+                    # worth as much on failure as on success.
+                    log.warning(
+                        "deploy.failed",
+                        image=release.image,
+                        measured=ctx.measured,
+                        seconds=round(time.monotonic() - began, 3),
+                    )
+                    if not progress.failures:
+                        # Rolled back cleanly: nothing is left to recover.
+                        journal.remove()
+                    raise
+                journal.remove()
         seconds = time.monotonic() - began
         log.info(
             "deploy.done",

@@ -38,6 +38,9 @@ LABEL_DEPLOY = "io.rolling-update.deploy-id"
 LABEL_VERSION = "io.rolling-update.version"
 
 _CLOSE_LIMIT = 5.0
+# An engine that takes longer than this to create, start, rename or remove a
+# container is not coming back; stop gets its grace period on top.
+_MUTATION_LIMIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Engine(Protocol):
     ) -> None: ...
     async def remove_image(self, ref: str) -> None: ...
     async def inspect(self, name_or_id: str) -> ContainerInfo | None: ...
+    async def list_ids(self, labels: Mapping[str, str]) -> list[str]: ...
     async def create(self, spec: ContainerSpec) -> str: ...
     async def start(self, container_id: str) -> None: ...
     async def stop(self, container_id: str, *, grace: int) -> None: ...
@@ -266,6 +270,24 @@ class DockerEngine:
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
 
+    @asynccontextmanager
+    async def _mutation(
+        self, operation: str, target: str, *, limit: float = _MUTATION_LIMIT
+    ) -> AsyncIterator[None]:
+        """A call that changes the engine's state: shielded, bounded, translated.
+
+        Cancelling it mid-flight would leave the engine acting on a request we
+        no longer know the outcome of (a container created after our undo
+        looked for it). Shielded, the caller always learns what happened, and
+        the cancellation is delivered at its next checkpoint.
+        """
+        try:
+            with anyio.fail_after(limit, shield=True):
+                async with self._translate(operation, target):
+                    yield
+        except TimeoutError:
+            raise EngineError(operation, target, 0, f"no answer within {limit:g}s") from None
+
     async def ping(self) -> None:
         async with self._translate("version", "engine"):
             await self.client.version()
@@ -334,19 +356,26 @@ class DockerEngine:
             raise
         return _info(container._container)
 
+    async def list_ids(self, labels: Mapping[str, str]) -> list[str]:
+        """Ids of all containers (running or not) carrying every label given."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        async with self._translate("ps", "containers"):
+            found = await self.client.containers.list(all=True, filters=json.dumps(filters))
+        return [str(c.id) for c in found]
+
     async def create(self, spec: ContainerSpec) -> str:
         # create + start, never containers.run(): run() pulls on a missing image.
-        async with self._translate("create", spec.name):
+        async with self._mutation("create", spec.name):
             container = await self.client.containers.create(spec.to_api(), name=spec.name)
         return str(container.id)
 
     async def start(self, container_id: str) -> None:
-        async with self._translate("start", container_id[:12]):
+        async with self._mutation("start", container_id[:12]):
             await self.client.containers.container(container_id).start()
 
     async def stop(self, container_id: str, *, grace: int) -> None:
         try:
-            async with self._translate("stop", container_id[:12]):
+            async with self._mutation("stop", container_id[:12], limit=grace + _MUTATION_LIMIT):
                 await self.client.containers.container(container_id).stop(t=int(grace))
         except EngineError as exc:
             if exc.status not in (304, 404):
@@ -354,14 +383,14 @@ class DockerEngine:
 
     async def remove(self, container_id: str) -> None:
         try:
-            async with self._translate("rm", container_id[:12]):
+            async with self._mutation("rm", container_id[:12]):
                 await self.client.containers.container(container_id).delete(force=True)
         except EngineError as exc:
             if exc.status != 404:
                 raise
 
     async def rename(self, container_id: str, name: str) -> None:
-        async with self._translate("rename", f"{container_id[:12]} to {name}"):
+        async with self._mutation("rename", f"{container_id[:12]} to {name}"):
             await self.client.containers.container(container_id).rename(name)
 
     async def wait(self, container_id: str) -> int:

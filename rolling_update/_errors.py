@@ -7,7 +7,8 @@ once, where they enter, with ``raise ... from exc``::
     RollingUpdateError
     ├── ConfigError            bad config file, key, or file it names   (exit 2)
     ├── PreflightError         checked before anything is touched       (exit 2)
-    │   └── EngineUnavailable  the Docker engine does not answer
+    │   ├── EngineUnavailable  the Docker engine does not answer
+    │   └── DeployLocked       another deploy of the service is under way
     ├── EngineError            a Docker API call failed mid-deploy       (exit 1)
     ├── BuildFailed            the image did not build                   (exit 1)
     ├── MigrationFailed        the one-off migration container failed    (exit 1)
@@ -16,7 +17,8 @@ once, where they enter, with ``raise ... from exc``::
     ├── HealthCheckFailed      no healthy answer before the deadline     (exit 1)
     │   └── VerificationFailed production answered, but not as expected
     ├── TickWaitFailed         blue's tick never reached a safe boundary (exit 1)
-    └── RollbackIncomplete     a compensation failed: a human must act   (exit 3)
+    ├── RollbackIncomplete     a compensation failed: a human must act   (exit 3)
+    └── RecoveryFailed         recover could not reach a consistent state (exit 3)
 
 The CLI turns these into one line and an exit code, in one place
 (:func:`rolling_update._cli.exit_code_for`).
@@ -114,3 +116,7 @@ class RollbackIncomplete(RollingUpdateError):
         self.failures = list(failures)
         detail = "; ".join(f"{step}: {why}" for step, why in self.failures)
         super().__init__(f"{cause} — and the rollback is incomplete: {detail}")
+
+
+class RecoveryFailed(RollingUpdateError):
+    """``recover`` could not bring the host to a consistent, serving state."""

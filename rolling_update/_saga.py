@@ -14,7 +14,7 @@ verified; a failure after that must not roll back a healthy deploy).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -37,6 +37,33 @@ class Step(Protocol[Ctx]):
     async def compensate(self, ctx: Ctx) -> None: ...
 
 
+class SagaState:
+    """What the runner has done so far, readable after an interrupt.
+
+    ``current`` is set before a step's ``run()``, ``committed`` once a pivot
+    step has succeeded; ``on_progress`` (the deploy journal) is called after
+    each of those changes, before the step acts. ``failures`` names
+    compensations that did not finish.
+    """
+
+    def __init__(self, on_progress: Callable[[SagaState], None] | None = None) -> None:
+        self.current: str | None = None
+        self.committed = False
+        self.finished = False
+        self.failures: list[tuple[str, str]] = []
+        self.on_progress = on_progress
+
+    def begin(self, step: str) -> None:
+        self.current = step
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    def commit(self) -> None:
+        self.committed = True
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+
 @dataclass(frozen=True)
 class StepRecord:
     name: str
@@ -47,7 +74,11 @@ C = TypeVar("C")
 
 
 async def run_saga(
-    steps: Sequence[Step[C]], ctx: C, *, compensate_limit: float
+    steps: Sequence[Step[C]],
+    ctx: C,
+    *,
+    compensate_limit: float,
+    state: SagaState | None = None,
 ) -> list[StepRecord]:
     """Run ``steps`` in order with ``ctx``; return how long each took.
 
@@ -58,6 +89,7 @@ async def run_saga(
     :class:`RollbackIncomplete` (caused by the original) is raised instead.
     """
     log = structlog.get_logger()
+    state = state if state is not None else SagaState()
     started: list[Step[C]] = []
     records: list[StepRecord] = []
     total = len(steps)
@@ -65,6 +97,7 @@ async def run_saga(
         for index, step in enumerate(steps, start=1):
             with structlog.contextvars.bound_contextvars(step=step.name):
                 log.info("deploy.step.started", index=index, total=total, title=step.title)
+                state.begin(step.name)
                 started.append(step)
                 began = time.monotonic()
                 await step.run(ctx)
@@ -78,6 +111,7 @@ async def run_saga(
                     seconds=round(seconds, 3),
                 )
                 if getattr(step, "pivot", False):
+                    state.commit()
                     started.clear()
     except BaseException as exc:
         failed = started[-1].name if started else None
@@ -87,6 +121,7 @@ async def run_saga(
             else:
                 log.warning("deploy.step.interrupted", reason=type(exc).__name__)
         failures = await _unwind(started, ctx, compensate_limit)
+        state.failures = failures
         if failures:
             log.error("deploy.rollback.incomplete", failures=[f"{s}: {w}" for s, w in failures])
             if isinstance(exc, Exception):
@@ -94,6 +129,7 @@ async def run_saga(
         elif started:
             log.info("deploy.rollback.done", undone=[s.name for s in reversed(started)])
         raise
+    state.finished = True
     return records
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
@@ -66,7 +67,7 @@ async def task_group() -> AsyncIterator[TaskGroup]:
 
 
 async def poll_until_healthy(
-    ctx: DeployContext,
+    http: aiohttp.ClientSession,
     url: str,
     rule: HealthConfig,
     *,
@@ -82,7 +83,7 @@ async def poll_until_healthy(
     log = structlog.get_logger()
     verdict_before: str | None = "(none yet)"
     while True:
-        answer = await probe(ctx.http, url, rule)
+        answer = await probe(http, url, rule)
         verdict = judge_health(answer, rule, expect_version)
         last.answer, last.verdict = answer, verdict
         if verdict != verdict_before:
@@ -211,6 +212,6 @@ async def await_healthy(
         deadline_reason=deadline_reason,
     ) as watch:
         answer = await poll_until_healthy(
-            ctx, url, rule, interval=interval, expect_version=expect_version, last=last
+            ctx.http, url, rule, interval=interval, expect_version=expect_version, last=last
         )
     return answer, watch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import structlog
 
 from rolling_update._config import ServiceConfig
@@ -23,6 +24,12 @@ class RemoveOld:
         self.service = service
 
     async def run(self, ctx: DeployContext) -> None:
+        # Shielded: an interrupt now (the deploy is verified) waits the few
+        # hundred milliseconds this takes rather than leave leftovers.
+        with anyio.move_on_after(ctx.config.rollback.step_timeout, shield=True):
+            await self._remove(ctx)
+
+    async def _remove(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
         for label, container_id in (("green", ctx.green_id), ("old", ctx.blue_id)):
             if container_id is None:

@@ -67,6 +67,7 @@ class Switch:
                     )
                 await ctx.engine.remove(old.id)
             ctx.blue_id, ctx.blue_was_running = blue.id, blue.running
+            ctx.record(blue_id=blue.id, blue_was_running=blue.running)
             await ctx.engine.rename(blue.id, ctx.old_name)
             ctx.blue_renamed = True
         ctx.production_id = await ctx.engine.create(self.spec(ctx))
@@ -118,7 +119,7 @@ class Switch:
             last = LastProbe()
             with anyio.move_on_after(self.verify.timeout):
                 await poll_until_healthy(
-                    ctx,
+                    ctx.http,
                     url,
                     self.health,
                     interval=self.verify.interval,

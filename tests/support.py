@@ -7,6 +7,7 @@ reference user's bash script does it: with the docker CLI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -219,22 +220,31 @@ class Service:
         path.write_text(text)
         return path
 
-    def deploy(self, *, environ: Mapping[str, str] | None = None, timeout: float = 180) -> Run:
+    def command(self, verb: str = "deploy") -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "rolling_update",
+            verb,
+            "--config",
+            str(self.workdir / "rolling-update.toml"),
+            "--log-format",
+            "json",
+        ]
+
+    def deploy(
+        self,
+        *,
+        environ: Mapping[str, str] | None = None,
+        timeout: float = 180,
+        verb: str = "deploy",
+    ) -> Run:
         """Run ``python -m rolling_update deploy`` with JSON logs, as a user would."""
         env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
         env.update(environ or {})
         began = time.monotonic()
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rolling_update",
-                "deploy",
-                "--config",
-                str(self.workdir / "rolling-update.toml"),
-                "--log-format",
-                "json",
-            ],
+            self.command(verb),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -243,6 +253,43 @@ class Service:
             check=False,
         )
         return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - began)
+
+    def recover(self) -> Run:
+        return self.deploy(verb="recover")
+
+    def deploy_interrupted(
+        self, step: str, signum: int, *, repeat: int = 0, timeout: float = 180
+    ) -> Run:
+        """Deploy, sending ``signum`` when ``step`` starts (and ``repeat`` more, 50 ms apart)."""
+        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
+        began = time.monotonic()
+        out: list[str] = []
+        with subprocess.Popen(
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        ) as process:
+            assert process.stdout is not None and process.stderr is not None
+            sent = False
+            for line in process.stdout:
+                out.append(line)
+                if not sent and '"deploy.step.started"' in line and f'"step": "{step}"' in line:
+                    sent = True
+                    for i in range(repeat + 1):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(process.pid, signum)
+                        if i < repeat:
+                            time.sleep(0.05)
+            code = process.wait(timeout)
+            err = process.stderr.read()
+        return Run(code, "".join(out), err, time.monotonic() - began)
+
+    @property
+    def journal(self) -> Path:
+        return self.workdir / ".rolling-update" / f"{self.name}.journal.json"
 
     def containers(self) -> list[str]:
         # Name filters match substrings: keep exact-prefix matches only.

@@ -9,6 +9,8 @@ FAIL_ON_PORT=p       report "degraded" when serving on port p
 CRASH_AFTER=s        exit with code 3 s seconds after start
 CRASH_ON_PORT=p      exit with code 3 at once when told to serve on port p
 MIGRATE_FAIL=1       "migrate" exits 1
+HEALTH_MODE=m        /api/brain/health answers html (not JSON), huge (2 MB) or hang (never)
+TICK_MODE=html       /api/brain/tick/status answers HTML
 TICK_INTERVAL=s      seconds between ticks (default 3600); CECELIA_TICK_ENABLED=false: none
 TICK_DURATION=s      how long a tick runs (default 1)
 SHUTDOWN_DELAY=s     on SIGTERM, wait this long before closing
@@ -94,15 +96,23 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def answer(self, code, body):
-        data = json.dumps(body).encode()
+        self.raw(code, json.dumps(body).encode(), "application/json")
+
+    def raw(self, code, data, content_type):
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
     def do_GET(self):
         if self.path == "/api/brain/health":
+            mode = knob("HEALTH_MODE")
+            if mode == "hang":
+                time.sleep(3600)
+            if mode in ("html", "huge"):
+                text = "<html>" + ("x" * 2_000_000 if mode == "huge" else "oops") + "</html>"
+                return self.raw(200, text.encode(), "text/html")
             if knob("FAIL_HEALTH") == "1":
                 return self.answer(500, {"status": "error"})
             status = knob("HEALTH_STATUS", "healthy")
@@ -113,6 +123,8 @@ class Handler(BaseHTTPRequestHandler):
                 {"status": status, "version": VERSION, "uptime": round(time.time() - STARTED, 3)},
             )
         if self.path == "/api/brain/tick/status":
+            if knob("TICK_MODE") == "html":
+                return self.raw(200, b"<html>tick?</html>", "text/html")
             with lock:
                 return self.answer(
                     200,
@@ -169,6 +181,8 @@ def serve():
 
 def migrate():
     print(f"migrating to {VERSION}", flush=True)
+    if knob("ECHO_ENV"):
+        print(f"{knob('ECHO_ENV')}={os.environ.get(knob('ECHO_ENV'), '')}", flush=True)
     if knob("MIGRATE_FAIL") == "1":
         print("migration 042 failed: relation already exists", flush=True)
         sys.exit(1)
