@@ -1,0 +1,94 @@
+"""The deploy lock and journal: exclusive, self-describing, durable, taken over from the dead."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rolling_update._errors import ConfigError
+from rolling_update._state import DeployLocked, Journal, service_lock
+
+
+def test_second_holder_is_refused_with_the_first_ones_details(tmp_path: Path) -> None:
+    """While one process holds the lock, another gets DeployLocked naming pid, deploy and time."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+            "from pathlib import Path\n"
+            "from rolling_update._state import service_lock\n"
+            "with service_lock(Path(sys.argv[2]), 'svc', purpose='deploy', deploy_id='abc123'):\n"
+            "    print('held', flush=True); time.sleep(30)",
+            str(Path(__file__).resolve().parent.parent),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with (
+            pytest.raises(
+                DeployLocked, match=rf"svc is locked by deploy abc123 \(pid {holder.pid} on "
+            ),
+            service_lock(tmp_path, "svc", purpose="deploy", deploy_id="x"),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    # The kernel dropped the dead holder's lock: it can be taken now.
+    with service_lock(tmp_path, "svc", purpose="deploy", deploy_id="y"):
+        pass
+
+
+def test_clean_release_leaves_an_empty_lock_file(tmp_path: Path) -> None:
+    """A released lock holds no holder details, so leftovers always mean a holder died."""
+    with service_lock(tmp_path, "svc", purpose="deploy", deploy_id="d"):
+        held = json.loads((tmp_path / "svc.lock").read_text())
+        assert held["pid"] == os.getpid() and held["deploy_id"] == "d"
+    assert (tmp_path / "svc.lock").read_text() == ""
+
+
+def test_unusable_state_dir_is_a_config_error(tmp_path: Path) -> None:
+    """A state dir that cannot be created is reported naming state.dir."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with (
+        pytest.raises(ConfigError, match=r"state\.dir"),
+        service_lock(blocker / "sub", "svc", purpose="deploy", deploy_id="d"),
+    ):
+        pass
+
+
+def test_journal_round_trips_and_is_replaced_atomically(tmp_path: Path) -> None:
+    """Updates rewrite the whole journal via a rename; loading gives back the last state."""
+    journal = Journal.begin(tmp_path, deploy_id="d1", service="svc", image="i:2", version="2")
+    journal.update(step="switch", blue_id="abc", blue_was_running=True)
+    loaded = Journal.load(Journal.path_for(tmp_path, "svc"))
+    assert loaded is not None
+    assert (loaded.record.step, loaded.record.blue_id, loaded.record.committed) == (
+        "switch",
+        "abc",
+        False,
+    )
+    assert "last step switch" in loaded.describe()
+    assert not list(tmp_path.glob("*.tmp"))
+    journal.remove()
+    assert Journal.load(Journal.path_for(tmp_path, "svc")) is None
+
+
+def test_corrupt_journal_is_reported_not_guessed(tmp_path: Path) -> None:
+    """A journal that is not ours is an error naming it, never silently ignored."""
+    path = Journal.path_for(tmp_path, "svc")
+    path.write_text("{half")
+    with pytest.raises(ConfigError, match="journal is unreadable"):
+        Journal.load(path)
