@@ -23,12 +23,14 @@ from ._errors import (
     MigrationFailed,
     PreflightError,
     ProductionFailed,
+    RecoveryFailed,
     RollbackIncomplete,
     RollingUpdateError,
     TickWaitFailed,
     VerificationFailed,
 )
 from ._logging import configure as configure_logging
+from ._recover import RecoveryReport, recover
 from ._saga import Step, StepRecord, run_saga
 
 __all__ = [
@@ -50,6 +52,8 @@ __all__ = [
     "MigrationFailed",
     "PreflightError",
     "ProductionFailed",
+    "RecoveryFailed",
+    "RecoveryReport",
     "RollbackIncomplete",
     "RollingUpdateError",
     "Step",
@@ -61,5 +65,6 @@ __all__ = [
     "deploy",
     "load_config",
     "prepare",
+    "recover",
     "run_saga",
 ]

@@ -117,6 +117,9 @@ class BuildConfig(_Section):
         min_length=1,
         description="External build command instead of context; '{image}' is replaced.",
     )
+    workdir: Path = Field(
+        Path("."), description="Where build.command runs (relative to the config file)."
+    )
     timeout: PositiveSeconds = Field(900, description="Deadline of the build, in seconds.")
 
     @model_validator(mode="after")
@@ -269,7 +272,12 @@ def parse_config(
             "green": cfg.green.model_copy(update={"env": green_env}),
             "service": cfg.service.model_copy(update={"env_file": resolve(cfg.service.env_file)}),
             "image": cfg.image.model_copy(update={"version_file": resolve(cfg.image.version_file)}),
-            "build": cfg.build.model_copy(update={"context": resolve(cfg.build.context)}),
+            "build": cfg.build.model_copy(
+                update={
+                    "context": resolve(cfg.build.context),
+                    "workdir": resolve(cfg.build.workdir),
+                }
+            ),
             "state": cfg.state.model_copy(update={"dir": resolve(cfg.state.dir)}),
         }
     )

@@ -111,6 +111,7 @@ class Journal:
             host=socket.gethostname(),
             started_at=_now(),
         )
+        state_dir.mkdir(parents=True, exist_ok=True)
         journal = cls(cls.path_for(state_dir, service), record)
         journal.write()
         return journal

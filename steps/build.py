@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import anyio
 import structlog
@@ -52,7 +53,9 @@ class BuildImage:
         argv = [part.replace("{image}", ctx.image) for part in self.cfg.command]
         env = {**os.environ, "IMAGE": ctx.image, "VERSION": ctx.version}
         try:
-            process = await anyio.open_process(argv, env=env, stderr=-2)  # stderr into stdout
+            process = await anyio.open_process(
+                argv, env=env, cwd=self.cfg.workdir, stderr=subprocess.STDOUT
+            )
         except OSError as exc:
             raise BuildFailed(f"cannot run build command {argv[0]!r}: {exc.strerror}") from None
         async with process:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.support import Prober, Service, docker, get_json
+from tests.support import BASE_IMAGE, DOCKER, Prober, Service, docker, get_json
 
 pytestmark = pytest.mark.docker
 
@@ -129,6 +129,37 @@ def test_failed_build_leaves_blue_untouched(service: Service) -> None:
     assert service.inspect(service.name)["Id"] == blue_id
     assert service.containers() == [service.name]
     assert prober.failures == 0
+
+
+def test_external_build_command_builds_the_image(service: Service) -> None:
+    """build.command runs in the config's directory with {image}; its output streams to the log."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    script = service.workdir / "scripts" / "brain-build.sh"
+    script.parent.mkdir()
+    script.write_text(
+        f'#!/bin/sh\necho "building $1 (VERSION=$VERSION)"\n'
+        f'exec {DOCKER} build -q --build-arg BASE={BASE_IMAGE} -t "$1" brain\n'
+    )
+    script.chmod(0o755)
+    service.config(build='command = ["scripts/brain-build.sh", "{image}"]\n')
+    run = service.deploy()
+    assert run.code == 0, run.stderr
+    assert f"building {service.repo}:2.0.0 (VERSION=2.0.0)" in [
+        e["line"] for e in run.event("build.log")
+    ]
+    assert get_json(service.url())["version"] == "2.0.0"
+
+
+def test_failing_build_command_stops_the_deploy(service: Service) -> None:
+    """A build command exiting non-zero is a failed build: exit 1, blue untouched."""
+    blue_id = service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config(build='command = ["sh", "-c", "echo compiling; exit 4"]\n')
+    run = service.deploy()
+    assert run.code == 1
+    assert "build command 'sh' exited with code 4" in run.stderr
+    assert service.inspect(service.name)["Id"] == blue_id
 
 
 def test_stale_green_from_an_earlier_run_is_replaced(service: Service) -> None:

@@ -1,0 +1,189 @@
+"""Test helpers for plans and custom steps, shipped the way httpx ships MockTransport.
+
+:class:`FakeEngine` implements :class:`rolling_update.Engine` in memory: names,
+labels, running state, images, and the 404/409 answers a real engine gives.
+It is a fake at our own seam, for fast tests of step logic and recovery; the
+real behaviour is proven on a real engine by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._engine import ContainerEvent, ContainerInfo, ContainerSpec
+from ._errors import EngineError
+
+__all__ = ["FakeContainer", "FakeEngine"]
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    spec: ContainerSpec
+    name: str
+    running: bool = False
+    exit_code: int = 0
+    created: float = field(default_factory=time.time)
+    logs: list[str] = field(default_factory=list)
+    memory: int = 10 * 2**20
+
+    def info(self) -> ContainerInfo:
+        return ContainerInfo(
+            id=self.id,
+            name=self.name,
+            image=self.spec.image,
+            running=self.running,
+            status="running" if self.running else "exited",
+            labels=dict(self.spec.labels),
+            restart_count=0,
+            exit_code=self.exit_code,
+            created=self.created,
+        )
+
+
+class FakeEngine:
+    """An in-memory container engine; ``calls`` records every change, in order."""
+
+    def __init__(self, images: set[str] | None = None) -> None:
+        self.containers: dict[str, FakeContainer] = {}
+        self.images: set[str] = set(images or ())
+        self.calls: list[str] = []
+
+    def add(self, spec: ContainerSpec, *, running: bool = True) -> FakeContainer:
+        """Put a container in place, as if someone else had made it earlier."""
+        self.images.add(spec.image)
+        container = FakeContainer(
+            id=uuid.uuid4().hex * 2, spec=spec, name=spec.name, running=running
+        )
+        self.containers[container.id] = container
+        return container
+
+    def _find(self, name_or_id: str) -> FakeContainer | None:
+        for c in self.containers.values():
+            if name_or_id in (c.id, c.name) or (
+                len(name_or_id) >= 12 and c.id.startswith(name_or_id)
+            ):
+                return c
+        return None
+
+    def _get(self, operation: str, name_or_id: str) -> FakeContainer:
+        found = self._find(name_or_id)
+        if found is None:
+            raise EngineError(operation, name_or_id[:12], 404, "No such container")
+        return found
+
+    def names(self) -> list[str]:
+        return sorted(c.name for c in self.containers.values())
+
+    async def ping(self) -> None:
+        pass
+
+    async def image_exists(self, ref: str) -> bool:
+        return ref in self.images
+
+    async def build_image(
+        self,
+        context: Path,
+        *,
+        dockerfile: str,
+        tag: str,
+        args: Mapping[str, str],
+        on_line: Callable[[str], None],
+    ) -> None:
+        self.calls.append(f"build {tag}")
+        self.images.add(tag)
+        on_line(f"Successfully tagged {tag}")
+
+    async def remove_image(self, ref: str) -> None:
+        self.images.discard(ref)
+
+    async def inspect(self, name_or_id: str) -> ContainerInfo | None:
+        found = self._find(name_or_id)
+        return None if found is None else found.info()
+
+    async def list_ids(self, labels: Mapping[str, str]) -> list[str]:
+        return [
+            c.id
+            for c in self.containers.values()
+            if all(c.spec.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    async def create(self, spec: ContainerSpec) -> str:
+        if self._find(spec.name) is not None:
+            raise EngineError("create", spec.name, 409, f"name {spec.name} is already in use")
+        if spec.image not in self.images:
+            raise EngineError("create", spec.name, 404, f"No such image: {spec.image}")
+        self.calls.append(f"create {spec.name}")
+        return self.add(spec, running=False).id
+
+    async def start(self, container_id: str) -> None:
+        container = self._get("start", container_id)
+        self.calls.append(f"start {container.name}")
+        container.running = True
+
+    async def stop(self, container_id: str, *, grace: int) -> None:
+        container = self._find(container_id)
+        if container is not None and container.running:
+            self.calls.append(f"stop {container.name}")
+            container.running = False
+
+    async def remove(self, container_id: str) -> None:
+        container = self._find(container_id)
+        if container is not None:
+            self.calls.append(f"rm {container.name}")
+            del self.containers[container.id]
+
+    async def rename(self, container_id: str, name: str) -> None:
+        container = self._get("rename", container_id)
+        if self._find(name) not in (None, container):
+            raise EngineError("rename", name, 409, f"name {name} is already in use")
+        self.calls.append(f"rename {container.name} {name}")
+        container.name = name
+
+    async def wait(self, container_id: str) -> int:
+        container = self._get("wait", container_id)
+        container.running = False
+        return container.exit_code
+
+    async def follow_logs(
+        self,
+        container_id: str,
+        on_line: Callable[[str], Awaitable[None]],
+        *,
+        replay: bool = True,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        container = self._get("logs", container_id)
+        task_status.started()
+        for line in container.logs if replay else []:
+            await on_line(line)
+
+    async def watch_events(
+        self,
+        container_id: str,
+        since_nano: int,
+        on_event: Callable[[ContainerEvent], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    async def watch_memory(
+        self,
+        container_id: str,
+        on_sample: Callable[[int], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        container = self._get("stats", container_id)
+        task_status.started()
+        await on_sample(container.memory)
+        await anyio.sleep_forever()
