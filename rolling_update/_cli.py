@@ -39,7 +39,7 @@ from ._errors import (
     RollingUpdateError,
 )
 from ._logging import configure, redactor
-from ._recover import recover
+from ._recover import RecoveryReport, recover
 from ._saga import SagaState
 from ._watch import task_group
 
@@ -166,7 +166,18 @@ def _deploy(cfg: Config) -> int:
 
 
 def _recover(cfg: Config) -> int:
-    report = anyio.run(recover, cfg)
+    reports: list[RecoveryReport] = []
+
+    async def work() -> None:
+        reports.append(await recover(cfg))
+
+    interrupt = Interrupt()
+    anyio.run(_interruptible, work, interrupt)
+    if not reports:
+        assert interrupt.signum is not None
+        print("recover interrupted; it is safe to run it again", file=sys.stderr, flush=True)
+        return EXIT_SIGNAL_BASE + interrupt.signum
+    report = reports[0]
     if report.unfinished:
         print(f"recovered an unfinished {report.unfinished}", file=sys.stderr)
     for action in report.actions:

@@ -9,6 +9,7 @@ appear, including lines a container prints about its own environment.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal, TextIO
@@ -77,6 +78,8 @@ class ConsoleRenderer:
             return f"✅ {ev['title']} ({ev['seconds']:.1f}s)"
         if event == "deploy.step.failed":
             return f"❌ {ev.get('step')}: {ev.get('error')}"
+        if event == "deploy.rollback.done":
+            return f"↩️  Rolled back: undid {', '.join(ev.get('undone') or [])}"
         if event in ("container.log", "build.log"):
             return (
                 f"   │ {ev.get('container', '')}{': ' if ev.get('container') else ''}{ev['line']}"
@@ -111,6 +114,7 @@ def configure(fmt: LogFormat = "console", stream: TextIO | None = None) -> None:
         processors.append(ConsoleRenderer())
     structlog.configure(
         processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

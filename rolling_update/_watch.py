@@ -1,9 +1,11 @@
-"""Waiting on a container with its logs, engine events and health probes at once.
+"""Waiting on a container with its logs, engine events, memory and health at once.
 
-One task group per wait: the container's log lines stream into the structured
-log, its engine events abort the wait the moment it dies or restarts, and the
-health poller ends the wait when an answer is acceptable. The deadline is the
-caller's (``anyio.fail_after`` around :func:`await_healthy`).
+One task group per wait (:func:`watching`): the container's log lines stream
+into the structured log, its engine events abort the wait the moment it dies
+or restarts, its memory is sampled against a bar, and an optional absolute
+deadline (the two-container limit) ends it. :func:`await_healthy` adds the
+health poller, which ends the wait when an answer is acceptable. The wait's
+own deadline is the caller's (``anyio.fail_after`` around it).
 """
 
 from __future__ import annotations

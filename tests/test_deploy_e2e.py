@@ -131,6 +131,17 @@ def test_failed_build_leaves_blue_untouched(service: Service) -> None:
     assert prober.failures == 0
 
 
+def test_first_deploy_without_a_blue_starts_production(service: Service) -> None:
+    """With no production container yet, the deploy skips the tick wait and starts one."""
+    service.write_app("1.0.0")
+    service.config()
+    run = service.deploy()
+    assert run.code == 0, run.stderr
+    assert get_json(service.url())["version"] == "1.0.0"
+    assert service.containers() == [service.name]
+    assert run.event("tick.skipped")
+
+
 def test_external_build_command_builds_the_image(service: Service) -> None:
     """build.command runs in the config's directory with {image}; its output streams to the log."""
     service.start_blue("1.0.0")
