@@ -26,6 +26,7 @@ from ._context import DeployContext
 from ._engine import ContainerEvent
 from ._errors import ContainerFailure, RollingUpdateError
 from ._http import Answer, judge_health, probe
+from ._logging import redactor
 
 _FATAL_ACTIONS = {"die", "oom", "destroy"}
 
@@ -140,7 +141,8 @@ async def watching(
         )
 
     async def on_line(line: str) -> None:
-        watch.tail.append(line)
+        # Kept blanked: these lines end up in exception messages.
+        watch.tail.append(redactor.scrub(line))
         log.info("container.log", container=container_name, line=line)
 
     async def follow(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

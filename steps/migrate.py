@@ -12,6 +12,7 @@ from rolling_update._config import MigrateConfig, ServiceConfig
 from rolling_update._context import DeployContext
 from rolling_update._engine import ContainerSpec
 from rolling_update._errors import MigrationFailed
+from rolling_update._logging import redactor
 from rolling_update._watch import task_group
 
 from ._common import remove_ours, remove_stale
@@ -66,7 +67,7 @@ class RunMigrations:
         tail: deque[str] = deque(maxlen=30)
 
         async def on_line(line: str) -> None:
-            tail.append(line)
+            tail.append(redactor.scrub(line))
             log.info("container.log", container=self.container_name, line=line)
 
         logs_done = anyio.Event()

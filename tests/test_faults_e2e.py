@@ -247,3 +247,18 @@ def test_secrets_never_reach_console_output_or_errors(service: Service) -> None:
     output = result.stdout + result.stderr
     assert "DB_PASSWORD=***" in output  # the line is there, the value is not
     assert SECRET not in output and "k3y-from-config-77" not in output
+
+
+@pytest.mark.anyio
+async def test_failure_objects_carry_no_secrets(service: Service) -> None:
+    """The MigrationFailed a Python caller catches quotes the container's lines blanked too."""
+    from rolling_update import MigrationFailed, deploy, load_config
+
+    service.write_env_file({"DB_PASSWORD": SECRET})
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs={"MIGRATE_FAIL": 1, "ECHO_ENV": "DB_PASSWORD"})
+    cfg = load_config(service.config())
+    with pytest.raises(MigrationFailed) as caught:
+        await deploy(cfg)
+    assert "DB_PASSWORD=***" in caught.value.last_logs
+    assert SECRET not in str(caught.value.last_logs)
