@@ -36,7 +36,6 @@ class DeployContext:
     blue_id: str | None = None
     """The production container found when the switch began, if any."""
     blue_was_running: bool = False
-    blue_renamed: bool = False
     production_id: str | None = None
     last_blue_ok: float | None = None
     """Monotonic time of blue's last good answer before it was stopped."""

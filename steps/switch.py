@@ -69,7 +69,6 @@ class Switch:
             ctx.blue_id, ctx.blue_was_running = blue.id, blue.running
             ctx.record(blue_id=blue.id, blue_was_running=blue.running)
             await ctx.engine.rename(blue.id, ctx.old_name)
-            ctx.blue_renamed = True
         ctx.production_id = await ctx.engine.create(self.spec(ctx))
         if blue is not None and blue.running:
             if self.tick.enabled:
