@@ -81,6 +81,10 @@ class ServiceConfig(_Section):
         _check_env_names(dict.fromkeys(value, ""))
         return value
 
+    def url(self, port: int, path: str) -> str:
+        """Where the tool probes ``path`` of the service on ``port``."""
+        return f"http://{self.host}:{port}{path}"
+
     @model_validator(mode="after")
     def _distinct(self) -> ServiceConfig:
         if self.port == self.green_port:

@@ -54,7 +54,7 @@ class DeployContext:
             self.journal.update(**facts)
 
     def url(self, port: int, path: str) -> str:
-        return f"http://{self.config.service.host}:{port}{path}"
+        return self.config.service.url(port, path)
 
     def labels(self, role: str) -> dict[str, str]:
         return {

@@ -190,9 +190,7 @@ def _ignored(relative: str, patterns: Sequence[str]) -> bool:
     for pattern in patterns:
         negate = pattern.startswith("!")
         glob = pattern[1:] if negate else pattern
-        if any(
-            fnmatch.fnmatchcase(p, glob) or fnmatch.fnmatchcase(p, glob + "/**") for p in prefixes
-        ):
+        if any(fnmatch.fnmatchcase(p, glob) for p in prefixes):
             ignored = not negate
     return ignored
 

@@ -142,7 +142,7 @@ async def recover(cfg: Config, *, engine: Engine | None = None) -> RecoveryRepor
 
 async def _await_serving(cfg: Config, http: aiohttp.ClientSession) -> None:
     last = LastProbe()
-    url = f"http://{cfg.service.host}:{cfg.service.port}{cfg.health.path}"
+    url = cfg.service.url(cfg.service.port, cfg.health.path)
     with anyio.move_on_after(cfg.verify.timeout):
         await poll_until_healthy(
             http, url, cfg.health, interval=cfg.verify.interval, expect_version=None, last=last

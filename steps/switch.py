@@ -9,7 +9,7 @@ import structlog
 
 from rolling_update._config import HealthConfig, ServiceConfig, TickConfig, VerifyConfig
 from rolling_update._context import DeployContext
-from rolling_update._engine import LABEL_DEPLOY, ContainerSpec
+from rolling_update._engine import ContainerSpec
 from rolling_update._errors import (
     PreflightError,
     ProductionFailed,
@@ -19,6 +19,7 @@ from rolling_update._errors import (
 )
 from rolling_update._watch import LastProbe, await_healthy, poll_until_healthy
 
+from ._common import remove_ours
 from .tick import wait_for_tick_boundary
 
 
@@ -102,9 +103,7 @@ class Switch:
         began = time.monotonic()
         # Labels, not our own flags, decide what is ours to remove: the flags
         # may lag the engine when we were cancelled mid-call.
-        current = await ctx.engine.inspect(self.service.name)
-        if current is not None and current.labels.get(LABEL_DEPLOY) == ctx.deploy_id:
-            await ctx.engine.remove(current.id)
+        await remove_ours(ctx.engine, self.service.name, ctx.deploy_id)
         if ctx.blue_id is None:
             return
         blue = await ctx.engine.inspect(ctx.blue_id)

@@ -170,3 +170,15 @@ def test_memory_in_use_leaves_out_page_cache() -> None:
     assert memory_in_use(v2) == 900
     assert memory_in_use(b'{"memory_stats": {}}') is None
     assert memory_in_use(b"[]") is None
+
+
+def test_dockerignore_subset_excludes_paths_and_everything_below() -> None:
+    """A pattern matching a path or any of its parents excludes it; a later "!" re-includes."""
+    from rolling_update._engine import _ignored
+
+    patterns = ["node_modules", "*.log", "docs/*/draft", "!keep.log"]
+    assert _ignored("node_modules", patterns)
+    assert _ignored("node_modules/a/b.js", patterns)
+    assert _ignored("x.log", patterns) and not _ignored("keep.log", patterns)
+    assert _ignored("docs/v1/draft/page.md", patterns)
+    assert not _ignored("src/app.js", patterns)
