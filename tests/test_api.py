@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from rolling_update import DeployContext, RollingUpdateError, default_plan, deploy, load_config
+from rolling_update import (
+    Config,
+    DeployContext,
+    RollingUpdateError,
+    Step,
+    default_plan,
+    deploy,
+    load_config,
+)
 from tests.support import Service, get_json
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
@@ -29,14 +37,20 @@ class ReleaseGate:
         self.journal.append("undone")
 
 
-async def test_custom_step_failing_rolls_back_the_built_in_steps(service: Service) -> None:
-    """A custom step that fails before the switch undoes green; blue keeps serving."""
+def plan_with_gate(service: Service, gate: ReleaseGate) -> tuple[Config, list[Step[DeployContext]]]:
+    """Blue v1 serving, v2 to deploy, and the default plan with ``gate`` before the switch."""
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
     cfg = load_config(service.config())
-    gate = ReleaseGate(open_=False)
     plan = default_plan(cfg)
     plan.insert([s.name for s in plan].index("switch"), gate)
+    return cfg, plan
+
+
+async def test_custom_step_failing_rolls_back_the_built_in_steps(service: Service) -> None:
+    """A custom step that fails before the switch undoes green; blue keeps serving."""
+    gate = ReleaseGate(open_=False)
+    cfg, plan = plan_with_gate(service, gate)
     with pytest.raises(RollingUpdateError, match="release gate is closed"):
         await deploy(cfg, steps=plan)
     assert gate.journal == ["asked for 2.0.0; green is True", "undone"]
@@ -46,12 +60,8 @@ async def test_custom_step_failing_rolls_back_the_built_in_steps(service: Servic
 
 async def test_custom_step_in_a_successful_plan(service: Service) -> None:
     """An open gate lets the deploy finish; the result carries version, steps and figures."""
-    service.start_blue("1.0.0")
-    service.write_app("2.0.0")
-    cfg = load_config(service.config())
     gate = ReleaseGate(open_=True)
-    plan = default_plan(cfg)
-    plan.insert([s.name for s in plan].index("switch"), gate)
+    cfg, plan = plan_with_gate(service, gate)
     result = await deploy(cfg, steps=plan)
     assert result.version == "2.0.0"
     assert "release-gate" in [r.name for r in result.steps]
