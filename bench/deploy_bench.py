@@ -104,21 +104,9 @@ def bench_crash(runs: int) -> list[float]:
                 began = time.time()
                 run, _ = deploy_measured(service)
                 assert run.code == 1, run.stderr
-                died = docker(
-                    "events",
-                    "--since",
-                    f"{began:.3f}",
-                    "--until",
-                    f"{time.time():.3f}",
-                    "--filter",
-                    "type=container",
-                    "--filter",
-                    "event=die",
-                    "--filter",
-                    f"container={service.green}",
-                    "--format",
-                    "{{.TimeNano}}",
-                ).split()
+                died = service.events_since(
+                    began, "die", "{{.TimeNano}}", f"container={service.green}"
+                )
                 done = stamp(run.event("deploy.rollback.done")[0])
                 out.append(done - int(died[0]) / 1e9)
         finally:

@@ -1,13 +1,15 @@
 """Command line: ``python -m rolling_update deploy --config FILE``.
 
-Exit codes (also in the README):
+Exit codes (also in the README) follow what the host is left in:
 
 ====  =====================================================================
 0     deployed: the new version serves (recover: the host is consistent)
 1     the deploy failed and was rolled back: the old version serves
-2     usage, config or preflight error, or the service is locked: nothing
-      was touched
+2     nothing was changed: usage, config or preflight error, the engine
+      is unreachable, or the service is locked
 3     the rollback or recovery is incomplete: a human must act
+4     the new version serves, but a step after the point of no return
+      failed; `recover` finishes what it left
 130   interrupted by SIGINT, rolled back: the old version serves
 143   interrupted by SIGTERM, rolled back: the old version serves
 ====  =====================================================================
@@ -33,6 +35,8 @@ from ._deploy import deploy
 from ._errors import (
     ConfigError,
     ContainerFailure,
+    EngineError,
+    FailedAfterCommit,
     PreflightError,
     RecoveryFailed,
     RollbackIncomplete,
@@ -47,31 +51,62 @@ EXIT_OK = 0
 EXIT_ROLLED_BACK = 1
 EXIT_USAGE = 2
 EXIT_ROLLBACK_INCOMPLETE = 3
+EXIT_FAILED_AFTER_COMMIT = 4
 EXIT_SIGNAL_BASE = 128
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """The one mapping from an error to an exit code."""
-    if isinstance(exc, ConfigError | PreflightError):
-        return EXIT_USAGE
-    if isinstance(exc, RollbackIncomplete | RecoveryFailed):
-        return EXIT_ROLLBACK_INCOMPLETE
-    return EXIT_ROLLED_BACK
+def _untouched(exc: BaseException) -> bool:
+    return isinstance(exc, ConfigError | PreflightError | EngineError)
 
 
-def describe(exc: BaseException) -> str:
-    """One line for the operator, then the failing container's last log lines."""
-    if isinstance(exc, ConfigError | PreflightError):
-        line = f"error: {exc} (nothing was changed)"
-    elif isinstance(exc, RollbackIncomplete):
-        line = f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
-    elif isinstance(exc, RecoveryFailed):
-        line = f"error: recovery incomplete: {exc}"
-    elif isinstance(exc, RollingUpdateError):
-        line = f"error: {exc} (rolled back: the previous version serves)"
-    else:
-        line = f"error: unexpected {type(exc).__name__}: {exc} (rolled back)"
-    failure = exc.cause if isinstance(exc, RollbackIncomplete) else exc
+def outcome(
+    exc: BaseException | None, state: SagaState | None = None, signum: int | None = None
+) -> tuple[int, str | None]:
+    """The exit code and the one line for the operator, from what the host is left in.
+
+    ``state`` is the runner's progress (``None``: no step could have begun),
+    ``signum`` the first SIGINT/SIGTERM received, if any.
+    """
+    began = state is not None and state.current is not None
+    committed = state is not None and state.committed
+    if isinstance(exc, RollbackIncomplete):
+        return EXIT_ROLLBACK_INCOMPLETE, (
+            f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
+        )
+    if isinstance(exc, RecoveryFailed):
+        return EXIT_ROLLBACK_INCOMPLETE, f"error: recovery incomplete: {exc}"
+    if isinstance(exc, FailedAfterCommit):
+        return EXIT_FAILED_AFTER_COMMIT, (
+            f"error: {exc} (the new version serves; run `rolling-update recover` to finish)"
+        )
+    if signum is not None:
+        if committed:
+            return EXIT_OK, None
+        name = signal.Signals(signum).name
+        # A failure racing the interrupt changes nothing: the rollback ran either way.
+        if not began:
+            return EXIT_SIGNAL_BASE + signum, f"interrupted by {name}: nothing was changed"
+        return EXIT_SIGNAL_BASE + signum, (
+            f"interrupted by {name} during {state.current if state else 'preparation'}: "
+            "rolled back, the previous version serves"
+        )
+    if exc is None:
+        return EXIT_OK, None
+    if _untouched(exc) and not began:
+        return EXIT_USAGE, f"error: {exc} (nothing was changed)"
+    if isinstance(exc, EngineError):
+        return EXIT_ROLLED_BACK, (
+            f"error: the Docker engine failed during the deploy: {exc} "
+            "(rolled back: the previous version serves)"
+        )
+    if isinstance(exc, RollingUpdateError):
+        return EXIT_ROLLED_BACK, f"error: {exc} (rolled back: the previous version serves)"
+    return EXIT_ROLLED_BACK, f"error: unexpected {type(exc).__name__}: {exc} (rolled back)"
+
+
+def describe(exc: BaseException, line: str) -> str:
+    """``line``, then the failing container's last log lines; secrets blanked."""
+    failure = exc.cause if isinstance(exc, RollbackIncomplete | FailedAfterCommit) else exc
     if isinstance(failure, ContainerFailure) and failure.last_logs:
         tail = "\n".join(f"  | {ln}" for ln in failure.last_logs[-15:])
         line += f"\nlast log lines of {failure.container}:\n{tail}"
@@ -145,24 +180,23 @@ async def _interruptible(work: Callable[[], Awaitable[object]], interrupt: Inter
 def _deploy(cfg: Config) -> int:
     state = SagaState()
     interrupt = Interrupt()
-    anyio.run(_interruptible, lambda: deploy(cfg, state=state), interrupt)
-    if interrupt.signum is None or state.finished:
+    error: BaseException | None = None
+    try:
+        anyio.run(_interruptible, lambda: deploy(cfg, state=state), interrupt)
+    except Exception as exc:
+        error = exc
+    if error is None and (interrupt.signum is None or state.finished):
         return EXIT_OK
-    if state.failures:
-        raise RollbackIncomplete(
+    if error is None and state.failures:
+        assert interrupt.signum is not None
+        error = RollbackIncomplete(
             RollingUpdateError(f"interrupted by {signal.Signals(interrupt.signum).name}"),
             state.failures,
         )
-    if state.committed:
-        return EXIT_OK
-    name = signal.Signals(interrupt.signum).name
-    print(
-        f"interrupted by {name} during {state.current or 'preparation'}: "
-        "rolled back, the previous version serves",
-        file=sys.stderr,
-        flush=True,
-    )
-    return EXIT_SIGNAL_BASE + interrupt.signum
+    code, line = outcome(error, state, interrupt.signum)
+    if line is not None:
+        print(describe(error, line) if error else line, file=sys.stderr, flush=True)
+    return code
 
 
 def _recover(cfg: Config) -> int:
@@ -197,8 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted before anything was changed", file=sys.stderr, flush=True)
         return EXIT_SIGNAL_BASE + signal.SIGINT
     except Exception as exc:
-        print(describe(exc), file=sys.stderr, flush=True)
-        return exit_code_for(exc)
+        code, line = outcome(exc)
+        print(describe(exc, line or str(exc)), file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,6 +85,16 @@ class ServiceConfig(_Section):
         """Where the tool probes ``path`` of the service on ``port``."""
         return f"http://{self.host}:{port}{path}"
 
+    @property
+    def old_name(self) -> str:
+        """Name blue carries between the switch and its removal."""
+        return f"{self.name}-old"
+
+    @property
+    def migrate_name(self) -> str:
+        """Name of the one-off migration container."""
+        return f"{self.name}-migrate"
+
     @model_validator(mode="after")
     def _distinct(self) -> ServiceConfig:
         if self.port == self.green_port:
@@ -138,6 +148,12 @@ class MigrateConfig(_Section):
         default_factory=list, description="Commands run in order in a one-off container."
     )
     timeout: PositiveSeconds = Field(600, description="Deadline of each migration command.")
+    stop_timeout: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="Seconds between SIGTERM and SIGKILL when a migration is interrupted.",
+    )
 
     @field_validator("commands")
     @classmethod
@@ -185,6 +201,13 @@ class TickConfig(_Section):
 class VerifyConfig(_Section):
     interval: PositiveSeconds = Field(0.02, description="Seconds between production probes.")
     timeout: PositiveSeconds = Field(30, description="Deadline for production to serve.")
+    soak: Seconds = Field(
+        5,
+        description="Seconds production stays watched after it first serves, blue kept; 0: none.",
+    )
+    soak_interval: PositiveSeconds = Field(
+        0.5, description="Seconds between health probes of production during the soak."
+    )
 
 
 class LimitsConfig(_Section):
@@ -197,14 +220,31 @@ class LimitsConfig(_Section):
 
 
 class StateConfig(_Section):
-    dir: Path = Field(
-        Path(".rolling-update"),
-        description="Directory of the deploy lock and journal (relative to the config file).",
+    dir: Path | None = Field(
+        None,
+        description="Directory of the lock and journal of each service on this host "
+        "(relative to the config file); default: /var/lib/rolling-update as root, "
+        "else $XDG_STATE_HOME/rolling-update.",
     )
 
 
 class RollbackConfig(_Section):
-    step_timeout: PositiveSeconds = Field(60, description="Deadline of each compensation.")
+    step_timeout: PositiveSeconds = Field(30, description="Deadline of each compensation.")
+    timeout: PositiveSeconds = Field(
+        60, description="Deadline of the whole rollback (all compensations together)."
+    )
+
+
+class SecretsConfig(_Section):
+    keys: list[str] = Field(
+        default_factory=list,
+        description="Env and build-arg keys whose values are secret, besides those that "
+        "look secret by name.",
+    )
+    public: list[str] = Field(
+        default_factory=list,
+        description="Keys whose values are never treated as secret, even if they look it.",
+    )
 
 
 class Config(_Section):
@@ -224,6 +264,21 @@ class Config(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+
+    @property
+    def state_dir(self) -> Path:
+        """This service's own state directory on this host."""
+        return (self.state.dir or default_state_dir()) / self.service.name
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Per host, never per checkout: two checkouts of one service must share it."""
+    environ = os.environ if environ is None else environ
+    if os.geteuid() == 0:
+        return Path("/var/lib/rolling-update")
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "rolling-update"
 
 
 def expand(value: str, environ: Mapping[str, str], *, key: str) -> str:
@@ -282,7 +337,9 @@ def parse_config(
                     "workdir": resolve(cfg.build.workdir),
                 }
             ),
-            "state": cfg.state.model_copy(update={"dir": resolve(cfg.state.dir)}),
+            "state": cfg.state.model_copy(
+                update={"dir": resolve(cfg.state.dir) or default_state_dir(environ)}
+            ),
         }
     )
 

@@ -14,6 +14,7 @@ import aiohttp
 
 from ._config import Config
 from ._engine import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, LABEL_VERSION, Engine
+from ._http import HealthBaseline
 from ._state import Journal
 
 
@@ -36,6 +37,8 @@ class DeployContext:
     blue_id: str | None = None
     """The production container found when the switch began, if any."""
     blue_was_running: bool = False
+    blue_health: HealthBaseline | None = None
+    """Blue's health as the preflight found it: what a rollback must bring back."""
     production_id: str | None = None
     last_blue_ok: float | None = None
     """Monotonic time of blue's last good answer before it was stopped."""
@@ -107,4 +110,4 @@ class DeployContext:
     @property
     def old_name(self) -> str:
         """Name blue carries between the switch and its removal."""
-        return f"{self.config.service.name}-old"
+        return self.config.service.old_name

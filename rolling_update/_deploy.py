@@ -10,15 +10,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import anyio
 import structlog
 
 from ._config import Config, read_env_file, read_version
 from ._context import DeployContext
-from ._engine import DockerEngine, Engine
+from ._engine import LABEL_DEPLOY, ContainerInfo, DockerEngine, Engine
 from ._errors import ConfigError, PreflightError
-from ._logging import register_secrets
+from ._http import HealthBaseline, port_in_use, probe
+from ._logging import redactor, register_secrets, secret_values
+from ._policy import in_the_way
 from ._saga import SagaState, Step, StepRecord, run_saga
-from ._state import Journal, service_lock
+from ._state import Journal, marker_labels, marker_name, refuse_marked, service_lock
+
+# Removing the journal and the engine mark at the end is quick; bounded all the same.
+_MARK_LIMIT = 10.0
 
 
 def default_plan(cfg: Config) -> list[Step[DeployContext]]:
@@ -30,6 +36,7 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
         BuildImage,
         RemoveOld,
         RunMigrations,
+        Soak,
         StartGreen,
         Switch,
         VerifyProduction,
@@ -46,6 +53,7 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
         AwaitTickBoundary(cfg.service, cfg.tick, cfg.health),
         Switch(cfg.service, cfg.tick, cfg.health, cfg.verify),
         VerifyProduction(cfg.service, cfg.health, cfg.verify),
+        Soak(cfg.service, cfg.health, cfg.verify),
         RemoveOld(cfg.service),
     ]
     return plan
@@ -67,7 +75,13 @@ def prepare(cfg: Config, environ: Mapping[str, str] | None = None) -> Release:
     if cfg.service.env_file is not None:
         env.update(read_env_file(cfg.service.env_file, environ))
     env.update(cfg.env)
-    register_secrets([*env.values(), *cfg.green.env.values()])
+    register_secrets(
+        secret_values(
+            {**env, **cfg.green.env, **cfg.build.args},
+            extra=cfg.secrets.keys,
+            public=cfg.secrets.public,
+        )
+    )
     if cfg.build.enabled and cfg.build.context is not None:
         if not cfg.build.context.is_dir():
             raise ConfigError("not a directory", source=str(cfg.build.context), key="build.context")
@@ -106,6 +120,50 @@ def http_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), trust_env=False)
 
 
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks before the first change found."""
+
+    blue: ContainerInfo | None
+    blue_health: HealthBaseline | None
+
+
+async def preflight(
+    cfg: Config, docker: Engine, http: aiohttp.ClientSession, release: Release
+) -> Preflight:
+    """Check every name and port the deploy will need, and read blue; changes nothing.
+
+    Raises :class:`PreflightError`: exit 2, and truly nothing was changed.
+    The steps check names and ports again when they need them (the build
+    and migrations leave time for them to change), with a truthful message.
+    """
+    svc = cfg.service
+    if not cfg.build.enabled and not await docker.image_exists(release.image):
+        raise PreflightError(f"image {release.image} does not exist and build is disabled")
+    blue = await docker.inspect(svc.name)
+    needed = [svc.green_name, svc.migrate_name] + ([svc.old_name] if blue is not None else [])
+    for name in needed:
+        why = in_the_way(await docker.inspect(name), svc.name)
+        if why is not None:
+            raise PreflightError(f"{why}; remove or rename it, or run `rolling-update recover`")
+    stale_green = await docker.inspect(svc.green_name)
+    # A stale green of ours may hold the port itself; start-green removes it, then checks.
+    if (stale_green is None or not stale_green.running) and await port_in_use(
+        svc.host, svc.green_port
+    ):
+        raise PreflightError(
+            f"port {svc.green_port} (service.green_port) is already in use; green could not bind it"
+        )
+    baseline = None
+    if blue is not None and blue.running:
+        answer = await probe(http, svc.url(svc.port, cfg.health.path), cfg.health)
+        baseline = HealthBaseline.of(answer, cfg.health)
+        structlog.get_logger().info(
+            "preflight.blue_health", healthy=baseline.healthy, answer=baseline.found
+        )
+    return Preflight(blue=blue, blue_health=baseline)
+
+
 async def deploy(
     cfg: Config,
     *,
@@ -116,83 +174,111 @@ async def deploy(
 ) -> DeployResult:
     """Deploy the release ``cfg`` describes with ``steps`` (default: :func:`default_plan`).
 
-    Holds the service's lock throughout and keeps a journal for ``recover``.
-    Raises a :class:`~rolling_update.RollingUpdateError` when the deploy fails;
-    by then every started step was compensated. ``state``, if given, is kept
-    up to date with the runner's progress (the CLI reads it after an interrupt).
+    Holds the service's lock throughout, marks the deploy on the engine, and
+    keeps a journal for ``recover``. Raises a
+    :class:`~rolling_update.RollingUpdateError` when the deploy fails; by
+    then every started step was compensated. ``state``, if given, is kept up
+    to date with the runner's progress (the CLI reads it after an interrupt).
     """
     deploy_id = uuid.uuid4().hex[:12]
     log = structlog.get_logger()
     with structlog.contextvars.bound_contextvars(deploy_id=deploy_id):
         release = prepare(cfg, environ)
         began = time.monotonic()
-        state_dir, service = cfg.state.dir, cfg.service.name
-        with service_lock(state_dir, service, purpose="deploy", deploy_id=deploy_id):
-            unfinished = Journal.load(Journal.path_for(state_dir, service))
+        service = cfg.service.name
+        progress = state if state is not None else SagaState()
+        with service_lock(cfg.state_dir, service, purpose="deploy", deploy_id=deploy_id):
+            unfinished = Journal.load(Journal.path_for(cfg.state_dir))
             if unfinished is not None:
                 raise PreflightError(
                     f"an unfinished {unfinished.describe()} was interrupted; "
                     "run `rolling-update recover` first"
                 )
             async with open_engine(engine) as docker, http_session() as http:
-                if not cfg.build.enabled and not await docker.image_exists(release.image):
-                    raise PreflightError(
-                        f"image {release.image} does not exist and build is disabled"
-                    )
-                journal = Journal.begin(
-                    state_dir,
-                    deploy_id=deploy_id,
+                # The engine-side mark: a deploy from another checkout (another
+                # state directory) of the same service on this engine sees it.
+                # Read first, so that the message names that deploy; claimed
+                # (atomically) once the preflight has passed.
+                held_before = await docker.read_marker(marker_name(service))
+                if held_before is not None:
+                    raise refuse_marked(held_before, service)
+                found = await preflight(cfg, docker, http, release)
+                labels = marker_labels(
                     service=service,
-                    image=release.image,
-                    version=release.version,
-                )
-                ctx = DeployContext(
-                    config=cfg,
-                    engine=docker,
-                    http=http,
                     deploy_id=deploy_id,
-                    version=release.version,
-                    image=release.image,
-                    env=dict(release.env),
-                    journal=journal,
-                )
-                plan = list(steps) if steps is not None else default_plan(cfg)
-                log.info(
-                    "deploy.started",
                     image=release.image,
                     version=release.version,
-                    service=service,
-                    steps=[s.name for s in plan],
                 )
-                progress = state if state is not None else SagaState()
-                progress.on_progress = lambda p: journal.update(
-                    step=p.current, committed=p.committed
-                )
+                held = await docker.claim_marker(marker_name(service), labels)
+                if held.get(LABEL_DEPLOY) != deploy_id:
+                    raise refuse_marked(held, service)
+                settled = False
                 try:
-                    records = await run_saga(
-                        plan, ctx, compensate_limit=cfg.rollback.step_timeout, state=progress
-                    )
-                except BaseException:
-                    # What was measured (the outage of a failed switch, memory) is
-                    # worth as much on failure as on success.
-                    log.warning(
-                        "deploy.failed",
+                    journal = Journal.begin(
+                        cfg.state_dir,
+                        deploy_id=deploy_id,
+                        service=service,
                         image=release.image,
-                        measured=ctx.measured,
-                        seconds=round(time.monotonic() - began, 3),
+                        version=release.version,
                     )
-                    if not progress.failures:
-                        # Rolled back cleanly: nothing is left to recover.
-                        journal.remove()
-                    raise
-                journal.remove()
+                    journal.update(blue_health=found.blue_health)
+                    ctx = DeployContext(
+                        config=cfg,
+                        engine=docker,
+                        http=http,
+                        deploy_id=deploy_id,
+                        version=release.version,
+                        image=release.image,
+                        env=dict(release.env),
+                        journal=journal,
+                        blue_health=found.blue_health,
+                    )
+                    plan = list(steps) if steps is not None else default_plan(cfg)
+                    log.info(
+                        "deploy.started",
+                        image=release.image,
+                        version=release.version,
+                        service=service,
+                        steps=[s.name for s in plan],
+                    )
+                    progress.on_progress = lambda p: journal.update(
+                        step=p.current, committed=p.committed
+                    )
+                    try:
+                        records = await run_saga(
+                            plan,
+                            ctx,
+                            compensate_limit=cfg.rollback.step_timeout,
+                            rollback_limit=cfg.rollback.timeout,
+                            state=progress,
+                        )
+                    except BaseException:
+                        # What was measured (the outage of a failed switch, memory) is
+                        # worth as much on failure as on success.
+                        log.warning(
+                            "deploy.failed",
+                            image=release.image,
+                            measured=ctx.measured,
+                            seconds=round(time.monotonic() - began, 3),
+                        )
+                        # Rolled back cleanly: nothing is left to recover. A failed
+                        # undo, or a failure after the commit, leaves the journal
+                        # and the mark for `recover`.
+                        settled = not progress.failures and not progress.committed
+                        raise
+                    settled = True
+                finally:
+                    if settled:
+                        with anyio.move_on_after(_MARK_LIMIT, shield=True):
+                            journal.remove()
+                            await docker.remove_marker(marker_name(service))
         seconds = time.monotonic() - began
         log.info(
             "deploy.done",
             image=release.image,
             seconds=round(seconds, 3),
             measured=ctx.measured,
-            health=ctx.final_health,
+            health=redactor.scrub(ctx.final_health),
         )
         return DeployResult(
             deploy_id=deploy_id,

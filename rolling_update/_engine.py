@@ -12,11 +12,9 @@ leaks its pooled connection, and enough leaks make every later call hang.
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import math
 import os
-import tarfile
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,8 +25,10 @@ from typing import Any, Protocol
 import aiodocker
 import aiohttp
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
+from ._dockerignore import build_context_tar
 from ._errors import BuildFailed, EngineError, EngineUnavailable
 
 LABEL_MANAGED = "io.rolling-update.managed"
@@ -37,10 +37,17 @@ LABEL_SERVICE = "io.rolling-update.service"
 LABEL_DEPLOY = "io.rolling-update.deploy-id"
 LABEL_VERSION = "io.rolling-update.version"
 
+LABEL_IMAGE = "io.rolling-update.image"
+LABEL_MARKER_PID = "io.rolling-update.pid"
+LABEL_MARKER_HOST = "io.rolling-update.host"
+LABEL_MARKER_SINCE = "io.rolling-update.since"
+
 _CLOSE_LIMIT = 5.0
 # An engine that takes longer than this to create, start, rename or remove a
-# container is not coming back; stop gets its grace period on top.
-_MUTATION_LIMIT = 60.0
+# container is not coming back; stop gets its grace period on top. Kept short:
+# an interrupted deploy waits for the call in flight before its rollback, and
+# the two together must fit a service manager's stop timeout (README).
+MUTATION_LIMIT = 15.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,9 @@ class Engine(Protocol):
         on_line: Callable[[str], None],
     ) -> None: ...
     async def remove_image(self, ref: str) -> None: ...
+    async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]: ...
+    async def read_marker(self, name: str) -> dict[str, str] | None: ...
+    async def remove_marker(self, name: str) -> None: ...
     async def inspect(self, name_or_id: str) -> ContainerInfo | None: ...
     async def list_ids(self, labels: Mapping[str, str]) -> list[str]: ...
     async def create(self, spec: ContainerSpec) -> str: ...
@@ -173,51 +183,6 @@ def _info(data: Mapping[str, Any]) -> ContainerInfo:
     )
 
 
-def _dockerignore(context: Path) -> list[str]:
-    try:
-        lines = (context / ".dockerignore").read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    return [ln.strip().strip("/") for ln in lines if ln.strip() and not ln.startswith("#")]
-
-
-def _ignored(relative: str, patterns: Sequence[str]) -> bool:
-    # A subset of .dockerignore: globs matched against the path and each of its
-    # parents, later "!" lines re-including; enough to keep node_modules out.
-    ignored = False
-    parts = relative.split("/")
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        glob = pattern[1:] if negate else pattern
-        if any(fnmatch.fnmatchcase(p, glob) for p in prefixes):
-            ignored = not negate
-    return ignored
-
-
-def build_context_tar(context: Path) -> tempfile.SpooledTemporaryFile[bytes]:
-    """Pack ``context`` as a tar, honouring a simple ``.dockerignore``."""
-    patterns = _dockerignore(context)
-    # Returned open: the caller streams it to the engine, then closes it.
-    buffer: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-        max_size=32 * 1024 * 1024
-    )
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for root, dirs, files in os.walk(context):
-            rel_root = os.path.relpath(root, context)
-            for name in sorted(files) + sorted(dirs):
-                relative = name if rel_root == "." else f"{rel_root}/{name}"
-                if _ignored(relative, patterns):
-                    if name in dirs:
-                        dirs.remove(name)
-                    continue
-                if name in files:
-                    tar.add(os.path.join(root, name), arcname=relative, recursive=False)
-            dirs.sort()
-    buffer.seek(0)
-    return buffer
-
-
 class DockerEngine:
     """:class:`Engine` on a real Docker engine, through aiodocker.
 
@@ -225,9 +190,13 @@ class DockerEngine:
     translated here into :class:`EngineError` or :class:`EngineUnavailable`.
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, connections: int | None = None) -> None:
+        # ``connections`` caps the client's pool (aiodocker's default is 100):
+        # a leak shows at once with 1, which is how the tests prove there is none.
         self._url = url
+        self._connections = connections
         self._client: aiodocker.Docker | None = None
+        self._connector: aiohttp.BaseConnector | None = None
 
     async def __aenter__(self) -> DockerEngine:
         self._client = self._new_client()
@@ -243,11 +212,24 @@ class DockerEngine:
         if self._client is not None:
             with anyio.move_on_after(_CLOSE_LIMIT, shield=True):
                 await self._client.close()
+                if self._connector is not None:
+                    # Ours, not aiodocker's: it leaves a connector it was given open.
+                    await self._connector.close()
             self._client = None
 
     def _new_client(self) -> aiodocker.Docker:
         try:
-            return aiodocker.Docker(url=self._url)
+            if self._connections is None:
+                return aiodocker.Docker(url=self._url)
+            target = self._url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+            if not target.startswith("unix://"):
+                raise ValueError("a connection limit needs a unix:// engine address")
+            connector = aiohttp.UnixConnector(target[len("unix://") :], limit=self._connections)
+            self._connector = connector
+            client = aiodocker.Docker(url=target, connector=connector)
+            # As aiodocker sets it when it makes the unix connector itself.
+            client.docker_host = "http://localhost"
+            return client
         except (ValueError, AssertionError) as exc:
             raise EngineUnavailable(f"no Docker engine found: {exc}") from exc
 
@@ -270,21 +252,30 @@ class DockerEngine:
 
     @asynccontextmanager
     async def _mutation(
-        self, operation: str, target: str, *, limit: float = _MUTATION_LIMIT
+        self, operation: str, target: str, *, limit: float = MUTATION_LIMIT
     ) -> AsyncIterator[None]:
         """A call that changes the engine's state: shielded, bounded, translated.
 
         Cancelling it mid-flight would leave the engine acting on a request we
         no longer know the outcome of (a container created after our undo
         looked for it). Shielded, the caller always learns what happened, and
-        the cancellation is delivered at its next checkpoint.
+        an interrupt is delivered at its next checkpoint. The shield never
+        outlasts the caller's own deadline, though: a rollback bounded by
+        ``rollback.step_timeout`` must end by then, whatever the engine does.
         """
-        try:
-            with anyio.fail_after(limit, shield=True):
-                async with self._translate(operation, target):
-                    yield
-        except TimeoutError:
-            raise EngineError(operation, target, 0, f"no answer within {limit:g}s") from None
+        outer = anyio.current_effective_deadline()
+        if outer == -math.inf:
+            # Already cancelled before the request went out: nothing is in flight.
+            await anyio.lowlevel.checkpoint()
+        deadline = min(anyio.current_time() + limit, outer)
+        with anyio.CancelScope(deadline=deadline, shield=True) as scope:
+            async with self._translate(operation, target):
+                yield
+        if scope.cancelled_caught:
+            if deadline >= outer:
+                # The caller's deadline, not ours: let its own scope report it.
+                await anyio.lowlevel.checkpoint()
+            raise EngineError(operation, target, 0, f"no answer within {limit:g}s")
 
     async def ping(self) -> None:
         async with self._translate("version", "engine"):
@@ -309,29 +300,31 @@ class DockerEngine:
         args: Mapping[str, str],
         on_line: Callable[[str], None],
     ) -> None:
-        tar = await anyio.to_thread.run_sync(build_context_tar, context)
+        tar = await anyio.to_thread.run_sync(build_context_tar, context, dockerfile)
+        params = {
+            "t": tag,
+            "dockerfile": dockerfile,
+            "buildargs": json.dumps(dict(args)),
+            "rm": "1",
+            "forcerm": "1",
+        }
         try:
-            async with self._translate("build", tag):
-                stream = self.client.images.build(
-                    fileobj=tar,
-                    encoding="identity",
-                    path_dockerfile=dockerfile,
-                    tag=tag,
-                    buildargs=dict(args),
-                    forcerm=True,
-                    stream=True,
-                )
-                async for chunk in stream:
-                    if "error" in chunk:
-                        detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-                        raise BuildFailed(f"build of {tag} failed: {str(detail).strip()}")
-                    text = chunk.get("stream")
-                    if isinstance(text, str):
-                        for line in text.splitlines():
-                            if line.strip():
-                                on_line(line.rstrip())
+            async with (
+                self._translate("build", tag),
+                # Our own stream, not aiodocker's images.build: a build cut short
+                # by its deadline must release its connection (see _stream).
+                self._stream(
+                    "build",
+                    params,
+                    method="POST",
+                    data=tar,
+                    headers={"Content-Type": "application/x-tar"},
+                ) as response,
+            ):
+                async for raw in response.content:
+                    for line in build_output(raw, tag):
+                        on_line(line)
         except EngineError as exc:
-            # aiodocker raises the build's own error as a DockerError too.
             raise BuildFailed(f"build of {tag} failed: {exc.detail}") from exc
         finally:
             tar.close()
@@ -343,6 +336,42 @@ class DockerEngine:
         except EngineError as exc:
             if exc.status != 404:
                 raise
+
+    async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]:
+        """Create the volume ``name`` with ``labels``; return the labels it really has.
+
+        Creating a volume that exists returns the existing one, untouched: the
+        engine serialises the two, so whoever's labels come back holds the mark.
+        """
+        async with self._mutation("volume create", name):
+            data = await self._call(
+                "POST", "volumes/create", body={"Name": name, "Labels": dict(labels)}
+            )
+        return dict(data.get("Labels") or {})
+
+    async def read_marker(self, name: str) -> dict[str, str] | None:
+        try:
+            async with self._translate("volume inspect", name):
+                data = await self._call("GET", f"volumes/{name}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(data.get("Labels") or {})
+
+    async def remove_marker(self, name: str) -> None:
+        try:
+            async with self._mutation("volume rm", name):
+                await self._call("DELETE", f"volumes/{name}")
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+
+    async def _call(self, method: str, path: str, *, body: Any = None) -> Any:
+        """One plain API call (aiodocker's volume API is untyped); JSON answer or ``{}``."""
+        async with self._stream(path, {}, method=method, json_body=body) as response:
+            text = await response.text()
+        return json.loads(text) if text.strip() else {}
 
     async def inspect(self, name_or_id: str) -> ContainerInfo | None:
         try:
@@ -373,7 +402,7 @@ class DockerEngine:
 
     async def stop(self, container_id: str, *, grace: int) -> None:
         try:
-            async with self._mutation("stop", container_id[:12], limit=grace + _MUTATION_LIMIT):
+            async with self._mutation("stop", container_id[:12], limit=grace + MUTATION_LIMIT):
                 await self.client.containers.container(container_id).stop(t=int(grace))
         except EngineError as exc:
             if exc.status not in (304, 404):
@@ -382,7 +411,9 @@ class DockerEngine:
     async def remove(self, container_id: str) -> None:
         try:
             async with self._mutation("rm", container_id[:12]):
-                await self.client.containers.container(container_id).delete(force=True)
+                # v: anonymous volumes go with the container, as with `docker rm -v`;
+                # otherwise every deploy leaves one behind per container.
+                await self.client.containers.container(container_id).delete(force=True, v=True)
         except EngineError as exc:
             if exc.status != 404:
                 raise
@@ -398,9 +429,16 @@ class DockerEngine:
 
     @asynccontextmanager
     async def _stream(
-        self, path: str, params: Mapping[str, str]
+        self,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        method: str = "GET",
+        data: Any = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A streaming GET whose response is released however the caller leaves.
+        """A streaming request whose response is released however the caller leaves.
 
         aiodocker's own streaming calls never release their response when
         cancelled, so each cancelled follow leaks a pooled connection until
@@ -408,8 +446,14 @@ class DockerEngine:
         """
         client = self.client
         url = f"{client.docker_host}/{client.api_version}/{path}"
-        async with client.session.get(
-            url, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with client.session.request(
+            method,
+            url,
+            params=params,
+            data=data,
+            json=json_body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         ) as response:
             if response.status >= 400:
                 text = (await response.text()).strip()
@@ -493,6 +537,26 @@ class DockerEngine:
                 used = memory_in_use(raw)
                 if used is not None:
                     await on_sample(used)
+
+
+def build_output(raw: bytes, tag: str) -> list[str]:
+    """The printable lines of one line of the engine's build stream.
+
+    Raises :class:`BuildFailed` on the stream's own error object.
+    """
+    try:
+        chunk = json.loads(raw)
+    except ValueError:
+        return []
+    if not isinstance(chunk, dict):
+        return []
+    if "error" in chunk:
+        detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+        raise BuildFailed(f"build of {tag} failed: {str(detail).strip()}")
+    text = chunk.get("stream")
+    if not isinstance(text, str):
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
 
 
 def memory_in_use(raw: bytes) -> int | None:

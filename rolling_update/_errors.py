@@ -5,32 +5,46 @@ foreign errors (aiodocker, aiohttp, pydantic, tomllib, OSError) are translated
 once, where they enter, with ``raise ... from exc``::
 
     RollingUpdateError
-    ├── ConfigError            bad config file, key, or file it names   (exit 2)
-    ├── PreflightError         checked before anything is touched       (exit 2)
-    │   ├── EngineUnavailable  the Docker engine does not answer
+    ├── ConfigError            bad config file, key, or file it names
+    ├── PreflightError         a check before the first change failed
     │   └── DeployLocked       another deploy of the service is under way
-    ├── EngineError            a Docker API call failed mid-deploy       (exit 1)
-    ├── BuildFailed            the image did not build                   (exit 1)
-    ├── MigrationFailed        the one-off migration container failed    (exit 1)
-    ├── GreenFailed            the new container exited or restarted     (exit 1)
-    ├── ProductionFailed       the new production container died         (exit 1)
-    ├── HealthCheckFailed      no healthy answer before the deadline     (exit 1)
+    ├── ConflictError          a name or port got taken after the preflight
+    ├── EngineError            a Docker API call failed
+    │   └── EngineUnavailable  the Docker engine does not answer
+    ├── BuildFailed            the image did not build
+    ├── MigrationFailed        the one-off migration container failed
+    ├── GreenFailed            the new container exited or restarted
+    ├── ProductionFailed       the new production container died
+    ├── HealthCheckFailed      no healthy answer before the deadline
     │   └── VerificationFailed production answered, but not as expected
-    ├── TickWaitFailed         blue's tick never reached a safe boundary (exit 1)
-    ├── RollbackIncomplete     a compensation failed: a human must act   (exit 3)
-    └── RecoveryFailed         recover could not reach a consistent state (exit 3)
+    ├── TickWaitFailed         blue's tick never reached a safe boundary
+    ├── RestoreFailed          blue could not be brought back
+    ├── RollbackIncomplete     a compensation failed: a human must act
+    ├── FailedAfterCommit      a step after the point of no return failed
+    └── RecoveryFailed         recover could not reach a consistent state
 
-The CLI turns these into one line and an exit code, in one place
-(:func:`rolling_update._cli.exit_code_for`).
+The exit code follows what the host is left in, not the class alone: the
+CLI (:func:`rolling_update._cli.outcome`) also asks whether any step had
+begun, so "nothing was changed" is only said when nothing was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ._logging import redactor
+
 
 class RollingUpdateError(Exception):
-    """Root of every error rolling_update raises on purpose."""
+    """Root of every error rolling_update raises on purpose.
+
+    Its text is scrubbed of registered secrets whenever it is rendered, so a
+    caller printing or logging the error (with any logging set-up) never
+    shows a secret that a container or an answer put into it.
+    """
+
+    def __str__(self) -> str:
+        return str(redactor.scrub(super().__str__()))
 
 
 class ConfigError(RollingUpdateError):
@@ -47,8 +61,12 @@ class PreflightError(RollingUpdateError):
     """A check before the first change failed; nothing was touched."""
 
 
-class EngineUnavailable(PreflightError):
-    """The Docker engine cannot be reached."""
+class DeployLocked(PreflightError):
+    """Another deploy or recovery of the same service holds the lock."""
+
+
+class ConflictError(RollingUpdateError):
+    """A name or port the preflight found free was taken once the deploy had begun."""
 
 
 class EngineError(RollingUpdateError):
@@ -60,6 +78,14 @@ class EngineError(RollingUpdateError):
         self.status = status
         self.detail = message
         super().__init__(f"docker {operation} {target} failed ({status}): {message}")
+
+
+class EngineUnavailable(EngineError):
+    """The Docker engine cannot be reached."""
+
+    def __init__(self, message: str):
+        self.operation, self.target, self.status, self.detail = "connect", "engine", 0, message
+        RollingUpdateError.__init__(self, message)
 
 
 class ContainerFailure(RollingUpdateError):
@@ -104,6 +130,10 @@ class TickWaitFailed(RollingUpdateError):
     """Blue's tick did not reach a safe boundary in time, or could not be read."""
 
 
+class RestoreFailed(RollingUpdateError):
+    """Blue could not be brought back to the state it was found in."""
+
+
 class RollbackIncomplete(RollingUpdateError):
     """At least one compensation failed or ran past its deadline.
 
@@ -116,6 +146,19 @@ class RollbackIncomplete(RollingUpdateError):
         self.failures = list(failures)
         detail = "; ".join(f"{step}: {why}" for step, why in self.failures)
         super().__init__(f"{cause} — and the rollback is incomplete: {detail}")
+
+
+class FailedAfterCommit(RollingUpdateError):
+    """A step after the point of no return failed; the new version still serves.
+
+    Nothing is rolled back at that point (the new version was verified and
+    soaked); ``cause`` is the step's error.
+    """
+
+    def __init__(self, cause: BaseException, step: str | None):
+        self.cause = cause
+        self.step = step
+        super().__init__(f"{step or 'a step'} failed after the new version was committed: {cause}")
 
 
 class RecoveryFailed(RollingUpdateError):

@@ -16,8 +16,10 @@ from typing import Any
 
 import aiohttp
 import anyio
+from pydantic import BaseModel, ConfigDict
 
 from ._config import HealthConfig
+from ._logging import redactor
 
 _MISSING = object()
 
@@ -37,7 +39,8 @@ class Answer:
         text = json.dumps(self.body, separators=(",", ":"), default=str)
         if len(text) > limit:
             text = text[:limit] + "…"
-        return f"HTTP {self.status} {text}"
+        # Answers are the service's words: they may quote its own secrets.
+        return str(redactor.scrub(f"HTTP {self.status} {text}"))
 
 
 async def probe(session: aiohttp.ClientSession, url: str, rule: HealthConfig) -> Answer:
@@ -50,7 +53,7 @@ async def probe(session: aiohttp.ClientSession, url: str, rule: HealthConfig) ->
     try:
         with anyio.fail_after(timeout):
             async with session.get(url, allow_redirects=False) as response:
-                raw = await response.content.read(max_bytes + 1)
+                raw = await _read_up_to(response, max_bytes + 1)
                 status = response.status
     except TimeoutError:
         return Answer(url, error=f"no answer within {timeout:g}s")
@@ -63,6 +66,29 @@ async def probe(session: aiohttp.ClientSession, url: str, rule: HealthConfig) ->
     except (ValueError, UnicodeDecodeError):
         return Answer(url, status=status, error=f"HTTP {status} body is not JSON")
     return Answer(url, status=status, body=body)
+
+
+async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    # One read() returns what has arrived, which for a body sent in several
+    # writes (chunked) is only its first part.
+    raw = bytearray()
+    while len(raw) < limit:
+        chunk = await response.content.read(limit - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
+
+
+async def port_in_use(host: str, port: int) -> bool:
+    """Whether something already accepts connections on ``host:port``."""
+    try:
+        with anyio.fail_after(1):
+            stream = await anyio.connect_tcp(host, port)
+    except (OSError, TimeoutError):
+        return False
+    await stream.aclose()
+    return True
 
 
 def dotted(body: Any, path: str) -> Any:
@@ -98,10 +124,72 @@ def judge_health(
     return None
 
 
+class HealthBaseline(BaseModel):
+    """How healthy a container was when the deploy found it.
+
+    A hotfix is often deployed *because* blue is degraded, so bringing blue
+    back counts as done when it is at least as healthy as it was found: fully
+    healthy if it was; else answering with the same HTTP status and the same
+    values of the rule's ``expect_json`` fields; anything if it did not answer.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    healthy: bool
+    status: int | None = None
+    fields: dict[str, Any] = {}
+    found: str = ""
+    """What it answered, for messages."""
+
+    @classmethod
+    def of(cls, answer: Answer, rule: HealthConfig) -> HealthBaseline:
+        healthy = judge_health(answer, rule) is None
+        if answer.error is not None and answer.status is None:
+            return cls(healthy=False, found=answer.describe())
+        fields = {path: dotted(answer.body, path) for path in rule.expect_json}
+        return cls(
+            healthy=healthy,
+            status=answer.status,
+            fields={k: v for k, v in fields.items() if v is not _MISSING},
+            found=answer.describe(),
+        )
+
+    def judge(self, answer: Answer, rule: HealthConfig) -> str | None:
+        """``None`` when ``answer`` is at least as healthy as this baseline; else why not."""
+        verdict = judge_health(answer, rule)
+        if verdict is None or self.healthy:
+            return verdict
+        if self.status is None:
+            return None
+        if answer.status != self.status:
+            return f"HTTP {answer.status}, and it answered HTTP {self.status} before the deploy"
+        for path, before in self.fields.items():
+            now = dotted(answer.body, path)
+            if now != before:
+                shown = "missing" if now is _MISSING else repr(now)
+                return f"{path} is {shown}; it was {before!r} before the deploy"
+        return None
+
+
 @dataclass(frozen=True)
 class TickStatus:
     tick_running: bool
     next_tick: datetime | None
+    loop_running: bool | None = None
+
+
+def tick_state(status: TickStatus, now: datetime, guard: float) -> str:
+    """``running``, ``imminent`` (a tick is due within ``guard`` s, or overdue) or ``idle``.
+
+    An overdue tick may start at any moment, however late it is, unless the
+    service says its loop is not running at all.
+    """
+    if status.tick_running:
+        return "running"
+    due = status.next_tick
+    if due is not None and status.loop_running is not False and (due - now).total_seconds() < guard:
+        return "imminent"
+    return "idle"
 
 
 def parse_tick(answer: Answer) -> TickStatus:
@@ -122,4 +210,9 @@ def parse_tick(answer: Answer) -> TickStatus:
             raise ValueError("next_tick is not an ISO 8601 time") from None
         if next_tick.tzinfo is None:
             raise ValueError("next_tick has no time zone")
-    return TickStatus(tick_running=body["tick_running"], next_tick=next_tick)
+    loop = body.get("loop_running")
+    return TickStatus(
+        tick_running=body["tick_running"],
+        next_tick=next_tick,
+        loop_running=loop if isinstance(loop, bool) else None,
+    )

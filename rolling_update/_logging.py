@@ -1,28 +1,93 @@
 """structlog set-up: a human console, or one JSON object per line for journald.
 
 Configured once, by the CLI (or a Python caller) through :func:`configure`;
-everything else calls ``structlog.get_logger()``. Every event passes the
-:class:`Redactor`, which blanks known secret values (env values) wherever they
-appear, including lines a container prints about its own environment.
+everything else calls ``structlog.get_logger()``.
+
+Secrets are blanked in two places. At the source: container and build lines,
+probe answers and error messages are scrubbed before they are logged or
+raised, so a Python caller with a logging set-up of its own gets them
+blanked too. And after rendering, with ours: a traceback formatted from
+``log.exception`` is scrubbed as well.
+
+Which values are secret (:func:`secret_values`): those of env and build-arg
+keys that look secret by name (a word such as PASSWORD, TOKEN, SECRET, KEY,
+CREDENTIALS, AUTH), of keys listed in ``[secrets] keys``, and the userinfo of
+any URL value (``postgres://user:pw@db``); never those of keys listed in
+``[secrets] public``. Names such as the database or the service are not
+secrets, so they are never blanked.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 LogFormat = Literal["console", "json"]
 
-# Shorter values (us, true, 5221) are too common to blank without garbling
+# Shorter values (true, 3600) are too common to blank without garbling
 # ordinary output; the tool itself never prints env values of any length.
 _MIN_SECRET = 6
 _REDACTED = "***"
+
+
+_SECRET_WORDS = {
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "passphrase",
+    "secret",
+    "secrets",
+    "token",
+    "tokens",
+    "key",
+    "apikey",
+    "credential",
+    "credentials",
+    "auth",
+    "private",
+    "cookie",
+    "session",
+    "signature",
+    "salt",
+    "dsn",
+}
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def looks_secret(key: str) -> bool:
+    """Whether an env or build-arg name says its value is a secret (DB_PASSWORD, apiToken)."""
+    return any(word.lower() in _SECRET_WORDS for word in _WORD.findall(key))
+
+
+def secret_values(
+    env: Mapping[str, str], *, extra: Iterable[str] = (), public: Iterable[str] = ()
+) -> list[str]:
+    """The values of ``env`` that are secrets under the rule in the module docstring."""
+    extra, public = set(extra), set(public)
+    found = []
+    for key, value in env.items():
+        if key in public:
+            continue
+        if key in extra or looks_secret(key):
+            found.append(value)
+            continue
+        if "://" in value:
+            try:
+                parts = urlsplit(value)
+            except ValueError:
+                continue
+            if parts.password:
+                found += [parts.password, parts.netloc.rpartition("@")[0]]
+    return found
 
 
 class Redactor:
@@ -33,7 +98,10 @@ class Redactor:
 
     def add(self, values: Iterable[str]) -> None:
         known = set(self._secrets)
-        known.update(v for v in values if len(v) >= _MIN_SECRET)
+        for value in values:
+            if len(value) >= _MIN_SECRET:
+                # Also as it appears inside a JSON string, for rendered output.
+                known.update({value, json.dumps(value, ensure_ascii=False)[1:-1]})
         # Longest first, so a secret containing another is blanked whole.
         self._secrets = sorted(known, key=len, reverse=True)
 
@@ -53,6 +121,14 @@ class Redactor:
         if not self._secrets:
             return event_dict
         return {k: self.scrub(v) for k, v in event_dict.items()}
+
+    def rendered(self, renderer: Any) -> Any:
+        """Wrap the final renderer so that its output (tracebacks included) is scrubbed too."""
+
+        def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+            return self.scrub(renderer(logger, name, event_dict))
+
+        return render
 
 
 redactor = Redactor()
@@ -108,10 +184,10 @@ def configure(fmt: LogFormat = "console", stream: TextIO | None = None) -> None:
     if fmt == "json":
         processors += [
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            redactor.rendered(structlog.processors.JSONRenderer(ensure_ascii=False)),
         ]
     else:
-        processors.append(ConsoleRenderer())
+        processors.append(redactor.rendered(ConsoleRenderer()))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

@@ -1,11 +1,14 @@
 """``recover``: bring a host back to one serving production container after a crash.
 
-Reads the journal of the deploy that did not finish, and the labels of the
-containers the tool made. Before the point of no return it rolls back: every
-container of the unfinished deploy goes, blue gets its name back and runs.
-After it, the new version stays and the leftovers go. Either way it ends by
-checking that production answers healthily. It is idempotent: running it
-again on a consistent host changes nothing.
+Reads the journal of the deploy that did not finish (or, when that was kept
+in another state directory, the mark the deploy left on the engine), and the
+labels of the containers the tool made. Before the point of no return it
+rolls back: every container of the unfinished deploy goes, blue gets its name
+back and runs, and must be as healthy as the deploy found it. After the point
+of no return, the new version stays and the leftovers go. One rule holds
+throughout: the only container that can serve is never removed, so when blue
+is gone the new version is kept (and started) instead. It is idempotent:
+running it again on a consistent host changes nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +22,21 @@ import structlog
 from ._config import Config
 from ._deploy import http_session, open_engine
 from ._engine import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, ContainerInfo, Engine
-from ._errors import RecoveryFailed
-from ._state import Journal, JournalRecord, service_lock
+from ._errors import EngineError, RecoveryFailed
+from ._http import Answer, HealthBaseline
+from ._policy import in_the_way
+from ._state import (
+    Journal,
+    JournalRecord,
+    marker_holder_alive,
+    marker_name,
+    record_from_marker,
+    refuse_marked,
+    service_lock,
+)
 from ._watch import LastProbe, poll_until_healthy
+
+_MARK_LIMIT = 10.0
 
 
 @dataclass
@@ -37,8 +52,10 @@ class _Recovery:
         self.engine = engine
         self.record = record
         self.name = cfg.service.name
-        self.old_name = f"{self.name}-old"
+        self.old_name = cfg.service.old_name
         self.actions: list[str] = []
+        self.baseline: HealthBaseline | None = None
+        """Set when blue was brought back: the health it must reach."""
 
     def act(self, what: str) -> None:
         self.actions.append(what)
@@ -54,42 +71,76 @@ class _Recovery:
         await self.engine.remove(info.id)
         self.act(f"removed {info.name} ({why})")
 
-    async def keep_new(self, record: JournalRecord) -> str:
-        prod = await self.engine.inspect(self.name)
-        if prod is None or prod.labels.get(LABEL_DEPLOY) != record.deploy_id:
-            raise RecoveryFailed(
-                f"the deploy was verified, but {self.name} is not its container any more; "
-                "inspect `docker ps -a` and decide by hand"
-            )
+    async def remove_unless_foreign(self, info: ContainerInfo, why: str) -> None:
+        """The one policy (``_policy.in_the_way``) for a container the journal does not name."""
+        reason = in_the_way(info, self.name)
+        if reason is None:
+            await self.remove(info, why)
+        else:
+            self.act(f"left {info.name} in place: {reason}; remove it by hand")
+
+    async def keep_new(self, record: JournalRecord, prod: ContainerInfo) -> str:
         for info in await self.ours():
             if info.id != prod.id and info.labels.get(LABEL_ROLE) in ("green", "migrate"):
-                await self.remove(info, "leftover of the verified deploy")
+                await self.remove(info, "leftover of the deploy")
         if record.blue_id and record.blue_id != prod.id:
             blue = await self.engine.inspect(record.blue_id)
             if blue is not None:
                 await self.remove(blue, "the previous version, replaced")
         if not prod.running:
             await self.engine.start(prod.id)
-            self.act(f"started {self.name}")
+            self.act(f"started {self.name} ({record.version})")
         return f"the new version {record.version} serves"
 
-    async def roll_back(self, record: JournalRecord | None) -> str:
+    async def find_blue(self, record: JournalRecord | None) -> ContainerInfo | None:
+        current = await self.engine.inspect(self.name)
+        old = await self.engine.inspect(self.old_name)
+        blue_id = record.blue_id if record else None
+        deploy_id = record.deploy_id if record else None
+        if (
+            blue_id is None
+            and old is not None
+            and (current is None or current.labels.get(LABEL_DEPLOY) == deploy_id)
+        ):
+            # A switch cut short before its journal named blue: blue is the renamed one.
+            blue_id = old.id
+        return None if blue_id is None else await self.engine.inspect(blue_id)
+
+    async def recover(self, record: JournalRecord | None) -> str:
+        prod = await self.engine.inspect(self.name)
+        new = (
+            prod
+            if prod is not None
+            and record is not None
+            and prod.labels.get(LABEL_DEPLOY) == record.deploy_id
+            else None
+        )
+        if record is not None and record.committed:
+            if new is None:
+                raise RecoveryFailed(
+                    f"the deploy was verified, but {self.name} is not its container any more; "
+                    "inspect `docker ps -a` and decide by hand"
+                )
+            return await self.keep_new(record, new)
+        blue = await self.find_blue(record)
+        if record is not None and record.blue_id and blue is None and new is not None:
+            # Blue is gone (removed by hand, or by a cleanup cut short): the new
+            # container is the only one that can serve. Keep it; never leave none.
+            self.act(f"blue ({record.blue_id[:12]}) no longer exists: kept the new version")
+            return await self.keep_new(record, new)
+        return await self.roll_back(record, blue)
+
+    async def roll_back(self, record: JournalRecord | None, blue: ContainerInfo | None) -> str:
         for info in await self.ours():
             role = info.labels.get(LABEL_ROLE)
+            if blue is not None and info.id == blue.id:
+                continue
             if record is not None and info.labels.get(LABEL_DEPLOY) == record.deploy_id:
                 await self.remove(info, f"{role} of the unfinished deploy")
             elif record is None and role in ("green", "migrate"):
                 await self.remove(info, f"stray {role}")
         current = await self.engine.inspect(self.name)
-        old = await self.engine.inspect(self.old_name)
-        blue_id, was_running = (record.blue_id, record.blue_was_running) if record else (None, True)
-        if blue_id is None and current is None and old is not None:
-            # A switch cut short before its journal named blue: blue is the renamed one.
-            blue_id = old.id
-        if blue_id is not None:
-            blue = await self.engine.inspect(blue_id)
-            if blue is None:
-                raise RecoveryFailed(f"blue ({blue_id[:12]}) no longer exists; nothing to restore")
+        if blue is not None:
             if blue.name != self.name:
                 if current is not None and current.id != blue.id:
                     raise RecoveryFailed(
@@ -98,54 +149,86 @@ class _Recovery:
                     )
                 await self.engine.rename(blue.id, self.name)
                 self.act(f"renamed {blue.name} back to {self.name}")
+            was_running = record.blue_was_running if record and record.blue_id else True
             if was_running and not blue.running:
                 await self.engine.start(blue.id)
                 self.act(f"started {self.name} (the previous version)")
+            self.baseline = record.blue_health if record else None
             return "the previous version serves"
+        old = await self.engine.inspect(self.old_name)
         if current is not None and old is not None:
             if old.running:
                 raise RecoveryFailed(
                     f"both {self.name} and {self.old_name} are running; decide by hand"
                 )
-            await self.remove(old, "leftover previous version")
+            await self.remove_unless_foreign(old, "leftover previous version")
         return "the production container serves"
 
 
 async def recover(cfg: Config, *, engine: Engine | None = None) -> RecoveryReport:
     """Bring the service to one healthy production container and no leftovers."""
     log = structlog.get_logger()
-    state_dir = cfg.state.dir
-    with service_lock(state_dir, cfg.service.name, purpose="recover", deploy_id="-"):
-        journal = Journal.load(Journal.path_for(state_dir, cfg.service.name))
+    service = cfg.service.name
+    with service_lock(cfg.state_dir, service, purpose="recover", deploy_id="-"):
+        journal = Journal.load(Journal.path_for(cfg.state_dir))
         record = journal.record if journal else None
-        if journal is not None:
-            log.info("recover.unfinished", deploy=journal.describe())
         async with open_engine(engine) as docker, http_session() as http:
+            mark = await docker.read_marker(marker_name(service))
+            if mark is not None and (record is None or mark.get(LABEL_DEPLOY) != record.deploy_id):
+                if marker_holder_alive(mark):
+                    # A deploy from another checkout (another state dir) is running.
+                    raise refuse_marked(mark, service)
+                if record is None:
+                    record = record_from_marker(mark, service)
+            if record is not None:
+                log.info(
+                    "recover.unfinished",
+                    deploy=journal.describe() if journal else f"deploy {record.deploy_id}",
+                )
             recovery = _Recovery(cfg, docker, record)
-            if record is not None and record.committed:
-                outcome = await recovery.keep_new(record)
-            else:
-                outcome = await recovery.roll_back(record)
-            if await docker.inspect(cfg.service.name) is None:
-                outcome = "no production container exists (there was none before this deploy)"
-            else:
-                await _await_serving(cfg, http)
+            try:
+                outcome = await recovery.recover(record)
+                if await docker.inspect(service) is None:
+                    outcome = "no production container exists (there was none before this deploy)"
+                else:
+                    await _await_serving(cfg, http, recovery.baseline)
+            except EngineError as exc:
+                done = "; ".join(recovery.actions) or "nothing"
+                raise RecoveryFailed(f"{exc} (done so far: {done})") from exc
+            with anyio.move_on_after(_MARK_LIMIT, shield=True):
+                await docker.remove_marker(marker_name(service))
         if journal is not None:
             journal.remove()
     log.info("recover.done", outcome=outcome, actions=len(recovery.actions))
     return RecoveryReport(
         outcome=outcome,
         actions=recovery.actions,
-        unfinished=journal.describe() if journal else None,
+        unfinished=(
+            journal.describe() if journal else f"deploy {record.deploy_id}" if record else None
+        ),
     )
 
 
-async def _await_serving(cfg: Config, http: aiohttp.ClientSession) -> None:
+async def _await_serving(
+    cfg: Config, http: aiohttp.ClientSession, baseline: HealthBaseline | None
+) -> None:
+    """Production answers healthily, or (blue brought back) as healthily as it was found."""
     last = LastProbe()
     url = cfg.service.url(cfg.service.port, cfg.health.path)
+
+    def judge(answer: Answer) -> str | None:
+        assert baseline is not None
+        return baseline.judge(answer, cfg.health)
+
     with anyio.move_on_after(cfg.verify.timeout):
         await poll_until_healthy(
-            http, url, cfg.health, interval=cfg.verify.interval, expect_version=None, last=last
+            http,
+            url,
+            cfg.health,
+            interval=cfg.verify.interval,
+            expect_version=None,
+            last=last,
+            judge=judge if baseline is not None else None,
         )
         return
     raise RecoveryFailed(

@@ -21,7 +21,8 @@ from typing import Protocol, TypeVar
 import anyio
 import structlog
 
-from ._errors import RollbackIncomplete
+from ._errors import FailedAfterCommit, RollbackIncomplete
+from ._logging import redactor
 
 Ctx = TypeVar("Ctx", contravariant=True)
 
@@ -78,15 +79,18 @@ async def run_saga(
     ctx: C,
     *,
     compensate_limit: float,
+    rollback_limit: float | None = None,
     state: SagaState | None = None,
 ) -> list[StepRecord]:
     """Run ``steps`` in order with ``ctx``; return how long each took.
 
     On an exception or cancellation, every started step since the last pivot
     is compensated in reverse order, each shielded and bounded by
-    ``compensate_limit`` seconds; then the original exception propagates.
-    When a compensation fails and the original was an ``Exception``,
-    :class:`RollbackIncomplete` (caused by the original) is raised instead.
+    ``compensate_limit`` seconds, all of them together by ``rollback_limit``;
+    then the original exception propagates. When a compensation fails and the
+    original was an ``Exception``, :class:`RollbackIncomplete` (caused by the
+    original) is raised instead. An ``Exception`` after a pivot is raised as
+    :class:`FailedAfterCommit`: nothing is rolled back then.
     """
     log = structlog.get_logger()
     state = state if state is not None else SagaState()
@@ -114,14 +118,19 @@ async def run_saga(
                     state.commit()
                     started.clear()
     except BaseException as exc:
-        failed = started[-1].name if started else None
+        failed = started[-1].name if started else state.current
         with structlog.contextvars.bound_contextvars(step=failed):
             if isinstance(exc, Exception):
-                log.error("deploy.step.failed", error=str(exc) or type(exc).__name__)
+                log.error(
+                    "deploy.step.failed", error=redactor.scrub(str(exc) or type(exc).__name__)
+                )
             else:
                 log.warning("deploy.step.interrupted", reason=type(exc).__name__)
-        failures = await _unwind(started, ctx, compensate_limit)
+        failures = await _unwind(started, ctx, compensate_limit, rollback_limit)
         state.failures = failures
+        if state.committed and isinstance(exc, Exception):
+            # Only the steps after the pivot were undone: the new version serves.
+            raise FailedAfterCommit(exc, failed) from exc
         if failures:
             log.error("deploy.rollback.incomplete", failures=[f"{s}: {w}" for s, w in failures])
             if isinstance(exc, Exception):
@@ -133,23 +142,33 @@ async def run_saga(
     return records
 
 
-async def _unwind(started: list[Step[C]], ctx: C, limit: float) -> list[tuple[str, str]]:
+async def _unwind(
+    started: list[Step[C]], ctx: C, limit: float, total: float | None
+) -> list[tuple[str, str]]:
     log = structlog.get_logger()
     failures: list[tuple[str, str]] = []
+    ends = None if total is None else anyio.current_time() + total
     for step in reversed(started):
         with structlog.contextvars.bound_contextvars(step=step.name):
+            budget = limit if ends is None else min(limit, ends - anyio.current_time())
+            if budget <= 0:
+                assert total is not None
+                failures.append((step.name, f"not undone: the rollback's {total:g}s had passed"))
+                log.error("deploy.compensate.failed", error="rollback deadline passed")
+                continue
             log.info("deploy.compensate.started", title=step.title)
-            with anyio.move_on_after(limit, shield=True) as scope:
+            with anyio.move_on_after(budget, shield=True) as scope:
                 try:
                     await step.compensate(ctx)
                 except Exception as exc:
                     # One failed undo must not stop the others from running.
-                    failures.append((step.name, str(exc) or type(exc).__name__))
-                    log.error("deploy.compensate.failed", error=str(exc) or type(exc).__name__)
+                    why = redactor.scrub(str(exc) or type(exc).__name__)
+                    failures.append((step.name, why))
+                    log.error("deploy.compensate.failed", error=why)
                     continue
             if scope.cancelled_caught:
-                failures.append((step.name, f"did not finish within {limit:g}s"))
-                log.error("deploy.compensate.failed", error=f"deadline of {limit:g}s passed")
+                failures.append((step.name, f"did not finish within {budget:g}s"))
+                log.error("deploy.compensate.failed", error=f"deadline of {budget:g}s passed")
             else:
                 log.info("deploy.compensate.done")
     return failures

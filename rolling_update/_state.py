@@ -1,12 +1,14 @@
 """Durable state of a service's deploys: the lock, and the journal of the one under way.
 
-Both live in the state directory (``state.dir``), one pair per service:
+Both live in the service's own directory on the host (``state.dir/<service>``,
+by default ``/var/lib/rolling-update/<service>``), never beside a checkout's
+config, so every checkout and CI job on the host sees the same state:
 
-- ``<service>.lock`` is held with ``flock`` for the whole deploy or recovery.
+- ``lock`` is held with ``flock`` for the whole deploy or recovery.
   The kernel drops it when the holder dies, even by SIGKILL, so a lock is
   never stale; the file also names its holder for the message a second
   deploy prints.
-- ``<service>.journal.json`` is rewritten atomically *before* each action that
+- ``journal.json`` is rewritten atomically *before* each action that
   changes the host (before each step, before blue is renamed, at the point of
   no return), and removed when the deploy ends cleanly. A journal that
   outlives its process is an unfinished deploy: ``recover`` reads it.
@@ -28,11 +30,17 @@ import pydantic
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from ._errors import ConfigError, PreflightError
-
-
-class DeployLocked(PreflightError):
-    """Another deploy or recovery of the same service holds the lock."""
+from ._engine import (
+    LABEL_DEPLOY,
+    LABEL_IMAGE,
+    LABEL_MARKER_HOST,
+    LABEL_MARKER_PID,
+    LABEL_MARKER_SINCE,
+    LABEL_SERVICE,
+    LABEL_VERSION,
+)
+from ._errors import ConfigError, DeployLocked, PreflightError
+from ._http import HealthBaseline
 
 
 class JournalRecord(BaseModel):
@@ -50,6 +58,8 @@ class JournalRecord(BaseModel):
     step: str | None = None
     blue_id: str | None = None
     blue_was_running: bool = False
+    blue_health: HealthBaseline | None = None
+    """Blue's health as the deploy found it: what bringing it back must reach."""
     committed: bool = False
 
 
@@ -80,8 +90,8 @@ class Journal:
         self.record = record
 
     @classmethod
-    def path_for(cls, state_dir: Path, service: str) -> Path:
-        return state_dir / f"{service}.journal.json"
+    def path_for(cls, service_dir: Path) -> Path:
+        return service_dir / "journal.json"
 
     @classmethod
     def load(cls, path: Path) -> Journal | None:
@@ -100,7 +110,7 @@ class Journal:
 
     @classmethod
     def begin(
-        cls, state_dir: Path, *, deploy_id: str, service: str, image: str, version: str
+        cls, service_dir: Path, *, deploy_id: str, service: str, image: str, version: str
     ) -> Journal:
         record = JournalRecord(
             deploy_id=deploy_id,
@@ -111,8 +121,8 @@ class Journal:
             host=socket.gethostname(),
             started_at=_now(),
         )
-        state_dir.mkdir(parents=True, exist_ok=True)
-        journal = cls(cls.path_for(state_dir, service), record)
+        service_dir.mkdir(parents=True, exist_ok=True)
+        journal = cls(cls.path_for(service_dir), record)
         journal.write()
         return journal
 
@@ -120,7 +130,12 @@ class Journal:
         _write_atomically(self.path, self.record.model_dump_json(indent=2) + "\n")
 
     def update(self, **facts: Any) -> None:
-        self.record = self.record.model_copy(update=facts)
+        # model_copy would take a misspelt key silently, and recover would
+        # later miss the fact it was meant to record.
+        unknown = sorted(set(facts) - set(JournalRecord.model_fields))
+        if unknown:
+            raise TypeError(f"not journal fields: {', '.join(unknown)}")
+        self.record = JournalRecord.model_validate({**self.record.model_dump(), **facts})
         self.write()
 
     def remove(self) -> None:
@@ -135,7 +150,7 @@ class Journal:
         )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -146,15 +161,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def service_lock(state_dir: Path, service: str, *, purpose: str, deploy_id: str) -> Iterator[None]:
+def service_lock(
+    service_dir: Path, service: str, *, purpose: str, deploy_id: str
+) -> Iterator[None]:
     """Hold the service's lock for the block, or raise :class:`DeployLocked` at once."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state_dir / f"{service}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        service_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(service_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise ConfigError(
             f"cannot use the state directory: {exc.strerror}",
-            source=str(state_dir),
+            source=str(service_dir),
             key="state.dir",
         ) from None
     try:
@@ -169,7 +186,7 @@ def service_lock(state_dir: Path, service: str, *, purpose: str, deploy_id: str)
                 "lock.taken_over",
                 previous_pid=previous.get("pid"),
                 previous_since=previous.get("since"),
-                alive=_pid_alive(int(previous.get("pid", 0))),
+                alive=pid_alive(int(previous.get("pid", 0))),
             )
         holder = {
             "pid": os.getpid(),
@@ -202,3 +219,61 @@ def _holder(fd: int) -> str:
         return "another process"
     who = f"{h.get('purpose', 'a deploy')} {h.get('deploy_id', '')}"
     return f"{who} (pid {h.get('pid')} on {h.get('host')}) since {h.get('since')}"
+
+
+def marker_name(service: str) -> str:
+    """The engine-side mark of a deploy under way: a volume, since volumes carry labels."""
+    return f"rolling-update.{service}.deploy"
+
+
+def marker_labels(*, service: str, deploy_id: str, image: str, version: str) -> dict[str, str]:
+    return {
+        LABEL_SERVICE: service,
+        LABEL_DEPLOY: deploy_id,
+        LABEL_VERSION: version,
+        LABEL_IMAGE: image,
+        LABEL_MARKER_PID: str(os.getpid()),
+        LABEL_MARKER_HOST: socket.gethostname(),
+        LABEL_MARKER_SINCE: _now(),
+    }
+
+
+def describe_marker(labels: dict[str, str]) -> str:
+    return (
+        f"deploy {labels.get(LABEL_DEPLOY, '?')} of {labels.get(LABEL_IMAGE, '?')} "
+        f"(pid {labels.get(LABEL_MARKER_PID, '?')} on {labels.get(LABEL_MARKER_HOST, '?')}, "
+        f"started {labels.get(LABEL_MARKER_SINCE, '?')}, marked on the Docker engine)"
+    )
+
+
+def marker_holder_alive(labels: dict[str, str]) -> bool:
+    """Whether the process that marked the engine still runs (on this host)."""
+    if labels.get(LABEL_MARKER_HOST) != socket.gethostname():
+        # Another host's process cannot be checked from here: assume it runs.
+        return True
+    pid = labels.get(LABEL_MARKER_PID, "")
+    return pid.isdigit() and pid_alive(int(pid))
+
+
+def refuse_marked(labels: dict[str, str], service: str) -> PreflightError:
+    """The error for a service the engine says another deploy has under way."""
+    if marker_holder_alive(labels):
+        return DeployLocked(f"{service} is locked by {describe_marker(labels)}; try again later")
+    return PreflightError(
+        f"an unfinished {describe_marker(labels)} was interrupted; "
+        "run `rolling-update recover` first"
+    )
+
+
+def record_from_marker(labels: dict[str, str], service: str) -> JournalRecord:
+    """What a recovery can know of a marked deploy whose journal is elsewhere (or gone)."""
+    pid = labels.get(LABEL_MARKER_PID, "0")
+    return JournalRecord(
+        deploy_id=labels.get(LABEL_DEPLOY, "unknown"),
+        service=service,
+        image=labels.get(LABEL_IMAGE, "unknown"),
+        version=labels.get(LABEL_VERSION, "unknown"),
+        pid=int(pid) if pid.isdigit() else 0,
+        host=labels.get(LABEL_MARKER_HOST, "unknown"),
+        started_at=labels.get(LABEL_MARKER_SINCE, "unknown"),
+    )

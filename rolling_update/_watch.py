@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -29,6 +29,11 @@ from ._http import Answer, judge_health, probe
 from ._logging import redactor
 
 _FATAL_ACTIONS = {"die", "oom", "destroy"}
+# The container's state is read this often besides its events; a death the
+# event stream did not deliver is seen within this time.
+_STATE_CHECK_INTERVAL = 0.5
+_EVENT_RECONNECTS = 5
+_EVENT_RECONNECT_PAUSE = 0.2
 
 
 @dataclass
@@ -77,9 +82,11 @@ async def poll_until_healthy(
     interval: float,
     expect_version: str | None,
     last: LastProbe,
+    judge: Callable[[Answer], str | None] | None = None,
 ) -> Answer:
     """Probe ``url`` every ``interval`` until healthy; the caller bounds it in time.
 
+    Healthy is ``rule`` (with ``expect_version``), or ``judge`` when given.
     Each answer and verdict is kept in ``last``, for the caller to report
     when its deadline passes.
     """
@@ -87,11 +94,13 @@ async def poll_until_healthy(
     verdict_before: str | None = "(none yet)"
     while True:
         answer = await probe(http, url, rule)
-        verdict = judge_health(answer, rule, expect_version)
+        verdict = judge(answer) if judge is not None else judge_health(answer, rule, expect_version)
         last.answer, last.verdict = answer, verdict
         if verdict != verdict_before:
             # Only changes are logged: a 20 ms poll would flood the journal.
-            log.info("health.probe", url=url, healthy=verdict is None, reason=verdict)
+            log.info(
+                "health.probe", url=url, healthy=verdict is None, reason=redactor.scrub(verdict)
+            )
             verdict_before = verdict
         if verdict is None:
             return answer
@@ -128,7 +137,9 @@ async def watching(
     when ``replay_logs``, else only new ones), and its engine events, memory
     and the monotonic ``deadline`` are watched. A ``die``/``oom``/``destroy``
     event, memory above ``memory_limit`` bytes, or the deadline passing raises
-    ``failure`` with the last log lines, cancelling the body.
+    ``failure`` with the last log lines, cancelling the body. The events are
+    backed by the container's state (inspect, twice a second): a death is
+    never missed, not when the event stream ends, nor past the engine's replay.
     """
     log = structlog.get_logger()
     watch = Watch(container_name)
@@ -141,8 +152,9 @@ async def watching(
         )
 
     async def on_line(line: str) -> None:
-        # Kept blanked: these lines end up in exception messages.
-        watch.tail.append(redactor.scrub(line))
+        # Blanked at the source: a caller's own logging set-up has no redactor.
+        line = redactor.scrub(line)
+        watch.tail.append(line)
         log.info("container.log", container=container_name, line=line)
 
     async def follow(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -153,14 +165,48 @@ async def watching(
         finally:
             watch.logs_ended.set()
 
+    async def died(what: str) -> ContainerFailure:
+        # The log follow ends when the container exits: wait for it (briefly)
+        # so that the dying lines are in the error.
+        with anyio.move_on_after(0.3):
+            await watch.logs_ended.wait()
+        return fail(what)
+
     async def on_event(event: ContainerEvent) -> None:
         if event.action in _FATAL_ACTIONS:
             code = f" with code {event.exit_code}" if event.exit_code is not None else ""
-            # The log follow ends when the container exits: wait for it (briefly)
-            # so that the dying lines are in the error.
-            with anyio.move_on_after(0.3):
-                await watch.logs_ended.wait()
-            raise fail(f"{'exited' if event.action == 'die' else event.action}{code}")
+            raise await died(f"{'exited' if event.action == 'die' else event.action}{code}")
+
+    async def events(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # The stream ends when the daemon restarts (or a proxy drops it): pick it
+        # up again from the last event seen. What happened in between is caught
+        # by check_state, which also covers the engine's 256-event replay limit.
+        since = since_nano
+        status: TaskStatus[None] = task_status
+
+        async def seen(event: ContainerEvent) -> None:
+            nonlocal since
+            since = max(since, event.time_nano + 1)
+            await on_event(event)
+
+        for attempt in range(_EVENT_RECONNECTS + 1):
+            if attempt:
+                log.warning("container.events.reconnect", container=container_name)
+                await anyio.sleep(_EVENT_RECONNECT_PAUSE)
+            await ctx.engine.watch_events(container_id, since, seen, task_status=status)
+            status = anyio.TASK_STATUS_IGNORED
+        raise fail("could not be watched: the engine's event stream kept ending")
+
+    async def check_state() -> None:
+        # Bounded by the watch itself: cancelled when the body ends.
+        while True:
+            info = await ctx.engine.inspect(container_id)
+            if info is None:
+                raise await died("was removed")
+            if not info.running or info.restart_count > 0:
+                how = f"restarted {info.restart_count} time(s)" if info.running else "exited"
+                raise await died(f"{how} (last exit code {info.exit_code})")
+            await anyio.sleep(_STATE_CHECK_INTERVAL)
 
     async def on_memory(used: int) -> None:
         if used > watch.memory_peak:
@@ -178,7 +224,8 @@ async def watching(
 
     async with task_group() as tg:
         await tg.start(follow)
-        await tg.start(ctx.engine.watch_events, container_id, since_nano, on_event)
+        await tg.start(events)
+        tg.start_soon(check_state)
         if memory_limit is not None:
             await tg.start(ctx.engine.watch_memory, container_id, on_memory)
         if deadline is not None:

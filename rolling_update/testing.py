@@ -33,6 +33,7 @@ class FakeContainer:
     created: float = field(default_factory=time.time)
     logs: list[str] = field(default_factory=list)
     memory: int = 10 * 2**20
+    restart_count: int = 0
 
     def info(self) -> ContainerInfo:
         return ContainerInfo(
@@ -42,7 +43,7 @@ class FakeContainer:
             running=self.running,
             status="running" if self.running else "exited",
             labels=dict(self.spec.labels),
-            restart_count=0,
+            restart_count=self.restart_count,
             exit_code=self.exit_code,
             created=self.created,
         )
@@ -54,7 +55,17 @@ class FakeEngine:
     def __init__(self, images: set[str] | None = None) -> None:
         self.containers: dict[str, FakeContainer] = {}
         self.images: set[str] = set(images or ())
+        self.markers: dict[str, dict[str, str]] = {}
         self.calls: list[str] = []
+        self.event_stream_ends = False
+        """When true, every event stream ends at once, as on a daemon restart."""
+        self.failing: dict[str, Exception] = {}
+        """Operation name (``start``, ``create``...) → the error that call raises."""
+
+    def _check(self, operation: str) -> None:
+        error = self.failing.get(operation)
+        if error is not None:
+            raise error
 
     def add(self, spec: ContainerSpec, *, running: bool = True) -> FakeContainer:
         """Put a container in place, as if someone else had made it earlier."""
@@ -104,6 +115,17 @@ class FakeEngine:
     async def remove_image(self, ref: str) -> None:
         self.images.discard(ref)
 
+    async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]:
+        self._check("claim_marker")
+        return dict(self.markers.setdefault(name, dict(labels)))
+
+    async def read_marker(self, name: str) -> dict[str, str] | None:
+        found = self.markers.get(name)
+        return None if found is None else dict(found)
+
+    async def remove_marker(self, name: str) -> None:
+        self.markers.pop(name, None)
+
     async def inspect(self, name_or_id: str) -> ContainerInfo | None:
         found = self._find(name_or_id)
         return None if found is None else found.info()
@@ -116,6 +138,7 @@ class FakeEngine:
         ]
 
     async def create(self, spec: ContainerSpec) -> str:
+        self._check("create")
         if self._find(spec.name) is not None:
             raise EngineError("create", spec.name, 409, f"name {spec.name} is already in use")
         if spec.image not in self.images:
@@ -124,6 +147,7 @@ class FakeEngine:
         return self.add(spec, running=False).id
 
     async def start(self, container_id: str) -> None:
+        self._check("start")
         container = self._get("start", container_id)
         self.calls.append(f"start {container.name}")
         container.running = True
@@ -174,7 +198,8 @@ class FakeEngine:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
-        await anyio.sleep_forever()
+        if not self.event_stream_ends:
+            await anyio.sleep_forever()
 
     async def watch_memory(
         self,

@@ -9,7 +9,7 @@ from .build import BuildImage
 from .cleanup import RemoveOld
 from .green import AwaitGreenHealthy, StartGreen
 from .migrate import RunMigrations
-from .switch import Switch, VerifyProduction
+from .switch import Soak, Switch, VerifyProduction
 from .tick import AwaitTickBoundary, wait_for_tick_boundary
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "BuildImage",
     "RemoveOld",
     "RunMigrations",
+    "Soak",
     "StartGreen",
     "Switch",
     "VerifyProduction",

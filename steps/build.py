@@ -11,6 +11,7 @@ import structlog
 from rolling_update._config import BuildConfig
 from rolling_update._context import DeployContext
 from rolling_update._errors import BuildFailed
+from rolling_update._logging import redactor
 
 
 class BuildImage:
@@ -40,7 +41,7 @@ class BuildImage:
                         dockerfile=self.cfg.dockerfile,
                         tag=ctx.image,
                         args=self.cfg.args,
-                        on_line=lambda line: log.info("build.log", line=line),
+                        on_line=lambda line: log.info("build.log", line=redactor.scrub(line)),
                     )
         except TimeoutError:
             raise BuildFailed(f"build of {ctx.image} ran past {self.cfg.timeout:g}s") from None
@@ -65,9 +66,11 @@ class BuildImage:
                 buffered += chunk
                 *lines, buffered = buffered.split(b"\n")
                 for line in lines:
-                    log.info("build.log", line=line.decode(errors="replace").rstrip())
+                    text = line.decode(errors="replace").rstrip()
+                    log.info("build.log", line=redactor.scrub(text))
             if buffered:
-                log.info("build.log", line=buffered.decode(errors="replace").rstrip())
+                text = buffered.decode(errors="replace").rstrip()
+                log.info("build.log", line=redactor.scrub(text))
             code = await process.wait()
         if code != 0:
             raise BuildFailed(f"build command {argv[0]!r} exited with code {code}")

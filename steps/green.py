@@ -10,10 +10,11 @@ import structlog
 from rolling_update._config import GreenConfig, HealthConfig, ServiceConfig
 from rolling_update._context import DeployContext
 from rolling_update._engine import ContainerSpec
-from rolling_update._errors import GreenFailed, HealthCheckFailed, PreflightError
+from rolling_update._errors import ConflictError, GreenFailed, HealthCheckFailed
+from rolling_update._http import port_in_use
+from rolling_update._logging import redactor
+from rolling_update._policy import clear_name, remove_ours
 from rolling_update._watch import LastProbe, await_healthy
-
-from ._common import port_in_use, remove_ours, remove_stale
 
 
 class StartGreen:
@@ -38,11 +39,13 @@ class StartGreen:
         )
 
     async def run(self, ctx: DeployContext) -> None:
-        await remove_stale(ctx.engine, self.service.green_name)
+        # The preflight checked both before anything changed; they are checked
+        # again because the build and migrations leave time for them to change.
+        await clear_name(ctx.engine, self.service.green_name, self.service.name, ConflictError)
         if await port_in_use(self.service.host, self.service.green_port):
-            raise PreflightError(
-                f"port {self.service.green_port} (service.green_port) is already in use; "
-                "green could not bind it"
+            raise ConflictError(
+                f"port {self.service.green_port} (service.green_port) was taken after the "
+                "preflight found it free; green could not bind it"
             )
         ctx.green_id = await ctx.engine.create(self.spec(ctx))
         await ctx.engine.start(ctx.green_id)
@@ -99,7 +102,7 @@ class AwaitGreenHealthy:
                 why=last.explain(),
             ) from None
         ctx.note_green_memory(watch.memory_peak)
-        structlog.get_logger().info("green.healthy", health=answer.body)
+        structlog.get_logger().info("green.healthy", health=redactor.scrub(answer.body))
 
     async def compensate(self, ctx: DeployContext) -> None:
         pass

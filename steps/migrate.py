@@ -11,11 +11,10 @@ from anyio.abc import TaskStatus
 from rolling_update._config import MigrateConfig, ServiceConfig
 from rolling_update._context import DeployContext
 from rolling_update._engine import ContainerSpec
-from rolling_update._errors import MigrationFailed
+from rolling_update._errors import ConflictError, MigrationFailed
 from rolling_update._logging import redactor
+from rolling_update._policy import clear_name, remove_ours
 from rolling_update._watch import task_group
-
-from ._common import remove_ours, remove_stale
 
 
 class RunMigrations:
@@ -34,7 +33,7 @@ class RunMigrations:
 
     @property
     def container_name(self) -> str:
-        return f"{self.service.name}-migrate"
+        return self.service.migrate_name
 
     def spec(self, ctx: DeployContext, command: list[str]) -> ContainerSpec:
         return ContainerSpec(
@@ -52,7 +51,7 @@ class RunMigrations:
         if not self.cfg.commands:
             log.info("migrate.skipped", reason="no migration commands configured")
             return
-        await remove_stale(ctx.engine, self.container_name)
+        await clear_name(ctx.engine, self.container_name, self.service.name, ConflictError)
         for command in self.cfg.commands:
             log.info("migrate.command", command=command)
             container_id = await ctx.engine.create(self.spec(ctx, command))
@@ -60,14 +59,31 @@ class RunMigrations:
                 await self._run_one(ctx, container_id, command)
             finally:
                 with anyio.move_on_after(ctx.config.rollback.step_timeout, shield=True):
+                    await self._stop(ctx, container_id, command)
                     await ctx.engine.remove(container_id)
+
+    async def _stop(self, ctx: DeployContext, container_id: str, command: list[str]) -> None:
+        # A migration cut short (interrupt, deadline) gets SIGTERM and its grace
+        # period, as `docker stop` gives it, to roll its transaction back; the
+        # removal alone would SIGKILL it mid-statement.
+        info = await ctx.engine.inspect(container_id)
+        if info is None or not info.running:
+            return
+        structlog.get_logger().warning(
+            "migrate.interrupted",
+            command=command,
+            grace=self.cfg.stop_timeout,
+            action="SIGTERM, then SIGKILL after the grace period",
+        )
+        await ctx.engine.stop(container_id, grace=self.cfg.stop_timeout)
 
     async def _run_one(self, ctx: DeployContext, container_id: str, command: list[str]) -> None:
         log = structlog.get_logger()
         tail: deque[str] = deque(maxlen=30)
 
         async def on_line(line: str) -> None:
-            tail.append(redactor.scrub(line))
+            line = redactor.scrub(line)
+            tail.append(line)
             log.info("container.log", container=self.container_name, line=line)
 
         logs_done = anyio.Event()

@@ -9,17 +9,18 @@ import structlog
 
 from rolling_update._config import HealthConfig, ServiceConfig, TickConfig, VerifyConfig
 from rolling_update._context import DeployContext
-from rolling_update._engine import ContainerSpec
+from rolling_update._engine import ContainerInfo, ContainerSpec
 from rolling_update._errors import (
-    PreflightError,
+    ConflictError,
     ProductionFailed,
-    RollingUpdateError,
+    RestoreFailed,
     TickWaitFailed,
     VerificationFailed,
 )
-from rolling_update._watch import LastProbe, await_healthy, poll_until_healthy
+from rolling_update._http import judge_health, probe
+from rolling_update._policy import clear_name, remove_ours
+from rolling_update._watch import LastProbe, await_healthy, poll_until_healthy, watching
 
-from ._common import remove_ours
 from .tick import wait_for_tick_boundary
 
 
@@ -58,15 +59,7 @@ class Switch:
         log = structlog.get_logger()
         blue = await ctx.engine.inspect(self.service.name)
         if blue is not None:
-            old = await ctx.engine.inspect(ctx.old_name)
-            if old is not None:
-                if old.running or not old.managed:
-                    raise PreflightError(
-                        f"a container named {ctx.old_name} exists"
-                        f"{' and is running' if old.running else ''}; it is in the way of "
-                        "the switch: remove it, or run recover"
-                    )
-                await ctx.engine.remove(old.id)
+            await clear_name(ctx.engine, ctx.old_name, self.service.name, ConflictError)
             ctx.blue_id, ctx.blue_was_running = blue.id, blue.running
             ctx.record(blue_id=blue.id, blue_was_running=blue.running)
             await ctx.engine.rename(blue.id, ctx.old_name)
@@ -108,58 +101,76 @@ class Switch:
             return
         blue = await ctx.engine.inspect(ctx.blue_id)
         if blue is None:
-            raise RollingUpdateError(f"blue ({ctx.blue_id[:12]}) no longer exists")
+            raise RestoreFailed(f"blue ({ctx.blue_id[:12]}) no longer exists")
         if blue.name != self.service.name:
             await ctx.engine.rename(ctx.blue_id, self.service.name)
         if ctx.blue_was_running and not blue.running:
             await ctx.engine.start(ctx.blue_id)
-            url = ctx.url(self.service.port, self.health.path)
-            last = LastProbe()
-            with anyio.move_on_after(self.verify.timeout):
-                await poll_until_healthy(
-                    ctx.http,
-                    url,
-                    self.health,
-                    interval=self.verify.interval,
-                    expect_version=None,
-                    last=last,
-                )
-                if ctx.switch_began is not None:
-                    ctx.measured["rollback_outage_s"] = round(
-                        time.monotonic() - ctx.switch_began, 3
-                    )
-                log.info("switch.blue_restored", seconds=round(time.monotonic() - began, 3))
-                return
-            raise RollingUpdateError(
-                f"blue is back as {self.service.name} but not healthy within "
-                f"{self.verify.timeout:g}s: {last.explain()}"
-            )
+            await restore_wait(ctx, self.service, self.health, self.verify)
+            if ctx.switch_began is not None:
+                ctx.measured["rollback_outage_s"] = round(time.monotonic() - ctx.switch_began, 3)
+            log.info("switch.blue_restored", seconds=round(time.monotonic() - began, 3))
 
 
-class VerifyProduction:
-    """Production must answer healthy with the new version; the point of no return."""
+async def restore_wait(
+    ctx: DeployContext, service: ServiceConfig, health: HealthConfig, verify: VerifyConfig
+) -> None:
+    """Wait until blue, started again, is as healthy as the deploy found it."""
+    baseline = ctx.blue_health
+    url = ctx.url(service.port, health.path)
+    last = LastProbe()
+    with anyio.move_on_after(verify.timeout):
+        await poll_until_healthy(
+            ctx.http,
+            url,
+            health,
+            interval=verify.interval,
+            expect_version=None,
+            last=last,
+            judge=None if baseline is None else (lambda answer: baseline.judge(answer, health)),
+        )
+        return
+    found = f" (before the deploy it answered: {baseline.found})" if baseline else ""
+    raise RestoreFailed(
+        f"blue is back as {service.name} but not as healthy as it was within "
+        f"{verify.timeout:g}s: {last.explain()}{found}"
+    )
 
-    name = "verify"
-    title = "Verifying production serves the new version"
-    pivot = True
+
+class _ProductionStep:
+    """A step that watches the new production container the switch started."""
 
     def __init__(self, service: ServiceConfig, health: HealthConfig, verify: VerifyConfig) -> None:
         self.service = service
         self.health = health
         self.verify = verify
 
-    async def run(self, ctx: DeployContext) -> None:
+    async def production(self, ctx: DeployContext) -> ContainerInfo:
         assert ctx.production_id is not None, "Switch must run first"
         info = await ctx.engine.inspect(ctx.production_id)
         if info is None:
             raise ProductionFailed("production container vanished", container=self.service.name)
+        return info
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        pass
+
+
+class VerifyProduction(_ProductionStep):
+    """Production must answer healthy with the new version."""
+
+    name = "verify"
+    title = "Verifying production serves the new version"
+
+    async def run(self, ctx: DeployContext) -> None:
+        info = await self.production(ctx)
         url = ctx.url(self.service.port, self.health.path)
         last = LastProbe()
         try:
             with anyio.fail_after(self.verify.timeout):
                 answer, _ = await await_healthy(
                     ctx,
-                    container_id=ctx.production_id,
+                    container_id=info.id,
                     container_name=self.service.name,
                     since_nano=int((info.created - 1) * 1e9),
                     url=url,
@@ -183,5 +194,45 @@ class VerifyProduction:
             ctx.measured["downtime_window_s"] = round(now - ctx.last_blue_ok, 3)
         ctx.final_health = answer.body
 
-    async def compensate(self, ctx: DeployContext) -> None:
-        pass
+
+class Soak(_ProductionStep):
+    """Keep production watched for ``verify.soak`` s, blue stopped but kept; the point of no return.
+
+    A version that answers healthy once and dies a second later must not be
+    committed: a death (engine events, backed by the container's state) or
+    one unhealthy answer during the soak rolls back to blue.
+    """
+
+    name = "soak"
+    title = "Soaking the new version"
+    pivot = True
+
+    async def run(self, ctx: DeployContext) -> None:
+        if self.verify.soak <= 0:
+            return
+        info = await self.production(ctx)
+        url = ctx.url(self.service.port, self.health.path)
+        async with watching(
+            ctx,
+            container_id=info.id,
+            container_name=self.service.name,
+            # From its creation: a death that came before this step is seen too.
+            since_nano=int((info.created - 1) * 1e9),
+            failure=ProductionFailed,
+            doing="soaking",
+            replay_logs=False,
+        ):
+            with anyio.move_on_after(self.verify.soak):
+                while True:  # bounded by the soak's move_on_after
+                    answer = await probe(ctx.http, url, self.health)
+                    why = judge_health(answer, self.health, ctx.version)
+                    if why is not None:
+                        raise VerificationFailed(
+                            f"{self.service.name} turned unhealthy during the "
+                            f"{self.verify.soak:g}s soak",
+                            url=url,
+                            why=why,
+                        )
+                    ctx.final_health = answer.body
+                    await anyio.sleep(self.verify.soak_interval)
+        structlog.get_logger().info("soak.done", seconds=self.verify.soak)

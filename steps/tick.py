@@ -12,7 +12,7 @@ import structlog
 from rolling_update._config import HealthConfig, ServiceConfig, TickConfig
 from rolling_update._context import DeployContext
 from rolling_update._errors import GreenFailed, TickWaitFailed
-from rolling_update._http import parse_tick, probe
+from rolling_update._http import parse_tick, probe, tick_state
 from rolling_update._watch import watching
 
 _UNUSABLE_IN_A_ROW = 3
@@ -43,15 +43,14 @@ async def wait_for_tick_boundary(
         unusable = 0
         now = datetime.now(UTC)
         due_in = (status.next_tick - now).total_seconds() if status.next_tick else None
-        if status.tick_running:
-            state, pause = "running", cfg.interval
+        state = tick_state(status, now, cfg.guard)
+        pause = cfg.interval
+        if state == "running":
             settled = settle <= 0
-        elif due_in is not None and -1 <= due_in < cfg.guard:
-            state, pause = "imminent", cfg.interval
-        elif not settled:
+        elif state == "idle" and not settled:
             state, pause = "settling", settle
             settled = True
-        else:
+        elif state == "idle":
             ctx.last_blue_ok = time.monotonic()
             log.info("tick.boundary", next_tick_in=None if due_in is None else round(due_in, 1))
             return

@@ -209,10 +209,13 @@ class Service:
             "health": 'path = "/api/brain/health"\nexpect_json = { status = "healthy" }\n'
             "interval = 0.1\nattempts = 150\n",
             "tick": "settle = 0\nguard = 1\ninterval = 0.1\ntimeout = 30\n",
-            "verify": "timeout = 10\n",
+            "verify": "timeout = 10\nsoak = 1\n",
             "rollback": "step_timeout = 30\n",
+            "state": f'dir = "{self.workdir / "state"}"\n',
         }
         tables.update(sections)
+        # An empty table text drops the table: its defaults apply.
+        tables = {k: v for k, v in tables.items() if v}
         if not (self.workdir / ".env.docker").exists():
             self.write_env_file({})
         text = "".join(f"[{k}]\n{v}\n" for k, v in tables.items()) + extra
@@ -289,7 +292,15 @@ class Service:
 
     @property
     def journal(self) -> Path:
-        return self.workdir / ".rolling-update" / f"{self.name}.journal.json"
+        return self.workdir / "state" / self.name / "journal.json"
+
+    @property
+    def marker(self) -> str:
+        """The volume that marks a deploy under way on the engine."""
+        return f"rolling-update.{self.name}.deploy"
+
+    def marked(self) -> bool:
+        return bool(docker("volume", "ls", "-q", "--filter", f"name={self.marker}"))
 
     def containers(self) -> list[str]:
         # Name filters match substrings: keep exact-prefix matches only.
@@ -300,22 +311,28 @@ class Service:
         data: list[dict[str, Any]] = json.loads(docker("inspect", name))
         return data[0]
 
+    def events_since(self, since: float, event: str, fmt: str, *filters: str) -> list[str]:
+        """One ``fmt`` line per container ``event`` since ``since`` (unix time), per filter."""
+        args = [f"--filter={f}" for f in ("type=container", f"event={event}", *filters)]
+        until = f"{time.time():.3f}"
+        out = docker("events", "--since", f"{since:.3f}", "--until", until, *args, "--format", fmt)
+        return out.splitlines()
+
     def created_since(self, since: float) -> list[str]:
         """Names of containers of this service the engine created since ``since`` (unix time)."""
-        out = docker(
-            "events",
-            "--since",
-            f"{since:.3f}",
-            "--until",
-            f"{time.time():.3f}",
-            "--filter",
-            "type=container",
-            "--filter",
-            "event=create",
-            "--format",
-            "{{.Actor.Attributes.name}}",
+        names = self.events_since(since, "create", "{{.Actor.Attributes.name}}")
+        return [n for n in names if n.startswith(self.name)]
+
+    def deploy_reaching(self, step: str) -> subprocess.Popen[str]:
+        """A deploy running in the background, returned once ``step`` has started."""
+        process = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
         )
-        return [n for n in out.split() if n.startswith(self.name)]
+        assert process.stdout is not None
+        for line in process.stdout:
+            if f'"step": "{step}"' in line:
+                break
+        return process
 
     def cleanup(self) -> None:
         names = docker("ps", "-aq", "--filter", f"name={self.name}").split()
@@ -324,6 +341,9 @@ class Service:
         images = docker("images", "-q", self.repo).split()
         if images:
             docker("rmi", "-f", *set(images), check=False)
+        docker("volume", "rm", "-f", self.marker, check=False)
+        # A test that uses the per-host default state directory.
+        shutil.rmtree(Path("/var/lib/rolling-update") / self.name, ignore_errors=True)
 
 
 @dataclass

@@ -68,3 +68,30 @@ async def test_custom_step_in_a_successful_plan(service: Service) -> None:
     assert result.health["version"] == "2.0.0"
     assert gate.journal == ["asked for 2.0.0; green is True"]
     assert get_json(service.url())["version"] == "2.0.0"
+
+
+async def test_a_callers_own_logging_gets_no_secrets(service: Service) -> None:
+    """With the caller's structlog set-up (no redactor of ours), container lines stay blanked."""
+    import io
+
+    import structlog
+
+    from rolling_update import MigrationFailed
+
+    secret = "pa55-for-api-callers"
+    service.write_env_file({"DB_PASSWORD": secret})
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs={"MIGRATE_FAIL": 1, "ECHO_ENV": "DB_PASSWORD"})
+    cfg = load_config(service.config())
+    out = io.StringIO()
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(out),
+    )
+    try:
+        with pytest.raises(MigrationFailed) as caught:
+            await deploy(cfg)
+    finally:
+        structlog.reset_defaults()
+    assert '"line": "DB_PASSWORD=***"' in out.getvalue()
+    assert secret not in out.getvalue() and secret not in str(caught.value.last_logs)

@@ -185,6 +185,10 @@ def test_stale_green_from_an_earlier_run_is_replaced(service: Service) -> None:
         "host",
         "--label",
         "io.rolling-update.managed=true",
+        "--label",
+        f"io.rolling-update.service={service.name}",
+        "--label",
+        "io.rolling-update.role=green",
         "-e",
         f"PORT={service.green_port}",
         f"{service.repo}:1.0.0",
@@ -208,13 +212,15 @@ def test_foreign_container_with_green_name_is_left_alone(service: Service) -> No
     assert (
         f"a container named {service.green} exists and was not made by rolling_update" in run.stderr
     )
+    assert run.event("deploy.step.started") == []
     assert service.inspect(service.green)["Id"] == foreign
     assert get_json(service.url())["version"] == "1.0.0"
 
 
 def test_port_taken_before_green_starts_exits_2(service: Service) -> None:
-    """Something else on green_port stops the deploy with a message naming the port."""
+    """Green's port taken: the preflight says so before the build; exit 2, nothing changed."""
     service.start_blue("1.0.0")
+    began = time.time()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", service.green_port))
         squatter.listen()
@@ -223,6 +229,10 @@ def test_port_taken_before_green_starts_exits_2(service: Service) -> None:
         run = service.deploy()
     assert run.code == 2
     assert f"port {service.green_port} (service.green_port) is already in use" in run.stderr
+    assert "(nothing was changed)" in run.stderr
+    assert run.event("deploy.step.started") == []
+    assert docker("images", "-q", f"{service.repo}:2.0.0") == ""
+    assert service.created_since(began) == []
     assert service.containers() == [service.name]
     assert get_json(service.url())["version"] == "1.0.0"
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
 
-from rolling_update import ContainerSpec, DockerEngine
+from rolling_update import ContainerInfo, ContainerSpec, DockerEngine
 from rolling_update._engine import (
     ContainerEvent,
     FrameDecoder,
@@ -122,11 +124,10 @@ async def test_cancelled_log_follows_do_not_exhaust_the_connection_pool(
     assert "tick" in lines
 
 
-@pytest.mark.docker
-@pytest.mark.anyio
-async def test_events_before_the_subscription_are_replayed(engine: DockerEngine) -> None:
-    """watch_events with since= sees a container's start and die even if both came first."""
-    name = f"rutest-events-{uuid.uuid4().hex[:8]}"
+@asynccontextmanager
+async def exited(engine: DockerEngine) -> AsyncIterator[ContainerInfo]:
+    """A container that ran ``true`` and exited (code 0), removed afterwards."""
+    name = f"rutest-exited-{uuid.uuid4().hex[:8]}"
     container_id = await engine.create(
         ContainerSpec(name=name, image=BASE_IMAGE, command=["true"], restart="no")
     )
@@ -135,6 +136,17 @@ async def test_events_before_the_subscription_are_replayed(engine: DockerEngine)
         await engine.wait(container_id)
         info = await engine.inspect(container_id)
         assert info is not None
+        yield info
+    finally:
+        await engine.remove(container_id)
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_events_before_the_subscription_are_replayed(engine: DockerEngine) -> None:
+    """watch_events with since= sees a container's start and die even if both came first."""
+    async with exited(engine) as info:
+        container_id = info.id
         seen: list[ContainerEvent] = []
 
         with anyio.move_on_after(10) as scope:
@@ -145,10 +157,8 @@ async def test_events_before_the_subscription_are_replayed(engine: DockerEngine)
                     scope.cancel()
 
             await engine.watch_events(container_id, int((info.created - 1) * 1e9), on_event)
-        assert [e.action for e in seen if e.action in ("start", "die")] == ["start", "die"]
-        assert seen[-1].exit_code == 0
-    finally:
-        await engine.remove(container_id)
+    assert [e.action for e in seen if e.action in ("start", "die")] == ["start", "die"]
+    assert seen[-1].exit_code == 0
 
 
 @pytest.mark.docker
@@ -172,13 +182,99 @@ def test_memory_in_use_leaves_out_page_cache() -> None:
     assert memory_in_use(b"[]") is None
 
 
-def test_dockerignore_subset_excludes_paths_and_everything_below() -> None:
-    """A pattern matching a path or any of its parents excludes it; a later "!" re-includes."""
-    from rolling_update._engine import _ignored
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_a_build_cut_short_releases_its_connection(tmp_path: Path) -> None:
+    """Regression: a build cancelled by its deadline frees its connection (pool of 1 proves it)."""
+    require_engine()
+    (tmp_path / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nRUN sleep 20\n")
+    tag = f"rutest-slowbuild-{uuid.uuid4().hex[:8]}:1"
+    async with DockerEngine(connections=1) as engine:
+        with anyio.move_on_after(1.5) as scope:
+            await engine.build_image(
+                tmp_path, dockerfile="Dockerfile", tag=tag, args={}, on_line=lambda line: None
+            )
+        assert scope.cancelled_caught
+        with anyio.fail_after(10):
+            await engine.ping()
+            assert await engine.image_exists(tag) is False
 
-    patterns = ["node_modules", "*.log", "docs/*/draft", "!keep.log"]
-    assert _ignored("node_modules", patterns)
-    assert _ignored("node_modules/a/b.js", patterns)
-    assert _ignored("x.log", patterns) and not _ignored("keep.log", patterns)
-    assert _ignored("docs/v1/draft/page.md", patterns)
-    assert not _ignored("src/app.js", patterns)
+
+@pytest.fixture
+def stubborn() -> Iterator[str]:
+    """A running container that ignores SIGTERM: stopping it takes its whole grace period."""
+    require_engine()
+    name = f"rutest-stubborn-{uuid.uuid4().hex[:8]}"
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(120)"
+    docker("run", "-d", "--name", name, BASE_IMAGE, "python3", "-c", code)
+    yield name
+    docker("rm", "-f", name, check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_a_shielded_engine_call_ends_at_the_callers_deadline(
+    engine: DockerEngine, stubborn: str
+) -> None:
+    """Regression: a rollback bounded to 1 s ends then, though its stop has a 30 s grace."""
+    with anyio.fail_after(10):
+        with anyio.move_on_after(1, shield=True) as scope:
+            await engine.stop(stubborn, grace=30)
+        assert scope.cancelled_caught
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_a_death_past_the_engines_event_replay_is_still_seen(
+    engine: DockerEngine, tmp_path: Path
+) -> None:
+    """Regression: a die pushed out of the engine's replay by 300 events is seen from state."""
+    import aiohttp
+
+    from rolling_update import DeployContext, GreenFailed
+    from rolling_update._config import parse_config
+    from rolling_update._watch import watching
+
+    async with exited(engine) as info:
+        name = info.name
+        for i in range(150):  # a volume create and destroy: two events each
+            await engine.claim_marker(f"{name}-{i}", {})
+            await engine.remove_marker(f"{name}-{i}")
+        cfg = parse_config(
+            {
+                "service": {"name": name, "green_name": f"{name}-g", "port": 1, "green_port": 2},
+                "image": {"name": "x:{version}", "version_file": "p.json"},
+            },
+            base_dir=tmp_path,
+            environ={},
+            source="t.toml",
+        )
+        async with aiohttp.ClientSession() as http:
+            ctx = DeployContext(
+                config=cfg, engine=engine, http=http, deploy_id="d", version="1", image="x", env={}
+            )
+            with anyio.fail_after(10), pytest.raises(GreenFailed, match="exited"):
+                async with watching(
+                    ctx,
+                    container_id=info.id,
+                    container_name=name,
+                    since_nano=int((info.created - 1) * 1e9),
+                    failure=GreenFailed,
+                    doing="waiting",
+                ):
+                    await anyio.sleep_forever()
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_the_engine_mark_goes_to_whoever_claimed_it_first(engine: DockerEngine) -> None:
+    """Claiming a marked name returns the first claimer's labels; read and remove are idempotent."""
+    name = f"rutest-mark-{uuid.uuid4().hex[:8]}"
+    try:
+        assert await engine.claim_marker(name, {"who": "first"}) == {"who": "first"}
+        assert await engine.claim_marker(name, {"who": "second"}) == {"who": "first"}
+        assert await engine.read_marker(name) == {"who": "first"}
+    finally:
+        await engine.remove_marker(name)
+    assert await engine.read_marker(name) is None
+    await engine.remove_marker(name)

@@ -130,3 +130,66 @@ async def test_probe_reports_hostile_answers_without_raising(hostile_server: str
     assert slow.error == "no answer within 0.3s"
     assert closed.error is not None and "Connect" in closed.error
     assert json.loads(json.dumps(huge.describe()))
+
+
+@pytest.mark.anyio
+async def test_a_body_sent_in_two_writes_is_read_whole() -> None:
+    """Regression: a chunked JSON answer written in two parts, 50 ms apart, is judged whole."""
+    import anyio
+    from anyio.abc import SocketStream
+
+    async def serve(stream: SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            await stream.send(head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            for part in (b'{"status": "hea', b'lthy", "version": "2"}'):
+                await stream.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                await anyio.sleep(0.05)
+            await stream.send(b"0\r\n\r\n")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        async with aiohttp.ClientSession() as session:
+            got = await probe(session, f"http://127.0.0.1:{port}/health", RULE)
+        tg.cancel_scope.cancel()
+    assert got.error is None and got.body == {"status": "healthy", "version": "2"}
+
+
+def test_blue_found_degraded_is_restored_when_degraded_again() -> None:
+    """The baseline of a degraded blue accepts the same status back, or better; not worse."""
+    from rolling_update._http import HealthBaseline
+
+    rule = HealthConfig(expect_json={"status": "healthy"}, version_field=None)
+    degraded = HealthBaseline.of(answer({"status": "degraded"}), rule)
+    assert not degraded.healthy
+    assert degraded.judge(answer({"status": "degraded", "uptime": 1}), rule) is None
+    assert degraded.judge(answer({"status": "healthy"}), rule) is None
+    assert degraded.judge(answer({"status": "error"}, status=500), rule) == (
+        "HTTP 500, and it answered HTTP 200 before the deploy"
+    )
+    assert degraded.judge(answer({"status": "starting"}), rule) == (
+        "status is 'starting'; it was 'degraded' before the deploy"
+    )
+    healthy = HealthBaseline.of(answer({"status": "healthy"}), rule)
+    assert healthy.judge(answer({"status": "degraded"}), rule) is not None
+    silent = HealthBaseline.of(Answer("http://x", error="ConnectionRefused"), rule)
+    assert silent.judge(Answer("http://x", error="ConnectionRefused"), rule) is None
+
+
+def test_an_overdue_tick_is_imminent_however_late() -> None:
+    """Regression: a tick overdue by more than 1 s may start any moment: not safe to switch."""
+    from datetime import UTC, datetime, timedelta
+
+    from rolling_update._http import TickStatus, tick_state
+
+    now = datetime.now(UTC)
+    for late in (0.5, 1.5, 60):
+        assert tick_state(TickStatus(False, now - timedelta(seconds=late)), now, 5) == "imminent"
+    assert tick_state(TickStatus(False, now + timedelta(seconds=60)), now, 5) == "idle"
+    assert tick_state(TickStatus(True, None), now, 5) == "running"
+    # A loop that says it is not running starts no tick, whatever next_tick says.
+    stale = TickStatus(False, now - timedelta(seconds=60), loop_running=False)
+    assert tick_state(stale, now, 5) == "idle"

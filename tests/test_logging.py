@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import structlog
 
@@ -54,3 +55,61 @@ def test_secret_in_a_container_log_line_never_reaches_json_output() -> None:
     structlog.get_logger().info("container.log", container="green", line="TOKEN=tok-9f8e7d6c")
     assert "tok-9f8e7d6c" not in stream.getvalue()
     assert json.loads(stream.getvalue())["line"] == "TOKEN=***"
+
+
+def test_a_traceback_from_log_exception_is_blanked_too() -> None:
+    """Regression: exc_info is formatted after the redactor ran; the rendered line is scrubbed."""
+    register_secrets(["s3cr3t-in-traceback"])
+    for fmt in ("json", "console"):
+        stream = io.StringIO()
+        configure(fmt, stream=stream)
+        try:
+            raise ValueError("cannot connect with s3cr3t-in-traceback")
+        except ValueError:
+            structlog.get_logger().exception("deploy.crashed")
+        assert "cannot connect with ***" in stream.getvalue()
+        assert "s3cr3t-in-traceback" not in stream.getvalue()
+
+
+def test_secrets_are_chosen_by_key_and_names_are_never_blanked() -> None:
+    """DB_PASSWORD, apiToken, [secrets] keys and URL userinfo are secret; DB_NAME is not."""
+    from rolling_update._logging import looks_secret, secret_values
+
+    env = {
+        "DB_NAME": "cecelia",
+        "DB_USER": "cecelia",
+        "DB_PASSWORD": "pw-123456",
+        "apiToken": "tok-123456",
+        "SIGNING": "sig-123456",
+        "DATABASE_URL": "postgres://cecelia:url-pass-99@db:5432/cecelia",
+        "STRIPE_KEY_PUBLIC": "pk-123456",
+        "TZ": "Asia/Shanghai",
+    }
+    found = secret_values(env, extra=["SIGNING"], public=["STRIPE_KEY_PUBLIC"])
+    assert sorted(found) == sorted(
+        ["pw-123456", "tok-123456", "sig-123456", "url-pass-99", "cecelia:url-pass-99"]
+    )
+    assert not looks_secret("DB_NAME") and not looks_secret("MONKEY_COUNT")
+    assert looks_secret("GITHUB_TOKEN") and looks_secret("aws_secret_access_key")
+
+
+def test_build_args_that_look_secret_are_registered(tmp_path: Path) -> None:
+    """Regression: a secret build arg (NPM_TOKEN) is blanked; an ordinary one (BASE) is not."""
+    from rolling_update import prepare
+    from rolling_update._config import parse_config
+    from rolling_update._logging import redactor
+
+    (tmp_path / "p.json").write_text('{"version": "1.0.0"}')
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    cfg = parse_config(
+        {
+            "service": {"name": "app", "green_name": "app-g", "port": 1, "green_port": 2},
+            "image": {"name": "app:{version}", "version_file": "p.json"},
+            "build": {"context": ".", "args": {"NPM_TOKEN": "npm-tok-777", "BASE": "debian:12"}},
+        },
+        base_dir=tmp_path,
+        environ={},
+        source="t.toml",
+    )
+    prepare(cfg)
+    assert redactor.scrub("npm-tok-777 on debian:12") == "*** on debian:12"

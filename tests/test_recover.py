@@ -62,7 +62,7 @@ def ours(name: str, role: str, deploy_id: str, image: str = "app:2") -> Containe
 
 
 def journal(cfg: Config, **facts: object) -> None:
-    j = Journal.begin(cfg.state.dir, deploy_id="d2", service="app", image="app:2", version="2")
+    j = Journal.begin(cfg.state_dir, deploy_id="d2", service="app", image="app:2", version="2")
     j.update(**facts)
 
 
@@ -78,7 +78,7 @@ async def test_kill_mid_switch_restores_blue(tmp_path: Path, port: int) -> None:
     assert engine.names() == ["app"]
     assert engine.containers[blue.id].name == "app" and engine.containers[blue.id].running
     assert report.outcome == "the previous version serves"
-    assert not Journal.path_for(cfg.state.dir, "app").exists()
+    assert not Journal.path_for(cfg.state_dir).exists()
 
 
 async def test_kill_after_verification_keeps_the_new_version(tmp_path: Path, port: int) -> None:
@@ -132,7 +132,7 @@ async def test_foreign_container_on_the_production_name_is_not_touched(
     with pytest.raises(RecoveryFailed, match="app is taken by"):
         await recover(cfg, engine=engine)
     assert engine.names() == ["app", "app-old"]
-    assert Journal.path_for(cfg.state.dir, "app").exists()
+    assert Journal.path_for(cfg.state_dir).exists()
 
 
 async def test_recover_on_a_consistent_host_changes_nothing(tmp_path: Path, port: int) -> None:
@@ -142,3 +142,90 @@ async def test_recover_on_a_consistent_host_changes_nothing(tmp_path: Path, port
     engine.add(ours("app", "production", "d1"))
     report = await recover(cfg, engine=engine)
     assert engine.calls == [] and report.actions == []
+
+
+async def test_blue_gone_keeps_the_new_container_instead_of_none(tmp_path: Path, port: int) -> None:
+    """Regression: blue removed by hand mid-switch; recover keeps (and starts) the new one."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    new = engine.add(ours("app", "production", "d2"), running=False)
+    engine.add(ours("app-green", "green", "d2"))
+    journal(cfg, step="verify", blue_id="f" * 64, blue_was_running=True)
+    report = await recover(cfg, engine=engine)
+    assert engine.names() == ["app"] and engine.containers[new.id].running
+    assert report.actions[0] == f"blue ({'f' * 12}) no longer exists: kept the new version"
+    assert report.outcome == "the new version 2 serves"
+
+
+async def test_an_unmanaged_old_container_is_left_to_the_operator(
+    tmp_path: Path, port: int
+) -> None:
+    """Regression: one policy: recover, like the switch, never removes a -old it did not make."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    engine.add(ours("app", "production", "d1"))
+    engine.add(ContainerSpec(name="app-old", image="app:0"), running=False)
+    report = await recover(cfg, engine=engine)
+    assert engine.names() == ["app", "app-old"]
+    assert report.actions == [
+        "left app-old in place: a container named app-old exists and was not made by "
+        "rolling_update for app; remove it by hand"
+    ]
+
+
+def marker(pid: int) -> dict[str, str]:
+    from rolling_update._state import marker_labels
+
+    labels = marker_labels(service="app", deploy_id="d7", image="app:2", version="2")
+    return {**labels, "io.rolling-update.pid": str(pid)}
+
+
+async def test_a_deploy_marked_on_the_engine_is_recovered_without_its_journal(
+    tmp_path: Path, port: int
+) -> None:
+    """Killed deploy whose journal is in another checkout's state dir: the engine mark suffices."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    engine.add(ours("app", "production", "d7"), running=False)
+    engine.markers["rolling-update.app.deploy"] = marker(pid=2**22 + 1)  # no such process
+    report = await recover(cfg, engine=engine)
+    assert engine.names() == ["app"] and engine.containers[blue.id].running
+    assert engine.markers == {}
+    assert report.unfinished == "deploy d7"
+
+
+async def test_a_live_deploy_from_another_checkout_blocks_recover(
+    tmp_path: Path, port: int
+) -> None:
+    """The engine mark of a running deploy (this host, live pid) makes recover refuse, exit 2."""
+    import os
+
+    from rolling_update import DeployLocked
+
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    engine.add(ours("app", "production", "d1"))
+    engine.markers["rolling-update.app.deploy"] = marker(pid=os.getpid())
+    with pytest.raises(DeployLocked, match="marked on the Docker engine"):
+        await recover(cfg, engine=engine)
+    assert engine.calls == []
+
+
+async def test_a_vanished_blue_fails_the_undo_with_its_own_error(tmp_path: Path, port: int) -> None:
+    """Switch.compensate raises RestoreFailed (not a bare RollingUpdateError) when blue is gone."""
+    import aiohttp
+
+    from rolling_update import DeployContext, RestoreFailed
+    from steps import Switch
+
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    async with aiohttp.ClientSession() as http:
+        ctx = DeployContext(
+            config=cfg, engine=engine, http=http, deploy_id="d2", version="2", image="a:2", env={}
+        )
+        ctx.blue_id = "e" * 64
+        switch = Switch(cfg.service, cfg.tick, cfg.health, cfg.verify)
+        with pytest.raises(RestoreFailed, match="no longer exists"):
+            await switch.compensate(ctx)

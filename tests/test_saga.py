@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from rolling_update import RollbackIncomplete, RollingUpdateError, run_saga
+from rolling_update import FailedAfterCommit, RollbackIncomplete, RollingUpdateError, run_saga
 
 pytestmark = pytest.mark.anyio
 
@@ -123,12 +123,23 @@ async def test_compensations_run_to_the_end_despite_cancellation() -> None:
 
 
 async def test_steps_before_a_pivot_are_not_undone() -> None:
-    """After a pivot step succeeds, a later failure compensates only the steps after it."""
+    """After a pivot, a failure undoes only later steps and says so: FailedAfterCommit, not Boom."""
     steps = [FakeStep("a"), FakeStep("verify", pivot=True), FakeStep("c", fail=True)]
     journal = Journal()
-    with pytest.raises(Boom):
+    with pytest.raises(FailedAfterCommit) as caught:
         await run_saga(steps, journal, compensate_limit=1)
     assert journal.entries == ["run a", "run verify", "run c", "undo c"]
+    assert isinstance(caught.value.cause, Boom) and caught.value.step == "c"
+
+
+async def test_the_whole_rollback_is_bounded_by_its_own_deadline() -> None:
+    """Three hanging undos with a 10 s step limit end within the 0.3 s rollback_limit, all named."""
+    steps = [FakeStep(n, hang_undo=True) for n in "abc"] + [FakeStep("d", fail=True)]
+    journal = Journal()
+    with anyio.fail_after(5), pytest.raises(RollbackIncomplete) as caught:
+        await run_saga(steps, journal, compensate_limit=10, rollback_limit=0.3)
+    assert [step for step, _ in caught.value.failures] == ["c", "b", "a"]
+    assert "not undone: the rollback's 0.3s had passed" in caught.value.failures[-1][1]
 
 
 async def test_unexpected_exception_is_compensated_and_reraised_unchanged() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rolling_update._errors import ConfigError
-from rolling_update._state import DeployLocked, Journal, service_lock
+from rolling_update._config import default_state_dir, parse_config
+from rolling_update._errors import ConfigError, DeployLocked
+from rolling_update._state import Journal, service_lock
 
 
 def test_second_holder_is_refused_with_the_first_ones_details(tmp_path: Path) -> None:
@@ -53,9 +54,9 @@ def test_second_holder_is_refused_with_the_first_ones_details(tmp_path: Path) ->
 def test_clean_release_leaves_an_empty_lock_file(tmp_path: Path) -> None:
     """A released lock holds no holder details, so leftovers always mean a holder died."""
     with service_lock(tmp_path, "svc", purpose="deploy", deploy_id="d"):
-        held = json.loads((tmp_path / "svc.lock").read_text())
+        held = json.loads((tmp_path / "lock").read_text())
         assert held["pid"] == os.getpid() and held["deploy_id"] == "d"
-    assert (tmp_path / "svc.lock").read_text() == ""
+    assert (tmp_path / "lock").read_text() == ""
 
 
 def test_unusable_state_dir_is_a_config_error(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_journal_round_trips_and_is_replaced_atomically(tmp_path: Path) -> None:
     """Updates rewrite the whole journal via a rename; loading gives back the last state."""
     journal = Journal.begin(tmp_path, deploy_id="d1", service="svc", image="i:2", version="2")
     journal.update(step="switch", blue_id="abc", blue_was_running=True)
-    loaded = Journal.load(Journal.path_for(tmp_path, "svc"))
+    loaded = Journal.load(Journal.path_for(tmp_path))
     assert loaded is not None
     assert (loaded.record.step, loaded.record.blue_id, loaded.record.committed) == (
         "switch",
@@ -83,12 +84,40 @@ def test_journal_round_trips_and_is_replaced_atomically(tmp_path: Path) -> None:
     assert "last step switch" in loaded.describe()
     assert not list(tmp_path.glob("*.tmp"))
     journal.remove()
-    assert Journal.load(Journal.path_for(tmp_path, "svc")) is None
+    assert Journal.load(Journal.path_for(tmp_path)) is None
 
 
 def test_corrupt_journal_is_reported_not_guessed(tmp_path: Path) -> None:
     """A journal that is not ours is an error naming it, never silently ignored."""
-    path = Journal.path_for(tmp_path, "svc")
+    path = Journal.path_for(tmp_path)
     path.write_text("{half")
     with pytest.raises(ConfigError, match="journal is unreadable"):
         Journal.load(path)
+
+
+def test_journal_refuses_a_misspelt_fact(tmp_path: Path) -> None:
+    """Regression: Journal.update with an unknown key raises instead of dropping the fact."""
+    journal = Journal.begin(tmp_path, deploy_id="d1", service="svc", image="i:2", version="2")
+    with pytest.raises(TypeError, match="blue_idd"):
+        journal.update(blue_idd="abc")
+    loaded = Journal.load(Journal.path_for(tmp_path))
+    assert loaded is not None and loaded.record.blue_id is None
+
+
+def test_state_lives_per_host_and_service_not_beside_the_config(tmp_path: Path) -> None:
+    """Two checkouts' configs without [state] share one state dir: the host's, per service."""
+    data = {
+        "service": {"name": "svc", "green_name": "svc-g", "port": 1, "green_port": 2},
+        "image": {"name": "i:{version}", "version_file": "p.json"},
+    }
+    one = parse_config(data, base_dir=tmp_path / "a", environ={}, source="a.toml")
+    two = parse_config(data, base_dir=tmp_path / "b", environ={}, source="b.toml")
+    assert one.state_dir == two.state_dir == default_state_dir() / "svc"
+    if os.geteuid() == 0:
+        assert one.state_dir == Path("/var/lib/rolling-update/svc")
+    xdg = default_state_dir({"XDG_STATE_HOME": "/x"}) if os.geteuid() != 0 else None
+    assert xdg in (None, Path("/x/rolling-update"))
+    explicit = parse_config(
+        {**data, "state": {"dir": "st"}}, base_dir=tmp_path, environ={}, source="c.toml"
+    )
+    assert explicit.state_dir == tmp_path / "st" / "svc"

@@ -8,7 +8,9 @@ FAIL_HEALTH=1        /api/brain/health answers 500
 FAIL_ON_PORT=p       report "degraded" when serving on port p
 CRASH_AFTER=s        exit with code 3 s seconds after start
 CRASH_ON_PORT=p      exit with code 3 at once when told to serve on port p
+CRASH_ON_PORT_AFTER=s  with CRASH_ON_PORT: serve healthily for s seconds first, then exit 3
 MIGRATE_FAIL=1       "migrate" exits 1
+MIGRATE_SLEEP=s      "migrate" takes s seconds; on SIGTERM it says so and exits 42
 HEALTH_MODE=m        /api/brain/health answers html (not JSON), huge (2 MB) or hang (never)
 TICK_MODE=html       /api/brain/tick/status answers HTML
 TICK_INTERVAL=s      seconds between ticks (default 3600); CECELIA_TICK_ENABLED=false: none
@@ -149,9 +151,16 @@ def serve():
     for i in range(0, len(hold), 4096):
         hold[i] = 1
     if knob("CRASH_ON_PORT") == str(PORT):
-        print(f"crashing on purpose: refusing port {PORT}", flush=True)
-        time.sleep(0.1)
-        os._exit(3)
+        after = env_float("CRASH_ON_PORT_AFTER", 0)
+
+        def crash():
+            print(f"crashing on purpose: refusing port {PORT}", flush=True)
+            time.sleep(0.1)
+            os._exit(3)
+
+        if not after:
+            crash()
+        threading.Timer(after, crash).start()
     crash_after = knob("CRASH_AFTER")
     if crash_after:
         threading.Timer(
@@ -183,6 +192,13 @@ def migrate():
     print(f"migrating to {VERSION}", flush=True)
     if knob("ECHO_ENV"):
         print(f"{knob('ECHO_ENV')}={os.environ.get(knob('ECHO_ENV'), '')}", flush=True)
+
+    def on_sigterm(signum, frame):
+        print("migration interrupted by SIGTERM: rolled back its transaction", flush=True)
+        sys.exit(42)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    time.sleep(env_float("MIGRATE_SLEEP", 0))
     if knob("MIGRATE_FAIL") == "1":
         print("migration 042 failed: relation already exists", flush=True)
         sys.exit(1)

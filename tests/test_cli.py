@@ -1,0 +1,95 @@
+"""Exit codes follow what the host is left in: the CLI's one mapping, and interrupts."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from rolling_update import (
+    ConfigError,
+    ConflictError,
+    EngineUnavailable,
+    FailedAfterCommit,
+    GreenFailed,
+    PreflightError,
+    RollbackIncomplete,
+)
+from rolling_update._cli import Interrupt, _interruptible, outcome
+from rolling_update._saga import SagaState
+
+
+def began(step: str = "switch", *, committed: bool = False) -> SagaState:
+    state = SagaState()
+    state.begin(step)
+    if committed:
+        state.commit()
+    return state
+
+
+def test_nothing_was_changed_is_only_said_before_the_first_step() -> None:
+    """A preflight-class error exits 2 "nothing was changed" only while no step has begun."""
+    code, line = outcome(PreflightError("port 1 is taken"), SagaState())
+    assert code == 2 and line is not None and "nothing was changed" in line
+    code, line = outcome(PreflightError("port 1 is taken"), began("start-green"))
+    assert code == 1 and line is not None and "rolled back" in line
+    assert "nothing was changed" not in line
+
+
+def test_engine_failure_mid_deploy_is_not_engine_unreachable_nothing_changed() -> None:
+    """EngineUnavailable before any step: exit 2; after a step began: exit 1, rolled back."""
+    assert outcome(EngineUnavailable("Docker engine unreachable: x"))[0] == 2
+    code, line = outcome(EngineUnavailable("Docker engine unreachable: x"), began())
+    assert code == 1 and line is not None
+    assert "the Docker engine failed during the deploy" in line and "nothing" not in line
+
+
+def test_after_the_pivot_a_failure_never_claims_a_rollback() -> None:
+    """FailedAfterCommit exits 4 and says the new version serves, never "rolled back"."""
+    exc = FailedAfterCommit(RuntimeError("notify failed"), "notify")
+    code, line = outcome(exc, began("notify", committed=True))
+    assert code == 4 and line is not None
+    assert "the new version serves" in line and "rolled back" not in line
+
+
+def test_other_outcomes_map_to_their_codes() -> None:
+    """Incomplete rollback 3, conflicts 1, config errors 2, interrupts 128+n (0 once committed)."""
+    incomplete = RollbackIncomplete(GreenFailed("x", container="g"), [("switch", "boom")])
+    assert outcome(incomplete, began())[0] == 3
+    assert outcome(ConflictError("port taken after the preflight"), began())[0] == 1
+    assert outcome(ConfigError("bad", key="service.port"))[0] == 2
+    assert outcome(None, began(), signal.SIGTERM)[0] == 143
+    assert outcome(None, began(committed=True), signal.SIGINT) == (0, None)
+    code, line = outcome(None, SagaState(), signal.SIGINT)
+    assert code == 130 and line == "interrupted by SIGINT: nothing was changed"
+
+
+@pytest.fixture
+def signal_mask() -> Iterator[None]:
+    """_interruptible blocks SIGINT/SIGTERM once settled; children must not inherit that."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@pytest.mark.usefixtures("signal_mask")
+def test_a_sigint_racing_a_watch_failure_exits_130() -> None:
+    """Regression: SIGINT, then the work fails on its own before it sees the cancel: still 130."""
+    interrupt = Interrupt()
+    state = began("green-health")
+
+    async def work() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        # The failure wins the race: raised from a shielded section the cancel cannot enter.
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.3)
+            raise GreenFailed("green exited with code 3", container="g")
+
+    with pytest.raises(GreenFailed) as caught:
+        anyio.run(_interruptible, work, interrupt)
+    assert interrupt.signum == signal.SIGINT
+    code, line = outcome(caught.value, state, interrupt.signum)
+    assert code == 130 and line is not None and "interrupted by SIGINT during green-health" in line
