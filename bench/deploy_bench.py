@@ -73,7 +73,7 @@ def bench_switch(boot: float, runs: int) -> dict[str, Any]:
                     tick="settle = 0\nguard = 1\ninterval = 0.1\ntimeout = 30\n",
                     verify="timeout = 30\n",
                 )
-                with Prober(service.url()) as prober:
+                with Prober(service.version_url()) as prober:
                     run, rss = deploy_measured(service)
                 if run.code != 0:
                     raise SystemExit(f"deploy failed: {run.stderr}")

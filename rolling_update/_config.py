@@ -135,6 +135,18 @@ class BuildConfig(_Section):
         Path("."), description="Where build.command runs (relative to the config file)."
     )
     timeout: PositiveSeconds = Field(900, description="Deadline of the build, in seconds.")
+    builder: Literal["auto", "buildkit", "classic"] = Field(
+        "auto",
+        description="buildkit: the engine's BuildKit through the docker CLI; classic: the "
+        "engine API's builder; auto: BuildKit when the CLI can, else classic.",
+    )
+    docker_cli: str = Field("docker", description="The docker CLI BuildKit builds go through.")
+    target: str | None = Field(None, description="Build stage to stop at (--target).")
+    pull: bool = Field(False, description="Pull newer base images first (--pull).")
+    no_cache: bool = Field(False, description="Build without the layer cache (--no-cache).")
+    keep: int = Field(
+        3, ge=0, description="Images of this service the tool built to keep; older go. 0: all."
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> BuildConfig:
@@ -179,7 +191,18 @@ class HealthConfig(_Section):
         description="Fields (dotted paths) the JSON body must have, with these values.",
     )
     version_field: str | None = Field(
-        "version", description="Dotted path of the version in the health body; none to skip."
+        "version",
+        description="Dotted path of the version in the answer of version_path; empty to skip.",
+    )
+    version_path: str = Field(
+        "",
+        description="Endpoint that carries the version (Brain: /api/brain/hardening/status); "
+        "empty: the health answer itself.",
+    )
+    docker: Literal["ignore", "fail-unhealthy", "require-healthy"] = Field(
+        "fail-unhealthy",
+        description="Docker's own healthcheck (image or compose): an unhealthy green or "
+        "production fails the deploy; require-healthy also waits for healthy.",
     )
     interval: PositiveSeconds = Field(5.0, description="Seconds between green health probes.")
     attempts: int = Field(12, ge=1, le=10_000, description="Probes before green counts as dead.")
@@ -247,6 +270,52 @@ class SecretsConfig(_Section):
     )
 
 
+Moment = Literal["green-answers", "green-healthy", "before-switch", "rollback", "after-soak"]
+Target = Literal["blue", "green", "production"]
+JsonScalar = str | int | float | bool
+
+
+class WaitRule(_Section):
+    path: str = Field(description="Endpoint polled (GET) on the same target until the rule holds.")
+    field: str = Field(description="Dotted path of a field in its JSON answer.")
+    equals: JsonScalar = Field(description="The value the field must reach.")
+    interval: PositiveSeconds = Field(0.5, description="Seconds between polls.")
+    timeout: PositiveSeconds = Field(60, description="Deadline of the wait.")
+
+
+class ActionConfig(_Section):
+    """An HTTP call the deploy makes at a named moment, against a named container."""
+
+    name: str = Field(description="What the action does, for the log.")
+    moment: Moment = Field(
+        description="green-answers (green's first HTTP answer), green-healthy, before-switch "
+        "(after blue's tick boundary, before its SIGTERM), rollback (when the deploy rolls "
+        "back past before-switch), after-soak (the new version is committed)."
+    )
+    target: Target = Field(
+        description="Whose port: blue (production's, before the switch), "
+        "green, or production (after the switch)."
+    )
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field("POST", description="Method.")
+    path: str = Field(description="Path of the call.")
+    body: dict[str, Any] | None = Field(None, description="JSON body, if any.")
+    expect_status: int = Field(200, ge=100, le=599, description="Status that counts as done.")
+    wait: WaitRule | None = Field(None, description="Then wait until a field reaches a value.")
+    optional: bool = Field(False, description="A failure is logged, not a reason to roll back.")
+    timeout: PositiveSeconds = Field(10, description="Deadline of the call itself.")
+
+    @model_validator(mode="after")
+    def _target_exists_then(self) -> ActionConfig:
+        if (self.target == "production") != (self.moment == "after-soak"):
+            raise ValueError(
+                "target production exists only after the soak: use moment after-soak with it, "
+                "and blue or green before"
+            )
+        if self.moment in ("green-answers", "green-healthy") and self.target == "production":
+            raise ValueError("no production container exists while green warms up")
+        return self
+
+
 class Config(_Section):
     service: ServiceConfig
     image: ImageConfig
@@ -265,6 +334,12 @@ class Config(_Section):
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+    actions: list[ActionConfig] = Field(
+        default_factory=list, description="HTTP calls at named moments of the deploy."
+    )
+
+    def actions_at(self, moment: Moment) -> list[ActionConfig]:
+        return [a for a in self.actions if a.moment == moment]
 
     @property
     def state_dir(self) -> Path:

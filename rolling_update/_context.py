@@ -7,15 +7,26 @@ what its ``run()`` did, and later steps can build on it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from ._config import Config
-from ._engine import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, LABEL_VERSION, Engine
+from ._engine import (
+    LABEL_CONFIG_ENV,
+    LABEL_DEPLOY,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    LABEL_VERSION,
+    ContainerSpec,
+    Engine,
+)
 from ._http import HealthBaseline
 from ._state import Journal
+from ._twin import COMPOSE_LABELS, Twin
 
 
 @dataclass
@@ -39,6 +50,10 @@ class DeployContext:
     blue_was_running: bool = False
     blue_health: HealthBaseline | None = None
     """Blue's health as the preflight found it: what a rollback must bring back."""
+    twin: Twin | None = None
+    """What the operator set on blue, for green and the new production container."""
+    blue_raw: dict[str, Any] | None = field(default=None, repr=False)
+    """Blue's inspect as the preflight found it (for the diff in the log)."""
     production_id: str | None = None
     last_blue_ok: float | None = None
     """Monotonic time of blue's last good answer before it was stopped."""
@@ -76,6 +91,68 @@ class DeployContext:
             env.update(dict.fromkeys(self.config.service.port_env, str(port)))
         env.update(overrides or {})
         return env
+
+    def spec(
+        self,
+        role: str,
+        name: str,
+        port: int | None,
+        *,
+        overrides: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> ContainerSpec:
+        """The create spec of a container of ``role``: blue's twin, else from config.
+
+        ``role`` is production, green or migrate. Green is published on its
+        own port and joins blue's networks without blue's aliases (it must not
+        take production traffic); a migration runs once (no restart, no
+        healthcheck, nothing published).
+        """
+        svc = self.config.service
+        config_env = self.container_env(port, overrides)
+        labels = self.labels(role)
+        # Named so that the next deploy's twin drops them before applying its config.
+        labels[LABEL_CONFIG_ENV] = ",".join(sorted({*self.env, *svc.port_env}))
+        twin = self.twin
+        if twin is None:
+            return ContainerSpec(
+                name=name,
+                image=self.image,
+                env=config_env,
+                command=command,
+                network=svc.network,
+                restart="no" if role == "migrate" else svc.restart,
+                labels=labels,
+                stop_timeout=svc.stop_timeout,
+            )
+        base = copy.deepcopy(twin.body)
+        host = base["HostConfig"]
+        inherited = dict(twin.labels)
+        if role == "migrate":
+            base["Healthcheck"] = {"Test": ["NONE"]}
+        elif port is not None:
+            host["PortBindings"] = twin.bindings_for(svc.port, port)
+            exposed = dict(base.get("ExposedPorts") or {})
+            exposed.update({key: {} for key in host["PortBindings"]})
+            if exposed:
+                base["ExposedPorts"] = exposed
+        if role != "production":
+            # Compose would count green or a migration as one more replica of the service.
+            inherited = {k: v for k, v in inherited.items() if not k.startswith(COMPOSE_LABELS)}
+        networks = {n: (a if role == "production" else []) for n, a in twin.networks.items()}
+        return ContainerSpec(
+            name=name,
+            image=self.image,
+            env={**twin.env, **config_env},
+            command=command,
+            network=twin.network_mode,
+            restart="no" if role == "migrate" else twin.restart,
+            labels={**inherited, **labels},
+            # Blue's own StopTimeout, if it had one, is in base; none is added.
+            stop_timeout=None,
+            base=base,
+            networks=networks,
+        )
 
     @property
     def two_container_deadline(self) -> float | None:

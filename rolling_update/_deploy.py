@@ -22,6 +22,7 @@ from ._logging import redactor, register_secrets, secret_values
 from ._policy import in_the_way
 from ._saga import SagaState, Step, StepRecord, run_saga
 from ._state import Journal, marker_labels, marker_name, refuse_marked, service_lock
+from ._twin import Twin
 
 # Removing the journal and the engine mark at the end is quick; bounded all the same.
 _MARK_LIMIT = 10.0
@@ -35,6 +36,7 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
         AwaitTickBoundary,
         BuildImage,
         RemoveOld,
+        RunActions,
         RunMigrations,
         Soak,
         StartGreen,
@@ -51,11 +53,17 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
         StartGreen(cfg.service, cfg.green),
         AwaitGreenHealthy(cfg.service, cfg.health),
         AwaitTickBoundary(cfg.service, cfg.tick, cfg.health),
+    ]
+    if cfg.actions_at("before-switch") or cfg.actions_at("rollback"):
+        plan.append(RunActions("before-switch", undo="rollback"))
+    plan += [
         Switch(cfg.service, cfg.tick, cfg.health, cfg.verify),
         VerifyProduction(cfg.service, cfg.health, cfg.verify),
         Soak(cfg.service, cfg.health, cfg.verify),
-        RemoveOld(cfg.service),
     ]
+    if cfg.actions_at("after-soak"):
+        plan.append(RunActions("after-soak"))
+    plan.append(RemoveOld(cfg.service))
     return plan
 
 
@@ -126,6 +134,8 @@ class Preflight:
 
     blue: ContainerInfo | None
     blue_health: HealthBaseline | None
+    blue_raw: dict[str, Any] | None = None
+    twin: Twin | None = None
 
 
 async def preflight(
@@ -140,6 +150,12 @@ async def preflight(
     svc = cfg.service
     if not cfg.build.enabled and not await docker.image_exists(release.image):
         raise PreflightError(f"image {release.image} does not exist and build is disabled")
+    if cfg.build.enabled and cfg.build.command is None:
+        # Imported here: the steps package imports this one. Raises when BuildKit is
+        # required (build.builder = "buildkit") and cannot be had.
+        from steps.build import choose_builder
+
+        await choose_builder(cfg.build)
     blue = await docker.inspect(svc.name)
     needed = [svc.green_name, svc.migrate_name] + ([svc.old_name] if blue is not None else [])
     for name in needed:
@@ -154,14 +170,29 @@ async def preflight(
         raise PreflightError(
             f"port {svc.green_port} (service.green_port) is already in use; green could not bind it"
         )
+    log = structlog.get_logger()
+    blue_raw = await docker.inspect_raw(svc.name) if blue is not None else None
+    twin = None
+    if blue_raw is not None:
+        old_image = await docker.image_config(str(blue_raw.get("Image", "")))
+        twin = Twin.of(blue_raw, old_image)
+        conflicts = twin.conflicts(blue_raw, svc.port)
+        if conflicts:
+            raise PreflightError(
+                f"green, blue's twin, cannot run beside blue: {'; '.join(conflicts)}"
+            )
+        if twin.network_mode == "host" and twin.healthcheck_names_port(old_image, svc.port):
+            log.warning(
+                "twin.healthcheck_names_production_port",
+                port=svc.port,
+                why="on the host network, green's Docker healthcheck would probe blue",
+            )
     baseline = None
     if blue is not None and blue.running:
         answer = await probe(http, svc.url(svc.port, cfg.health.path), cfg.health)
         baseline = HealthBaseline.of(answer, cfg.health)
-        structlog.get_logger().info(
-            "preflight.blue_health", healthy=baseline.healthy, answer=baseline.found
-        )
-    return Preflight(blue=blue, blue_health=baseline)
+        log.info("preflight.blue_health", healthy=baseline.healthy, answer=baseline.found)
+    return Preflight(blue=blue, blue_health=baseline, blue_raw=blue_raw, twin=twin)
 
 
 async def deploy(
@@ -232,6 +263,8 @@ async def deploy(
                         env=dict(release.env),
                         journal=journal,
                         blue_health=found.blue_health,
+                        twin=found.twin,
+                        blue_raw=found.blue_raw,
                     )
                     plan = list(steps) if steps is not None else default_plan(cfg)
                     log.info(

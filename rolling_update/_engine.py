@@ -12,6 +12,7 @@ leaks its pooled connection, and enough leaks make every later call hang.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -31,7 +32,10 @@ from anyio.abc import TaskStatus
 from ._dockerignore import build_context_tar
 from ._errors import BuildFailed, EngineError, EngineUnavailable
 
+LABEL_MANAGED_PREFIX = "io.rolling-update."
 LABEL_MANAGED = "io.rolling-update.managed"
+LABEL_CONFIG_ENV = "io.rolling-update.config-env"
+"""Env keys the tool set from its config: a twin of this container drops them first."""
 LABEL_ROLE = "io.rolling-update.role"
 LABEL_SERVICE = "io.rolling-update.service"
 LABEL_DEPLOY = "io.rolling-update.deploy-id"
@@ -52,7 +56,12 @@ MUTATION_LIMIT = 15.0
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """Everything needed to create one container; ``to_api`` is the Docker JSON."""
+    """Everything needed to create one container; ``to_api`` is the Docker JSON.
+
+    ``base`` is the rest of a create body (blue's twin: ``HostConfig`` and
+    Config fields); the named fields are laid over it. ``networks`` are
+    user-defined networks to join, with aliases there.
+    """
 
     name: str
     image: str
@@ -62,22 +71,30 @@ class ContainerSpec:
     restart: str = "unless-stopped"
     labels: Mapping[str, str] = field(default_factory=dict)
     stop_timeout: int | None = None
+    base: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    networks: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def to_api(self) -> dict[str, Any]:
-        host_config: dict[str, Any] = {
-            "NetworkMode": self.network,
-            "RestartPolicy": {"Name": self.restart},
-        }
-        config: dict[str, Any] = {
-            "Image": self.image,
-            "Env": [f"{k}={v}" for k, v in self.env.items()],
-            "Labels": dict(self.labels),
-            "HostConfig": host_config,
-        }
+        config: dict[str, Any] = copy.deepcopy(dict(self.base))
+        host_config: dict[str, Any] = config.setdefault("HostConfig", {})
+        host_config["NetworkMode"] = self.network
+        policy = host_config.get("RestartPolicy") or {}
+        host_config["RestartPolicy"] = {**policy, "Name": self.restart}
+        if self.restart != "on-failure":
+            host_config["RestartPolicy"].pop("MaximumRetryCount", None)
+        config.update(
+            Image=self.image,
+            Env=[f"{k}={v}" for k, v in self.env.items()],
+            Labels=dict(self.labels),
+        )
         if self.command is not None:
             config["Cmd"] = list(self.command)
-        if self.stop_timeout is not None:
+        if self.stop_timeout is not None and "StopTimeout" not in config:
             config["StopTimeout"] = self.stop_timeout
+        if self.network in self.networks:
+            # One network at create (API 1.41); the others are joined before start.
+            aliases = list(self.networks[self.network])
+            config["NetworkingConfig"] = {"EndpointsConfig": {self.network: {"Aliases": aliases}}}
         return config
 
 
@@ -94,10 +111,31 @@ class ContainerInfo:
     restart_count: int
     exit_code: int
     created: float  # unix time, nanosecond precision where the engine gives it
+    image_id: str = ""
+    """The id (sha256:...) of the image it runs, whatever tag it was created from."""
+    health: str | None = None
+    """Docker's own healthcheck status (starting, healthy, unhealthy), if it has one."""
 
     @property
     def managed(self) -> bool:
         return self.labels.get(LABEL_MANAGED) == "true"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """``docker build`` flags besides the context, Dockerfile, tag and build args."""
+
+    target: str | None = None
+    pull: bool = False
+    no_cache: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: list[str]
+    created: float
 
 
 @dataclass(frozen=True)
@@ -115,6 +153,7 @@ class Engine(Protocol):
 
     async def ping(self) -> None: ...
     async def image_exists(self, ref: str) -> bool: ...
+    async def image_id(self, ref: str) -> str | None: ...
     async def build_image(
         self,
         context: Path,
@@ -123,12 +162,16 @@ class Engine(Protocol):
         tag: str,
         args: Mapping[str, str],
         on_line: Callable[[str], None],
+        options: BuildOptions = BuildOptions(),
     ) -> None: ...
     async def remove_image(self, ref: str) -> None: ...
+    async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]: ...
     async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]: ...
     async def read_marker(self, name: str) -> dict[str, str] | None: ...
     async def remove_marker(self, name: str) -> None: ...
     async def inspect(self, name_or_id: str) -> ContainerInfo | None: ...
+    async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None: ...
+    async def image_config(self, ref: str) -> dict[str, Any]: ...
     async def list_ids(self, labels: Mapping[str, str]) -> list[str]: ...
     async def create(self, spec: ContainerSpec) -> str: ...
     async def start(self, container_id: str) -> None: ...
@@ -180,6 +223,8 @@ def _info(data: Mapping[str, Any]) -> ContainerInfo:
         restart_count=int(data.get("RestartCount") or 0),
         exit_code=int(state.get("ExitCode") or 0),
         created=_parse_created(str(data.get("Created", "1970-01-01T00:00:00Z"))),
+        image_id=str(data.get("Image", "")),
+        health=(state.get("Health") or {}).get("Status"),
     )
 
 
@@ -282,14 +327,17 @@ class DockerEngine:
             await self.client.version()
 
     async def image_exists(self, ref: str) -> bool:
+        return await self.image_id(ref) is not None
+
+    async def image_id(self, ref: str) -> str | None:
         try:
             async with self._translate("image inspect", ref):
-                await self.client.images.inspect(ref)
+                data = await self.client.images.inspect(ref)
         except EngineError as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return True
+        return str(data.get("Id", ""))
 
     async def build_image(
         self,
@@ -299,15 +347,23 @@ class DockerEngine:
         tag: str,
         args: Mapping[str, str],
         on_line: Callable[[str], None],
+        options: BuildOptions = BuildOptions(),
     ) -> None:
         tar = await anyio.to_thread.run_sync(build_context_tar, context, dockerfile)
         params = {
             "t": tag,
             "dockerfile": dockerfile,
             "buildargs": json.dumps(dict(args)),
+            "labels": json.dumps(dict(options.labels)),
             "rm": "1",
             "forcerm": "1",
         }
+        if options.target:
+            params["target"] = options.target
+        if options.pull:
+            params["pull"] = "1"
+        if options.no_cache:
+            params["nocache"] = "1"
         try:
             async with (
                 self._translate("build", tag),
@@ -336,6 +392,17 @@ class DockerEngine:
         except EngineError as exc:
             if exc.status != 404:
                 raise
+
+    async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]:
+        """Images carrying every label given, newest first."""
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+        async with self._translate("images", "list"):
+            found = await self._call("GET", "images/json", params={"filters": filters})
+        images = [
+            ImageInfo(id=str(i["Id"]), tags=list(i.get("RepoTags") or []), created=i["Created"])
+            for i in found
+        ]
+        return sorted(images, key=lambda i: i.created, reverse=True)
 
     async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]:
         """Create the volume ``name`` with ``labels``; return the labels it really has.
@@ -367,13 +434,20 @@ class DockerEngine:
             if exc.status != 404:
                 raise
 
-    async def _call(self, method: str, path: str, *, body: Any = None) -> Any:
+    async def _call(
+        self, method: str, path: str, *, body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
         """One plain API call (aiodocker's volume API is untyped); JSON answer or ``{}``."""
-        async with self._stream(path, {}, method=method, json_body=body) as response:
+        async with self._stream(path, params or {}, method=method, json_body=body) as response:
             text = await response.text()
         return json.loads(text) if text.strip() else {}
 
     async def inspect(self, name_or_id: str) -> ContainerInfo | None:
+        raw = await self.inspect_raw(name_or_id)
+        return None if raw is None else _info(raw)
+
+    async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None:
+        """The engine's whole inspect answer for a container, or ``None``."""
         try:
             async with self._translate("inspect", name_or_id):
                 container = await self.client.containers.get(name_or_id)
@@ -381,7 +455,18 @@ class DockerEngine:
             if exc.status == 404:
                 return None
             raise
-        return _info(container._container)
+        return dict(container._container)
+
+    async def image_config(self, ref: str) -> dict[str, Any]:
+        """An image's ``Config`` (its ENV, CMD, labels...); empty when the image is gone."""
+        try:
+            async with self._translate("image inspect", ref):
+                data = await self.client.images.inspect(ref)
+        except EngineError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return dict(data.get("Config") or {})
 
     async def list_ids(self, labels: Mapping[str, str]) -> list[str]:
         """Ids of all containers (running or not) carrying every label given."""
@@ -394,6 +479,13 @@ class DockerEngine:
         # create + start, never containers.run(): run() pulls on a missing image.
         async with self._mutation("create", spec.name):
             container = await self.client.containers.create(spec.to_api(), name=spec.name)
+            for network, aliases in spec.networks.items():
+                if network != spec.network:
+                    await self._call(
+                        "POST",
+                        f"networks/{network}/connect",
+                        body={"Container": container.id, "EndpointConfig": {"Aliases": aliases}},
+                    )
         return str(container.id)
 
     async def start(self, container_id: str) -> None:

@@ -18,6 +18,7 @@ once, where they enter, with ``raise ... from exc``::
     ├── HealthCheckFailed      no healthy answer before the deadline
     │   └── VerificationFailed production answered, but not as expected
     ├── TickWaitFailed         blue's tick never reached a safe boundary
+    ├── ActionFailed           a lifecycle HTTP action failed
     ├── RestoreFailed          blue could not be brought back
     ├── RollbackIncomplete     a compensation failed: a human must act
     ├── FailedAfterCommit      a step after the point of no return failed
@@ -128,6 +129,10 @@ class VerificationFailed(HealthCheckFailed):
 
 class TickWaitFailed(RollingUpdateError):
     """Blue's tick did not reach a safe boundary in time, or could not be read."""
+
+
+class ActionFailed(RollingUpdateError):
+    """A lifecycle HTTP action (``[[actions]]``) failed or its wait ran out."""
 
 
 class RestoreFailed(RollingUpdateError):

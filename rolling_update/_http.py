@@ -116,11 +116,22 @@ def judge_health(
         # bool is an int in Python: True must not pass for 1.
         if found != expected or (type(found) is bool and type(expected) is not bool):
             return f"{path} is {found!r}, expected {expected!r}"
-    if expect_version is not None and rule.version_field:
-        found = dotted(answer.body, rule.version_field)
-        if found != expect_version:
-            shown = "missing" if found is _MISSING else repr(found)
-            return f"{rule.version_field} is {shown}, expected {expect_version!r}"
+    if not rule.version_path:
+        return judge_version(answer, rule, expect_version)
+    return None
+
+
+def judge_version(answer: Answer, rule: HealthConfig, expect_version: str | None) -> str | None:
+    """``None`` when ``answer`` carries ``expect_version`` at ``rule.version_field`` (or no
+    version is expected); otherwise why not."""
+    if expect_version is None or not rule.version_field:
+        return None
+    if answer.error is not None:
+        return f"version unknown: {answer.error}"
+    found = dotted(answer.body, rule.version_field)
+    if found != expect_version:
+        shown = "missing" if found is _MISSING else repr(found)
+        return f"{rule.version_field} is {shown}, expected {expect_version!r}"
     return None
 
 

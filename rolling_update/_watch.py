@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urljoin
 
 import aiohttp
 import anyio
@@ -25,7 +26,7 @@ from ._config import HealthConfig
 from ._context import DeployContext
 from ._engine import ContainerEvent
 from ._errors import ContainerFailure, RollingUpdateError
-from ._http import Answer, judge_health, probe
+from ._http import Answer, judge_health, judge_version, probe
 from ._logging import redactor
 
 _FATAL_ACTIONS = {"die", "oom", "destroy"}
@@ -92,9 +93,15 @@ async def poll_until_healthy(
     """
     log = structlog.get_logger()
     verdict_before: str | None = "(none yet)"
+    # The version may live on an endpoint of its own (the Brain's hardening status).
+    version_url = None
+    if rule.version_path and rule.version_field and expect_version is not None and judge is None:
+        version_url = urljoin(url, rule.version_path)
     while True:
         answer = await probe(http, url, rule)
         verdict = judge(answer) if judge is not None else judge_health(answer, rule, expect_version)
+        if verdict is None and version_url is not None:
+            verdict = judge_version(await probe(http, version_url, rule), rule, expect_version)
         last.answer, last.verdict = answer, verdict
         if verdict != verdict_before:
             # Only changes are logged: a 20 ms poll would flood the journal.
@@ -104,6 +111,20 @@ async def poll_until_healthy(
             verdict_before = verdict
         if verdict is None:
             return answer
+        await anyio.sleep(interval)
+
+
+async def await_docker_healthy(ctx: DeployContext, container_id: str, interval: float) -> None:
+    """With ``health.docker = "require-healthy"``, wait until Docker's healthcheck says healthy.
+
+    A container without a healthcheck passes at once; the caller bounds the wait.
+    """
+    if ctx.config.health.docker != "require-healthy":
+        return
+    while True:  # bounded by the caller's deadline
+        info = await ctx.engine.inspect(container_id)
+        if info is None or info.health in (None, "healthy"):
+            return
         await anyio.sleep(interval)
 
 
@@ -206,6 +227,8 @@ async def watching(
             if not info.running or info.restart_count > 0:
                 how = f"restarted {info.restart_count} time(s)" if info.running else "exited"
                 raise await died(f"{how} (last exit code {info.exit_code})")
+            if info.health == "unhealthy" and ctx.config.health.docker != "ignore":
+                raise fail("is unhealthy by its Docker healthcheck")
             await anyio.sleep(_STATE_CHECK_INTERVAL)
 
     async def on_memory(used: int) -> None:
@@ -265,4 +288,5 @@ async def await_healthy(
         answer = await poll_until_healthy(
             ctx.http, url, rule, interval=interval, expect_version=expect_version, last=last
         )
+        await await_docker_healthy(ctx, container_id, interval)
     return answer, watch

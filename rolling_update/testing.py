@@ -8,19 +8,31 @@ real behaviour is proven on a real engine by the end-to-end tests.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ._engine import ContainerEvent, ContainerInfo, ContainerSpec
+from ._engine import (
+    BuildOptions,
+    ContainerEvent,
+    ContainerInfo,
+    ContainerSpec,
+    ImageInfo,
+)
 from ._errors import EngineError
 
 __all__ = ["FakeContainer", "FakeEngine"]
+
+
+def _image_id(ref: str) -> str:
+    return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
 
 
 @dataclass
@@ -34,6 +46,7 @@ class FakeContainer:
     logs: list[str] = field(default_factory=list)
     memory: int = 10 * 2**20
     restart_count: int = 0
+    health: str | None = None
 
     def info(self) -> ContainerInfo:
         return ContainerInfo(
@@ -46,6 +59,8 @@ class FakeContainer:
             restart_count=self.restart_count,
             exit_code=self.exit_code,
             created=self.created,
+            image_id=_image_id(self.spec.image),
+            health=self.health,
         )
 
 
@@ -99,6 +114,12 @@ class FakeEngine:
     async def image_exists(self, ref: str) -> bool:
         return ref in self.images
 
+    async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]:
+        return []
+
+    async def image_id(self, ref: str) -> str | None:
+        return _image_id(ref) if ref in self.images else None
+
     async def build_image(
         self,
         context: Path,
@@ -107,6 +128,7 @@ class FakeEngine:
         tag: str,
         args: Mapping[str, str],
         on_line: Callable[[str], None],
+        options: BuildOptions = BuildOptions(),  # noqa: B008 (frozen: never mutated)
     ) -> None:
         self.calls.append(f"build {tag}")
         self.images.add(tag)
@@ -129,6 +151,23 @@ class FakeEngine:
     async def inspect(self, name_or_id: str) -> ContainerInfo | None:
         found = self._find(name_or_id)
         return None if found is None else found.info()
+
+    async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None:
+        found = self._find(name_or_id)
+        if found is None:
+            return None
+        body = found.spec.to_api()
+        return {
+            "Id": found.id,
+            "Name": "/" + found.name,
+            "Image": _image_id(found.spec.image),
+            "Config": {k: v for k, v in body.items() if k != "HostConfig"},
+            "HostConfig": body["HostConfig"],
+            "State": {"Running": found.running},
+        }
+
+    async def image_config(self, ref: str) -> dict[str, Any]:
+        return {}
 
     async def list_ids(self, labels: Mapping[str, str]) -> list[str]:
         return [

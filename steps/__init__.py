@@ -5,6 +5,7 @@ Compose them, with steps of your own, into a list for
 reference order.
 """
 
+from .actions import RunActions
 from .build import BuildImage
 from .cleanup import RemoveOld
 from .green import AwaitGreenHealthy, StartGreen
@@ -17,6 +18,7 @@ __all__ = [
     "AwaitTickBoundary",
     "BuildImage",
     "RemoveOld",
+    "RunActions",
     "RunMigrations",
     "Soak",
     "StartGreen",

@@ -1,17 +1,64 @@
-"""Build the new image, streaming the build output into the log."""
+"""Build the new image, streaming the build output into the log.
+
+Three ways, logged as ``build.builder``: the engine's BuildKit through the
+docker CLI (what ``docker build`` does; needed for ``RUN --mount``, heredocs
+and ``# syntax=``), the engine API's classic builder (no CLI needed; the
+context is packed as the CLI packs it), or an external ``build.command``.
+``builder = "auto"`` takes BuildKit when the CLI can drive it.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from collections.abc import Mapping
+from pathlib import Path
 
 import anyio
 import structlog
 
 from rolling_update._config import BuildConfig
 from rolling_update._context import DeployContext
-from rolling_update._errors import BuildFailed
+from rolling_update._engine import LABEL_SERVICE, BuildOptions
+from rolling_update._errors import BuildFailed, ConfigError
 from rolling_update._logging import redactor
+
+# A CLI from 23.0 on builds with BuildKit only through its buildx plugin; older
+# ones (18.09 to 22.x) drive the engine's BuildKit themselves with DOCKER_BUILDKIT=1.
+_BUILDX_FROM = 23
+_PROBE_LIMIT = 10.0
+
+
+async def _output(argv: list[str]) -> str | None:
+    try:
+        with anyio.fail_after(_PROBE_LIMIT):
+            result = await anyio.run_process(argv, check=False)
+    except (OSError, TimeoutError):
+        return None
+    return result.stdout.decode(errors="replace").strip() if result.returncode == 0 else None
+
+
+async def choose_builder(cfg: BuildConfig) -> tuple[str, str]:
+    """``("buildkit" | "classic", why)`` for ``cfg.builder``; raises if buildkit cannot be had."""
+    if cfg.builder == "classic":
+        return "classic", "build.builder = classic"
+    cli = shutil.which(cfg.docker_cli)
+    why_not = None
+    if cli is None:
+        why_not = f"no docker CLI {cfg.docker_cli!r} (build.docker_cli)"
+    else:
+        version = await _output([cli, "version", "--format", "{{.Client.Version}}"])
+        major = int(version.split(".")[0]) if version and version[0].isdigit() else None
+        if major is None:
+            why_not = f"{cli} does not reach the engine"
+        elif major >= _BUILDX_FROM and await _output([cli, "buildx", "version"]) is None:
+            why_not = f"{cli} {version} builds with BuildKit only through buildx, which it lacks"
+    if why_not is None:
+        return "buildkit", f"the engine's BuildKit through {cli}"
+    if cfg.builder == "buildkit":
+        raise ConfigError(f"BuildKit cannot be used: {why_not}", key="build.builder")
+    return "classic", f"BuildKit unavailable ({why_not}): the engine API's classic builder"
 
 
 class BuildImage:
@@ -27,36 +74,71 @@ class BuildImage:
     def __init__(self, cfg: BuildConfig) -> None:
         self.cfg = cfg
 
+    def _labels(self, ctx: DeployContext) -> dict[str, str]:
+        # Names the images the tool built, for build.keep to prune.
+        return {LABEL_SERVICE: ctx.config.service.name}
+
+    def _cli_argv(self, cli: str, ctx: DeployContext) -> list[str]:
+        assert self.cfg.context is not None
+        argv = [cli, "build", "--progress", "plain", "--tag", ctx.image]
+        argv += ["--file", str(self.cfg.context / self.cfg.dockerfile)]
+        for key, value in {**self.cfg.args}.items():
+            argv += ["--build-arg", f"{key}={value}"]
+        for key, value in self._labels(ctx).items():
+            argv += ["--label", f"{key}={value}"]
+        if self.cfg.target:
+            argv += ["--target", self.cfg.target]
+        if self.cfg.pull:
+            argv.append("--pull")
+        if self.cfg.no_cache:
+            argv.append("--no-cache")
+        return [*argv, str(self.cfg.context)]
+
     async def run(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
         log.info("build.image", image=ctx.image)
         try:
             with anyio.fail_after(self.cfg.timeout):
-                if self.cfg.command is not None:
-                    await self._run_command(ctx)
-                else:
-                    assert self.cfg.context is not None  # the config validator ensures one way
-                    await ctx.engine.build_image(
-                        self.cfg.context,
-                        dockerfile=self.cfg.dockerfile,
-                        tag=ctx.image,
-                        args=self.cfg.args,
-                        on_line=lambda line: log.info("build.log", line=redactor.scrub(line)),
-                    )
+                await self._build(ctx)
         except TimeoutError:
             raise BuildFailed(f"build of {ctx.image} ran past {self.cfg.timeout:g}s") from None
         if not await ctx.engine.image_exists(ctx.image):
             raise BuildFailed(f"the build finished but image {ctx.image} does not exist")
 
-    async def _run_command(self, ctx: DeployContext) -> None:
-        assert self.cfg.command is not None
+    async def _build(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
-        argv = [part.replace("{image}", ctx.image) for part in self.cfg.command]
-        env = {**os.environ, "IMAGE": ctx.image, "VERSION": ctx.version}
+        if self.cfg.command is not None:
+            argv = [part.replace("{image}", ctx.image) for part in self.cfg.command]
+            await self._run_command(ctx, argv, {}, self.cfg.workdir)
+            return
+        builder, why = await choose_builder(self.cfg)
+        log.info("build.builder", builder=builder, why=why)
+        if builder == "buildkit":
+            cli = shutil.which(self.cfg.docker_cli) or self.cfg.docker_cli
+            await self._run_command(ctx, self._cli_argv(cli, ctx), {"DOCKER_BUILDKIT": "1"}, None)
+            return
+        assert self.cfg.context is not None  # the config validator ensures one way
+        await ctx.engine.build_image(
+            self.cfg.context,
+            dockerfile=self.cfg.dockerfile,
+            tag=ctx.image,
+            args=self.cfg.args,
+            on_line=lambda line: log.info("build.log", line=redactor.scrub(line)),
+            options=BuildOptions(
+                target=self.cfg.target,
+                pull=self.cfg.pull,
+                no_cache=self.cfg.no_cache,
+                labels=self._labels(ctx),
+            ),
+        )
+
+    async def _run_command(
+        self, ctx: DeployContext, argv: list[str], extra_env: Mapping[str, str], cwd: Path | None
+    ) -> None:
+        log = structlog.get_logger()
+        env = {**os.environ, "IMAGE": ctx.image, "VERSION": ctx.version, **extra_env}
         try:
-            process = await anyio.open_process(
-                argv, env=env, cwd=self.cfg.workdir, stderr=subprocess.STDOUT
-            )
+            process = await anyio.open_process(argv, env=env, cwd=cwd, stderr=subprocess.STDOUT)
         except OSError as exc:
             raise BuildFailed(f"cannot run build command {argv[0]!r}: {exc.strerror}") from None
         async with process:

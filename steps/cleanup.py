@@ -7,6 +7,7 @@ import structlog
 
 from rolling_update._config import ServiceConfig
 from rolling_update._context import DeployContext
+from rolling_update._engine import LABEL_SERVICE
 from rolling_update._errors import RollingUpdateError
 
 
@@ -30,6 +31,33 @@ class RemoveOld:
             await self._remove(ctx)
 
     async def _remove(self, ctx: DeployContext) -> None:
+        await self._remove_containers(ctx)
+        if ctx.config.build.enabled and ctx.config.build.keep:
+            await self._prune_images(ctx)
+
+    async def _prune_images(self, ctx: DeployContext) -> None:
+        """Keep the newest ``build.keep`` images the tool built for this service."""
+        log = structlog.get_logger()
+        keep = ctx.config.build.keep
+        serving = await ctx.engine.image_id(ctx.image)
+        try:
+            images = await ctx.engine.list_images({LABEL_SERVICE: self.service.name})
+        except RollingUpdateError as exc:
+            log.warning("cleanup.images_not_listed", error=str(exc))
+            return
+        for image in images[keep:]:
+            if image.id == serving:
+                continue
+            for ref in image.tags or [image.id]:
+                try:
+                    await ctx.engine.remove_image(ref)
+                except RollingUpdateError as exc:
+                    # In use by a container (a rollback target someone kept): leave it.
+                    log.warning("cleanup.image_kept", image=ref, error=str(exc))
+                else:
+                    log.info("cleanup.image_removed", image=ref)
+
+    async def _remove_containers(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
         for label, container_id in (("green", ctx.green_id), ("old", ctx.blue_id)):
             if container_id is None:

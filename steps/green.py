@@ -7,6 +7,7 @@ import time
 import anyio
 import structlog
 
+from rolling_update._actions import run_actions
 from rolling_update._config import GreenConfig, HealthConfig, ServiceConfig
 from rolling_update._context import DeployContext
 from rolling_update._engine import ContainerSpec
@@ -14,7 +15,15 @@ from rolling_update._errors import ConflictError, GreenFailed, HealthCheckFailed
 from rolling_update._http import port_in_use
 from rolling_update._logging import redactor
 from rolling_update._policy import clear_name, remove_ours
-from rolling_update._watch import LastProbe, await_healthy
+from rolling_update._watch import (
+    LastProbe,
+    await_docker_healthy,
+    poll_until_healthy,
+    watching,
+)
+
+# How often green is probed until it first answers, when actions wait for that.
+_ANSWER_POLL = 0.02
 
 
 class StartGreen:
@@ -28,14 +37,8 @@ class StartGreen:
         self.green = green
 
     def spec(self, ctx: DeployContext) -> ContainerSpec:
-        return ContainerSpec(
-            name=self.service.green_name,
-            image=ctx.image,
-            env=ctx.container_env(self.service.green_port, self.green.env),
-            network=self.service.network,
-            restart=self.service.restart,
-            labels=ctx.labels("green"),
-            stop_timeout=self.service.stop_timeout,
+        return ctx.spec(
+            "green", self.service.green_name, self.service.green_port, overrides=self.green.env
         )
 
     async def run(self, ctx: DeployContext) -> None:
@@ -82,19 +85,38 @@ class AwaitGreenHealthy:
         deadline = self.health.interval * self.health.attempts
         try:
             with anyio.fail_after(deadline):
-                answer, watch = await await_healthy(
+                async with watching(
                     ctx,
                     container_id=ctx.green_id,
                     container_name=self.service.green_name,
                     since_nano=ctx.green_since_nano,
-                    url=url,
-                    rule=self.health,
-                    interval=self.health.interval,
-                    expect_version=ctx.version,
-                    last=last,
                     failure=GreenFailed,
+                    doing="waiting for health",
                     **ctx.green_watch_args(),
-                )
+                ) as watch:
+                    if ctx.config.actions_at("green-answers"):
+                        # As soon as green answers at all (the Brain is "degraded" for
+                        # its first ~70 ms): e.g. drained before its first tick.
+                        await poll_until_healthy(
+                            ctx.http,
+                            url,
+                            self.health,
+                            interval=_ANSWER_POLL,
+                            expect_version=None,
+                            last=last,
+                            judge=lambda answer: answer.error if answer.status is None else None,
+                        )
+                        await run_actions(ctx, "green-answers")
+                    answer = await poll_until_healthy(
+                        ctx.http,
+                        url,
+                        self.health,
+                        interval=self.health.interval,
+                        expect_version=ctx.version,
+                        last=last,
+                    )
+                    await await_docker_healthy(ctx, ctx.green_id, self.health.interval)
+                    await run_actions(ctx, "green-healthy")
         except TimeoutError:
             raise HealthCheckFailed(
                 f"green not healthy within {deadline:g}s",

@@ -36,15 +36,7 @@ class RunMigrations:
         return self.service.migrate_name
 
     def spec(self, ctx: DeployContext, command: list[str]) -> ContainerSpec:
-        return ContainerSpec(
-            name=self.container_name,
-            image=ctx.image,
-            env=ctx.container_env(None),
-            command=command,
-            network=self.service.network,
-            restart="no",
-            labels=ctx.labels("migrate"),
-        )
+        return ctx.spec("migrate", self.container_name, None, command=command)
 
     async def run(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()

@@ -19,6 +19,7 @@ from rolling_update._errors import (
 )
 from rolling_update._http import judge_health, probe
 from rolling_update._policy import clear_name, remove_ours
+from rolling_update._twin import diff
 from rolling_update._watch import LastProbe, await_healthy, poll_until_healthy, watching
 
 from .tick import wait_for_tick_boundary
@@ -45,15 +46,7 @@ class Switch:
         self.verify = verify
 
     def spec(self, ctx: DeployContext) -> ContainerSpec:
-        return ContainerSpec(
-            name=self.service.name,
-            image=ctx.image,
-            env=ctx.container_env(self.service.port),
-            network=self.service.network,
-            restart=self.service.restart,
-            labels=ctx.labels("production"),
-            stop_timeout=self.service.stop_timeout,
-        )
+        return ctx.spec("production", self.service.name, self.service.port)
 
     async def run(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
@@ -63,7 +56,12 @@ class Switch:
             ctx.blue_id, ctx.blue_was_running = blue.id, blue.running
             ctx.record(blue_id=blue.id, blue_was_running=blue.running)
             await ctx.engine.rename(blue.id, ctx.old_name)
-        ctx.production_id = await ctx.engine.create(self.spec(ctx))
+        spec = self.spec(ctx)
+        if ctx.blue_raw is not None:
+            log.info(
+                "twin.diff", against=self.service.name, changes=diff(ctx.blue_raw, spec.to_api())
+            )
+        ctx.production_id = await ctx.engine.create(spec)
         if blue is not None and blue.running:
             if self.tick.enabled:
                 # Checked again right before SIGTERM: a tick may have begun
@@ -164,6 +162,15 @@ class VerifyProduction(_ProductionStep):
 
     async def run(self, ctx: DeployContext) -> None:
         info = await self.production(ctx)
+        # The engine's word on the version: production runs the image this deploy built
+        # (the Brain's health has no version field to ask).
+        expected = await ctx.engine.image_id(ctx.image)
+        if info.image_id != expected:
+            raise VerificationFailed(
+                f"{self.service.name} does not run {ctx.image}",
+                url=ctx.url(self.service.port, self.health.path),
+                why=f"it runs image {info.image_id[:19]}, the deploy built {str(expected)[:19]}",
+            )
         url = ctx.url(self.service.port, self.health.path)
         last = LastProbe()
         try:

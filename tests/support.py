@@ -19,8 +19,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,19 @@ class Service:
     def url(self, port: int | None = None, path: str = "/api/brain/health") -> str:
         return f"http://127.0.0.1:{port or self.port}{path}"
 
+    def version_url(self, port: int | None = None) -> str:
+        """Where the stand-in, like the Brain, tells its version (its health does not)."""
+        return self.url(port, "/api/brain/hardening/status")
+
+    def serving(self, port: int | None = None) -> str | None:
+        """The version answering on production's port (or ``port``), if any."""
+        body = get_json(self.version_url(port))
+        return body.get("version") if isinstance(body, dict) else None
+
+    def health(self) -> dict[str, Any]:
+        body = get_json(self.url())
+        return body if isinstance(body, dict) else {}
+
     def write_app(
         self, version: str, *, knobs: Mapping[str, object] | None = None, dockerfile_extra: str = ""
     ) -> Path:
@@ -157,9 +171,20 @@ class Service:
         path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         return path
 
-    def start_blue(self, version: str = "1.0.0", env: Mapping[str, str] | None = None) -> str:
-        """Build and run blue like the reference bash script does."""
-        app = self.write_app(version)
+    def start_blue(
+        self,
+        version: str = "1.0.0",
+        env: Mapping[str, str] | None = None,
+        *,
+        args: Sequence[str] = ("--network", "host", "--restart", "unless-stopped"),
+        dockerfile_extra: str = "",
+        knobs: Mapping[str, object] | None = None,
+    ) -> str:
+        """Build and run blue like the reference bash script does (``args``: its run flags).
+
+        ``env`` is the operator's (a twin inherits it); ``knobs`` belong to blue's release.
+        """
+        app = self.write_app(version, knobs=knobs, dockerfile_extra=dockerfile_extra)
         docker(
             "build",
             "-q",
@@ -169,23 +194,14 @@ class Service:
             f"{self.repo}:{version}",
             str(app),
         )
-        args = [
-            "run",
-            "-d",
-            "--name",
-            self.name,
-            "--network",
-            "host",
-            "--restart",
-            "unless-stopped",
-        ]
+        run = ["run", "-d", "--name", self.name, *args]
         if (self.workdir / ".env.docker").exists():
-            args += ["--env-file", str(self.workdir / ".env.docker")]
+            run += ["--env-file", str(self.workdir / ".env.docker")]
         for k, v in {"PORT": str(self.port), **(env or {})}.items():
-            args += ["-e", f"{k}={v}"]
-        cid = docker(*args, f"{self.repo}:{version}")
+            run += ["-e", f"{k}={v}"]
+        cid = docker(*run, f"{self.repo}:{version}")
         deadline = time.monotonic() + 20
-        while get_json(self.url()) is None:
+        while self.serving() is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"blue did not come up: {docker('logs', self.name, check=False)}"
@@ -194,7 +210,12 @@ class Service:
         return cid
 
     def config(
-        self, *, env: Mapping[str, str] | None = None, extra: str = "", **sections: str
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        extra: str = "",
+        green_env: str = "",
+        **sections: str,
     ) -> Path:
         """Write a fast-timing config for this service; ``sections`` replace whole tables."""
         env_lines = "".join(f'{k} = "{v}"\n' for k, v in (env or {}).items())
@@ -205,15 +226,16 @@ class Service:
             "build": f'context = "brain"\nargs = {{ BASE = "{BASE_IMAGE}" }}\ntimeout = 120\n',
             "migrate": 'commands = [["python3", "/app/app.py", "migrate"]]\ntimeout = 60\n',
             "env": 'ENV_REGION = "${ENV_REGION:-us}"\n' + env_lines,
-            "green.env": 'CECELIA_TICK_ENABLED = "false"\n',
             "health": 'path = "/api/brain/health"\nexpect_json = { status = "healthy" }\n'
-            "interval = 0.1\nattempts = 150\n",
+            'version_path = "/api/brain/hardening/status"\ninterval = 0.1\nattempts = 150\n',
             "tick": "settle = 0\nguard = 1\ninterval = 0.1\ntimeout = 30\n",
             "verify": "timeout = 10\nsoak = 1\n",
             "rollback": "step_timeout = 30\n",
             "state": f'dir = "{self.workdir / "state"}"\n',
         }
         tables.update(sections)
+        if green_env:
+            tables["green.env"] = green_env
         # An empty table text drops the table: its defaults apply.
         tables = {k: v for k, v in tables.items() if v}
         if not (self.workdir / ".env.docker").exists():
@@ -344,6 +366,39 @@ class Service:
         docker("volume", "rm", "-f", self.marker, check=False)
         # A test that uses the per-host default state directory.
         shutil.rmtree(Path("/var/lib/rolling-update") / self.name, ignore_errors=True)
+
+
+class Collector:
+    """Receives the stand-in app's REPORT_URL events (start, tick_start, sigterm...)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.events.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.server.shutdown()
+    c.server.server_close()
 
 
 @dataclass

@@ -48,7 +48,13 @@ def test_example_config_loads_with_the_reference_values() -> None:
     assert (cfg.health.attempts, cfg.health.interval) == (12, 5.0)
     assert cfg.tick.settle == 10
     assert cfg.env == {"ENV_REGION": "us"}
-    assert cfg.green.env == {"CECELIA_TICK_ENABLED": "false"}
+    assert cfg.green.env == {}
+    assert [(a.moment, a.target, a.path) for a in cfg.actions] == [
+        ("green-answers", "green", "/api/brain/tick/drain"),
+        ("before-switch", "blue", "/api/brain/tick/drain"),
+        ("rollback", "blue", "/api/brain/tick/drain-cancel"),
+    ]
+    assert cfg.health.version_path == "/api/brain/hardening/status"
 
 
 def test_env_region_is_inherited_from_the_tool_environment() -> None:
@@ -226,6 +232,7 @@ def test_example_documents_every_key_with_a_comment() -> None:
     from pydantic import BaseModel
 
     from rolling_update import Config
+    from rolling_update._config import ActionConfig
 
     text = EXAMPLE.read_text()
     data = tomllib.loads(text)
@@ -234,10 +241,15 @@ def test_example_documents_every_key_with_a_comment() -> None:
         if section == "env":
             continue
         assert section in data, f"[{section}] missing from the example"
+        if section == "actions":
+            # A list of tables: every key is shown in one of them at least.
+            shown = set().union(*(set(action) for action in data["actions"]))
+            assert set(ActionConfig.model_fields) <= shown, "[[actions]] lacks keys"
+            continue
         assert isinstance(model, type) and issubclass(model, BaseModel)
         missing = set(model.model_fields) - set(data[section])
-        # build.command is the alternative to build.context, and state.dir defaults per
-        # user: both shown commented out.
-        assert missing <= {"command", "dir"}, f"[{section}] lacks {sorted(missing)}"
+        # build.command is the alternative to build.context, state.dir defaults per user,
+        # build.target has no default: shown commented out.
+        assert missing <= {"command", "dir", "target"}, f"[{section}] lacks {sorted(missing)}"
     key_lines = [ln for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
     assert [ln for ln in key_lines if "#" not in ln] == []

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.support import BASE_IMAGE, DOCKER, Prober, Service, docker, get_json
+from tests.support import BASE_IMAGE, DOCKER, Prober, Service, docker
 
 pytestmark = pytest.mark.docker
 
@@ -24,10 +24,10 @@ def test_happy_path_switches_to_the_new_version(service: Service) -> None:
     blue_id = service.start_blue("1.0.0")
     service.write_app("2.0.0", knobs={"ECHO_ENV": "SECRET_TOKEN"})
     service.config()
-    with Prober(service.url()) as prober:
+    with Prober(service.version_url()) as prober:
         run = service.deploy()
     assert run.code == 0, run.stderr
-    assert get_json(service.url())["version"] == "2.0.0"
+    assert service.serving() == "2.0.0"
     assert service.containers() == [service.name]
     prod = service.inspect(service.name)
     assert prod["Id"] != blue_id
@@ -39,11 +39,11 @@ def test_happy_path_switches_to_the_new_version(service: Service) -> None:
     assert env["PORT"] == str(service.port)
     assert env["ENV_REGION"] == "us"
     assert env["SECRET_TOKEN"] == SECRET  # from --env-file
-    assert "CECELIA_TICK_ENABLED" not in env  # green-only override
+    assert "GREEN_ONLY" not in env  # [green.env] is green's alone
     assert prod["Config"]["Labels"]["io.rolling-update.version"] == "2.0.0"
     assert prober.versions == ["1.0.0", "2.0.0"]
     done = run.event("deploy.done")[0]
-    assert done["health"]["version"] == "2.0.0"
+    assert done["health"]["status"] == "healthy"
     assert "downtime_window_s" in done["measured"]
     assert SECRET not in run.stdout + run.stderr
     green_logs = [e["line"] for e in run.event("container.log") if e["container"] == service.green]
@@ -51,17 +51,17 @@ def test_happy_path_switches_to_the_new_version(service: Service) -> None:
 
 
 def test_green_runs_with_its_overrides_and_production_without(service: Service) -> None:
-    """Green warms up with CECELIA_TICK_ENABLED=false (tick off); production runs its tick loop."""
+    """[green.env] reaches green only: green prints the override, production does not have it."""
     service.start_blue("1.0.0")
-    service.write_app("2.0.0")
-    service.config()
+    service.write_app("2.0.0", knobs={"ECHO_ENV": "GREEN_ONLY"})
+    service.config(green_env='GREEN_ONLY = "warming-up"\n')
     run = service.deploy()
     assert run.code == 0, run.stderr
     lines = {
-        e["container"]: e["line"] for e in run.event("container.log") if "listening" in e["line"]
+        e["container"]: e["line"] for e in run.event("container.log") if "GREEN_ONLY=" in e["line"]
     }
-    assert "(tick off)" in lines[service.green]
-    assert "(tick on)" in lines[service.name]
+    assert lines[service.green] == "GREEN_ONLY=warming-up"
+    assert lines[service.name] == "GREEN_ONLY="
 
 
 def test_degraded_green_is_rolled_back(service: Service) -> None:
@@ -72,11 +72,11 @@ def test_degraded_green_is_rolled_back(service: Service) -> None:
         health='path = "/api/brain/health"\nexpect_json = { status = "healthy" }\n'
         "interval = 0.1\nattempts = 20\n",
     )
-    with Prober(service.url()) as prober:
+    with Prober(service.version_url()) as prober:
         run = service.deploy()
     assert run.code == 1
     assert "status is 'degraded', expected 'healthy'" in run.stderr
-    assert get_json(service.url())["version"] == "1.0.0"
+    assert service.serving() == "1.0.0"
     assert service.containers() == [service.name]
     assert prober.failures == 0 and prober.versions == ["1.0.0"]
 
@@ -88,13 +88,13 @@ def test_crashing_green_is_detected_from_engine_events(service: Service) -> None
     service.config(
         health='path = "/api/brain/health"\ninterval = 1\nattempts = 60\n',
     )
-    with Prober(service.url()) as prober:
+    with Prober(service.version_url()) as prober:
         run = service.deploy()
     assert run.code == 1
     # The event path says "exited with code 3"; the deadline path would say "within 60s".
     assert f"{service.green} exited with code 3 while waiting for health" in run.stderr
     assert "crashing on purpose" in run.stderr  # the container's last log lines
-    assert get_json(service.url())["version"] == "1.0.0"
+    assert service.serving() == "1.0.0"
     assert service.containers() == [service.name]
     assert prober.failures == 0
 
@@ -105,7 +105,7 @@ def test_failed_migration_blocks_the_deploy_before_green_exists(service: Service
     service.write_app("2.0.0", knobs={"MIGRATE_FAIL": 1})
     service.config()
     began = time.time()
-    with Prober(service.url()) as prober:
+    with Prober(service.version_url()) as prober:
         run = service.deploy()
     assert run.code == 1
     assert "exited with code 1" in run.stderr and "relation already exists" in run.stderr
@@ -121,7 +121,7 @@ def test_failed_build_leaves_blue_untouched(service: Service) -> None:
     service.write_app("2.0.0", dockerfile_extra="RUN exit 7")
     service.config()
     began = time.time()
-    with Prober(service.url()) as prober:
+    with Prober(service.version_url()) as prober:
         run = service.deploy()
     assert run.code == 1
     assert "build of" in run.stderr and "failed" in run.stderr
@@ -137,7 +137,7 @@ def test_first_deploy_without_a_blue_starts_production(service: Service) -> None
     service.config()
     run = service.deploy()
     assert run.code == 0, run.stderr
-    assert get_json(service.url())["version"] == "1.0.0"
+    assert service.serving() == "1.0.0"
     assert service.containers() == [service.name]
     assert run.event("tick.skipped")
 
@@ -159,7 +159,7 @@ def test_external_build_command_builds_the_image(service: Service) -> None:
     assert f"building {service.repo}:2.0.0 (VERSION=2.0.0)" in [
         e["line"] for e in run.event("build.log")
     ]
-    assert get_json(service.url())["version"] == "2.0.0"
+    assert service.serving() == "2.0.0"
 
 
 def test_failing_build_command_stops_the_deploy(service: Service) -> None:
@@ -197,7 +197,7 @@ def test_stale_green_from_an_earlier_run_is_replaced(service: Service) -> None:
     service.config()
     run = service.deploy()
     assert run.code == 0, run.stderr
-    assert get_json(service.url())["version"] == "2.0.0"
+    assert service.serving() == "2.0.0"
     assert service.containers() == [service.name]
 
 
@@ -214,7 +214,7 @@ def test_foreign_container_with_green_name_is_left_alone(service: Service) -> No
     )
     assert run.event("deploy.step.started") == []
     assert service.inspect(service.green)["Id"] == foreign
-    assert get_json(service.url())["version"] == "1.0.0"
+    assert service.serving() == "1.0.0"
 
 
 def test_port_taken_before_green_starts_exits_2(service: Service) -> None:
@@ -234,7 +234,7 @@ def test_port_taken_before_green_starts_exits_2(service: Service) -> None:
     assert docker("images", "-q", f"{service.repo}:2.0.0") == ""
     assert service.created_since(began) == []
     assert service.containers() == [service.name]
-    assert get_json(service.url())["version"] == "1.0.0"
+    assert service.serving() == "1.0.0"
 
 
 def test_bad_config_touches_nothing_and_exits_2(service: Service) -> None:
@@ -248,3 +248,35 @@ def test_bad_config_touches_nothing_and_exits_2(service: Service) -> None:
     assert "service.bogus: Extra inputs are not permitted" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert service.created_since(began) == []
+
+
+def test_a_buildkit_only_dockerfile_builds_through_the_engines_buildkit(service: Service) -> None:
+    """RUN --mount=type=cache fails on the classic builder; with BuildKit the deploy succeeds."""
+    service.start_blue("1.0.0")
+    extra = "RUN --mount=type=cache,target=/var/cache/app echo cached > /var/cache/app/x"
+    service.write_app("2.0.0", dockerfile_extra=extra)
+    service.config(
+        build=f'context = "brain"\nargs = {{ BASE = "{BASE_IMAGE}" }}\ntimeout = 120\n'
+        'builder = "auto"\ndocker_cli = "/usr/bin/docker"\n'
+    )
+    run = service.deploy()
+    assert run.code == 0, run.stderr
+    (chosen,) = run.event("build.builder")
+    assert chosen["builder"] == "buildkit" and "/usr/bin/docker" in chosen["why"]
+    assert service.serving() == "2.0.0"
+
+
+def test_only_the_newest_built_images_are_kept(service: Service) -> None:
+    """With build.keep = 2, three deploys leave the two newest images the tool built."""
+    service.start_blue("1.0.0")
+    for version in ("2.0.0", "3.0.0", "4.0.0"):
+        service.write_app(version)
+        service.config(
+            build=f'context = "brain"\nargs = {{ BASE = "{BASE_IMAGE}" }}\ntimeout = 120\n'
+            "keep = 2\n"
+        )
+        run = service.deploy()
+        assert run.code == 0, run.stderr
+    tags = docker("images", "--format", "{{.Tag}}", service.repo).split()
+    # 1.0.0 was built by hand (no label of ours): never the tool's to prune.
+    assert sorted(tags) == ["1.0.0", "3.0.0", "4.0.0"]

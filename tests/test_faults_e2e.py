@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.support import ROOT, Service, get_json
+from tests.support import ROOT, Service
 
 pytestmark = pytest.mark.docker
 
@@ -41,11 +41,6 @@ def prepared(service: Service) -> None:
     service.config(tick="settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
 
 
-def serving(service: Service) -> str | None:
-    body = get_json(service.url())
-    return body.get("version") if isinstance(body, dict) else None
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("step", STEPS)
 def test_interrupt_at_each_step_leaves_one_serving_version(
@@ -57,7 +52,7 @@ def test_interrupt_at_each_step_leaves_one_serving_version(
     committed = step == "cleanup"
     assert run.code == (0 if committed else 128 + signum), run.stderr
     expected = "2.0.0" if committed else "1.0.0"
-    assert serving(service) == expected
+    assert service.serving() == expected
     assert service.containers() == [service.name]
     assert not service.journal.exists()
     if run.code != 0:
@@ -76,7 +71,7 @@ def test_sigkill_at_each_step_is_recovered(service: Service, step: str) -> None:
     recovered = service.recover()
     assert recovered.code == 0, recovered.stderr
     assert "consistent:" in recovered.stderr
-    version = serving(service)
+    version = service.serving()
     # Before the point of no return the old version comes back; after it the new one stays.
     verified = "new version 2.0.0 serves" in recovered.stderr
     assert version == ("2.0.0" if verified else "1.0.0")
@@ -98,7 +93,7 @@ def test_deploy_refuses_on_top_of_an_unfinished_deploy(service: Service) -> None
     assert service.recover().code == 0
     again = service.deploy()
     assert again.code == 0, again.stderr
-    assert serving(service) == "2.0.0"
+    assert service.serving() == "2.0.0"
     assert service.containers() == [service.name]
 
 
@@ -109,7 +104,7 @@ def test_repeated_interrupts_do_not_abandon_the_rollback(service: Service) -> No
     service.write_app("2.0.0", knobs={"FAIL_ON_PORT": service.port})
     run = service.deploy_interrupted("verify", signal.SIGINT, repeat=5)
     assert run.code == 130, run.stderr
-    assert serving(service) == "1.0.0"
+    assert service.serving() == "1.0.0"
     assert service.containers() == [service.name]
     assert any(e.get("action", "").startswith("ignored") for e in run.event("deploy.interrupted"))
 
@@ -125,7 +120,7 @@ def test_second_deploy_is_locked_out_and_says_by_whom(service: Service) -> None:
     assert f"{service.name} is locked by deploy" in second.stderr
     assert f"(pid {first.pid} on " in second.stderr and "since 20" in second.stderr
     assert first.returncode == 0, rest[1]
-    assert serving(service) == "2.0.0"
+    assert service.serving() == "2.0.0"
 
 
 def test_lock_of_a_killed_deploy_is_taken_over(service: Service) -> None:
@@ -144,7 +139,7 @@ def test_engine_unreachable_exits_2(service: Service) -> None:
     assert run.code == 2
     assert "Docker engine unreachable" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
-    assert serving(service) == "1.0.0"
+    assert service.serving() == "1.0.0"
 
 
 @pytest.mark.parametrize(
@@ -184,7 +179,7 @@ def test_bad_input_exits_2_naming_the_culprit(
     assert message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert service.created_since(began) == []
-    assert serving(service) == "1.0.0"
+    assert service.serving() == "1.0.0"
 
 
 @pytest.mark.parametrize(
@@ -207,19 +202,19 @@ def test_hostile_health_endpoint_is_rolled_back_with_the_reason(
     run = service.deploy()
     assert run.code == 1
     assert "green not healthy within 2s" in run.stderr and reason in run.stderr
-    assert serving(service) == "1.0.0"
+    assert service.serving() == "1.0.0"
     assert service.containers() == [service.name]
 
 
 def test_unusable_tick_status_is_rolled_back_with_the_reason(service: Service) -> None:
     """Blue's tick endpoint answering HTML stops the deploy before the switch; blue serves."""
-    service.start_blue("1.0.0", env={"TICK_MODE": "html"})
+    service.start_blue("1.0.0", knobs={"TICK_MODE": "html"})
     service.write_app("2.0.0")
     service.config()
     run = service.deploy()
     assert run.code == 1
     assert "tick status" in run.stderr and "is unusable: HTTP 200 body is not JSON" in run.stderr
-    assert serving(service) == "1.0.0"
+    assert service.serving() == "1.0.0"
     assert service.containers() == [service.name]
 
 

@@ -1,10 +1,25 @@
-"""A stand-in for the reference service: its endpoints, port rules and tick loop.
+"""A stand-in for the reference service ("Brain"): its endpoints, port rules, tick loop and drain.
+
+It follows the real Brain's public source where the tool depends on it:
+- GET /api/brain/health answers 200 {"status": "healthy"} only while the tick
+  loop runs; otherwise 200 {"status": "degraded"}; it is "degraded" for about
+  70 ms after the port opens; on an error, 500 {"status": "error"}. No version.
+- GET /api/brain/hardening/status carries the version.
+- Tick enablement: CECELIA_TICK_ENABLED=true enables the loop; any other value
+  defers to the shared state (TICK_STATE_FILE, a file in a shared volume
+  standing in for the database; "enabled" unless it says "disabled").
+- GET /api/brain/tick/status: tick_running, next_tick, loop_running, enabled,
+  draining. Each tick dispatches one task (unless draining), which stays in
+  progress for TASK_SECONDS.
+- Drain, per process: POST /api/brain/tick/drain (no new dispatch; running
+  tasks finish), GET /api/brain/tick/drain-status, POST .../drain-cancel.
+- Port: PORT, else BRAIN_PORT, else 5221. SIGTERM is handled.
 
 Knobs make it misbehave the ways a real new version can. Each is read from the
 environment, else from "knobs" in package.json (a release that is broken by itself):
 BOOT_DELAY=s         sleep before binding the port
-HEALTH_STATUS=x      status field of /api/brain/health (default "healthy")
-FAIL_HEALTH=1        /api/brain/health answers 500
+HEALTH_STATUS=x      status field of /api/brain/health when the loop runs (default "healthy")
+FAIL_HEALTH=1        /api/brain/health answers 500 {"status": "error"}
 FAIL_ON_PORT=p       report "degraded" when serving on port p
 CRASH_AFTER=s        exit with code 3 s seconds after start
 CRASH_ON_PORT=p      exit with code 3 at once when told to serve on port p
@@ -13,12 +28,14 @@ MIGRATE_FAIL=1       "migrate" exits 1
 MIGRATE_SLEEP=s      "migrate" takes s seconds; on SIGTERM it says so and exits 42
 HEALTH_MODE=m        /api/brain/health answers html (not JSON), huge (2 MB) or hang (never)
 TICK_MODE=html       /api/brain/tick/status answers HTML
-TICK_INTERVAL=s      seconds between ticks (default 3600); CECELIA_TICK_ENABLED=false: none
+TICK_INTERVAL=s      seconds between ticks (default 3600)
 TICK_DURATION=s      how long a tick runs (default 1)
+TASK_SECONDS=s       how long a dispatched task stays in progress (default 0)
+TICK_STATE_FILE=f    the shared tick enablement ("enabled"/"disabled"); default: enabled
 SHUTDOWN_DELAY=s     on SIGTERM, wait this long before closing
 MEMORY_MB=n          hold n MiB of memory
 ECHO_ENV=NAME        print NAME=value at start (to prove logs redact secrets)
-REPORT_URL=url       POST a JSON line per event (start, tick, sigterm) there
+REPORT_URL=url       POST a JSON line per event (start, tick, dispatch, drain, sigterm) there
 """
 
 import json
@@ -43,13 +60,35 @@ def knob(name, default=None):
 
 PORT = int(os.environ.get("PORT") or os.environ.get("BRAIN_PORT") or 5221)
 STARTED = time.time()
-state = {"tick_running": False, "next_tick": None, "ticks": 0}
+state = {
+    "tick_running": False,
+    "next_tick": None,
+    "ticks": 0,
+    "loop_running": False,
+    "draining": False,
+    "in_progress": 0,
+    "listening_since": None,
+}
 lock = threading.Lock()
 
 
 def env_float(name, default):
     value = knob(name)
     return float(value) if value else default
+
+
+def tick_enabled():
+    """CECELIA_TICK_ENABLED=true enables; anything else defers to the shared state."""
+    if knob("CECELIA_TICK_ENABLED") == "true":
+        return True
+    path = knob("TICK_STATE_FILE")
+    if not path:
+        return True
+    try:
+        with open(path) as f:
+            return f.read().strip() != "disabled"
+    except OSError:
+        return True
 
 
 def report(event, **fields):
@@ -75,9 +114,18 @@ def report(event, **fields):
         print(f"report failed: {exc}", flush=True)
 
 
+def finish_task(n):
+    time.sleep(env_float("TASK_SECONDS", 0))
+    with lock:
+        state["in_progress"] -= 1
+    report("task_done", n=n)
+
+
 def tick_loop():
     interval = env_float("TICK_INTERVAL", 3600)
     duration = env_float("TICK_DURATION", 1)
+    with lock:
+        state["loop_running"] = True
     while True:
         due = datetime.now(UTC) + timedelta(seconds=interval)
         with lock:
@@ -86,11 +134,18 @@ def tick_loop():
         with lock:
             state["tick_running"] = True
             state["ticks"] += 1
-        report("tick_start", n=state["ticks"])
+            n = state["ticks"]
+            dispatch = not state["draining"]
+            if dispatch:
+                state["in_progress"] += 1
+        report("tick_start", n=n)
+        if dispatch:
+            report("dispatch", n=n)
+            threading.Thread(target=finish_task, args=(n,), daemon=True).start()
         time.sleep(duration)
         with lock:
             state["tick_running"] = False
-        report("tick_end", n=state["ticks"])
+        report("tick_end", n=n)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -107,40 +162,63 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):
-        if self.path == "/api/brain/health":
-            mode = knob("HEALTH_MODE")
-            if mode == "hang":
-                time.sleep(3600)
-            if mode in ("html", "huge"):
-                text = "<html>" + ("x" * 2_000_000 if mode == "huge" else "oops") + "</html>"
-                return self.raw(200, text.encode(), "text/html")
-            if knob("FAIL_HEALTH") == "1":
-                return self.answer(500, {"status": "error"})
-            status = knob("HEALTH_STATUS", "healthy")
-            if knob("FAIL_ON_PORT") == str(PORT):
-                status = "degraded"
+    def health(self):
+        mode = knob("HEALTH_MODE")
+        if mode == "hang":
+            time.sleep(3600)
+        if mode in ("html", "huge"):
+            text = "<html>" + ("x" * 2_000_000 if mode == "huge" else "oops") + "</html>"
+            return self.raw(200, text.encode(), "text/html")
+        if knob("FAIL_HEALTH") == "1":
+            return self.answer(500, {"status": "error"})
+        with lock:
+            loop = state["loop_running"]
+            fresh = time.time() - (state["listening_since"] or 0) < 0.07
+        status = knob("HEALTH_STATUS", "healthy") if loop and not fresh else "degraded"
+        if knob("FAIL_ON_PORT") == str(PORT):
+            status = "degraded"
+        return self.answer(200, {"status": status, "uptime": round(time.time() - STARTED, 3)})
+
+    def tick_status(self):
+        if knob("TICK_MODE") == "html":
+            return self.raw(200, b"<html>tick?</html>", "text/html")
+        with lock:
             return self.answer(
                 200,
-                {"status": status, "version": VERSION, "uptime": round(time.time() - STARTED, 3)},
+                {
+                    "enabled": tick_enabled(),
+                    "loop_running": state["loop_running"],
+                    "tick_running": state["tick_running"],
+                    "next_tick": state["next_tick"],
+                    "draining": state["draining"],
+                },
             )
+
+    def do_GET(self):
+        if self.path == "/api/brain/health":
+            return self.health()
+        if self.path == "/api/brain/hardening/status":
+            return self.answer(200, {"version": VERSION, "checks": []})
         if self.path == "/api/brain/tick/status":
-            if knob("TICK_MODE") == "html":
-                return self.raw(200, b"<html>tick?</html>", "text/html")
+            return self.tick_status()
+        if self.path == "/api/brain/tick/drain-status":
             with lock:
-                return self.answer(
-                    200,
-                    {
-                        "enabled": TICK_ENABLED,
-                        "loop_running": TICK_ENABLED,
-                        "tick_running": state["tick_running"],
-                        "next_tick": state["next_tick"],
-                    },
-                )
+                body = {"draining": state["draining"], "in_progress": state["in_progress"]}
+            return self.answer(200, body)
         self.answer(404, {"error": "not found"})
 
-
-TICK_ENABLED = knob("CECELIA_TICK_ENABLED", "true") != "false"
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        if self.path in ("/api/brain/tick/drain", "/api/brain/tick/drain-cancel"):
+            draining = self.path.endswith("/drain")
+            with lock:
+                state["draining"] = draining
+                in_progress = state["in_progress"]
+            report("drain" if draining else "drain_cancel")
+            return self.answer(200, {"draining": draining, "in_progress": in_progress})
+        self.answer(404, {"error": "not found"})
 
 
 def serve():
@@ -169,21 +247,24 @@ def serve():
     time.sleep(env_float("BOOT_DELAY", 0))
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
     server.daemon_threads = True
+    with lock:
+        state["listening_since"] = time.time()
 
     def on_sigterm(signum, frame):
         with lock:
             during_tick = state["tick_running"]
-        report("sigterm", during_tick=during_tick)
+            draining = state["draining"]
+        report("sigterm", during_tick=during_tick, draining=draining)
         time.sleep(env_float("SHUTDOWN_DELAY", 0))
         threading.Thread(target=server.shutdown).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    if TICK_ENABLED:
+    enabled = tick_enabled()
+    if enabled:
+        print("Tick is enabled, starting loop on startup", flush=True)
         threading.Thread(target=tick_loop, daemon=True).start()
-    print(
-        f"brain {VERSION} listening on {PORT} (tick {'on' if TICK_ENABLED else 'off'})", flush=True
-    )
-    report("start", tick=TICK_ENABLED)
+    print(f"brain {VERSION} listening on {PORT} (tick {'on' if enabled else 'off'})", flush=True)
+    report("start", tick=enabled)
     server.serve_forever(poll_interval=0.05)
     print("bye", flush=True)
 

@@ -1,0 +1,91 @@
+"""Lifecycle HTTP actions: calls the deploy makes at named moments (``[[actions]]``).
+
+The reference service needs them to deploy without dispatching work twice:
+green is drained as soon as it answers (its tick loop runs, since enablement
+lives in the shared database, but dispatches nothing), blue is drained before
+its SIGTERM and the deploy waits until nothing is in progress, and a rollback
+cancels blue's drain. Each action is bounded (its own timeout, and its wait's).
+"""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import anyio
+import structlog
+
+from ._config import ActionConfig, Moment
+from ._context import DeployContext
+from ._errors import ActionFailed
+from ._http import dotted, probe
+from ._logging import redactor
+
+
+def _port(ctx: DeployContext, action: ActionConfig) -> int:
+    service = ctx.config.service
+    return service.green_port if action.target == "green" else service.port
+
+
+async def _call(ctx: DeployContext, action: ActionConfig, url: str) -> None:
+    try:
+        with anyio.fail_after(action.timeout):
+            async with ctx.http.request(
+                action.method, url, json=action.body, allow_redirects=False
+            ) as response:
+                status = response.status
+                text = (await response.text(errors="replace"))[:300]
+    except TimeoutError:
+        raise ActionFailed(f"{action.name}: no answer within {action.timeout:g}s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ActionFailed(f"{action.name}: {type(exc).__name__}: {exc}") from None
+    if status != action.expect_status:
+        raise ActionFailed(
+            f"{action.name}: {action.method} {url} answered HTTP {status} "
+            f"(expected {action.expect_status}): {redactor.scrub(text)}"
+        )
+
+
+async def _wait(ctx: DeployContext, action: ActionConfig, port: int) -> None:
+    rule = action.wait
+    assert rule is not None
+    url = ctx.url(port, rule.path)
+    health = ctx.config.health
+    seen = "no answer yet"
+    try:
+        with anyio.fail_after(rule.timeout):
+            while True:  # bounded by the wait's own timeout
+                answer = await probe(ctx.http, url, health)
+                found = dotted(answer.body, rule.field) if answer.error is None else None
+                if found == rule.equals and type(found) is type(rule.equals):
+                    return
+                seen = answer.describe()
+                await anyio.sleep(rule.interval)
+    except TimeoutError:
+        raise ActionFailed(
+            f"{action.name}: {rule.field} did not become {json.dumps(rule.equals)} at {url} "
+            f"within {rule.timeout:g}s (last answer: {seen})"
+        ) from None
+
+
+async def run_action(ctx: DeployContext, action: ActionConfig) -> None:
+    """Make one call, then wait for its rule; an optional action's failure is only logged."""
+    log = structlog.get_logger()
+    port = _port(ctx, action)
+    url = ctx.url(port, action.path)
+    log.info("action.started", action=action.name, target=action.target, url=url)
+    try:
+        await _call(ctx, action, url)
+        if action.wait is not None:
+            await _wait(ctx, action, port)
+    except ActionFailed as exc:
+        if not action.optional:
+            raise
+        log.warning("action.failed", action=action.name, error=str(exc), optional=True)
+        return
+    log.info("action.done", action=action.name)
+
+
+async def run_actions(ctx: DeployContext, moment: Moment) -> None:
+    for action in ctx.config.actions_at(moment):
+        await run_action(ctx, action)
