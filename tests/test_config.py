@@ -253,3 +253,19 @@ def test_example_documents_every_key_with_a_comment() -> None:
         assert missing <= {"command", "dir", "target"}, f"[{section}] lacks {sorted(missing)}"
     key_lines = [ln for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
     assert [ln for ln in key_lines if "#" not in ln] == []
+
+
+@pytest.mark.anyio
+async def test_buildkit_is_chosen_only_where_the_cli_can_drive_it() -> None:
+    """No such CLI: auto falls back to classic saying why; buildkit required is a config error."""
+    from rolling_update._config import BuildConfig
+    from steps.build import choose_builder
+
+    missing = BuildConfig(context=Path("."), docker_cli="/nonexistent/docker")
+    builder, why = await choose_builder(missing)
+    assert builder == "classic" and "no docker CLI '/nonexistent/docker'" in why
+    assert (await choose_builder(BuildConfig(context=Path("."), builder="classic")))[0] == (
+        "classic"
+    )
+    with pytest.raises(ConfigError, match=r"build\.builder: BuildKit cannot be used"):
+        await choose_builder(missing.model_copy(update={"builder": "buildkit"}))

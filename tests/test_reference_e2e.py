@@ -47,7 +47,14 @@ def reference_config(service: Service) -> Path:
 
 
 def brain(service: Service, collector: Collector) -> None:
-    """Blue v1 ticking every 1.2 s, each tick dispatching a task that runs 1 s."""
+    """Blue v1 ticking every 1.2 s, each tick dispatching a task that runs 1 s.
+
+    Tick enablement lives in a shared file (the database's stand-in), in a bind
+    mount blue has and its twins inherit.
+    """
+    shared = service.workdir / "shared"
+    shared.mkdir()
+    (shared / "tick").write_text("enabled")
     service.write_env_file(
         {
             "REPORT_URL": collector.url,
@@ -58,7 +65,8 @@ def brain(service: Service, collector: Collector) -> None:
             "DB_PASSWORD": "brain-db-pa55",
         }
     )
-    service.start_blue("1.0.0")
+    args = ["--network", "host", "--restart", "unless-stopped", "-v", f"{shared}:/shared"]
+    service.start_blue("1.0.0", {"TICK_STATE_FILE": "/shared/tick"}, args=args)
 
 
 def at(events: list[dict[str, Any]], port: int, version: str) -> list[dict[str, Any]]:

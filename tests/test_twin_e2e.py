@@ -178,3 +178,17 @@ def test_a_twin_that_cannot_run_beside_blue_is_refused_before_anything(service: 
     assert f"HostConfig.PortBindings 9000/tcp -> host port {other}" in run.stderr
     assert "nothing was changed" in run.stderr
     assert run.event("deploy.step.started") == []
+
+
+def test_a_green_docker_calls_unhealthy_is_rolled_back(service: Service) -> None:
+    """The new image's HEALTHCHECK fails: green answers HTTP healthy, yet the deploy rolls back."""
+    service.start_blue("1.0.0")
+    service.write_app(
+        "2.0.0", dockerfile_extra="HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD false"
+    )
+    service.config(tick="settle = 5\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
+    run = service.deploy()
+    assert run.code == 1, run.stderr
+    assert f"{service.green} is unhealthy by its Docker healthcheck" in run.stderr
+    assert service.serving() == "1.0.0"
+    assert service.containers() == [service.name]

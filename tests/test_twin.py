@@ -1,0 +1,102 @@
+"""Blue's twin from inspect data: what is the operator's, what was the old image's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rolling_update._twin import Twin, diff
+
+OLD_IMAGE: dict[str, Any] = {
+    "Env": ["PATH=/usr/bin", "APP_VERSION=1.0.0"],
+    "Cmd": ["python3", "/app/app.py", "serve"],
+    "WorkingDir": "/app",
+    "Labels": {"org.example.release": "1.0.0"},
+    "Healthcheck": {"Test": ["CMD", "curl", "-f", "http://127.0.0.1:5221/health"]},
+}
+
+
+def blue(**overrides: Any) -> dict[str, Any]:
+    config = {
+        "Image": "brain:1.0.0",
+        "Env": ["PATH=/usr/bin", "APP_VERSION=1.0.0", "TZ=Asia/Shanghai", "PORT=5221"],
+        "Cmd": ["python3", "/app/app.py", "serve"],
+        "WorkingDir": "/app",
+        "User": "1000:1000",
+        "Labels": {
+            "org.example.release": "1.0.0",
+            "com.docker.compose.service": "brain",
+            "io.rolling-update.role": "production",
+            "io.rolling-update.config-env": "ENV_REGION,PORT",
+        },
+        "StopTimeout": 7,
+    }
+    config.update(overrides)
+    return {
+        "Id": "0123456789abcdef",
+        "Config": config,
+        "HostConfig": {
+            "NetworkMode": "host",
+            "RestartPolicy": {"Name": "unless-stopped", "MaximumRetryCount": 0},
+            "ReadonlyRootfs": True,
+            "Binds": ["/srv/creds:/run/creds:ro"],
+            "PortBindings": {},
+        },
+        "NetworkSettings": {"Networks": {"host": {}}},
+    }
+
+
+def test_the_old_images_defaults_are_left_to_the_new_image() -> None:
+    """Env, cmd, workdir and labels equal to the old image's are dropped; the rest is kept."""
+    twin = Twin.of(blue(), OLD_IMAGE)
+    assert twin.env == {"TZ": "Asia/Shanghai"}  # PORT: set by the tool's config last time
+    assert "Cmd" not in twin.body and "WorkingDir" not in twin.body
+    assert twin.body["User"] == "1000:1000" and twin.body["StopTimeout"] == 7
+    assert twin.labels == {"com.docker.compose.service": "brain"}
+    assert twin.body["HostConfig"]["ReadonlyRootfs"] is True
+    assert (twin.network_mode, twin.restart) == ("host", "unless-stopped")
+
+
+def test_an_overridden_command_is_the_operators() -> None:
+    """A cmd that differs from the old image's (compose `command:`) carries over."""
+    twin = Twin.of(blue(Cmd=["node", "server.js", "--verbose"]), OLD_IMAGE)
+    assert twin.body["Cmd"] == ["node", "server.js", "--verbose"]
+
+
+@pytest.mark.parametrize(
+    ("published", "conflict"),
+    [
+        ({"5221/tcp": [{"HostIp": "", "HostPort": "5221"}]}, None),
+        ({"9000/tcp": [{"HostIp": "", "HostPort": "9000"}]}, "host port 9000"),
+    ],
+)
+def test_fixed_host_ports_other_than_productions_conflict(
+    published: dict[str, Any], conflict: str | None
+) -> None:
+    """Production's published port moves to green's; any other fixed host port is a conflict."""
+    data = blue()
+    data["HostConfig"]["PortBindings"] = published
+    twin = Twin.of(data, OLD_IMAGE)
+    found = twin.conflicts(data, 5221)
+    assert (conflict is None and found == []) or (conflict is not None and conflict in found[0])
+    if conflict is None:
+        assert twin.bindings_for(5221, 5222) == {"5222/tcp": [{"HostIp": "", "HostPort": "5222"}]}
+
+
+def test_a_healthcheck_naming_productions_port_is_spotted() -> None:
+    """The image's healthcheck curls 5221: on host network green's check would probe blue."""
+    twin = Twin.of(blue(), OLD_IMAGE)
+    assert twin.healthcheck_names_port(OLD_IMAGE, 5221)
+    assert not twin.healthcheck_names_port(OLD_IMAGE, 6000)
+
+
+def test_the_diff_names_env_keys_never_values() -> None:
+    """A changed secret shows as ~KEY; its values appear nowhere in the diff."""
+    before = blue(Env=["DB_PASSWORD=old-secret", "TZ=UTC"])
+    after = {"Image": "brain:2.0.0", "Env": ["DB_PASSWORD=new-secret", "TZ=UTC", "NEW=1"]}
+    after["HostConfig"] = before["HostConfig"]
+    lines = diff(before, after)
+    assert "Image: brain:1.0.0 -> brain:2.0.0" in lines
+    assert "Env: ~DB_PASSWORD" in lines and "Env: +NEW" in lines
+    assert "secret" not in " ".join(lines)
