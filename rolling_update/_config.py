@@ -233,6 +233,20 @@ class VerifyConfig(_Section):
     )
 
 
+class SwitchConfig(_Section):
+    mode: Literal["handoff", "restart"] = Field(
+        "handoff",
+        description="handoff: nftables moves production's port to green while blue is "
+        "replaced (zero failed requests; falls back to restart, saying why, without root "
+        "and nftables or off the host network); restart: stop blue, start the new one.",
+    )
+    drain: Seconds = Field(
+        2.0,
+        description="Seconds green keeps serving the connections it took, after the handoff "
+        "ends, before it is stopped.",
+    )
+
+
 class LimitsConfig(_Section):
     two_containers: PositiveSeconds = Field(
         300, description="Seconds blue and green may run side by side; past it, roll back."
@@ -330,6 +344,7 @@ class Config(_Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     tick: TickConfig = Field(default_factory=TickConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    switch: SwitchConfig = Field(default_factory=SwitchConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     state: StateConfig = Field(default_factory=StateConfig)

@@ -50,6 +50,10 @@ class DeployContext:
     blue_was_running: bool = False
     blue_health: HealthBaseline | None = None
     """Blue's health as the preflight found it: what a rollback must bring back."""
+    handoff: bool = False
+    """The switch hands production's port over in the kernel (see _handoff)."""
+    handoff_ended: float | None = None
+    """Monotonic time the redirect to green was removed: green's connections drain from then."""
     twin: Twin | None = None
     """What the operator set on blue, for green and the new production container."""
     blue_raw: dict[str, Any] | None = field(default=None, repr=False)

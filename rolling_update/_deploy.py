@@ -17,6 +17,9 @@ from ._config import Config, read_env_file, read_version
 from ._context import DeployContext
 from ._engine import LABEL_DEPLOY, ContainerInfo, DockerEngine, Engine
 from ._errors import ConfigError, PreflightError
+from ._handoff import can_mark, marked_socket, table_name
+from ._handoff import target as handoff_target
+from ._handoff import unavailable as handoff_unavailable
 from ._http import HealthBaseline, port_in_use, probe
 from ._logging import redactor, register_secrets, secret_values
 from ._policy import in_the_way
@@ -35,6 +38,8 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
         AwaitGreenHealthy,
         AwaitTickBoundary,
         BuildImage,
+        Redirect,
+        Release,
         RemoveOld,
         RunActions,
         RunMigrations,
@@ -57,8 +62,10 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
     if cfg.actions_at("before-switch") or cfg.actions_at("rollback"):
         plan.append(RunActions("before-switch", undo="rollback"))
     plan += [
+        Redirect(cfg.service, cfg.health),
         Switch(cfg.service, cfg.tick, cfg.health, cfg.verify),
         VerifyProduction(cfg.service, cfg.health, cfg.verify),
+        Release(cfg.service),
         Soak(cfg.service, cfg.health, cfg.verify),
     ]
     if cfg.actions_at("after-soak"):
@@ -124,8 +131,13 @@ async def open_engine(engine: Engine | None) -> AsyncIterator[Engine]:
 
 
 def http_session() -> aiohttp.ClientSession:
-    # A fresh connection per probe: availability is what we measure.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), trust_env=False)
+    """The tool's HTTP client: a fresh connection per probe (availability is what we
+    measure), each socket marked, where it can be, so that the handoff's redirect lets the
+    tool's own probes reach the real production port."""
+    connector = aiohttp.TCPConnector(
+        force_close=True, socket_factory=marked_socket if can_mark() else None
+    )
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ class Preflight:
     blue_health: HealthBaseline | None
     blue_raw: dict[str, Any] | None = None
     twin: Twin | None = None
+    handoff: bool = False
 
 
 async def preflight(
@@ -187,12 +200,37 @@ async def preflight(
                 port=svc.port,
                 why="on the host network, green's Docker healthcheck would probe blue",
             )
+    handoff = await _handoff_possible(cfg, twin)
     baseline = None
     if blue is not None and blue.running:
         answer = await probe(http, svc.url(svc.port, cfg.health.path), cfg.health)
         baseline = HealthBaseline.of(answer, cfg.health)
         log.info("preflight.blue_health", healthy=baseline.healthy, answer=baseline.found)
-    return Preflight(blue=blue, blue_health=baseline, blue_raw=blue_raw, twin=twin)
+    return Preflight(blue=blue, blue_health=baseline, blue_raw=blue_raw, twin=twin, handoff=handoff)
+
+
+async def _handoff_possible(cfg: Config, twin: Twin | None) -> bool:
+    """Whether switch.mode = handoff can be used; one log line saying why not, if not."""
+    if cfg.switch.mode != "handoff":
+        return False
+    table = table_name(cfg.service.name)
+    if await handoff_target(table) is not None:
+        raise PreflightError(
+            f"an nftables redirect of an earlier deploy (table inet {table}) is in place; "
+            "run `rolling-update recover`"
+        )
+    network = twin.network_mode if twin is not None else cfg.service.network
+    why = (
+        f"the service runs on network {network!r}, not the host network"
+        if network != "host"
+        else await handoff_unavailable()
+    )
+    if why is not None:
+        structlog.get_logger().warning(
+            "switch.mode", mode="restart", wanted="handoff", why=f"no kernel handoff: {why}"
+        )
+        return False
+    return True
 
 
 async def deploy(
@@ -265,6 +303,7 @@ async def deploy(
                         blue_health=found.blue_health,
                         twin=found.twin,
                         blue_raw=found.blue_raw,
+                        handoff=found.handoff,
                     )
                     plan = list(steps) if steps is not None else default_plan(cfg)
                     log.info(

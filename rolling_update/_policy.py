@@ -43,8 +43,14 @@ async def clear_name(
         await engine.remove(info.id)
 
 
-async def remove_ours(engine: Engine, name: str, deploy_id: str) -> None:
-    """Remove the container ``name`` if this deploy made it (labels, not names, tell)."""
+async def remove_ours(engine: Engine, name: str, deploy_id: str, *, grace: int = 0) -> None:
+    """Remove the container ``name`` if this deploy made it (labels, not names, tell).
+
+    With ``grace``, a running one is stopped first (SIGTERM, then SIGKILL after
+    ``grace`` s), so that requests it is serving finish instead of being reset.
+    """
     found = await engine.inspect(name)
     if found is not None and found.managed and found.labels.get(LABEL_DEPLOY) == deploy_id:
+        if grace and found.running:
+            await engine.stop(found.id, grace=grace)
         await engine.remove(found.id)

@@ -23,6 +23,9 @@ from ._config import Config
 from ._deploy import http_session, open_engine
 from ._engine import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, ContainerInfo, Engine
 from ._errors import EngineError, RecoveryFailed
+from ._handoff import remove as handoff_remove
+from ._handoff import table_name
+from ._handoff import target as handoff_target
 from ._http import Answer, HealthBaseline
 from ._policy import in_the_way
 from ._state import (
@@ -47,10 +50,16 @@ class RecoveryReport:
 
 
 class _Recovery:
-    def __init__(self, cfg: Config, engine: Engine, record: JournalRecord | None) -> None:
+    def __init__(
+        self, cfg: Config, engine: Engine, record: JournalRecord | None, *, defer_green: bool
+    ) -> None:
         self.cfg = cfg
         self.engine = engine
         self.record = record
+        self.defer_green = defer_green
+        """A redirect sends production's port to green: green goes last, once
+        production answers and the redirect is removed."""
+        self.deferred: list[tuple[ContainerInfo, str]] = []
         self.name = cfg.service.name
         self.old_name = cfg.service.old_name
         self.actions: list[str] = []
@@ -67,6 +76,9 @@ class _Recovery:
         return [i for i in infos if i is not None]
 
     async def remove(self, info: ContainerInfo, why: str) -> None:
+        if self.defer_green and info.labels.get(LABEL_ROLE) == "green":
+            self.deferred.append((info, why))
+            return
         await self.engine.stop(info.id, grace=self.cfg.service.stop_timeout)
         await self.engine.remove(info.id)
         self.act(f"removed {info.name} ({why})")
@@ -185,13 +197,23 @@ async def recover(cfg: Config, *, engine: Engine | None = None) -> RecoveryRepor
                     "recover.unfinished",
                     deploy=journal.describe() if journal else f"deploy {record.deploy_id}",
                 )
-            recovery = _Recovery(cfg, docker, record)
+            table = table_name(service)
+            redirected = await handoff_target(table) is not None
+            recovery = _Recovery(cfg, docker, record, defer_green=redirected)
             try:
                 outcome = await recovery.recover(record)
                 if await docker.inspect(service) is None:
                     outcome = "no production container exists (there was none before this deploy)"
                 else:
+                    # Probed past the redirect (the session's sockets are marked).
                     await _await_serving(cfg, http, recovery.baseline)
+                if redirected:
+                    # Only now: never remove the redirect while nothing else serves.
+                    await handoff_remove(table)
+                    recovery.act(f"removed the redirect of port {cfg.service.port} to green")
+                recovery.defer_green = False
+                for info, why in recovery.deferred:
+                    await recovery.remove(info, why)
             except EngineError as exc:
                 done = "; ".join(recovery.actions) or "nothing"
                 raise RecoveryFailed(f"{exc} (done so far: {done})") from exc

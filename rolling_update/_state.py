@@ -61,6 +61,8 @@ class JournalRecord(BaseModel):
     blue_health: HealthBaseline | None = None
     """Blue's health as the deploy found it: what bringing it back must reach."""
     committed: bool = False
+    redirect: bool = False
+    """The handoff's nftables redirect may be in place (set before it is installed)."""
 
 
 def _write_atomically(path: Path, text: str) -> None:

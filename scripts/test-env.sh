@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Makes this machine ready for the test suite, idempotently:
-#   a running Docker engine (installed from Debian's packages if missing) and the
-#   offline test base image (a debootstrapped Debian with python3, built once).
+#   a running Docker engine (installed from Debian's packages if missing), nftables
+#   (for the kernel handoff) and the offline test base image (a debootstrapped Debian
+#   with python3, built once).
 # Needs root, as on the project's machines. Real users keep BASE in their registry.
 set -euo pipefail
 
 DOCKER=/usr/bin/docker   # /usr/local/bin/docker is a newer client than the engine
 BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm}
 
-if [ ! -x "$DOCKER" ] || ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
-  echo "test-env: installing docker.io and debootstrap"
+if [ ! -x "$DOCKER" ] || ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
+  || ! command -v nft >/dev/null; then
+  echo "test-env: installing docker.io, debootstrap and nftables"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap nftables >/dev/null
 fi
 
 if ! "$DOCKER" info >/dev/null 2>&1; then

@@ -9,6 +9,7 @@ from .actions import RunActions
 from .build import BuildImage
 from .cleanup import RemoveOld
 from .green import AwaitGreenHealthy, StartGreen
+from .handoff import Redirect, Release
 from .migrate import RunMigrations
 from .switch import Soak, Switch, VerifyProduction
 from .tick import AwaitTickBoundary, wait_for_tick_boundary
@@ -17,6 +18,8 @@ __all__ = [
     "AwaitGreenHealthy",
     "AwaitTickBoundary",
     "BuildImage",
+    "Redirect",
+    "Release",
     "RemoveOld",
     "RunActions",
     "RunMigrations",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import structlog
 
@@ -31,6 +33,12 @@ class RemoveOld:
             await self._remove(ctx)
 
     async def _remove(self, ctx: DeployContext) -> None:
+        if ctx.handoff_ended is not None:
+            # Green keeps serving the connections it took during the handoff, a while.
+            left = ctx.config.switch.drain - (time.monotonic() - ctx.handoff_ended)
+            if left > 0:
+                structlog.get_logger().info("handoff.green_draining", seconds=round(left, 2))
+                await anyio.sleep(left)
         await self._remove_containers(ctx)
         if ctx.config.build.enabled and ctx.config.build.keep:
             await self._prune_images(ctx)

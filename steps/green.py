@@ -65,7 +65,10 @@ class StartGreen:
         )
 
     async def compensate(self, ctx: DeployContext) -> None:
-        await remove_ours(ctx.engine, self.service.green_name, ctx.deploy_id)
+        # Gracefully: during a handoff green serves real traffic until the last moment.
+        await remove_ours(
+            ctx.engine, self.service.green_name, ctx.deploy_id, grace=self.service.stop_timeout
+        )
 
 
 class AwaitGreenHealthy:

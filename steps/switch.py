@@ -94,7 +94,9 @@ class Switch:
         began = time.monotonic()
         # Labels, not our own flags, decide what is ours to remove: the flags
         # may lag the engine when we were cancelled mid-call.
-        await remove_ours(ctx.engine, self.service.name, ctx.deploy_id)
+        await remove_ours(
+            ctx.engine, self.service.name, ctx.deploy_id, grace=self.service.stop_timeout
+        )
         if ctx.blue_id is None:
             return
         blue = await ctx.engine.inspect(ctx.blue_id)

@@ -75,11 +75,17 @@ class Prober(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.interval = url, interval
         self.samples: list[tuple[float, str | None]] = []
+        self.errors: list[str] = []
         self._stop_flag = threading.Event()
 
     def run(self) -> None:
         while not self._stop_flag.is_set():
-            body = get_json(self.url, timeout=0.5)
+            try:
+                with urllib.request.urlopen(self.url, timeout=1.0) as response:
+                    body = json.loads(response.read())
+            except (OSError, ValueError) as exc:
+                body = None
+                self.errors.append(f"{time.monotonic():.3f} {exc!r}")
             version = body.get("version") if isinstance(body, dict) else None
             self.samples.append((time.monotonic(), version))
             self._stop_flag.wait(self.interval)
@@ -321,6 +327,14 @@ class Service:
         """The volume that marks a deploy under way on the engine."""
         return f"rolling-update.{self.name}.deploy"
 
+    def redirected(self) -> bool:
+        """Whether the handoff's nftables table of this service exists."""
+        table = "rolling_update_" + self.name.replace("-", "_")
+        found = subprocess.run(
+            ["nft", "list", "table", "inet", table], capture_output=True, check=False
+        )
+        return found.returncode == 0
+
     def marked(self) -> bool:
         return bool(docker("volume", "ls", "-q", "--filter", f"name={self.marker}"))
 
@@ -364,6 +378,8 @@ class Service:
         if images:
             docker("rmi", "-f", *set(images), check=False)
         docker("volume", "rm", "-f", self.marker, check=False)
+        table = "rolling_update_" + self.name.replace("-", "_")
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
         # A test that uses the per-host default state directory.
         shutil.rmtree(Path("/var/lib/rolling-update") / self.name, ignore_errors=True)
 

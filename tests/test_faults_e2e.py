@@ -25,8 +25,10 @@ STEPS = [
     "start-green",
     "green-health",
     "tick-boundary",
+    "handoff",
     "switch",
     "verify",
+    "release",
     "soak",
     "cleanup",
 ]
@@ -54,7 +56,7 @@ def test_interrupt_at_each_step_leaves_one_serving_version(
     expected = "2.0.0" if committed else "1.0.0"
     assert service.serving() == expected
     assert service.containers() == [service.name]
-    assert not service.journal.exists()
+    assert not service.journal.exists() and not service.redirected()
     if run.code != 0:
         assert f"interrupted by {signal.Signals(signum).name}" in run.stderr
     assert SECRET not in run.stdout + run.stderr
@@ -76,7 +78,7 @@ def test_sigkill_at_each_step_is_recovered(service: Service, step: str) -> None:
     verified = "new version 2.0.0 serves" in recovered.stderr
     assert version == ("2.0.0" if verified else "1.0.0")
     assert service.containers() == [service.name]
-    assert not service.journal.exists()
+    assert not service.journal.exists() and not service.redirected()
     assert service.recover().code == 0  # idempotent
     assert service.containers() == [service.name]
 

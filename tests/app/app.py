@@ -41,6 +41,7 @@ REPORT_URL=url       POST a JSON line per event (start, tick, dispatch, drain, s
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -68,6 +69,8 @@ state = {
     "draining": False,
     "in_progress": 0,
     "listening_since": None,
+    "stopping": False,
+    "connections": 0,
 }
 lock = threading.Lock()
 
@@ -149,8 +152,24 @@ def tick_loop():
 
 
 class Handler(BaseHTTPRequestHandler):
+    # Keep-alive, as Node's server does; after SIGTERM each answer closes its connection,
+    # so that keep-alive clients reconnect (and reach whatever serves the port then).
+    protocol_version = "HTTP/1.1"
+
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        super().setup()
+        with lock:
+            state["connections"] += 1
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with lock:
+                state["connections"] -= 1
 
     def answer(self, code, body):
         self.raw(code, json.dumps(body).encode(), "application/json")
@@ -159,6 +178,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if state["stopping"]:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
@@ -198,7 +220,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/api/brain/health":
             return self.health()
         if self.path == "/api/brain/hardening/status":
-            return self.answer(200, {"version": VERSION, "checks": []})
+            # "port" is the stand-in's own: it shows which container answered.
+            return self.answer(200, {"version": VERSION, "checks": [], "port": PORT})
         if self.path == "/api/brain/tick/status":
             return self.tick_status()
         if self.path == "/api/brain/tick/drain-status":
@@ -219,6 +242,16 @@ class Handler(BaseHTTPRequestHandler):
             report("drain" if draining else "drain_cancel")
             return self.answer(200, {"draining": draining, "in_progress": in_progress})
         self.answer(404, {"error": "not found"})
+
+
+class DualStackServer(ThreadingHTTPServer):
+    """IPv6 and IPv4 (mapped) on one socket, so that ::1 and 127.0.0.1 both reach it."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 def serve():
@@ -245,7 +278,10 @@ def serve():
             float(crash_after), lambda: (print("crashing on purpose", flush=True), os._exit(3))
         ).start()
     time.sleep(env_float("BOOT_DELAY", 0))
-    server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
+    try:
+        server = DualStackServer(("::", PORT), Handler)
+    except OSError:  # a container without IPv6
+        server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
     server.daemon_threads = True
     with lock:
         state["listening_since"] = time.time()
@@ -254,6 +290,7 @@ def serve():
         with lock:
             during_tick = state["tick_running"]
             draining = state["draining"]
+        state["stopping"] = True
         report("sigterm", during_tick=during_tick, draining=draining)
         time.sleep(env_float("SHUTDOWN_DELAY", 0))
         threading.Thread(target=server.shutdown).start()
@@ -266,6 +303,10 @@ def serve():
     print(f"brain {VERSION} listening on {PORT} (tick {'on' if enabled else 'off'})", flush=True)
     report("start", tick=enabled)
     server.serve_forever(poll_interval=0.05)
+    # Requests in flight finish (bounded), as a Node server's close() lets them.
+    deadline = time.time() + 2
+    while state["connections"] and time.time() < deadline:
+        time.sleep(0.01)
     print("bye", flush=True)
 
 

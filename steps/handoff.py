@@ -1,0 +1,97 @@
+"""The kernel handoff around the switch: production's port goes to green, then back.
+
+:class:`Redirect` runs after blue's tick boundary: from then on new
+connections for production's port reach green, which is healthy. The switch
+stops blue and starts the new production container behind that redirect;
+``verify`` probes the real production port (the tool's sockets bypass the
+redirect), and :class:`Release` then gives the port back to production.
+
+Rollback keeps a serving target behind the port at every point: a release
+undone puts the redirect back to green (if green still runs) before blue is
+brought back, and the redirect is only removed once production's port
+answers again. Without ``ctx.handoff`` (switch.mode = restart, or the
+fallback) both steps do nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from rolling_update._config import HealthConfig, ServiceConfig
+from rolling_update._context import DeployContext
+from rolling_update._errors import RestoreFailed
+from rolling_update._handoff import redirect, remove, table_name
+from rolling_update._http import probe
+
+
+class Redirect:
+    """Send new connections for production's port to green (one atomic nft transaction)."""
+
+    name = "handoff"
+    title = "Handing production's port to green"
+
+    def __init__(self, service: ServiceConfig, health: HealthConfig) -> None:
+        self.service = service
+        self.health = health
+
+    async def run(self, ctx: DeployContext) -> None:
+        if not ctx.handoff or ctx.blue_raw is None:
+            # Nothing to hand over from on a first deploy.
+            ctx.handoff = False
+            return
+        # Recorded first: a kill between the two leaves recover a table to look for.
+        ctx.record(redirect=True)
+        await redirect(table_name(self.service.name), self.service.port, self.service.green_port)
+        structlog.get_logger().info(
+            "handoff.redirect", port=self.service.port, to=self.service.green_port
+        )
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        if not ctx.handoff:
+            return
+        # Never remove the redirect while nothing else serves: the switch's undo has
+        # brought blue back by now (or never stopped it); check that it answers.
+        url = ctx.url(self.service.port, self.health.path)
+        answer = await probe(ctx.http, url, self.health)
+        if answer.status is None:
+            raise RestoreFailed(
+                f"the redirect of port {self.service.port} to green is kept: nothing else "
+                f"answers there ({answer.describe()})"
+            )
+        await remove(table_name(self.service.name))
+        ctx.record(redirect=False)
+        structlog.get_logger().info("handoff.released", port=self.service.port, to="blue")
+
+
+class Release:
+    """Give production's port back to the verified new container (atomic)."""
+
+    name = "release"
+    title = "Handing production's port to the new version"
+
+    def __init__(self, service: ServiceConfig) -> None:
+        self.service = service
+
+    async def run(self, ctx: DeployContext) -> None:
+        if not ctx.handoff:
+            return
+        await remove(table_name(self.service.name))
+        ctx.record(redirect=False)
+        ctx.handoff_ended = time.monotonic()
+        structlog.get_logger().info("handoff.released", port=self.service.port, to="production")
+
+    async def compensate(self, ctx: DeployContext) -> None:
+        if not ctx.handoff or ctx.handoff_ended is None or ctx.green_id is None:
+            return
+        green = await ctx.engine.inspect(ctx.green_id)
+        if green is None or not green.running:
+            return
+        # Behind green again while blue is brought back.
+        ctx.record(redirect=True)
+        await redirect(table_name(self.service.name), self.service.port, self.service.green_port)
+        ctx.handoff_ended = None
+        structlog.get_logger().info(
+            "handoff.redirect", port=self.service.port, to=self.service.green_port
+        )

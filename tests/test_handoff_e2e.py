@@ -1,0 +1,121 @@
+"""Zero failed requests: the handoff on the real engine, with clients probing all along.
+
+Clients: one on 127.0.0.1 and one on ::1 (both every 20 ms, a new connection
+each time) and, in the plain deploy, a container on the default bridge that
+reaches the host's address (the prerouting path). After each case the
+tool's nftables table is gone and exactly one production container serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import BASE_IMAGE, Prober, Service, docker
+
+pytestmark = pytest.mark.docker
+
+BRIDGE_CLIENT = """
+import sys, time, urllib.request
+url, ok, failed, first = sys.argv[1], 0, 0, ""
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        urllib.request.urlopen(url, timeout=1).read(); ok += 1
+    except Exception as exc:
+        failed += 1
+        first = first or repr(exc)
+    time.sleep(0.02)
+print(ok, failed, first)
+"""
+
+
+@contextlib.contextmanager
+def clients(service: Service) -> Iterator[tuple[Prober, Prober]]:
+    v6 = f"http://[::1]:{service.port}/api/brain/hardening/status"
+    with Prober(service.version_url()) as v4, Prober(v6) as six:
+        yield v4, six
+
+
+def assert_clean(service: Service, version: str, *probers: Prober) -> None:
+    for prober in probers:
+        assert prober.failures == 0, f"{prober.url}: {prober.errors}"
+        assert len(prober.samples) > 20
+    assert service.serving() == version
+    assert service.containers() == [service.name]
+    assert not service.redirected()
+
+
+@pytest.mark.parametrize("boot", [0, 2], ids=["instant-boot", "2s-boot"])
+def test_a_deploy_fails_no_request(service: Service, boot: float) -> None:
+    """Blue to green to production: not one request fails, from loopback (v4, v6) or a bridge."""
+    service.start_blue("1.0.0", knobs={"BOOT_DELAY": boot})
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": boot})
+    service.config()
+    # The host's address on the default bridge (docker0), as a container reaches the host.
+    gateway = (
+        subprocess.run(
+            ["ip", "-4", "-o", "addr", "show", "docker0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.split()[3]
+        .split("/")[0]
+    )
+    url = f"http://{gateway}:{service.port}/api/brain/hardening/status"
+    bridge = docker("run", "-d", BASE_IMAGE, "python3", "-c", BRIDGE_CLIENT, url, "25")
+    try:
+        with clients(service) as probers:
+            run = service.deploy()
+        assert run.code == 0, run.stderr
+        docker("wait", bridge, timeout=60)
+        ok_text, failed_text, *first = docker("logs", bridge).split(maxsplit=2)
+        ok, failed = int(ok_text), int(failed_text)
+    finally:
+        docker("rm", "-f", bridge, check=False)
+    assert run.event("handoff.redirect") and run.event("handoff.released")
+    assert_clean(service, "2.0.0", *probers)
+    assert probers[0].versions == ["1.0.0", "2.0.0"]
+    assert failed == 0 and ok > 100, first
+
+
+def test_a_rollback_after_the_switch_fails_no_request(service: Service) -> None:
+    """The new version fails on production's port: back to blue behind green, no failure."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs={"FAIL_ON_PORT": service.port})
+    service.config(verify="timeout = 2\nsoak = 1\n")
+    with clients(service) as probers:
+        run = service.deploy()
+    assert run.code == 1, run.stderr
+    assert_clean(service, "1.0.0", *probers)
+
+
+def test_sigterm_during_the_handoff_fails_no_request(service: Service) -> None:
+    """SIGTERM once the port is handed to green: rolled back (143), no failed request."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config()
+    with clients(service) as probers:
+        run = service.deploy_interrupted("switch", signal.SIGTERM)
+    assert run.code == 143, run.stderr
+    assert_clean(service, "1.0.0", *probers)
+
+
+def test_sigkill_during_the_handoff_then_recover_fails_no_request(service: Service) -> None:
+    """SIGKILL with the redirect in place: green serves until recover brings blue back."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config()
+    with clients(service) as probers:
+        killed = service.deploy_interrupted("switch", signal.SIGKILL)
+        assert killed.code == -signal.SIGKILL
+        assert service.redirected()
+        recovered = service.recover()
+    assert recovered.code == 0, recovered.stderr
+    assert "removed the redirect" in recovered.stderr
+    assert_clean(service, "1.0.0", *probers)
