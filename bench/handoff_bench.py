@@ -59,7 +59,7 @@ class Sample:
     ok: bool
 
 
-@dataclass
+@dataclass(eq=False)
 class Client(threading.Thread):
     port: int
     keep_alive: bool
