@@ -127,6 +127,7 @@ class Service:
 
     workdir: Path
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    output_so_far: str = ""
     port: int = field(default_factory=free_port)
     green_port: int = field(default_factory=free_port)
 
@@ -360,12 +361,17 @@ class Service:
         return [n for n in names if n.startswith(self.name)]
 
     def deploy_reaching(self, step: str) -> subprocess.Popen[str]:
-        """A deploy running in the background, returned once ``step`` has started."""
+        """A deploy running in the background, returned once ``step`` has started.
+
+        The lines read until then are kept in ``self.output_so_far``.
+        """
         process = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
         )
         assert process.stdout is not None
+        self.output_so_far = ""
         for line in process.stdout:
+            self.output_so_far += line
             if f'"step": "{step}"' in line:
                 break
         return process

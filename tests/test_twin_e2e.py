@@ -90,7 +90,7 @@ def deploy_inspecting_green(service: Service) -> tuple[dict[str, Any], dict[str,
     green = service.inspect(service.green)
     out, err = deploy.communicate(timeout=120)
     assert deploy.returncode == 0, err
-    return green, service.inspect(service.name), out
+    return green, service.inspect(service.name), service.output_so_far + out
 
 
 def compose_labels(inspect: dict[str, Any]) -> dict[str, str]:
