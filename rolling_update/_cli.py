@@ -21,6 +21,7 @@ ones are reported and ignored, so the rollback is never abandoned half-way.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,7 +43,9 @@ from ._errors import (
     RollbackIncomplete,
     RollingUpdateError,
 )
+from ._history import read
 from ._logging import configure, redactor
+from ._operate import format_history, format_plan, format_status, plan, rollback, status
 from ._recover import RecoveryReport, recover
 from ._saga import SagaState
 from ._watch import task_group
@@ -123,7 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     fix = commands.add_parser(
         "recover", help="after a crash: restore one serving production container, no leftovers"
     )
-    for sub in (run, fix):
+    back = commands.add_parser(
+        "rollback", help="back to the previous version (or VERSION) through the same safe flow"
+    )
+    back.add_argument("version", nargs="?", help="a version whose image exists")
+    show = commands.add_parser("status", help="what serves now, its health, the last deploy")
+    past = commands.add_parser("history", help="every deploy, rollback and recover here")
+    past.add_argument("--limit", type=int, default=20, help="the last N (default 20; 0: all)")
+    dry = commands.add_parser("plan", help="what a deploy would do now; changes nothing")
+    for sub in (show, past, dry):
+        sub.add_argument("--json", action="store_true", help="one JSON document")
+    for sub in (run, fix, back, show, past, dry):
         sub.add_argument(
             "--config",
             type=Path,
@@ -132,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--log-format",
-            choices=["console", "json"],
+            choices=["console", "json", "journald"],
             default="console",
-            help="console for people, json (one object per line) for journald",
+            help="console for people, json (one object per line), or journald's native protocol",
         )
     return parser
 
@@ -177,12 +190,18 @@ async def _interruptible(work: Callable[[], Awaitable[object]], interrupt: Inter
             tg.cancel_scope.cancel()
 
 
-def _deploy(cfg: Config) -> int:
+def _deploy(cfg: Config, version: str | None = None, *, rollback_to: bool = False) -> int:
     state = SagaState()
     interrupt = Interrupt()
     error: BaseException | None = None
+
+    async def work() -> object:
+        if rollback_to:
+            return await rollback(cfg, version, state=state)
+        return await deploy(cfg, state=state)
+
     try:
-        anyio.run(_interruptible, lambda: deploy(cfg, state=state), interrupt)
+        anyio.run(_interruptible, work, interrupt)
     except Exception as exc:
         error = exc
     if error is None and (interrupt.signum is None or state.finished):
@@ -220,12 +239,37 @@ def _recover(cfg: Config) -> int:
     return EXIT_OK
 
 
+def _show(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "history":
+        entries = read(cfg.state_dir, args.limit or None)
+        if args.json:
+            print(json.dumps([e.model_dump() for e in entries], indent=2))
+        else:
+            print(format_history(entries))
+        return EXIT_OK
+    work = status if args.command == "status" else plan
+    report = anyio.run(work, cfg)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_status(report) if args.command == "status" else format_plan(report))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure(args.log_format)
     try:
+        # Reports own standard output; their log lines (a plan's preflight) go beside it.
+        reports = args.command in ("status", "history", "plan")
+        configure(args.log_format, sys.stderr if reports else None)
         cfg = load_config(args.config)
-        return _deploy(cfg) if args.command == "deploy" else _recover(cfg)
+        if args.command == "deploy":
+            return _deploy(cfg)
+        if args.command == "rollback":
+            return _deploy(cfg, args.version, rollback_to=True)
+        if args.command == "recover":
+            return _recover(cfg)
+        return _show(args, cfg)
     except KeyboardInterrupt:
         # Only reachable before the engine is touched: later, signals are ours.
         print("interrupted before anything was changed", file=sys.stderr, flush=True)

@@ -284,6 +284,28 @@ class SecretsConfig(_Section):
     )
 
 
+class HooksConfig(_Section):
+    pre_build: str | None = Field(
+        None, description="Shell command before the build; failing, nothing is changed."
+    )
+    pre_deploy: str | None = Field(
+        None, description="Shell command before the first change; failing, nothing is changed."
+    )
+    post_deploy: str | None = Field(None, description="Shell command after a deploy that serves.")
+    post_rollback: str | None = Field(
+        None, description="Shell command after a deploy that was rolled back or interrupted."
+    )
+    timeout: PositiveSeconds = Field(300, description="Deadline of each hook, in seconds.")
+
+
+class MetricsConfig(_Section):
+    textfile: Path | None = Field(
+        None,
+        description="Prometheus text file (node_exporter's textfile collector), rewritten "
+        "atomically after every run; none: no metrics.",
+    )
+
+
 Moment = Literal["green-answers", "green-healthy", "before-switch", "rollback", "after-soak"]
 Target = Literal["blue", "green", "production"]
 JsonScalar = str | int | float | bool
@@ -349,6 +371,8 @@ class Config(_Section):
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     actions: list[ActionConfig] = Field(
         default_factory=list, description="HTTP calls at named moments of the deploy."
     )
@@ -427,6 +451,7 @@ def parse_config(
                     "workdir": resolve(cfg.build.workdir),
                 }
             ),
+            "metrics": cfg.metrics.model_copy(update={"textfile": resolve(cfg.metrics.textfile)}),
             "state": cfg.state.model_copy(
                 update={"dir": resolve(cfg.state.dir) or default_state_dir(environ)}
             ),

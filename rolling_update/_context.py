@@ -52,6 +52,9 @@ class DeployContext:
     """Blue's health as the preflight found it: what a rollback must bring back."""
     handoff: bool = False
     """The switch hands production's port over in the kernel (see _handoff)."""
+    handoff_active: bool = False
+    """The redirect to green is in place now (a client's view is measured meanwhile)."""
+    handoff_began: float | None = None
     handoff_ended: float | None = None
     """Monotonic time the redirect to green was removed: green's connections drain from then."""
     twin: Twin | None = None

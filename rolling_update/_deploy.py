@@ -15,17 +15,30 @@ import structlog
 
 from ._config import Config, read_env_file, read_version
 from ._context import DeployContext
-from ._engine import LABEL_DEPLOY, ContainerInfo, DockerEngine, Engine
-from ._errors import ConfigError, PreflightError
+from ._engine import LABEL_DEPLOY, LABEL_VERSION, ContainerInfo, DockerEngine, Engine
+from ._errors import (
+    ConfigError,
+    EngineError,
+    FailedAfterCommit,
+    PreflightError,
+    RollbackIncomplete,
+)
 from ._handoff import can_mark, marked_socket, table_name
 from ._handoff import target as handoff_target
 from ._handoff import unavailable as handoff_unavailable
+from ._history import HistoryEntry, Kind, who
+from ._history import append as history_append
+from ._history import host as history_host
+from ._history import now as history_now
+from ._hooks import run_post_hook, run_pre_hook
 from ._http import HealthBaseline, port_in_use, probe
 from ._logging import redactor, register_secrets, secret_values
+from ._metrics import write_metrics
 from ._policy import in_the_way
 from ._saga import SagaState, Step, StepRecord, run_saga
 from ._state import Journal, marker_labels, marker_name, refuse_marked, service_lock
 from ._twin import Twin
+from ._watch import task_group
 
 # Removing the journal and the engine mark at the end is quick; bounded all the same.
 _MARK_LIMIT = 10.0
@@ -83,9 +96,14 @@ class Release:
     env: Mapping[str, str] = field(repr=False)
 
 
-def prepare(cfg: Config, environ: Mapping[str, str] | None = None) -> Release:
-    """Read and check every file the config names; touches nothing."""
-    version = read_version(cfg.image)
+def prepare(
+    cfg: Config, environ: Mapping[str, str] | None = None, *, version: str | None = None
+) -> Release:
+    """Read and check every file the config names; touches nothing.
+
+    ``version`` (a rollback) is deployed as it is, without the version file.
+    """
+    version = version if version is not None else read_version(cfg.image)
     env: dict[str, str] = {}
     if cfg.service.env_file is not None:
         env.update(read_env_file(cfg.service.env_file, environ))
@@ -138,6 +156,17 @@ def http_session() -> aiohttp.ClientSession:
         force_close=True, socket_factory=marked_socket if can_mark() else None
     )
     return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
+def version_of(container: ContainerInfo | None) -> str | None:
+    """The version a container runs: our label, else its image's tag."""
+    if container is None:
+        return None
+    label = container.labels.get(LABEL_VERSION)
+    if label:
+        return label
+    _, sep, tag = container.image.rpartition(":")
+    return tag if sep and "/" not in tag else None
 
 
 @dataclass(frozen=True)
@@ -233,6 +262,33 @@ async def _handoff_possible(cfg: Config, twin: Twin | None) -> bool:
     return True
 
 
+@dataclass
+class Attempt:
+    """What the audit log records of one deploy, filled in as it goes."""
+
+    id: str
+    kind: Kind
+    started_at: str = field(default_factory=history_now)
+    from_version: str | None = None
+    to_version: str | None = None
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+def classify(exc: BaseException | None, state: SagaState) -> str:
+    """The audit log's word for how a deploy ended (see :class:`HistoryEntry`)."""
+    if exc is None:
+        return "deployed"
+    if isinstance(exc, FailedAfterCommit):
+        return "failed-after-commit"
+    if isinstance(exc, RollbackIncomplete) or state.failures:
+        return "rollback-incomplete"
+    if not isinstance(exc, Exception):
+        return "deployed" if state.committed else "interrupted"
+    if isinstance(exc, ConfigError | PreflightError | EngineError) and state.current is None:
+        return "refused"
+    return "rolled-back"
+
+
 async def deploy(
     cfg: Config,
     *,
@@ -240,6 +296,8 @@ async def deploy(
     engine: Engine | None = None,
     environ: Mapping[str, str] | None = None,
     state: SagaState | None = None,
+    version: str | None = None,
+    kind: Kind = "deploy",
 ) -> DeployResult:
     """Deploy the release ``cfg`` describes with ``steps`` (default: :func:`default_plan`).
 
@@ -248,75 +306,146 @@ async def deploy(
     :class:`~rolling_update.RollingUpdateError` when the deploy fails; by
     then every started step was compensated. ``state``, if given, is kept up
     to date with the runner's progress (the CLI reads it after an interrupt).
+    ``version`` deploys that version's existing image instead of reading the
+    version file (``rollback``). Every run ends up in the audit log; the
+    hooks and the metrics file follow it.
     """
-    deploy_id = uuid.uuid4().hex[:12]
+    attempt = Attempt(id=uuid.uuid4().hex[:12], kind=kind)
+    progress = state if state is not None else SagaState()
+    began = time.monotonic()
+    error: BaseException | None = None
+    try:
+        with structlog.contextvars.bound_contextvars(
+            deploy_id=attempt.id, service=cfg.service.name
+        ):
+            return await _deploy(cfg, steps, engine, environ, progress, version, attempt)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _after(cfg, attempt, classify(error, progress), error, time.monotonic() - began)
+
+
+async def _after(
+    cfg: Config, attempt: Attempt, result: str, error: BaseException | None, seconds: float
+) -> None:
+    """Audit log, then hooks and metrics: none of them may change how the deploy ended."""
     log = structlog.get_logger()
-    with structlog.contextvars.bound_contextvars(deploy_id=deploy_id):
-        release = prepare(cfg, environ)
-        began = time.monotonic()
-        service = cfg.service.name
-        progress = state if state is not None else SagaState()
-        with service_lock(cfg.state_dir, service, purpose="deploy", deploy_id=deploy_id):
-            unfinished = Journal.load(Journal.path_for(cfg.state_dir))
-            if unfinished is not None:
-                raise PreflightError(
-                    f"an unfinished {unfinished.describe()} was interrupted; "
-                    "run `rolling-update recover` first"
-                )
-            async with open_engine(engine) as docker, http_session() as http:
-                # The engine-side mark: a deploy from another checkout (another
-                # state directory) of the same service on this engine sees it.
-                # Read first, so that the message names that deploy; claimed
-                # (atomically) once the preflight has passed.
-                held_before = await docker.read_marker(marker_name(service))
-                if held_before is not None:
-                    raise refuse_marked(held_before, service)
-                found = await preflight(cfg, docker, http, release)
-                labels = marker_labels(
-                    service=service,
+    entry = HistoryEntry(
+        id=attempt.id,
+        kind=attempt.kind,
+        service=cfg.service.name,
+        started_at=attempt.started_at,
+        ended_at=history_now(),
+        user=who(),
+        host=history_host(),
+        from_version=attempt.from_version,
+        to_version=attempt.to_version,
+        result=result,
+        reason=None if error is None else redactor.scrub(str(error) or type(error).__name__),
+        seconds=round(seconds, 3),
+        measured=redactor.scrub(attempt.measured),
+    )
+    try:
+        history_append(cfg.state_dir, entry)
+    except OSError as exc:
+        log.warning("history.not_written", error=str(exc))
+    if result == "refused":
+        return
+    hook = "post_deploy" if result in ("deployed", "failed-after-commit") else "post_rollback"
+    await run_post_hook(cfg, hook, entry)
+    write_metrics(cfg)
+
+
+async def _deploy(
+    cfg: Config,
+    steps: Sequence[Step[DeployContext]] | None,
+    engine: Engine | None,
+    environ: Mapping[str, str] | None,
+    progress: SagaState,
+    version: str | None,
+    attempt: Attempt,
+) -> DeployResult:
+    deploy_id = attempt.id
+    log = structlog.get_logger()
+    release = prepare(cfg, environ, version=version)
+    attempt.to_version = release.version
+    began = time.monotonic()
+    service = cfg.service.name
+    with service_lock(cfg.state_dir, service, purpose="deploy", deploy_id=deploy_id):
+        unfinished = Journal.load(Journal.path_for(cfg.state_dir))
+        if unfinished is not None:
+            raise PreflightError(
+                f"an unfinished {unfinished.describe()} was interrupted; "
+                "run `rolling-update recover` first"
+            )
+        async with open_engine(engine) as docker, http_session() as http:
+            # The engine-side mark: a deploy from another checkout (another
+            # state directory) of the same service on this engine sees it.
+            # Read first, so that the message names that deploy; claimed
+            # (atomically) once the preflight has passed.
+            held_before = await docker.read_marker(marker_name(service))
+            if held_before is not None:
+                raise refuse_marked(held_before, service)
+            found = await preflight(cfg, docker, http, release)
+            attempt.from_version = version_of(found.blue)
+            hook_env = {"RU_FROM_VERSION": attempt.from_version or ""}
+            if cfg.build.enabled and version is None:
+                await run_pre_hook(cfg, "pre_build", attempt.id, release, hook_env)
+            await run_pre_hook(cfg, "pre_deploy", attempt.id, release, hook_env)
+            labels = marker_labels(
+                service=service,
+                deploy_id=deploy_id,
+                image=release.image,
+                version=release.version,
+            )
+            held = await docker.claim_marker(marker_name(service), labels)
+            if held.get(LABEL_DEPLOY) != deploy_id:
+                raise refuse_marked(held, service)
+            settled = False
+            try:
+                journal = Journal.begin(
+                    cfg.state_dir,
                     deploy_id=deploy_id,
+                    service=service,
                     image=release.image,
                     version=release.version,
                 )
-                held = await docker.claim_marker(marker_name(service), labels)
-                if held.get(LABEL_DEPLOY) != deploy_id:
-                    raise refuse_marked(held, service)
-                settled = False
+                journal.update(blue_health=found.blue_health)
+                ctx = DeployContext(
+                    config=cfg,
+                    engine=docker,
+                    http=http,
+                    deploy_id=deploy_id,
+                    version=release.version,
+                    image=release.image,
+                    env=dict(release.env),
+                    journal=journal,
+                    blue_health=found.blue_health,
+                    measured=attempt.measured,
+                    twin=found.twin,
+                    blue_raw=found.blue_raw,
+                    handoff=found.handoff,
+                )
+                plan = list(steps) if steps is not None else default_plan(cfg)
+                log.info(
+                    "deploy.started",
+                    image=release.image,
+                    version=release.version,
+                    service=service,
+                    steps=[s.name for s in plan],
+                )
+                progress.on_progress = lambda p: journal.update(
+                    step=p.current, committed=p.committed
+                )
                 try:
-                    journal = Journal.begin(
-                        cfg.state_dir,
-                        deploy_id=deploy_id,
-                        service=service,
-                        image=release.image,
-                        version=release.version,
-                    )
-                    journal.update(blue_health=found.blue_health)
-                    ctx = DeployContext(
-                        config=cfg,
-                        engine=docker,
-                        http=http,
-                        deploy_id=deploy_id,
-                        version=release.version,
-                        image=release.image,
-                        env=dict(release.env),
-                        journal=journal,
-                        blue_health=found.blue_health,
-                        twin=found.twin,
-                        blue_raw=found.blue_raw,
-                        handoff=found.handoff,
-                    )
-                    plan = list(steps) if steps is not None else default_plan(cfg)
-                    log.info(
-                        "deploy.started",
-                        image=release.image,
-                        version=release.version,
-                        service=service,
-                        steps=[s.name for s in plan],
-                    )
-                    progress.on_progress = lambda p: journal.update(
-                        step=p.current, committed=p.committed
-                    )
-                    try:
+                    async with task_group() as tg:
+                        if ctx.handoff:
+                            # Imported here: the steps package imports this one.
+                            from steps.handoff import measure_handoff
+
+                            tg.start_soon(measure_handoff, ctx)
                         records = await run_saga(
                             plan,
                             ctx,
@@ -324,39 +453,40 @@ async def deploy(
                             rollback_limit=cfg.rollback.timeout,
                             state=progress,
                         )
-                    except BaseException:
-                        # What was measured (the outage of a failed switch, memory) is
-                        # worth as much on failure as on success.
-                        log.warning(
-                            "deploy.failed",
-                            image=release.image,
-                            measured=ctx.measured,
-                            seconds=round(time.monotonic() - began, 3),
-                        )
-                        # Rolled back cleanly: nothing is left to recover. A failed
-                        # undo, or a failure after the commit, leaves the journal
-                        # and the mark for `recover`.
-                        settled = not progress.failures and not progress.committed
-                        raise
-                    settled = True
-                finally:
-                    if settled:
-                        with anyio.move_on_after(_MARK_LIMIT, shield=True):
-                            journal.remove()
-                            await docker.remove_marker(marker_name(service))
-        seconds = time.monotonic() - began
-        log.info(
-            "deploy.done",
-            image=release.image,
-            seconds=round(seconds, 3),
-            measured=ctx.measured,
-            health=redactor.scrub(ctx.final_health),
-        )
-        return DeployResult(
-            deploy_id=deploy_id,
-            version=release.version,
-            image=release.image,
-            steps=records,
-            measured={**ctx.measured, "total_s": round(seconds, 3)},
-            health=ctx.final_health,
-        )
+                        tg.cancel_scope.cancel()
+                except BaseException:
+                    # What was measured (the outage of a failed switch, memory) is
+                    # worth as much on failure as on success.
+                    log.warning(
+                        "deploy.failed",
+                        image=release.image,
+                        measured=ctx.measured,
+                        seconds=round(time.monotonic() - began, 3),
+                    )
+                    # Rolled back cleanly: nothing is left to recover. A failed
+                    # undo, or a failure after the commit, leaves the journal
+                    # and the mark for `recover`.
+                    settled = not progress.failures and not progress.committed
+                    raise
+                settled = True
+            finally:
+                if settled:
+                    with anyio.move_on_after(_MARK_LIMIT, shield=True):
+                        journal.remove()
+                        await docker.remove_marker(marker_name(service))
+    seconds = time.monotonic() - began
+    log.info(
+        "deploy.done",
+        image=release.image,
+        seconds=round(seconds, 3),
+        measured=ctx.measured,
+        health=redactor.scrub(ctx.final_health),
+    )
+    return DeployResult(
+        deploy_id=deploy_id,
+        version=release.version,
+        image=release.image,
+        steps=records,
+        measured={**ctx.measured, "total_s": round(seconds, 3)},
+        health=ctx.final_health,
+    )

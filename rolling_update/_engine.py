@@ -78,10 +78,11 @@ class ContainerSpec:
         config: dict[str, Any] = copy.deepcopy(dict(self.base))
         host_config: dict[str, Any] = config.setdefault("HostConfig", {})
         host_config["NetworkMode"] = self.network
-        policy = host_config.get("RestartPolicy") or {}
-        host_config["RestartPolicy"] = {**policy, "Name": self.restart}
-        if self.restart != "on-failure":
-            host_config["RestartPolicy"].pop("MaximumRetryCount", None)
+        retries = (host_config.get("RestartPolicy") or {}).get("MaximumRetryCount", 0)
+        host_config["RestartPolicy"] = {
+            "Name": self.restart,
+            "MaximumRetryCount": retries if self.restart == "on-failure" else 0,
+        }
         config.update(
             Image=self.image,
             Env=[f"{k}={v}" for k, v in self.env.items()],
@@ -165,7 +166,9 @@ class Engine(Protocol):
         options: BuildOptions = BuildOptions(),
     ) -> None: ...
     async def remove_image(self, ref: str) -> None: ...
-    async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]: ...
+    async def list_images(
+        self, labels: Mapping[str, str], *, reference: str | None = None
+    ) -> list[ImageInfo]: ...
     async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]: ...
     async def read_marker(self, name: str) -> dict[str, str] | None: ...
     async def remove_marker(self, name: str) -> None: ...
@@ -393,9 +396,14 @@ class DockerEngine:
             if exc.status != 404:
                 raise
 
-    async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]:
-        """Images carrying every label given, newest first."""
-        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+    async def list_images(
+        self, labels: Mapping[str, str], *, reference: str | None = None
+    ) -> list[ImageInfo]:
+        """Images carrying every label given (and matching ``reference``), newest first."""
+        wanted: dict[str, list[str]] = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        if reference:
+            wanted["reference"] = [reference]
+        filters = json.dumps(wanted)
         async with self._translate("images", "list"):
             found = await self._call("GET", "images/json", params={"filters": filters})
         images = [

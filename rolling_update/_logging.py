@@ -19,9 +19,14 @@ secrets, so they are never blanked.
 
 from __future__ import annotations
 
+import array
+import errno
+import fcntl
 import json
 import logging
+import os
 import re
+import socket
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Literal, TextIO
@@ -30,7 +35,8 @@ from urllib.parse import urlsplit
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-LogFormat = Literal["console", "json"]
+LogFormat = Literal["console", "json", "journald"]
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 # Shorter values (true, 3600) are too common to blank without garbling
 # ordinary output; the tool itself never prints env values of any length.
@@ -156,10 +162,11 @@ class ConsoleRenderer:
             return f"❌ {ev.get('step')}: {ev.get('error')}"
         if event == "deploy.rollback.done":
             return f"↩️  Rolled back: undid {', '.join(ev.get('undone') or [])}"
-        if event in ("container.log", "build.log"):
-            return (
-                f"   │ {ev.get('container', '')}{': ' if ev.get('container') else ''}{ev['line']}"
-            )
+        if event in ("container.log", "build.log", "hook.log"):
+            # Builds and migrations run long: each line says how long they have run.
+            took = f"[{ev['elapsed']:>5.1f}s] " if isinstance(ev.get("elapsed"), float) else ""
+            who = ev.get("container") or ev.get("hook") or ""
+            return f"   │ {took}{who}{': ' if who else ''}{ev['line']}"
         if event == "deploy.done":
             health = json.dumps(ev.get("health"), indent=2, ensure_ascii=False)
             summary = ", ".join(f"{k}={v}" for k, v in (ev.get("measured") or {}).items())
@@ -172,8 +179,92 @@ class ConsoleRenderer:
         return prefix + str(self._plain(logger, name, ev))
 
 
-def configure(fmt: LogFormat = "console", stream: TextIO | None = None) -> None:
-    """Configure structlog for the whole process."""
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+# Our fields, so that `journalctl DEPLOY_ID=...` finds a deploy's every line.
+_NOT_IN_MESSAGE = ("event", "level", "timestamp")
+_JOURNAL_FIELDS = ("deploy_id", "step", "event", "service", "version", "container")
+
+
+def journal_entry(event_dict: EventDict) -> bytes:
+    """One journald native-protocol entry: KEY=value lines; binary-safe form for newlines."""
+    fields: dict[str, str] = {
+        "MESSAGE": " ".join(
+            [str(event_dict.get("event", ""))]
+            + [
+                f"{k}={v}"
+                for k, v in event_dict.items()
+                if k not in ("event", "level", "timestamp")
+            ]
+        ),
+        "PRIORITY": str(_PRIORITY.get(str(event_dict.get("level", "info")), 6)),
+        "SYSLOG_IDENTIFIER": "rolling-update",
+    }
+    for key in _JOURNAL_FIELDS:
+        if event_dict.get(key) is not None:
+            fields[key.upper()] = str(event_dict[key])
+    fields["JSON"] = json.dumps(event_dict, ensure_ascii=False, default=str)
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode()
+        if b"\n" in data:
+            out += key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournaldLogger:
+    """Sends each rendered entry as one datagram to journald's native socket.
+
+    An entry too large for a datagram goes the way journald allows for it: in a
+    sealed memfd whose descriptor is passed over the socket.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def msg(self, entry: bytes) -> None:
+        try:
+            self._socket.sendto(entry, self._path)
+        except OSError as exc:
+            if exc.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                raise
+            self._send_large(entry)
+
+    def _send_large(self, entry: bytes) -> None:
+        fd = os.memfd_create("rolling-update-journal", os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, entry)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)  # fmt: skip
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            self._socket.sendmsg([], rights, 0, self._path)
+        finally:
+            os.close(fd)
+
+    log = debug = info = warning = error = critical = exception = msg
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+# The one journald socket of the process; closed when logging is configured again.
+_journal: JournaldLogger | None = None
+
+
+def configure(
+    fmt: LogFormat = "console", stream: TextIO | None = None, *, journal: str | None = None
+) -> None:
+    """Configure structlog for the whole process.
+
+    ``journald`` writes to ``journal`` (default: $ROLLING_UPDATE_JOURNAL_SOCKET,
+    else journald's own socket) in journald's native protocol.
+    """
+    global _journal
+    if _journal is not None:
+        _journal.close()
+        _journal = None
     out = stream if stream is not None else sys.stdout
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -181,6 +272,20 @@ def configure(fmt: LogFormat = "console", stream: TextIO | None = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redactor,
     ]
+    if fmt == "journald":
+        path = journal or os.environ.get("ROLLING_UPDATE_JOURNAL_SOCKET") or JOURNAL_SOCKET
+        # Tracebacks become a field before the redactor runs: the binary entry itself
+        # must not be rewritten afterwards (its lengths would no longer match).
+        processors.insert(-1, structlog.processors.format_exc_info)
+        processors.append(lambda _logger, _name, event_dict: journal_entry(event_dict))
+        journal_logger = _journal = JournaldLogger(path)
+        structlog.configure(
+            processors=processors,
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=lambda *args: journal_logger,
+            cache_logger_on_first_use=False,
+        )
+        return
     if fmt == "json":
         processors += [
             structlog.processors.format_exc_info,

@@ -13,6 +13,9 @@ running it again on a consistent host changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import time
+import uuid
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -26,7 +29,12 @@ from ._errors import EngineError, RecoveryFailed
 from ._handoff import remove as handoff_remove
 from ._handoff import table_name
 from ._handoff import target as handoff_target
+from ._history import HistoryEntry, who
+from ._history import append as history_append
+from ._history import host as history_host
+from ._history import now as history_now
 from ._http import Answer, HealthBaseline
+from ._metrics import write_metrics
 from ._policy import in_the_way
 from ._state import (
     Journal,
@@ -178,7 +186,39 @@ class _Recovery:
 
 
 async def recover(cfg: Config, *, engine: Engine | None = None) -> RecoveryReport:
-    """Bring the service to one healthy production container and no leftovers."""
+    """Bring the service to one healthy production container and no leftovers.
+
+    Every run is written to the audit log.
+    """
+    began, started_at = time.monotonic(), history_now()
+    report: RecoveryReport | None = None
+    error: BaseException | None = None
+    try:
+        report = await _recover(cfg, engine)
+        return report
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        entry = HistoryEntry(
+            id=uuid.uuid4().hex[:12],
+            kind="recover",
+            service=cfg.service.name,
+            started_at=started_at,
+            ended_at=history_now(),
+            user=who(),
+            host=history_host(),
+            to_version=None,
+            result="recovered" if error is None else "recovery-failed",
+            reason=report.outcome if report else str(error) if error else None,
+            seconds=round(time.monotonic() - began, 3),
+        )
+        with contextlib.suppress(OSError):
+            history_append(cfg.state_dir, entry)
+        write_metrics(cfg)
+
+
+async def _recover(cfg: Config, engine: Engine | None) -> RecoveryReport:
     log = structlog.get_logger()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="recover", deploy_id="-"):

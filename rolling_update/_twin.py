@@ -68,6 +68,8 @@ class Twin:
     """User-defined networks blue is on, with its aliases there."""
     published: dict[str, list[dict[str, str]]]
     """``HostConfig.PortBindings``: container port → host bindings."""
+    found_env: dict[str, str] = field(default_factory=dict, repr=False)
+    """Blue's env without its old image's entries, the tool's own keys included (for diffs)."""
 
     @classmethod
     def of(cls, blue: Mapping[str, Any], old_image: Mapping[str, Any]) -> Twin:
@@ -95,6 +97,7 @@ class Twin:
                 continue
             if (old_image.get("Labels") or {}).get(key) == labels[key]:
                 del labels[key]
+        found_env = dict(env)
         set_by_tool = labels.get(LABEL_CONFIG_ENV, "")
         for key in filter(None, set_by_tool.split(",")):
             env.pop(key, None)
@@ -114,6 +117,7 @@ class Twin:
             restart=str(restart_policy.get("Name") or "no"),
             networks=networks,
             published=published,
+            found_env=found_env,
         )
 
     def conflicts(self, blue: Mapping[str, Any], port: int) -> list[str]:
@@ -154,13 +158,18 @@ class Twin:
         return moved
 
 
-def diff(blue: Mapping[str, Any], body: Mapping[str, Any]) -> list[str]:
-    """A short account of how a create body differs from blue (env by name only: secrets)."""
+def diff(blue: Mapping[str, Any], body: Mapping[str, Any], twin: Twin | None = None) -> list[str]:
+    """A short account of how a create body differs from blue (env by name only: secrets).
+
+    With ``twin``, env is compared with what the operator set on blue, not with
+    what blue's old image added.
+    """
     config = blue.get("Config") or {}
     lines = []
     if config.get("Image") != body.get("Image"):
         lines.append(f"Image: {config.get('Image')} -> {body.get('Image')}")
-    before, after = _env(config.get("Env")), _env(body.get("Env"))
+    before = twin.found_env if twin is not None else _env(config.get("Env"))
+    after = _env(body.get("Env"))
     for key in sorted(set(before) | set(after)):
         if key not in after:
             lines.append(f"Env: -{key}")

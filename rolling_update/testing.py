@@ -114,8 +114,14 @@ class FakeEngine:
     async def image_exists(self, ref: str) -> bool:
         return ref in self.images
 
-    async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]:
-        return []
+    async def list_images(
+        self, labels: Mapping[str, str], *, reference: str | None = None
+    ) -> list[ImageInfo]:
+        return [
+            ImageInfo(id=_image_id(ref), tags=[ref], created=0)
+            for ref in sorted(self.images)
+            if reference is None or ref.rpartition(":")[0] == reference
+        ]
 
     async def image_id(self, ref: str) -> str | None:
         return _image_id(ref) if ref in self.images else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from rolling_update._context import DeployContext
 from rolling_update._engine import LABEL_SERVICE, BuildOptions
 from rolling_update._errors import BuildFailed, ConfigError
 from rolling_update._logging import redactor
+from rolling_update._process import run_logged
 
 # A CLI from 23.0 on builds with BuildKit only through its buildx plugin; older
 # ones (18.09 to 22.x) drive the engine's BuildKit themselves with DOCKER_BUILDKIT=1.
@@ -107,6 +108,7 @@ class BuildImage:
 
     async def _build(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
+        began = time.monotonic()
         if self.cfg.command is not None:
             argv = [part.replace("{image}", ctx.image) for part in self.cfg.command]
             await self._run_command(ctx, argv, {}, self.cfg.workdir)
@@ -123,7 +125,9 @@ class BuildImage:
             dockerfile=self.cfg.dockerfile,
             tag=ctx.image,
             args=self.cfg.args,
-            on_line=lambda line: log.info("build.log", line=redactor.scrub(line)),
+            on_line=lambda line: log.info(
+                "build.log", line=redactor.scrub(line), elapsed=round(time.monotonic() - began, 1)
+            ),
             options=BuildOptions(
                 target=self.cfg.target,
                 pull=self.cfg.pull,
@@ -135,25 +139,11 @@ class BuildImage:
     async def _run_command(
         self, ctx: DeployContext, argv: list[str], extra_env: Mapping[str, str], cwd: Path | None
     ) -> None:
-        log = structlog.get_logger()
         env = {**os.environ, "IMAGE": ctx.image, "VERSION": ctx.version, **extra_env}
         try:
-            process = await anyio.open_process(argv, env=env, cwd=cwd, stderr=subprocess.STDOUT)
+            code = await run_logged(argv, env=env, cwd=cwd, event="build.log")
         except OSError as exc:
             raise BuildFailed(f"cannot run build command {argv[0]!r}: {exc.strerror}") from None
-        async with process:
-            assert process.stdout is not None
-            buffered = b""
-            async for chunk in process.stdout:
-                buffered += chunk
-                *lines, buffered = buffered.split(b"\n")
-                for line in lines:
-                    text = line.decode(errors="replace").rstrip()
-                    log.info("build.log", line=redactor.scrub(text))
-            if buffered:
-                text = buffered.decode(errors="replace").rstrip()
-                log.info("build.log", line=redactor.scrub(text))
-            code = await process.wait()
         if code != 0:
             raise BuildFailed(f"build command {argv[0]!r} exited with code {code}")
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 
+import aiohttp
+import anyio
 import structlog
 
 from rolling_update._config import HealthConfig, ServiceConfig
@@ -44,6 +46,8 @@ class Redirect:
         # Recorded first: a kill between the two leaves recover a table to look for.
         ctx.record(redirect=True)
         await redirect(table_name(self.service.name), self.service.port, self.service.green_port)
+        ctx.handoff_active = True
+        ctx.handoff_began = time.monotonic()
         structlog.get_logger().info(
             "handoff.redirect", port=self.service.port, to=self.service.green_port
         )
@@ -62,6 +66,7 @@ class Redirect:
             )
         await remove(table_name(self.service.name))
         ctx.record(redirect=False)
+        ctx.handoff_active = False
         structlog.get_logger().info("handoff.released", port=self.service.port, to="blue")
 
 
@@ -79,7 +84,10 @@ class Release:
             return
         await remove(table_name(self.service.name))
         ctx.record(redirect=False)
+        ctx.handoff_active = False
         ctx.handoff_ended = time.monotonic()
+        if ctx.handoff_began is not None:
+            ctx.measured["handoff_s"] = round(ctx.handoff_ended - ctx.handoff_began, 3)
         structlog.get_logger().info("handoff.released", port=self.service.port, to="production")
 
     async def compensate(self, ctx: DeployContext) -> None:
@@ -91,7 +99,23 @@ class Release:
         # Behind green again while blue is brought back.
         ctx.record(redirect=True)
         await redirect(table_name(self.service.name), self.service.port, self.service.green_port)
+        ctx.handoff_active = True
         ctx.handoff_ended = None
         structlog.get_logger().info(
             "handoff.redirect", port=self.service.port, to=self.service.green_port
         )
+
+
+async def measure_handoff(ctx: DeployContext, *, interval: float = 0.05) -> None:
+    """While the redirect is in place, probe production's port as a client would (unmarked:
+    through the redirect) and count the answers that failed; runs until cancelled."""
+    url = ctx.url(ctx.config.service.port, ctx.config.health.path)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
+        while True:  # cancelled with the deploy's task group
+            if ctx.handoff_active:
+                answer = await probe(client, url, ctx.config.health)
+                ctx.measured["handoff_requests"] = ctx.measured.get("handoff_requests", 0) + 1
+                failed = ctx.measured.get("handoff_failed_requests", 0)
+                ctx.measured["handoff_failed_requests"] = failed + (answer.status is None)
+            await anyio.sleep(interval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import anyio
@@ -73,10 +74,13 @@ class RunMigrations:
         log = structlog.get_logger()
         tail: deque[str] = deque(maxlen=30)
 
+        began = time.monotonic()
+
         async def on_line(line: str) -> None:
             line = redactor.scrub(line)
             tail.append(line)
-            log.info("container.log", container=self.container_name, line=line)
+            elapsed = round(time.monotonic() - began, 1)
+            log.info("container.log", container=self.container_name, line=line, elapsed=elapsed)
 
         logs_done = anyio.Event()
 

@@ -59,7 +59,9 @@ class Switch:
         spec = self.spec(ctx)
         if ctx.blue_raw is not None:
             log.info(
-                "twin.diff", against=self.service.name, changes=diff(ctx.blue_raw, spec.to_api())
+                "twin.diff",
+                against=self.service.name,
+                changes=diff(ctx.blue_raw, spec.to_api(), ctx.twin),
             )
         ctx.production_id = await ctx.engine.create(spec)
         if blue is not None and blue.running:
@@ -199,7 +201,8 @@ class VerifyProduction(_ProductionStep):
         now = time.monotonic()
         if ctx.switch_began is not None:
             ctx.measured["switch_s"] = round(now - ctx.switch_began, 3)
-        if ctx.last_blue_ok is not None:
+        if ctx.last_blue_ok is not None and not ctx.handoff:
+            # With the handoff green serves meanwhile: there is no dark window to report.
             ctx.measured["downtime_window_s"] = round(now - ctx.last_blue_ok, 3)
         ctx.final_health = answer.body
 

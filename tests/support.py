@@ -379,7 +379,7 @@ class Service:
     def cleanup(self) -> None:
         names = docker("ps", "-aq", "--filter", f"name={self.name}").split()
         if names:
-            docker("rm", "-f", *names, check=False)
+            docker("rm", "-f", "-v", *names, check=False)
         images = docker("images", "-q", self.repo).split()
         if images:
             docker("rmi", "-f", *set(images), check=False)

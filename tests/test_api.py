@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rolling_update import (
-    Config,
-    DeployContext,
-    RollingUpdateError,
-    Step,
-    default_plan,
-    deploy,
-    load_config,
-)
+from rolling_update import Config, default_plan, deploy, load_config
+from rolling_update.toolkit import DeployContext, RollingUpdateError, Step
 from tests.support import Service
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
@@ -95,3 +88,25 @@ async def test_a_callers_own_logging_gets_no_secrets(service: Service) -> None:
         structlog.reset_defaults()
     assert '"line": "DB_PASSWORD=***"' in out.getvalue()
     assert secret not in out.getvalue() and secret not in str(caught.value.last_logs)
+
+
+async def test_the_readme_example_step_runs_in_a_plan(service: Service) -> None:
+    """The README's custom step (toolkit imports only) runs inside a real deploy's plan."""
+    import re
+
+    from tests.support import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "toolkit" in b]
+    assert "rolling_update._" not in example  # no private imports
+    namespace: dict[str, object] = {}
+    exec(example.replace("anyio.run(main)", ""), namespace)
+    step = namespace["SmokeTest"]()  # type: ignore[operator]
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    cfg = load_config(service.config())
+    plan = default_plan(cfg)
+    plan.insert([s.name for s in plan].index("soak"), step)
+    result = await deploy(cfg, steps=plan)
+    assert "smoke" in [r.name for r in result.steps]
+    assert service.serving() == "2.0.0"

@@ -250,7 +250,9 @@ def test_example_documents_every_key_with_a_comment() -> None:
         missing = set(model.model_fields) - set(data[section])
         # build.command is the alternative to build.context, state.dir defaults per user,
         # build.target has no default: shown commented out.
-        assert missing <= {"command", "dir", "target"}, f"[{section}] lacks {sorted(missing)}"
+        assert missing <= {"command", "dir", "target", "textfile"}, (
+            f"[{section}] lacks {sorted(missing)}"
+        )
     key_lines = [ln for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
     assert [ln for ln in key_lines if "#" not in ln] == []
 

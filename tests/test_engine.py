@@ -36,7 +36,10 @@ def test_spec_to_api_is_the_docker_create_body() -> None:
         "Image": "app:2",
         "Env": ["PORT=5221", "A=b"],
         "Labels": {"k": "v"},
-        "HostConfig": {"NetworkMode": "host", "RestartPolicy": {"Name": "unless-stopped"}},
+        "HostConfig": {
+            "NetworkMode": "host",
+            "RestartPolicy": {"Name": "unless-stopped", "MaximumRetryCount": 0},
+        },
         "Cmd": ["x", "y"],
         "StopTimeout": 10,
     }

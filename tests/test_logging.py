@@ -113,3 +113,15 @@ def test_build_args_that_look_secret_are_registered(tmp_path: Path) -> None:
     )
     prepare(cfg)
     assert redactor.scrub("npm-tok-777 on debian:12") == "*** on debian:12"
+
+
+def test_build_and_migration_lines_show_how_long_they_have_run() -> None:
+    """Console progress: a build line with elapsed reads "   │ [ 12.3s] Step 3/7 : RUN make"."""
+    stream = io.StringIO()
+    configure("console", stream=stream)
+    structlog.get_logger().info("build.log", line="Step 3/7 : RUN make", elapsed=12.3)
+    structlog.get_logger().info("container.log", container="m", line="001 done", elapsed=0.4)
+    assert stream.getvalue().splitlines() == [
+        "   │ [ 12.3s] Step 3/7 : RUN make",
+        "   │ [  0.4s] m: 001 done",
+    ]

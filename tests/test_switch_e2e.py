@@ -103,5 +103,5 @@ def test_success_reports_the_measured_figures(service: Service) -> None:
     run = service.deploy()
     assert run.code == 0, run.stderr
     measured = run.event("deploy.done")[0]["measured"]
-    assert {"downtime_window_s", "switch_s", "two_containers_s", "blue_stop_s"} <= set(measured)
+    assert {"handoff_s", "switch_s", "two_containers_s", "blue_stop_s"} <= set(measured)
     assert measured["green_memory_peak_mb"] >= 30
