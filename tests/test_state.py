@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rolling_update._config import default_state_dir, parse_config
+from rolling_update._config import parse_config
 from rolling_update._errors import ConfigError, DeployLocked
 from rolling_update._state import Journal, service_lock
 
@@ -112,11 +112,12 @@ def test_state_lives_per_host_and_service_not_beside_the_config(tmp_path: Path) 
     }
     one = parse_config(data, base_dir=tmp_path / "a", environ={}, source="a.toml")
     two = parse_config(data, base_dir=tmp_path / "b", environ={}, source="b.toml")
-    assert one.state_dir == two.state_dir == default_state_dir() / "svc"
-    if os.geteuid() == 0:
-        assert one.state_dir == Path("/var/lib/rolling-update/svc")
-    xdg = default_state_dir({"XDG_STATE_HOME": "/x"}) if os.geteuid() != 0 else None
-    assert xdg in (None, Path("/x/rolling-update"))
+    host_wide = (
+        Path("/var/lib/rolling-update")
+        if os.geteuid() == 0
+        else Path.home() / ".local" / "state" / "rolling-update"
+    )
+    assert one.state_dir == two.state_dir == host_wide / "svc"
     explicit = parse_config(
         {**data, "state": {"dir": "st"}}, base_dir=tmp_path, environ={}, source="c.toml"
     )
