@@ -454,7 +454,7 @@ async def _deploy(
                             state=progress,
                         )
                         tg.cancel_scope.cancel()
-                except BaseException:
+                except BaseException as exc:
                     # What was measured (the outage of a failed switch, memory) is
                     # worth as much on failure as on success.
                     log.warning(
@@ -463,10 +463,12 @@ async def _deploy(
                         measured=ctx.measured,
                         seconds=round(time.monotonic() - began, 3),
                     )
-                    # Rolled back cleanly: nothing is left to recover. A failed
-                    # undo, or a failure after the commit, leaves the journal
-                    # and the mark for `recover`.
-                    settled = not progress.failures and not progress.committed
+                    # Rolled back cleanly, or interrupted after the commit (the
+                    # shielded cleanup finished): nothing is left to recover. A
+                    # failed undo, or a step failing after the commit, leaves the
+                    # journal and the mark for `recover`.
+                    after_commit_failure = progress.committed and isinstance(exc, Exception)
+                    settled = not progress.failures and not after_commit_failure
                     raise
                 settled = True
             finally:
