@@ -15,7 +15,7 @@ from tests.support import free_port
 pytestmark = pytest.mark.anyio
 
 
-async def serving(name: str) -> tuple[web.AppRunner, int]:
+async def serving(name: str, host: str = "127.0.0.1") -> tuple[web.AppRunner, int]:
     async def answer(request: web.Request) -> web.Response:
         return web.Response(text=name)
 
@@ -24,30 +24,32 @@ async def serving(name: str) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, host, port).start()
     return runner, port
 
 
-@pytest.fixture
-async def ports() -> AsyncIterator[tuple[int, int]]:
-    """A "production" and a "green" server on loopback."""
-    prod, prod_port = await serving("production")
-    green, green_port = await serving("green")
-    yield prod_port, green_port
+@pytest.fixture(params=["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+async def ports(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int, int]]:
+    """A "production" and a "green" server on loopback (IPv4 or IPv6)."""
+    host: str = request.param
+    prod, prod_port = await serving("production", host)
+    green, green_port = await serving("green", host)
+    yield host, prod_port, green_port
     await prod.cleanup()
     await green.cleanup()
 
 
-async def who(session: aiohttp.ClientSession, port: int) -> str:
-    async with session.get(f"http://127.0.0.1:{port}/") as response:
+async def who(session: aiohttp.ClientSession, host: str, port: int) -> str:
+    netloc = f"[{host}]" if ":" in host else host
+    async with session.get(f"http://{netloc}:{port}/") as response:
         return await response.text()
 
 
 async def test_new_connections_move_marked_and_established_ones_stay(
-    ports: tuple[int, int],
+    ports: tuple[str, int, int],
 ) -> None:
-    """Redirected: new connections reach green; marked and already-open ones reach production."""
-    prod, green = ports
+    """Redirected: new connections reach green, marked ones production; IPv4 flows stay put."""
+    host, prod, green = ports
     table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
     fresh = aiohttp.TCPConnector(force_close=True)
     kept = aiohttp.TCPConnector(limit=1)
@@ -57,14 +59,20 @@ async def test_new_connections_move_marked_and_established_ones_stay(
         aiohttp.ClientSession(connector=kept) as keepalive,
         aiohttp.ClientSession(connector=marked) as tool,
     ):
-        assert await who(keepalive, prod) == "production"  # opened before the redirect
+        assert await who(keepalive, host, prod) == "production"  # opened before the redirect
         try:
             await redirect(table, prod, green)
             assert await target(table) == green
-            assert await who(plain, prod) == "green"
-            assert await who(keepalive, prod) == "production"
-            assert await who(tool, prod) == "production"
+            assert await who(plain, host, prod) == "green"
+            assert await who(tool, host, prod) == "production"
+            stayed = await who(keepalive, host, prod)
+            # IPv4 keeps an established connection where it was (conntrack). On this
+            # machine's kernel an established IPv6 flow may not be kept: it is reset and
+            # the client reconnects, to green (README, "What clients see").
+            assert (
+                stayed == "production" if host == "127.0.0.1" else stayed in ("production", "green")
+            )
         finally:
             await remove(table)
         assert await target(table) is None
-        assert await who(plain, prod) == "production"
+        assert await who(plain, host, prod) == "production"
