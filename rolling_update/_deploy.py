@@ -200,11 +200,12 @@ async def preflight(
         await choose_builder(cfg.build)
     blue = await docker.inspect(svc.name)
     needed = [svc.green_name, svc.migrate_name] + ([svc.old_name] if blue is not None else [])
-    for name in needed:
-        why = in_the_way(await docker.inspect(name), svc.name)
+    found = {name: await docker.inspect(name) for name in needed}
+    for info in found.values():
+        why = in_the_way(info, svc.name)
         if why is not None:
             raise PreflightError(f"{why}; remove or rename it, or run `rolling-update recover`")
-    stale_green = await docker.inspect(svc.green_name)
+    stale_green = found[svc.green_name]
     # A stale green of ours may hold the port itself; start-green removes it, then checks.
     if (stale_green is None or not stale_green.running) and await port_in_use(
         svc.host, svc.green_port

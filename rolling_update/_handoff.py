@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -130,6 +129,3 @@ async def target(table: str) -> int | None:
         return None
     found = re.search(r"redirect to :(\d+)", text)
     return int(found.group(1)) if found else None
-
-
-SocketFactory = Callable[[tuple[Any, ...]], socket.socket]

@@ -33,7 +33,7 @@ from ._handoff import target as handoff_target
 from ._history import HistoryEntry, read
 from ._http import judge_health, judge_version, probe
 from ._saga import SagaState
-from ._state import Journal, marker_name
+from ._state import Journal, marker_name, read_holder
 from ._twin import diff
 
 
@@ -48,11 +48,7 @@ def _lock_holder(cfg: Config) -> dict[str, Any] | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            return holder if isinstance(holder, dict) else {}
+            return read_holder(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

@@ -181,7 +181,7 @@ def service_lock(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DeployLocked(f"{service} is locked by {_holder(fd)}; try again later") from None
-        previous = _read_holder(fd)
+        previous = read_holder(fd)
         if previous:
             # A clean holder empties the file on release: this one died holding it.
             structlog.get_logger().warning(
@@ -207,7 +207,7 @@ def service_lock(
         os.close(fd)
 
 
-def _read_holder(fd: int) -> dict[str, Any]:
+def read_holder(fd: int) -> dict[str, Any]:
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
     except ValueError:
@@ -216,7 +216,7 @@ def _read_holder(fd: int) -> dict[str, Any]:
 
 
 def _holder(fd: int) -> str:
-    h = _read_holder(fd)
+    h = read_holder(fd)
     if not h:
         return "another process"
     who = f"{h.get('purpose', 'a deploy')} {h.get('deploy_id', '')}"

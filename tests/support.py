@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from rolling_update._handoff import table_name
+
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
 BASE_IMAGE = os.environ.get("RU_TEST_BASE", "rolling-update-test-base:bookworm")
 APP_DIR = Path(__file__).resolve().parent / "app"
@@ -334,9 +336,10 @@ class Service:
 
     def redirected(self) -> bool:
         """Whether the handoff's nftables table of this service exists."""
-        table = "rolling_update_" + self.name.replace("-", "_")
         found = subprocess.run(
-            ["nft", "list", "table", "inet", table], capture_output=True, check=False
+            ["nft", "list", "table", "inet", table_name(self.name)],
+            capture_output=True,
+            check=False,
         )
         return found.returncode == 0
 
@@ -388,8 +391,11 @@ class Service:
         if images:
             docker("rmi", "-f", *set(images), check=False)
         docker("volume", "rm", "-f", self.marker, check=False)
-        table = "rolling_update_" + self.name.replace("-", "_")
-        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+        subprocess.run(
+            ["nft", "delete", "table", "inet", table_name(self.name)],
+            capture_output=True,
+            check=False,
+        )
         # A test that uses the per-host default state directory.
         shutil.rmtree(Path("/var/lib/rolling-update") / self.name, ignore_errors=True)
 
