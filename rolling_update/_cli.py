@@ -24,9 +24,10 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -44,9 +45,11 @@ from ._errors import (
     RollingUpdateError,
 )
 from ._history import read
+from ._hosts import Connected, connect, for_host, helper_image, hosts_of, pick
 from ._logging import configure, redactor
 from ._operate import format_history, format_plan, format_status, plan, rollback, status
 from ._recover import RecoveryReport, recover
+from ._rollout import HostOutcome, RolloutFailed, rollout
 from ._saga import SagaState
 from ._watch import task_group
 
@@ -136,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     dry = commands.add_parser("plan", help="what a deploy would do now; changes nothing")
     for sub in (show, past, dry):
         sub.add_argument("--json", action="store_true", help="one JSON document")
+    for sub in (fix, back, show, past, dry):
+        sub.add_argument(
+            "--host", help="with [[hosts]]: only this host (default: every host, in order)"
+        )
     for sub in (run, fix, back, show, past, dry):
         sub.add_argument(
             "--config",
@@ -190,12 +197,80 @@ async def _interruptible(work: Callable[[], Awaitable[object]], interrupt: Inter
             tg.cancel_scope.cancel()
 
 
-def _deploy(cfg: Config, version: str | None = None, *, rollback_to: bool = False) -> int:
+def _rollout(cfg: Config) -> int:
+    """Every host, canary first; one line per host, then the exit code of the worst."""
+    report: list[HostOutcome] = []
+    interrupt = Interrupt()
+    error: BaseException | None = None
+
+    async def work() -> object:
+        return await rollout(cfg, report=report)
+
+    try:
+        anyio.run(_interruptible, work, interrupt)
+    except RolloutFailed as exc:
+        error = exc
+    except Exception as exc:
+        # Before any host began (config, an unreachable host): nothing was changed.
+        code, line = outcome(exc)
+        print(describe(exc, line or str(exc)), file=sys.stderr, flush=True)
+        return code
+    for host in report:
+        versions = f"{host.from_version or '-'} -> {host.to_version or '-'}"
+        why = f": {host.reason}" if host.reason and host.result != "deployed" else ""
+        print(f"  {host.host:<16} {host.result:<20} {versions}{why}", file=sys.stderr)
+    results = {h.result for h in report}
+    if results & {"rollback-incomplete", "revert-failed"}:
+        code = EXIT_ROLLBACK_INCOMPLETE
+    elif "failed-after-commit" in results:
+        code = EXIT_FAILED_AFTER_COMMIT
+    elif interrupt.signum is not None:
+        code = EXIT_OK if results == {"deployed"} else EXIT_SIGNAL_BASE + interrupt.signum
+    elif error is None:
+        code = EXIT_OK
+    elif results <= {"refused", "not-started"}:
+        code = EXIT_USAGE
+    else:
+        code = EXIT_ROLLED_BACK
+    if code != EXIT_OK:
+        cause = (
+            f"interrupted by {signal.Signals(interrupt.signum).name}"
+            if interrupt.signum is not None
+            else str(error)
+        )
+        print(f"error: {redactor.scrub(cause)}", file=sys.stderr, flush=True)
+    return code
+
+
+async def _each_host(cfg: Config, name: str | None) -> AsyncIterator[Connected]:
+    hosts = hosts_of(cfg)
+    for host in pick(cfg, name):
+        async with connect(cfg, host, index=hosts.index(host)) as connected:
+            await helper_image(connected, "")
+            yield connected
+
+
+def _deploy(
+    cfg: Config,
+    version: str | None = None,
+    *,
+    rollback_to: bool = False,
+    host_name: str | None = None,
+) -> int:
+    if cfg.hosts and not rollback_to:
+        return _rollout(cfg)
     state = SagaState()
     interrupt = Interrupt()
     error: BaseException | None = None
 
     async def work() -> object:
+        if rollback_to and cfg.hosts:
+            # One host after the other; the first that fails stops the rest.
+            async for host in _each_host(cfg, host_name):
+                await rollback(
+                    host.config, version, engine=host.engine, state=state, firewall=host.firewall
+                )
+            return None
         if rollback_to:
             return await rollback(cfg, version, state=state)
         return await deploy(cfg, state=state)
@@ -218,28 +293,79 @@ def _deploy(cfg: Config, version: str | None = None, *, rollback_to: bool = Fals
     return code
 
 
-def _recover(cfg: Config) -> int:
-    reports: list[RecoveryReport] = []
+def _recover(cfg: Config, host_name: str | None = None) -> int:
+    reports: list[tuple[str | None, RecoveryReport]] = []
+    wanted = len(pick(cfg, host_name))
 
     async def work() -> None:
-        reports.append(await recover(cfg))
+        if not cfg.hosts:
+            reports.append((None, await recover(cfg)))
+            return
+        async for host in _each_host(cfg, host_name):
+            with structlog.contextvars.bound_contextvars(host=host.host.name):
+                found = await recover(host.config, engine=host.engine, firewall=host.firewall)
+            reports.append((host.host.name, found))
 
     interrupt = Interrupt()
     anyio.run(_interruptible, work, interrupt)
-    if not reports:
+    for name, report in reports:
+        where = f"{name}: " if name else ""
+        if report.unfinished:
+            print(f"{where}recovered an unfinished {report.unfinished}", file=sys.stderr)
+        for action in report.actions:
+            print(f"  {action}", file=sys.stderr)
+        print(f"{where}consistent: {report.outcome}", file=sys.stderr, flush=True)
+    if len(reports) < wanted:
         assert interrupt.signum is not None
         print("recover interrupted; it is safe to run it again", file=sys.stderr, flush=True)
         return EXIT_SIGNAL_BASE + interrupt.signum
-    report = reports[0]
-    if report.unfinished:
-        print(f"recovered an unfinished {report.unfinished}", file=sys.stderr)
-    for action in report.actions:
-        print(f"  {action}", file=sys.stderr)
-    print(f"consistent: {report.outcome}", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
+    """status, history and plan of every host (or ``--host``), one section each."""
+
+    async def gather() -> list[tuple[str, Any]]:
+        found: list[tuple[str, Any]] = []
+        if args.command == "history":
+            for host in pick(cfg, args.host):
+                host_cfg = for_host(cfg, host, first=False)
+                found.append((host.name, read(host_cfg.state_dir, args.limit or None)))
+            return found
+        async for reached in _each_host(cfg, args.host):
+            if args.command == "status":
+                report = await status(
+                    reached.config, engine=reached.engine, firewall=reached.firewall
+                )
+            else:
+                report = await plan(
+                    reached.config, engine=reached.engine, firewall=reached.firewall
+                )
+            found.append((reached.host.name, report))
+        return found
+
+    sections = anyio.run(gather)
+    if args.json:
+        data = {
+            name: [e.model_dump() for e in body] if args.command == "history" else body
+            for name, body in sections
+        }
+        print(json.dumps({"hosts": data}, indent=2, default=str))
+        return EXIT_OK
+    for name, body in sections:
+        print(f"== host {name}")
+        if args.command == "history":
+            print(format_history(body))
+        elif args.command == "status":
+            print(format_status(body))
+        else:
+            print(format_plan(body))
     return EXIT_OK
 
 
 def _show(args: argparse.Namespace, cfg: Config) -> int:
+    if cfg.hosts:
+        return _show_hosts(args, cfg)
     if args.command == "history":
         entries = read(cfg.state_dir, args.limit or None)
         if args.json:
@@ -266,9 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "deploy":
             return _deploy(cfg)
         if args.command == "rollback":
-            return _deploy(cfg, args.version, rollback_to=True)
+            return _deploy(cfg, args.version, rollback_to=True, host_name=args.host)
         if args.command == "recover":
-            return _recover(cfg)
+            return _recover(cfg, args.host)
         return _show(args, cfg)
     except KeyboardInterrupt:
         # Only reachable before the engine is touched: later, signals are ours.

@@ -306,6 +306,102 @@ class MetricsConfig(_Section):
     )
 
 
+class HostConfig(_Section):
+    """One Docker host the service runs on; the first in the list is the canary."""
+
+    name: str = Field(description="The host's name, in logs, state and --host.")
+    engine: str = Field(
+        "unix:///var/run/docker.sock",
+        description="Engine address: unix:///path, tcp://host:port (TLS with cert_path), "
+        "or ssh://[user@]host[:port] (the remote engine socket forwarded over SSH; the "
+        "user's ~/.ssh/config, known_hosts and agent are used).",
+    )
+    cert_path: Path | None = Field(
+        None,
+        description="tcp://: directory with ca.pem, cert.pem and key.pem (as DOCKER_CERT_PATH); "
+        "the engine's certificate is verified against ca.pem.",
+    )
+    socket: str = Field(
+        "/var/run/docker.sock", description="ssh://: the engine's socket on the remote host."
+    )
+    ssh_config: Path | None = Field(
+        None, description="ssh://: OpenSSH client config to read instead of ~/.ssh/config."
+    )
+    probe: Literal["direct", "ssh"] = Field(
+        "direct",
+        description="direct: probe the service at address; ssh: through the engine's SSH "
+        "connection, at the remote host's loopback.",
+    )
+    address: str | None = Field(
+        None,
+        description="Address the service is probed at (direct); default: the engine "
+        "address's host, or service.host for unix://.",
+    )
+    env: EnvMap = Field(
+        default_factory=dict, repr=False, description="Env for this host, on top of [env]."
+    )
+    port: Port | None = Field(None, description="service.port on this host.")
+    green_port: Port | None = Field(None, description="service.green_port on this host.")
+    container: str | None = Field(None, description="service.name on this host.")
+    green_container: str | None = Field(None, description="service.green_name on this host.")
+    bypass_port: Port | None = Field(
+        None,
+        description="Remote handoff: while production's port is redirected, the tool reaches "
+        "the real production port through this one; default: port + 10000 (or - 10000).",
+    )
+    helper_image: str | None = Field(
+        None,
+        description="Remote handoff: image of the nft helper container (needs chroot); "
+        "default: blue's image.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", value):
+            raise ValueError(f"{value!r} is not a valid host name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _valid_engine(cls, value: str) -> str:
+        if not re.match(r"^(unix|tcp|ssh)://.", value):
+            raise ValueError(f"{value!r}: use unix://, tcp:// or ssh://")
+        return value
+
+    @property
+    def local(self) -> bool:
+        """Whether the engine (and so the handoff's nftables) is this machine's."""
+        return self.engine.startswith("unix://")
+
+
+class RolloutConfig(_Section):
+    parallel: int = Field(
+        1, ge=1, le=100, description="Hosts updated at a time after the canary (the first)."
+    )
+    on_failure: Literal["stop", "rollback-all"] = Field(
+        "stop",
+        description="When a host fails (it rolls back itself): stop leaves the hosts already "
+        "updated on the new version; rollback-all takes them back too.",
+    )
+    migrate: Literal["once", "per-host"] = Field(
+        "once",
+        description="once: migrations run on the canary, before any switch (a shared "
+        "database); per-host: on every host.",
+    )
+    connect_timeout: PositiveSeconds = Field(
+        20, description="Deadline for reaching each host's engine (SSH included)."
+    )
+    distribute_timeout: PositiveSeconds = Field(
+        900, description="Deadline for copying the image to one host."
+    )
+    revert_timeout: PositiveSeconds = Field(
+        600,
+        description="rollback-all: deadline of taking one updated host back (it runs even "
+        "after Ctrl-C, shielded, within this).",
+    )
+
+
 Moment = Literal["green-answers", "green-healthy", "before-switch", "rollback", "after-soak"]
 Target = Literal["blue", "green", "production"]
 JsonScalar = str | int | float | bool
@@ -376,6 +472,28 @@ class Config(_Section):
     actions: list[ActionConfig] = Field(
         default_factory=list, description="HTTP calls at named moments of the deploy."
     )
+    hosts: list[HostConfig] = Field(
+        default_factory=list,
+        description="Docker hosts, canary first; none: the local engine (DOCKER_HOST).",
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+    @model_validator(mode="after")
+    def _hosts_distinct(self) -> Config:
+        names = [h.name for h in self.hosts]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"hosts: the name {name!r} is used twice")
+        for h in self.hosts:
+            port = h.port or self.service.port
+            if port == (h.green_port or self.service.green_port):
+                raise ValueError(f"hosts.{h.name}: port and green_port are both {port}")
+            if h.bypass_port is not None and h.bypass_port in (
+                port,
+                h.green_port or self.service.green_port,
+            ):
+                raise ValueError(f"hosts.{h.name}: bypass_port must differ from both ports")
+        return self
 
     def actions_at(self, moment: Moment) -> list[ActionConfig]:
         return [a for a in self.actions if a.moment == moment]
@@ -437,6 +555,10 @@ def parse_config(
     try:
         env = {k: expand(v, environ, key=f"env.{k}") for k, v in cfg.env.items()}
         green_env = {k: expand(v, environ, key=f"green.env.{k}") for k, v in cfg.green.env.items()}
+        host_env = {
+            h.name: {k: expand(v, environ, key=f"hosts.{h.name}.env.{k}") for k, v in h.env.items()}
+            for h in cfg.hosts
+        }
     except ConfigError as exc:
         raise ConfigError(str(exc), source=source) from None
     return cfg.model_copy(
@@ -452,6 +574,16 @@ def parse_config(
                 }
             ),
             "metrics": cfg.metrics.model_copy(update={"textfile": resolve(cfg.metrics.textfile)}),
+            "hosts": [
+                h.model_copy(
+                    update={
+                        "cert_path": resolve(h.cert_path),
+                        "ssh_config": resolve(h.ssh_config),
+                        "env": host_env[h.name],
+                    }
+                )
+                for h in cfg.hosts
+            ],
             "state": cfg.state.model_copy(
                 update={"dir": resolve(cfg.state.dir) or default_state_dir(environ)}
             ),

@@ -24,6 +24,7 @@ from ._engine import (
     ContainerSpec,
     Engine,
 )
+from ._handoff import Firewall, LocalFirewall
 from ._http import HealthBaseline
 from ._state import Journal
 from ._twin import COMPOSE_LABELS, Twin
@@ -57,6 +58,8 @@ class DeployContext:
     handoff_began: float | None = None
     handoff_ended: float | None = None
     """Monotonic time the redirect to green was removed: green's connections drain from then."""
+    firewall: Firewall = field(default_factory=LocalFirewall)
+    """Where the handoff's redirect is applied: this machine, or the engine's host."""
     twin: Twin | None = None
     """What the operator set on blue, for green and the new production container."""
     blue_raw: dict[str, Any] | None = field(default=None, repr=False)
@@ -78,7 +81,17 @@ class DeployContext:
         if self.journal is not None:
             self.journal.update(**facts)
 
-    def url(self, port: int, path: str) -> str:
+    def url(self, port: int, path: str, *, as_client: bool = False) -> str:
+        """Where the tool probes ``path`` on ``port``: the real listener, past any redirect,
+        unless ``as_client`` (a client's view, through it)."""
+        bypass = self.firewall.bypass_port
+        if (
+            bypass is not None
+            and self.handoff_active
+            and port == self.config.service.port
+            and not as_client
+        ):
+            port = bypass
         return self.config.service.url(port, path)
 
     def labels(self, role: str) -> dict[str, str]:

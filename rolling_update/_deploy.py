@@ -23,9 +23,7 @@ from ._errors import (
     PreflightError,
     RollbackIncomplete,
 )
-from ._handoff import can_mark, marked_socket, table_name
-from ._handoff import target as handoff_target
-from ._handoff import unavailable as handoff_unavailable
+from ._handoff import Firewall, LocalFirewall, can_mark, marked_socket, table_name
 from ._history import HistoryEntry, Kind, who
 from ._history import append as history_append
 from ._history import host as history_host
@@ -181,7 +179,11 @@ class Preflight:
 
 
 async def preflight(
-    cfg: Config, docker: Engine, http: aiohttp.ClientSession, release: Release
+    cfg: Config,
+    docker: Engine,
+    http: aiohttp.ClientSession,
+    release: Release,
+    firewall: Firewall | None = None,
 ) -> Preflight:
     """Check every name and port the deploy will need, and read blue; changes nothing.
 
@@ -230,7 +232,7 @@ async def preflight(
                 port=svc.port,
                 why="on the host network, green's Docker healthcheck would probe blue",
             )
-    handoff = await _handoff_possible(cfg, twin)
+    handoff = await _handoff_possible(cfg, twin, firewall or LocalFirewall())
     baseline = None
     if blue is not None and blue.running:
         answer = await probe(http, svc.url(svc.port, cfg.health.path), cfg.health)
@@ -239,21 +241,24 @@ async def preflight(
     return Preflight(blue=blue, blue_health=baseline, blue_raw=blue_raw, twin=twin, handoff=handoff)
 
 
-async def _handoff_possible(cfg: Config, twin: Twin | None) -> bool:
+async def _handoff_possible(cfg: Config, twin: Twin | None, firewall: Firewall) -> bool:
     """Whether switch.mode = handoff can be used; one log line saying why not, if not."""
     if cfg.switch.mode != "handoff":
         return False
     table = table_name(cfg.service.name)
-    if await handoff_target(table) is not None:
+    if await firewall.target(table) is not None:
         raise PreflightError(
             f"an nftables redirect of an earlier deploy (table inet {table}) is in place; "
             "run `rolling-update recover`"
         )
+    if twin is None:
+        # No blue: nothing to hand over from (and a remote helper has no image yet).
+        return False
     network = twin.network_mode if twin is not None else cfg.service.network
     why = (
         f"the service runs on network {network!r}, not the host network"
         if network != "host"
-        else await handoff_unavailable()
+        else await firewall.unavailable()
     )
     if why is not None:
         structlog.get_logger().warning(
@@ -299,6 +304,7 @@ async def deploy(
     state: SagaState | None = None,
     version: str | None = None,
     kind: Kind = "deploy",
+    firewall: Firewall | None = None,
 ) -> DeployResult:
     """Deploy the release ``cfg`` describes with ``steps`` (default: :func:`default_plan`).
 
@@ -309,7 +315,8 @@ async def deploy(
     to date with the runner's progress (the CLI reads it after an interrupt).
     ``version`` deploys that version's existing image instead of reading the
     version file (``rollback``). Every run ends up in the audit log; the
-    hooks and the metrics file follow it.
+    hooks and the metrics file follow it. ``firewall`` is where the handoff's
+    redirect goes (default: this machine's nftables).
     """
     attempt = Attempt(id=uuid.uuid4().hex[:12], kind=kind)
     progress = state if state is not None else SagaState()
@@ -319,7 +326,9 @@ async def deploy(
         with structlog.contextvars.bound_contextvars(
             deploy_id=attempt.id, service=cfg.service.name
         ):
-            return await _deploy(cfg, steps, engine, environ, progress, version, attempt)
+            return await _deploy(
+                cfg, steps, engine, environ, progress, version, attempt, firewall or LocalFirewall()
+            )
     except BaseException as exc:
         error = exc
         raise
@@ -367,6 +376,7 @@ async def _deploy(
     progress: SagaState,
     version: str | None,
     attempt: Attempt,
+    firewall: Firewall,
 ) -> DeployResult:
     deploy_id = attempt.id
     log = structlog.get_logger()
@@ -389,7 +399,7 @@ async def _deploy(
             held_before = await docker.read_marker(marker_name(service))
             if held_before is not None:
                 raise refuse_marked(held_before, service)
-            found = await preflight(cfg, docker, http, release)
+            found = await preflight(cfg, docker, http, release, firewall)
             attempt.from_version = version_of(found.blue)
             hook_env = {"RU_FROM_VERSION": attempt.from_version or ""}
             if cfg.build.enabled and version is None:
@@ -428,6 +438,7 @@ async def _deploy(
                     twin=found.twin,
                     blue_raw=found.blue_raw,
                     handoff=found.handoff,
+                    firewall=firewall,
                 )
                 plan = list(steps) if steps is not None else default_plan(cfg)
                 log.info(

@@ -13,6 +13,14 @@ production port, not green: its sockets carry a firewall mark (``SO_MARK``,
 which needs CAP_NET_ADMIN like the table itself) and the table lets marked
 packets through untouched.
 
+On a remote Docker host (several hosts, see ``_hosts``) the tool has no shell:
+:class:`EngineFirewall` applies the same rules through the engine API, in a
+short-lived helper container on the host's network with only CAP_NET_ADMIN,
+that runs the host's own ``nft`` (its root mounted read-only, ``chroot``).
+Firewall marks do not cross the network, so there the tool's probes bypass the
+redirect by a second port instead: while the table exists, connections to
+``bypass_port`` reach the real production port.
+
 Why the ``nft`` CLI: it is on every machine with nftables, its ``-f`` file is
 applied as one transaction, and it adds no Python dependency; the libnftables
 bindings are a distribution package, not a PyPI one, and pyroute2's nftables
@@ -25,11 +33,14 @@ import os
 import re
 import shutil
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from ._errors import RollingUpdateError
+from ._errors import EngineError, RollingUpdateError
+
+if TYPE_CHECKING:
+    from ._engine import DockerEngine
 
 MARK = 0x52550001
 """Firewall mark of the tool's own sockets: the redirect leaves them alone."""
@@ -97,12 +108,19 @@ async def unavailable() -> str | None:
     return None
 
 
-def _ruleset(table: str, port: int, to_port: int) -> str:
+def _ruleset(table: str, port: int, to_port: int, bypass_port: int | None = None) -> str:
+    # A connection is translated once, by the first rule it meets: one that came in
+    # on the bypass port reaches the real port and is not redirected again.
+    bypass = (
+        ""
+        if bypass_port is None
+        else f"\n        fib daddr type local tcp dport {bypass_port} redirect to :{port}"
+    )
     chains = "".join(
         f"""
     chain {hook} {{
         type nat hook {hook} priority -100; policy accept;
-        meta mark {MARK:#x} return
+        meta mark {MARK:#x} return{bypass}
         fib daddr type local tcp dport {port} redirect to :{to_port}
     }}"""
         for hook in ("output", "prerouting")
@@ -110,22 +128,136 @@ def _ruleset(table: str, port: int, to_port: int) -> str:
     return f"table inet {table} {{{chains}\n}}\n"
 
 
+def _replace(table: str, ruleset: str) -> str:
+    # Declaring the table first makes the delete valid whether it existed or not.
+    return f"table inet {table}\ndelete table inet {table}\n{ruleset}"
+
+
+def _target_in(text: str, port: int | None = None) -> int | None:
+    # Without a port: the last rule's, the redirect itself (a bypass rule comes first).
+    targets = {
+        int(found.group(1)): int(found.group(2))
+        for found in re.finditer(r"dport (\d+) redirect to :(\d+)", text)
+    }
+    if port is not None:
+        return targets.get(port)
+    return list(targets.values())[-1] if targets else None
+
+
+class Firewall(Protocol):
+    """Where the handoff's nftables table lives: this host, or a remote engine's host."""
+
+    bypass_port: int | None
+    """Port the tool probes production through while redirected; None: marked sockets."""
+
+    async def unavailable(self) -> str | None: ...
+    async def redirect(self, table: str, port: int, to_port: int) -> None: ...
+    async def remove(self, table: str) -> None: ...
+    async def target(self, table: str, port: int | None = None) -> int | None: ...
+
+
+class LocalFirewall:
+    """The handoff on this machine, through its ``nft`` command."""
+
+    bypass_port: int | None = None
+
+    async def unavailable(self) -> str | None:
+        return await unavailable()
+
+    async def redirect(self, table: str, port: int, to_port: int) -> None:
+        await redirect(table, port, to_port)
+
+    async def remove(self, table: str) -> None:
+        await remove(table)
+
+    async def target(self, table: str, port: int | None = None) -> int | None:
+        return await target(table, port)
+
+
+class EngineFirewall:
+    """The handoff on an engine's host, through a helper container and the engine API.
+
+    The helper runs ``image`` (any image with ``chroot``: the service's own will
+    do) on the host network with CAP_NET_ADMIN, the host's root mounted
+    read-only at ``/host``, and runs ``chroot /host nft ...``: the host's own
+    nft, so the image need not carry it. It is removed when it ends.
+    """
+
+    def __init__(self, engine: DockerEngine, image: str, *, bypass_port: int) -> None:
+        self.engine = engine
+        self.image = image
+        self.bypass_port: int | None = bypass_port
+
+    async def _nft(self, *args: str) -> str:
+        # Imported here: _engine does not need this module, this one needs it lazily.
+        from ._engine import ContainerSpec
+
+        spec = ContainerSpec(
+            name=f"rolling-update-nft-{os.urandom(4).hex()}",
+            image=self.image,
+            env={},
+            command=list(args),
+            network="host",
+            restart="no",
+            labels={"io.rolling-update.managed": "true", "io.rolling-update.role": "nft"},
+            stop_timeout=None,
+            base={
+                "Entrypoint": ["chroot", "/host", "nft"],
+                "User": "0",
+                "HostConfig": {
+                    "CapAdd": ["NET_ADMIN"],
+                    "Binds": ["/:/host:ro"],
+                    "LogConfig": {"Type": "json-file", "Config": {}},
+                },
+            },
+        )
+        try:
+            with anyio.fail_after(_NFT_LIMIT * 2, shield=True):
+                code, output = await self.engine.run_once(spec, limit=_NFT_LIMIT)
+        except TimeoutError:
+            raise HandoffError(f"the nft helper did not end within {_NFT_LIMIT * 2:g}s") from None
+        except EngineError as exc:
+            raise HandoffError(f"the nft helper could not run: {exc}") from None
+        if code != 0:
+            raise HandoffError(f"nft failed on the engine's host: {output.strip()}")
+        return output
+
+    async def unavailable(self) -> str | None:
+        try:
+            await self._nft("list", "tables")
+        except HandoffError as exc:
+            return str(exc)
+        return None
+
+    async def redirect(self, table: str, port: int, to_port: int) -> None:
+        # nft reads a whole script from one argument, as one transaction.
+        await self._nft(_replace(table, _ruleset(table, port, to_port, self.bypass_port)))
+
+    async def remove(self, table: str) -> None:
+        await self._nft(_replace(table, ""))
+
+    async def target(self, table: str, port: int | None = None) -> int | None:
+        try:
+            text = await self._nft("list", "table", "inet", table)
+        except HandoffError:
+            return None
+        return _target_in(text, port)
+
+
 async def redirect(table: str, port: int, to_port: int) -> None:
     """Send new connections for ``port`` to ``to_port``, replacing any rule before (atomic)."""
-    # Declaring the table first makes the delete valid whether it existed or not.
-    await _nft(f"table inet {table}\ndelete table inet {table}\n{_ruleset(table, port, to_port)}")
+    await _nft(_replace(table, _ruleset(table, port, to_port)))
 
 
 async def remove(table: str) -> None:
     """Drop the redirect, if there is one (atomic, idempotent)."""
-    await _nft(f"table inet {table}\ndelete table inet {table}\n")
+    await _nft(_replace(table, ""))
 
 
-async def target(table: str) -> int | None:
-    """The port the table redirects to, or ``None`` when there is no table."""
+async def target(table: str, port: int | None = None) -> int | None:
+    """The port the table redirects ``port`` (or any port) to; ``None`` when there is no table."""
     try:
         text = await _nft(None, "list", "table", "inet", table)
     except HandoffError:
         return None
-    found = re.search(r"redirect to :(\d+)", text)
-    return int(found.group(1)) if found else None
+    return _target_in(text, port)

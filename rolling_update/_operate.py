@@ -28,8 +28,7 @@ from ._deploy import (
 )
 from ._engine import LABEL_ROLE, Engine
 from ._errors import ConfigError, PreflightError
-from ._handoff import table_name
-from ._handoff import target as handoff_target
+from ._handoff import Firewall, LocalFirewall, table_name
 from ._history import HistoryEntry, read
 from ._http import judge_health, judge_version, probe
 from ._saga import SagaState
@@ -55,9 +54,12 @@ def _lock_holder(cfg: Config) -> dict[str, Any] | None:
         os.close(fd)
 
 
-async def status(cfg: Config, *, engine: Engine | None = None) -> dict[str, Any]:
+async def status(
+    cfg: Config, *, engine: Engine | None = None, firewall: Firewall | None = None
+) -> dict[str, Any]:
     """What serves, since when, how healthy now, the last deploy, and anything unfinished."""
     svc = cfg.service
+    firewall = firewall or LocalFirewall()
     report: dict[str, Any] = {"service": svc.name}
     async with open_engine(engine) as docker, http_session() as http:
         raw = await docker.inspect_raw(svc.name)
@@ -89,7 +91,7 @@ async def status(cfg: Config, *, engine: Engine | None = None) -> dict[str, Any]
                 leftovers.append({"name": name, "running": found.running, "role": role})
         report["leftovers"] = leftovers
         report["engine_mark"] = await docker.read_marker(marker_name(svc.name))
-    report["redirect_to"] = await handoff_target(table_name(svc.name))
+        report["redirect_to"] = await firewall.target(table_name(svc.name), svc.port)
     journal = Journal.load(Journal.path_for(cfg.state_dir))
     report["unfinished"] = journal.describe() if journal else None
     report["lock_holder"] = _lock_holder(cfg)
@@ -157,12 +159,14 @@ def format_history(entries: list[HistoryEntry]) -> str:
     return "\n".join(rows)
 
 
-async def plan(cfg: Config, *, engine: Engine | None = None) -> dict[str, Any]:
+async def plan(
+    cfg: Config, *, engine: Engine | None = None, firewall: Firewall | None = None
+) -> dict[str, Any]:
     """What a deploy would do now: its steps, specs, diff against blue, rules; changes nothing."""
     release = prepare(cfg)
     steps = default_plan(cfg)
     async with open_engine(engine) as docker, http_session() as http:
-        found = await preflight(cfg, docker, http, release)
+        found = await preflight(cfg, docker, http, release, firewall)
         ctx = DeployContext(
             config=cfg,
             engine=docker,
@@ -260,6 +264,7 @@ async def rollback(
     *,
     engine: Engine | None = None,
     state: SagaState | None = None,
+    firewall: Firewall | None = None,
 ) -> DeployResult:
     """Deploy ``version`` (default: the one before what serves) without build or migrations."""
     log = structlog.get_logger()
@@ -286,5 +291,11 @@ async def rollback(
     )  # fmt: skip
     steps = [s for s in default_plan(cfg) if s.name not in ("build", "migrate")]
     return await deploy(
-        cfg, steps=steps, engine=engine, state=state, version=version, kind="rollback"
+        cfg,
+        steps=steps,
+        engine=engine,
+        state=state,
+        version=version,
+        kind="rollback",
+        firewall=firewall,
     )

@@ -26,9 +26,7 @@ from ._config import Config
 from ._deploy import http_session, open_engine
 from ._engine import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, ContainerInfo, Engine
 from ._errors import EngineError, RecoveryFailed
-from ._handoff import remove as handoff_remove
-from ._handoff import table_name
-from ._handoff import target as handoff_target
+from ._handoff import Firewall, LocalFirewall, table_name
 from ._history import HistoryEntry, who
 from ._history import append as history_append
 from ._history import host as history_host
@@ -185,7 +183,9 @@ class _Recovery:
         return "the production container serves"
 
 
-async def recover(cfg: Config, *, engine: Engine | None = None) -> RecoveryReport:
+async def recover(
+    cfg: Config, *, engine: Engine | None = None, firewall: Firewall | None = None
+) -> RecoveryReport:
     """Bring the service to one healthy production container and no leftovers.
 
     Every run is written to the audit log.
@@ -194,7 +194,7 @@ async def recover(cfg: Config, *, engine: Engine | None = None) -> RecoveryRepor
     report: RecoveryReport | None = None
     error: BaseException | None = None
     try:
-        report = await _recover(cfg, engine)
+        report = await _recover(cfg, engine, firewall or LocalFirewall())
         return report
     except BaseException as exc:
         error = exc
@@ -218,7 +218,7 @@ async def recover(cfg: Config, *, engine: Engine | None = None) -> RecoveryRepor
         write_metrics(cfg)
 
 
-async def _recover(cfg: Config, engine: Engine | None) -> RecoveryReport:
+async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> RecoveryReport:
     log = structlog.get_logger()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="recover", deploy_id="-"):
@@ -238,18 +238,20 @@ async def _recover(cfg: Config, engine: Engine | None) -> RecoveryReport:
                     deploy=journal.describe() if journal else f"deploy {record.deploy_id}",
                 )
             table = table_name(service)
-            redirected = await handoff_target(table) is not None
+            redirected = await firewall.target(table, cfg.service.port) is not None
             recovery = _Recovery(cfg, docker, record, defer_green=redirected)
             try:
                 outcome = await recovery.recover(record)
                 if await docker.inspect(service) is None:
                     outcome = "no production container exists (there was none before this deploy)"
                 else:
-                    # Probed past the redirect (the session's sockets are marked).
-                    await _await_serving(cfg, http, recovery.baseline)
+                    # Probed past the redirect (the session's sockets are marked, or
+                    # on a remote host, through the bypass port).
+                    port = (firewall.bypass_port if redirected else None) or cfg.service.port
+                    await _await_serving(cfg, http, recovery.baseline, port)
                 if redirected:
                     # Only now: never remove the redirect while nothing else serves.
-                    await handoff_remove(table)
+                    await firewall.remove(table)
                     recovery.act(f"removed the redirect of port {cfg.service.port} to green")
                 recovery.defer_green = False
                 for info, why in recovery.deferred:
@@ -272,11 +274,12 @@ async def _recover(cfg: Config, engine: Engine | None) -> RecoveryReport:
 
 
 async def _await_serving(
-    cfg: Config, http: aiohttp.ClientSession, baseline: HealthBaseline | None
+    cfg: Config, http: aiohttp.ClientSession, baseline: HealthBaseline | None, port: int
 ) -> None:
-    """Production answers healthily, or (blue brought back) as healthily as it was found."""
+    """Production answers healthily on ``port``, or (blue brought back) as healthily as it
+    was found."""
     last = LastProbe()
-    url = cfg.service.url(cfg.service.port, cfg.health.path)
+    url = cfg.service.url(port, cfg.health.path)
 
     def judge(answer: Answer) -> str | None:
         assert baseline is not None

@@ -2,7 +2,8 @@
 # Makes this machine ready for the test suite, idempotently:
 #   a running Docker engine (installed from Debian's packages if missing), nftables
 #   (for the kernel handoff) and the offline test base image (a debootstrapped Debian
-#   with python3, built once).
+#   with python3, built once), and a second Docker host in a network namespace
+#   (scripts/test-hosts.sh: its own dockerd, sshd and TLS endpoint).
 # Needs root, as on the project's machines. Real users keep BASE in their registry.
 set -euo pipefail
 
@@ -41,3 +42,5 @@ if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   tar -C "$root" -c . | "$DOCKER" import - "$BASE_IMAGE" >/dev/null
 fi
 echo "test-env: base image $BASE_IMAGE ready"
+
+bash "$(dirname "$0")/test-hosts.sh"

@@ -24,7 +24,7 @@ import structlog
 from rolling_update._config import HealthConfig, ServiceConfig
 from rolling_update._context import DeployContext
 from rolling_update._errors import RestoreFailed
-from rolling_update._handoff import redirect, remove, table_name
+from rolling_update._handoff import table_name
 from rolling_update._http import probe
 
 
@@ -45,7 +45,9 @@ class Redirect:
             return
         # Recorded first: a kill between the two leaves recover a table to look for.
         ctx.record(redirect=True)
-        await redirect(table_name(self.service.name), self.service.port, self.service.green_port)
+        await ctx.firewall.redirect(
+            table_name(self.service.name), self.service.port, self.service.green_port
+        )
         ctx.handoff_active = True
         ctx.handoff_began = time.monotonic()
         structlog.get_logger().info(
@@ -64,7 +66,7 @@ class Redirect:
                 f"the redirect of port {self.service.port} to green is kept: nothing else "
                 f"answers there ({answer.describe()})"
             )
-        await remove(table_name(self.service.name))
+        await ctx.firewall.remove(table_name(self.service.name))
         ctx.record(redirect=False)
         ctx.handoff_active = False
         structlog.get_logger().info("handoff.released", port=self.service.port, to="blue")
@@ -82,7 +84,7 @@ class Release:
     async def run(self, ctx: DeployContext) -> None:
         if not ctx.handoff:
             return
-        await remove(table_name(self.service.name))
+        await ctx.firewall.remove(table_name(self.service.name))
         ctx.record(redirect=False)
         ctx.handoff_active = False
         ctx.handoff_ended = time.monotonic()
@@ -98,7 +100,9 @@ class Release:
             return
         # Behind green again while blue is brought back.
         ctx.record(redirect=True)
-        await redirect(table_name(self.service.name), self.service.port, self.service.green_port)
+        await ctx.firewall.redirect(
+            table_name(self.service.name), self.service.port, self.service.green_port
+        )
         ctx.handoff_active = True
         ctx.handoff_ended = None
         structlog.get_logger().info(
@@ -109,7 +113,7 @@ class Release:
 async def measure_handoff(ctx: DeployContext, *, interval: float = 0.05) -> None:
     """While the redirect is in place, probe production's port as a client would (unmarked:
     through the redirect) and count the answers that failed; runs until cancelled."""
-    url = ctx.url(ctx.config.service.port, ctx.config.health.path)
+    url = ctx.url(ctx.config.service.port, ctx.config.health.path, as_client=True)
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
         while True:  # cancelled with the deploy's task group

@@ -1,0 +1,255 @@
+"""One service across several Docker hosts: canary first, then ``parallel`` at a time.
+
+Every host runs the whole single-host deploy (its own lock, journal, engine
+mark, twin, drain, tick, handoff or restart, verify, soak). The image is built
+once, on the canary's engine, and streamed into each other engine (``docker
+save`` into ``docker load``, through the API; no registry needed).
+Migrations run once, in the canary's plan, before any switch (unless
+``rollout.migrate = "per-host"``). A host that fails rolls itself back and the
+rollout stops; ``on_failure = "rollback-all"`` then deploys each updated
+host's previous version again (same safe flow, newest host first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, aclosing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+
+from ._config import Config
+from ._deploy import classify, deploy, prepare, version_of
+from ._engine import DockerEngine
+from ._errors import EngineError, RollingUpdateError
+from ._hosts import Connected, connect, helper_image, hosts_of
+from ._logging import redactor
+from ._operate import rollback
+from ._saga import SagaState
+
+_PROGRESS_EVERY = 2.0
+
+
+@dataclass
+class HostOutcome:
+    """How one host ended: ``deployed``, ``rolled-back``, ``refused``, ``interrupted``,
+    ``rollback-incomplete``, ``failed-after-commit``, ``not-started``, ``reverted``
+    (rollback-all took it back) or ``revert-failed``."""
+
+    host: str
+    result: str = "not-started"
+    from_version: str | None = None
+    to_version: str | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+class RolloutFailed(RollingUpdateError):
+    """A host failed (or was interrupted); the rollout stopped. ``outcomes`` says where."""
+
+    def __init__(self, message: str, outcomes: list[HostOutcome]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+
+@dataclass
+class RolloutResult:
+    version: str
+    image: str
+    outcomes: list[HostOutcome]
+    seconds: float
+
+
+def summary(outcomes: list[HostOutcome]) -> str:
+    return ", ".join(f"{o.host}: {o.result}" for o in outcomes)
+
+
+async def distribute(
+    source: DockerEngine, target: DockerEngine, image: str, *, host: str
+) -> dict[str, Any]:
+    """Stream ``image`` from ``source`` into ``target`` (save into load), with progress;
+    nothing is copied when ``target`` already has the same image."""
+    log = structlog.get_logger()
+    wanted = await source.image_id(image)
+    if wanted is None:
+        raise EngineError("image save", image, 404, "the built image is not on the canary")
+    if await target.image_id(image) == wanted:
+        log.info("image.present", host=host, image=image)
+        return {"copied_bytes": 0}
+    began = time.monotonic()
+    sent = 0
+    last = began
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent, last
+        async with aclosing(source.export_image(image)) as stream:
+            async for chunk in stream:
+                sent += len(chunk)
+                now = time.monotonic()
+                if now - last >= _PROGRESS_EVERY:
+                    last = now
+                    log.info(
+                        "image.copying",
+                        host=host,
+                        image=image,
+                        mb=round(sent / 2**20, 1),
+                        mb_per_s=round(sent / 2**20 / (now - began), 1),
+                    )
+                yield chunk
+
+    log.info("image.copy", host=host, image=image, via="save/load")
+    await target.load_image(chunks())
+    if await target.image_id(image) != wanted:
+        raise EngineError("image load", image, 0, f"{host} does not have {image} after the load")
+    seconds = time.monotonic() - began
+    log.info(
+        "image.copied", host=host, image=image, mb=round(sent / 2**20, 1), seconds=round(seconds, 2)
+    )
+    return {"copied_bytes": sent, "copy_s": round(seconds, 3)}
+
+
+async def rollout(
+    cfg: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    progress: dict[str, SagaState] | None = None,
+    report: list[HostOutcome] | None = None,
+) -> RolloutResult:
+    """Deploy ``cfg``'s release to every host in ``cfg.hosts``, canary first.
+
+    Raises :class:`RolloutFailed` when a host failed (every host then serves,
+    as ``on_failure`` says); a cancellation (Ctrl-C) rolls back the hosts in
+    flight, applies ``on_failure`` to the rest, and propagates. ``report``, if
+    given, receives every host's outcome however the rollout ends.
+    """
+    log = structlog.get_logger()
+    began = time.monotonic()
+    release = prepare(cfg, environ)
+    hosts = hosts_of(cfg)
+    outcomes = {h.name: HostOutcome(host=h.name, to_version=release.version) for h in hosts}
+    states = progress if progress is not None else {}
+    stopped = False
+
+    async def one(connected: Connected, source: Connected | None) -> None:
+        nonlocal stopped
+        name = connected.host.name
+        outcome = outcomes[name]
+        state = states.setdefault(name, SagaState())
+        started = time.monotonic()
+        error: BaseException | None = None
+        try:
+            with structlog.contextvars.bound_contextvars(host=name):
+                outcome.from_version = version_of(
+                    await connected.engine.inspect(connected.config.service.name)
+                )
+                if source is not None:
+                    with anyio.fail_after(cfg.rollout.distribute_timeout):
+                        outcome.measured.update(
+                            await distribute(
+                                source.engine, connected.engine, release.image, host=name
+                            )
+                        )
+                await helper_image(connected, release.image)
+                result = await deploy(
+                    connected.config,
+                    engine=connected.engine,
+                    firewall=connected.firewall,
+                    environ=environ,
+                    state=state,
+                )
+                outcome.measured.update(result.measured)
+        except BaseException as exc:
+            error = exc
+            stopped = True
+            if isinstance(exc, Exception):
+                return  # recorded below; the rollout goes on to its end and reports
+            raise
+        finally:
+            outcome.seconds = round(time.monotonic() - started, 3)
+            outcome.result = classify(error, state)
+            if error is not None:
+                outcome.reason = redactor.scrub(str(error) or type(error).__name__)
+            log.info("rollout.host", host=name, result=outcome.result, reason=outcome.reason)
+
+    async with AsyncExitStack() as stack:
+        # Every host is reached before anything changes: an unreachable one refuses the
+        # rollout with nothing touched.
+        connected = [
+            await stack.enter_async_context(connect(cfg, host, index=i))
+            for i, host in enumerate(hosts)
+        ]
+        log.info(
+            "rollout.started",
+            version=release.version,
+            hosts=[h.name for h in hosts],
+            parallel=cfg.rollout.parallel,
+            on_failure=cfg.rollout.on_failure,
+        )
+        canary = connected[0]
+        try:
+            await one(canary, None)
+            if not stopped:
+                limiter = anyio.Semaphore(cfg.rollout.parallel)
+                async with anyio.create_task_group() as tg:
+                    for host in connected[1:]:
+                        await limiter.acquire()
+                        if stopped:
+                            limiter.release()
+                            break
+
+                        async def run(host: Connected = host) -> None:
+                            try:
+                                await one(host, canary)
+                            finally:
+                                limiter.release()
+
+                        tg.start_soon(run)
+        finally:
+            failed = any(o.result not in ("deployed", "not-started") for o in outcomes.values())
+            if failed and cfg.rollout.on_failure == "rollback-all":
+                with anyio.CancelScope(shield=True):
+                    await _revert(cfg, connected, outcomes)
+            log.info("rollout.summary", hosts=[asdict(o) for o in outcomes.values()])
+            if report is not None:
+                report[:] = [outcomes[h.name] for h in hosts]
+    ordered = [outcomes[h.name] for h in hosts]
+    if any(o.result != "deployed" for o in ordered):
+        raise RolloutFailed(f"the rollout stopped ({summary(ordered)})", ordered)
+    return RolloutResult(
+        version=release.version,
+        image=release.image,
+        outcomes=ordered,
+        seconds=round(time.monotonic() - began, 3),
+    )
+
+
+async def _revert(
+    cfg: Config, connected: list[Connected], outcomes: dict[str, HostOutcome]
+) -> None:
+    """rollback-all: the hosts that took the new version get their previous one back."""
+    log = structlog.get_logger()
+    for host in reversed(connected):
+        outcome = outcomes[host.host.name]
+        if outcome.result != "deployed":
+            continue
+        if outcome.from_version is None or outcome.from_version == outcome.to_version:
+            outcome.reason = "kept: there was no other version before"
+            continue
+        log.info("rollout.revert", host=host.host.name, to=outcome.from_version)
+        try:
+            with (
+                structlog.contextvars.bound_contextvars(host=host.host.name),
+                anyio.fail_after(cfg.rollout.revert_timeout),
+            ):
+                await rollback(
+                    host.config, outcome.from_version, engine=host.engine, firewall=host.firewall
+                )
+        except Exception as exc:
+            outcome.result = "revert-failed"
+            outcome.reason = redactor.scrub(str(exc) or type(exc).__name__)
+            continue
+        outcome.result = "reverted"

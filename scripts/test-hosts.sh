@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Second (and third...) Docker hosts on this machine, for the multi-host tests and bench:
+# each is a network namespace `ru-hostN` with its own address on a veth pair
+# (10.231.N.2, this side 10.231.N.1), its own dockerd (own sockets, data root, exec root,
+# so 5221/5222 are free there), an sshd (the ssh:// transport) and a TLS endpoint
+# (tcp://10.231.N.2:2376, client certificates generated here, DOCKER_CERT_PATH-style).
+# dockerd enters only the namespace's network (nsenter, not `ip netns exec`, which would
+# mount a /sys without the cgroup hierarchy dockerd needs).
+# The test base image is loaded into each engine once.
+#
+#   bash scripts/test-hosts.sh [COUNT]      # hosts 2..COUNT+1, default 1 (ru-host2 only)
+#
+# Idempotent; needs root. Everything lives under /var/lib/rolling-update-hosts.
+set -euo pipefail
+
+DOCKER=/usr/bin/docker
+BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm}
+COUNT=${1:-1}
+ROOT=/var/lib/rolling-update-hosts
+
+if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
+  echo "test-hosts: installing openssh-server"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+fi
+
+mkdir -p "$ROOT/ssh" "$ROOT/certs"
+chmod 700 "$ROOT/ssh"
+
+# One client key and one CA for all hosts.
+[ -f "$ROOT/ssh/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$ROOT/ssh/id_ed25519"
+[ -f "$ROOT/ssh/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$ROOT/ssh/host_ed25519"
+cp "$ROOT/ssh/id_ed25519.pub" "$ROOT/ssh/authorized_keys"
+chmod 600 "$ROOT/ssh/authorized_keys"
+certs=$ROOT/certs
+if [ ! -f "$certs/ca.pem" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=rolling-update test CA" \
+    -keyout "$certs/ca-key.pem" -out "$certs/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=client" \
+    -keyout "$certs/key.pem" -out "$certs/client.csr" 2>/dev/null
+  printf 'extendedKeyUsage = clientAuth\n' >"$certs/client.ext"
+  openssl x509 -req -in "$certs/client.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca-key.pem" \
+    -CAcreateserial -days 3650 -extfile "$certs/client.ext" -out "$certs/cert.pem" 2>/dev/null
+fi
+
+: >"$ROOT/ssh/known_hosts"
+: >"$ROOT/ssh/config"
+for n in $(seq 2 $((COUNT + 1))); do
+  ns=ru-host$n
+  here=10.231.$n.1
+  there=10.231.$n.2
+  dir=$ROOT/$ns
+  mkdir -p "$dir"
+  if ! ip netns list | grep -qw "$ns"; then
+    ip netns add "$ns"
+    ip link add "ru-h${n}a" type veth peer name "ru-h${n}b"
+    ip link set "ru-h${n}b" netns "$ns"
+    ip addr add "$here/24" dev "ru-h${n}a"
+    ip link set "ru-h${n}a" up
+    ip netns exec "$ns" ip addr add "$there/24" dev "ru-h${n}b"
+    ip netns exec "$ns" ip link set "ru-h${n}b" up
+    ip netns exec "$ns" ip link set lo up
+    ip netns exec "$ns" ip route add default via "$here"
+  fi
+
+  # The engine's server certificate names its address.
+  if [ ! -f "$dir/server-cert.pem" ]; then
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$there" \
+      -keyout "$dir/server-key.pem" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName = IP:%s\nextendedKeyUsage = serverAuth\n' "$there" >"$dir/server.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca-key.pem" \
+      -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server-cert.pem" 2>/dev/null
+  fi
+
+  sock=/run/$ns/docker.sock
+  if ! "$DOCKER" -H "unix://$sock" info >/dev/null 2>&1; then
+    if [ -f "/run/$ns/docker.pid" ] && ! kill -0 "$(cat "/run/$ns/docker.pid")" 2>/dev/null; then
+      rm -f "/run/$ns/docker.pid"
+    fi
+    mkdir -p "/run/$ns"
+    echo "test-hosts: starting dockerd in $ns (log: $dir/dockerd.log)"
+    nohup nsenter --net="/run/netns/$ns" dockerd \
+      --data-root "$dir/docker" --exec-root "/run/$ns/exec" --pidfile "/run/$ns/docker.pid" \
+      -H "unix://$sock" -H "tcp://$there:2376" \
+      --tlsverify --tlscacert "$certs/ca.pem" --tlscert "$dir/server-cert.pem" \
+      --tlskey "$dir/server-key.pem" \
+      --bip 172.31.$n.1/24 --cgroup-parent "$ns" \
+      >"$dir/dockerd.log" 2>&1 &
+    for _ in $(seq 1 120); do
+      "$DOCKER" -H "unix://$sock" info >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    "$DOCKER" -H "unix://$sock" info >/dev/null 2>&1 || { tail -20 "$dir/dockerd.log"; exit 1; }
+  fi
+  if ! "$DOCKER" -H "unix://$sock" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    echo "test-hosts: loading $BASE_IMAGE into $ns"
+    "$DOCKER" save "$BASE_IMAGE" | "$DOCKER" -H "unix://$sock" load >/dev/null
+  fi
+
+  cat >"$dir/sshd_config" <<EOF
+ListenAddress $there
+Port 22
+HostKey $ROOT/ssh/host_ed25519
+AuthorizedKeysFile $ROOT/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowStreamLocalForwarding yes
+AllowTcpForwarding yes
+StrictModes no
+PidFile /run/$ns/sshd.pid
+UsePAM no
+EOF
+  if ! { [ -f "/run/$ns/sshd.pid" ] && kill -0 "$(cat "/run/$ns/sshd.pid")" 2>/dev/null; }; then
+    mkdir -p /run/sshd
+    ip netns exec "$ns" /usr/sbin/sshd -f "$dir/sshd_config"
+  fi
+  echo "$there $(cut -d' ' -f1,2 "$ROOT/ssh/host_ed25519.pub")" >>"$ROOT/ssh/known_hosts"
+  cat >>"$ROOT/ssh/config" <<EOF
+Host $ns
+  HostName $there
+  User root
+  IdentityFile $ROOT/ssh/id_ed25519
+  UserKnownHostsFile $ROOT/ssh/known_hosts
+Host $there
+  User root
+  IdentityFile $ROOT/ssh/id_ed25519
+  UserKnownHostsFile $ROOT/ssh/known_hosts
+EOF
+  echo "test-hosts: $ns ready (unix://$sock, tcp://$there:2376 TLS, ssh://root@$there)"
+done

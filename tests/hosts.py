@@ -1,0 +1,174 @@
+"""A second Docker host for the multi-host tests: `ru-host2`, made by scripts/test-hosts.sh.
+
+It is a network namespace with its own dockerd (unix socket, and tcp+TLS on
+its address), an sshd, and its own address on a veth pair; 5221/5222 are free
+there. The test service runs on this machine's engine (free ports) and on
+ru-host2 (5221/5222), under one name.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rolling_update._handoff import table_name
+from tests.support import BASE_IMAGE, DOCKER, Service, get_json, require_engine
+
+HOST2 = "10.231.2.2"
+HOST2_SOCKET = "/run/ru-host2/docker.sock"
+HOST2_PORT, HOST2_GREEN = 5221, 5222
+HOSTS_ROOT = Path("/var/lib/rolling-update-hosts")
+SSH_CONFIG = HOSTS_ROOT / "ssh" / "config"
+CERTS = HOSTS_ROOT / "certs"
+
+
+def docker2(*args: str, check: bool = True, timeout: float = 120) -> str:
+    result = subprocess.run(
+        [DOCKER, "-H", f"unix://{HOST2_SOCKET}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"docker(ru-host2) {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def require_host2() -> None:
+    """Fail (not skip) without the second host: CI must never pass by skipping these."""
+    try:
+        docker2("image", "inspect", BASE_IMAGE, timeout=10)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"needs the second host: run `bash scripts/test-hosts.sh` first ({exc})")
+
+
+def _nft2(*args: str) -> int:
+    """``nft`` in ru-host2's network namespace: its exit code."""
+    command = ["ip", "netns", "exec", "ru-host2", "nft", *args]
+    return subprocess.run(command, capture_output=True, check=False).returncode
+
+
+class TwoHosts:
+    """One test service on this machine's engine ("local") and on ru-host2 ("h2")."""
+
+    def __init__(self, service: Service) -> None:
+        self.svc = service
+
+    def serving2(self, port: int = HOST2_PORT) -> str | None:
+        body = get_json(f"http://{HOST2}:{port}/api/brain/hardening/status")
+        return body.get("version") if isinstance(body, dict) else None
+
+    def start_blue2(self, version: str = "1.0.0") -> None:
+        """Blue on ru-host2, as the reference script starts it, from the same app."""
+        svc = self.svc
+        app = svc.write_app(version)
+        docker2(
+            "build",
+            "-q",
+            "--build-arg",
+            f"BASE={BASE_IMAGE}",
+            "-t",
+            f"{svc.repo}:{version}",
+            str(app),
+        )
+        docker2(
+            "run", "-d", "--name", svc.name, "--network", "host", "--restart", "unless-stopped",
+            "-e", f"PORT={HOST2_PORT}", "-e", "ENV_REGION=hk", f"{svc.repo}:{version}",
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while self.serving2() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"blue on ru-host2 did not come up: {docker2('logs', svc.name, check=False)}"
+                )
+            time.sleep(0.05)
+
+    def start_blues(self, version: str = "1.0.0") -> None:
+        self.svc.start_blue(version)
+        self.start_blue2(version)
+
+    def config(self, *, engine2: str = "ssh", extra: str = "") -> Path:
+        """The service's config with [[hosts]]: local (canary) first, then ru-host2."""
+        svc = self.svc
+        if engine2 == "ssh":
+            h2 = (
+                f'engine = "ssh://root@{HOST2}"\nsocket = "{HOST2_SOCKET}"\n'
+                f'ssh_config = "{SSH_CONFIG}"\n'
+            )
+        elif engine2 == "ssh-probe":
+            h2 = (
+                f'engine = "ssh://root@{HOST2}"\nsocket = "{HOST2_SOCKET}"\n'
+                f'ssh_config = "{SSH_CONFIG}"\nprobe = "ssh"\n'
+            )
+        else:
+            h2 = f'engine = "tcp://{HOST2}:2376"\ncert_path = "{CERTS}"\n'
+        hosts = (
+            '[[hosts]]\nname = "local"\nengine = "unix:///var/run/docker.sock"\n\n'
+            f'[[hosts]]\nname = "h2"\n{h2}port = {HOST2_PORT}\ngreen_port = {HOST2_GREEN}\n'
+            '[hosts.env]\nENV_REGION = "hk"\n\n'
+        )
+        return svc.config(extra=hosts + extra)
+
+    def containers2(self) -> list[str]:
+        names = docker2("ps", "-a", "--filter", f"name={self.svc.name}", "--format", "{{.Names}}")
+        name = self.svc.name
+        return sorted(n for n in names.split() if n == name or n.startswith(name + "-"))
+
+    def redirected2(self) -> bool:
+        found = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "ru-host2",
+                "nft",
+                "list",
+                "table",
+                "inet",
+                table_name(self.svc.name),
+            ],
+            capture_output=True,
+            check=False,
+        )
+        return found.returncode == 0
+
+    def cleanup(self) -> None:
+        svc = self.svc
+        names = docker2("ps", "-aq", "--filter", f"name={svc.name}", check=False).split()
+        if names:
+            docker2("rm", "-f", "-v", *names, check=False)
+        images = docker2("images", "-q", svc.repo, check=False).split()
+        if images:
+            docker2("rmi", "-f", *set(images), check=False)
+        docker2("volume", "rm", "-f", svc.marker, check=False)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "ru-host2",
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                table_name(svc.name),
+            ],
+            capture_output=True,
+            check=False,
+        )
+
+
+@pytest.fixture
+def two_hosts(service: Service) -> Iterator[TwoHosts]:
+    require_engine()
+    require_host2()
+    hosts = TwoHosts(service)
+    try:
+        yield hosts
+    finally:
+        hosts.cleanup()
