@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+from typing import Any
 
-from tests.hosts import HOST2_GREEN, TwoHosts, two_hosts
-from tests.support import ROOT, Run, Service
+import anyio
+
+from rolling_update._engine import DockerEngine
+from rolling_update._handoff import EngineFirewall, table_name
+from tests.hosts import (
+    HOST2,
+    HOST2_GREEN,
+    HOST2_PORT,
+    HOST2_SOCKET,
+    TwoHosts,
+    docker2,
+    two_hosts,
+)
+from tests.support import ROOT, Run, Service, docker, free_port, get_json
 
 __all__ = ["two_hosts"]
 
@@ -140,3 +154,92 @@ def test_sigkill_then_recover_on_both_hosts(service: Service, two_hosts: TwoHost
     assert two_hosts.containers2() == [service.name]
     assert not two_hosts.redirected2()
     assert not service.marked()
+
+
+def _cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [*service.command(args[0]), *args[1:]]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_tcp_tls_host_deploys_and_status_history_show_every_host(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """The second host over tcp:// with generated client certificates deploys like the
+    ssh one; status and history then show each host, and --host narrows to one."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(engine2="tls")
+    service.write_app("2.0.0")
+    run = service.deploy(timeout=300)
+    assert run.code == 0, run.stderr
+    assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "2.0.0")
+    status = json.loads(_cli(service, "status", "--json").stdout)["hosts"]
+    assert sorted(status) == ["h2", "local"]
+    assert all(s["production"]["version"] == "2.0.0" for s in status.values())
+    assert status["h2"]["production"]["healthy"] and status["h2"]["redirect_to"] is None
+    history = json.loads(_cli(service, "history", "--json", "--host", "h2").stdout)["hosts"]
+    assert [(e["from_version"], e["to_version"], e["result"]) for e in history["h2"]] == [
+        ("1.0.0", "2.0.0", "deployed")
+    ]
+    human = _cli(service, "status").stdout
+    assert "== host local" in human and "== host h2" in human
+
+
+def test_parallel_hosts_after_the_canary_with_ssh_probes(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """parallel = 2: after the canary, ru-host2 (probed through the SSH connection) and a
+    third host (the local engine again, under other names) update at the same time."""
+    two_hosts.start_blues("1.0.0")
+    port_b, green_b = free_port(), free_port()
+    docker(
+        "run", "-d", "--name", f"{service.name}-b", "--network", "host",
+        "--restart", "unless-stopped", "-e", f"PORT={port_b}", f"{service.repo}:1.0.0",
+    )  # fmt: skip
+    extra = (
+        f'[[hosts]]\nname = "local-b"\ncontainer = "{service.name}-b"\n'
+        f'green_container = "{service.name}-b-green"\nport = {port_b}\ngreen_port = {green_b}\n\n'
+        "[rollout]\nparallel = 2\n"
+    )
+    two_hosts.config(engine2="ssh-probe", extra=extra)
+    service.write_app("2.0.0")
+    run = service.deploy(timeout=300)
+    assert run.code == 0, run.stderr
+    assert service.serving() == service.serving(port_b) == two_hosts.serving2() == "2.0.0"
+    order = [(e["event"], e.get("host")) for e in run.events]
+    # With one at a time, h2 (second in the list) would be done before local-b began.
+    assert order.index(("deploy.started", "local-b")) < order.index(("deploy.done", "h2"))
+    assert [e["host"] for e in run.event("image.present")] == ["local-b"]
+    assert [e["probe"] for e in run.event("host.connected") if e["host"] == "h2"] == ["127.77.0.3"]
+
+
+def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_production(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """Through the engine API alone (the nft helper container), ru-host2's port 5221 is
+    redirected to 5222 for new connections, while 15221 reaches the real 5221."""
+    two_hosts.start_blue2("1.0.0")
+    docker2(
+        "run", "-d", "--name", f"{service.name}-green", "--network", "host",
+        "-e", f"PORT={HOST2_GREEN}", f"{service.repo}:1.0.0",
+    )  # fmt: skip
+
+    def port_behind(port: int) -> Any:
+        body = get_json(f"http://{HOST2}:{port}/api/brain/hardening/status")
+        return body.get("port") if isinstance(body, dict) else None
+
+    async def main() -> None:
+        async with DockerEngine(f"unix://{HOST2_SOCKET}") as engine:
+            firewall = EngineFirewall(engine, f"{service.repo}:1.0.0", bypass_port=15221)
+            assert await firewall.unavailable() is None
+            table = table_name(service.name)
+            await firewall.redirect(table, HOST2_PORT, HOST2_GREEN)
+            assert await firewall.target(table, HOST2_PORT) == HOST2_GREEN
+            assert await anyio.to_thread.run_sync(port_behind, HOST2_PORT) == HOST2_GREEN
+            assert await anyio.to_thread.run_sync(port_behind, 15221) == HOST2_PORT
+            await firewall.remove(table)
+            assert await firewall.target(table) is None
+            assert await anyio.to_thread.run_sync(port_behind, HOST2_PORT) == HOST2_PORT
+            helpers = docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=nft")
+            assert helpers == ""
+
+    anyio.run(main)
