@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,6 +20,7 @@ from tests.hosts import (
     HOST2_GREEN,
     HOST2_PORT,
     HOST2_SOCKET,
+    SSH_CONFIG,
     TwoHosts,
     docker2,
     two_hosts,
@@ -27,22 +30,67 @@ from tests.support import ROOT, Run, Service, docker, free_port, get_json
 __all__ = ["two_hosts"]
 
 
-def test_two_hosts_over_ssh_deploy_canary_first(service: Service, two_hosts: TwoHosts) -> None:
-    """A two-host deploy (local, then ssh://) builds once, copies the image, and serves the
-    new version on both, with the host's own env."""
+def readme_example(service: Service) -> Path:
+    """The README's two-host config, on this machine and ru-host2: names, ports, the SSH
+    target and timings changed, nothing else."""
+    readme = (ROOT / "README.md").read_text()
+    marker = readme.index("<!-- two-hosts example")
+    text = readme[readme.index("```toml\n", marker) + 8 : readme.index("```\n", marker + 40)]
+    swaps = [
+        (r'"cecelia-node-brain-green"', f'"{service.green}"'),
+        (r'"cecelia-node-brain"', f'"{service.name}"'),
+        (r"(?m)^port = 5221", f"port = {service.port}"),
+        (r"(?m)^green_port = 5222", f"green_port = {service.green_port}"),
+        (r'"cecelia-brain:\{version\}"', f'"{service.repo}:{{version}}"'),
+        (
+            r'engine = "ssh://deploy@brain-hk.example.com"',
+            f'engine = "ssh://root@{HOST2}"\nsocket = "{HOST2_SOCKET}"\n'
+            f'ssh_config = "{SSH_CONFIG}"\nport = {HOST2_PORT}\ngreen_port = {HOST2_GREEN}',
+        ),
+        (
+            r'(?m)^version_path = "/api/brain/hardening/status"',
+            'version_path = "/api/brain/hardening/status"\ninterval = 0.1\nattempts = 150',
+        ),
+    ]
+    for pattern, value in swaps:
+        text, count = re.subn(pattern, value, text)
+        assert count, f"the README's two-host example no longer has {pattern}"
+    text += (
+        "\n[tick]\nsettle = 0\nguard = 1\ninterval = 0.1\n\n[verify]\nsoak = 1\n\n"
+        f'[state]\ndir = "{service.workdir / "state"}"\n'
+    )
+    service.write_env_file({})
+    path = service.workdir / "rolling-update.toml"
+    path.write_text(text)
+    return path
+
+
+def test_readme_two_host_example_deploys_canary_first(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """The README's example (this machine, then ssh://) builds once, migrates once, copies
+    the image, and serves the new version on both hosts with each host's own env."""
     two_hosts.start_blues("1.0.0")
-    two_hosts.config()
-    service.write_app("2.0.0")
+    readme_example(service)
+    service.write_app("2.0.0", knobs={"ECHO_ENV": "ENV_REGION"})
     run = service.deploy(timeout=300)
     assert run.code == 0, run.stderr + run.stdout[-3000:]
     assert service.serving() == "2.0.0"
     assert two_hosts.serving2() == "2.0.0"
     assert two_hosts.serving2(HOST2_GREEN) is None
     assert two_hosts.containers2() == [service.name]
-    hosts = [e["host"] for e in run.event("rollout.host")]
-    assert hosts == ["local", "h2"]
-    assert run.event("image.copied")
-    assert len(run.event("deploy.done")) == 2
+    assert [e["host"] for e in run.event("rollout.host")] == ["us", "hk"]
+    assert [e["host"] for e in run.event("image.copied")] == ["hk"]
+    steps = {(e["host"], e["step"]) for e in run.event("deploy.step.started")}
+    assert ("us", "build") in steps and ("us", "migrate") in steps
+    assert ("hk", "build") not in steps and ("hk", "migrate") not in steps
+    assert ("hk", "handoff") in steps
+    regions = {
+        e["host"]: e["line"]
+        for e in run.event("container.log")
+        if "ENV_REGION=" in e.get("line", "")
+    }
+    assert regions == {"us": "ENV_REGION=us", "hk": "ENV_REGION=hk"}
 
 
 def _signal_when(service: Service, host: str, step: str, signum: int) -> Run:
