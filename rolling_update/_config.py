@@ -302,7 +302,11 @@ class MetricsConfig(_Section):
     textfile: Path | None = Field(
         None,
         description="Prometheus text file (node_exporter's textfile collector), rewritten "
-        "atomically after every run; none: no metrics.",
+        "atomically after every run; none: no metrics. With [[hosts]], one file per host "
+        "(NAME-HOST.prom), each series labelled host=HOST.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels added to every series (e.g. a region)."
     )
 
 

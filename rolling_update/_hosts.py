@@ -92,6 +92,15 @@ def for_host(cfg: Config, host: HostConfig, *, first: bool, address: str | None 
         # shown and counted on its own.
         "state": cfg.state.model_copy(update={"dir": base / "hosts" / host.name}),
     }
+    textfile = cfg.metrics.textfile
+    if textfile is not None:
+        # One file per host: node_exporter refuses the same series from two files.
+        update["metrics"] = cfg.metrics.model_copy(
+            update={
+                "textfile": textfile.with_name(f"{textfile.stem}-{host.name}{textfile.suffix}"),
+                "labels": {**cfg.metrics.labels, "host": host.name},
+            }
+        )
     if not first:
         update["build"] = cfg.build.model_copy(update={"enabled": False})
         if cfg.rollout.migrate == "once":

@@ -21,20 +21,23 @@ from ._history import HistoryEntry, read
 
 
 class _FromHistory(Collector):
-    def __init__(self, service: str, entries: list[HistoryEntry]) -> None:
+    def __init__(
+        self, service: str, entries: list[HistoryEntry], labels: dict[str, str] | None = None
+    ) -> None:
         self.service = service
         self.entries = entries
+        self.extra = dict(labels or {})
 
     def collect(self) -> Iterator[Metric]:
         runs = CounterMetricFamily(
             "rolling_update_runs",
             "Deploys, rollbacks and recoveries of the service on this host, by outcome.",
-            labels=["service", "kind", "result"],
+            labels=["service", "kind", "result", *self.extra],
         )
         for (kind, result), count in sorted(
             Counter((e.kind, e.result) for e in self.entries).items()
         ):
-            runs.add_metric([self.service, kind, result], count)
+            runs.add_metric([self.service, kind, result, *self.extra.values()], count)
         yield runs
         served = [e for e in self.entries if e.result == "deployed"]
         if served:
@@ -62,8 +65,8 @@ class _FromHistory(Collector):
                     yield self._gauge(name, text, value * scale)
 
     def _gauge(self, name: str, text: str, value: float) -> GaugeMetricFamily:
-        gauge = GaugeMetricFamily(f"rolling_update_{name}", text, labels=["service"])
-        gauge.add_metric([self.service], value)
+        gauge = GaugeMetricFamily(f"rolling_update_{name}", text, labels=["service", *self.extra])
+        gauge.add_metric([self.service, *self.extra.values()], value)
         return gauge
 
 
@@ -72,7 +75,7 @@ def write_metrics(cfg: Config) -> None:
     if cfg.metrics.textfile is None:
         return
     registry = CollectorRegistry()
-    registry.register(_FromHistory(cfg.service.name, read(cfg.state_dir)))
+    registry.register(_FromHistory(cfg.service.name, read(cfg.state_dir), cfg.metrics.labels))
     try:
         write_to_textfile(str(cfg.metrics.textfile), registry)
     except OSError as exc:

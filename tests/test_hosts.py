@@ -11,7 +11,11 @@ import pytest
 from rolling_update import ConfigError
 from rolling_update._config import parse_config
 from rolling_update._handoff import _replace, _ruleset, _target_in
+from rolling_update._history import HistoryEntry
+from rolling_update._history import append as history_append
+from rolling_update._history import now as history_now
 from rolling_update._hosts import bypass_port, for_host, pick, probe_address
+from rolling_update._metrics import write_metrics
 
 
 def config(**extra: Any) -> Any:
@@ -125,3 +129,26 @@ def test_remote_ruleset_lets_the_bypass_port_reach_the_real_port_first() -> None
     assert _target_in(text, 5221) == 5222
     assert _target_in(text, 15221) == 5221
     assert _replace("t", "").startswith("table inet t\ndelete table inet t\n")
+
+
+def test_each_host_writes_its_own_metrics_file_labelled_with_its_name(tmp_path: Path) -> None:
+    """With a metrics textfile, each host's runs go to NAME-HOST.prom with host=HOST on
+    every series (node_exporter refuses one series from two files)."""
+    cfg = config(hosts=HOSTS, metrics={"textfile": str(tmp_path / "ru.prom")})
+    hk = for_host(cfg, cfg.hosts[1], first=False)
+    assert hk.metrics.textfile == tmp_path / "ru-hk.prom"
+    assert hk.metrics.labels == {"host": "hk"}
+    hk = hk.model_copy(update={"state": hk.state.model_copy(update={"dir": tmp_path})})
+    stamp = history_now()
+    entry = HistoryEntry(
+        id="1", kind="deploy", service="brain-hk", started_at=stamp, ended_at=stamp,
+        user="u", host="h", result="deployed", seconds=3.0,
+    )  # fmt: skip
+    history_append(hk.state_dir, entry)
+    write_metrics(hk)
+    text = (tmp_path / "ru-hk.prom").read_text()
+    assert (
+        'rolling_update_runs_total{host="hk",kind="deploy",result="deployed",service="brain-hk"}'
+        in text
+    )
+    assert 'rolling_update_last_duration_seconds{host="hk",service="brain-hk"} 3.0' in text
