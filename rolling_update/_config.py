@@ -393,6 +393,12 @@ class RolloutConfig(_Section):
         description="once: migrations run on the canary, before any switch (a shared "
         "database); per-host: on every host.",
     )
+    distribute: Literal["stream", "registry"] = Field(
+        "stream",
+        description="How the image built on the canary reaches the other hosts: stream "
+        "(save into each engine's load, no registry) or registry (push once, each host "
+        "pulls; image.name must start with the registry's host).",
+    )
     connect_timeout: PositiveSeconds = Field(
         20, description="Deadline for reaching each host's engine (SSH included)."
     )
@@ -483,6 +489,15 @@ class Config(_Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @model_validator(mode="after")
+    def _registry_named(self) -> Config:
+        if self.rollout.distribute == "registry" and registry_of(self.image.name) is None:
+            raise ValueError(
+                "rollout.distribute = registry: image.name must start with the registry's host "
+                f"(registry.example.com/name:{{version}}), not {self.image.name!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _hosts_distinct(self) -> Config:
         names = [h.name for h in self.hosts]
         for name in names:
@@ -506,6 +521,14 @@ class Config(_Section):
     def state_dir(self) -> Path:
         """This service's own state directory on this host."""
         return (self.state.dir or default_state_dir()) / self.service.name
+
+
+def registry_of(image: str) -> str | None:
+    """The registry host an image reference names, as Docker reads it, or ``None``."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:

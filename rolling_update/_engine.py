@@ -431,6 +431,40 @@ class DockerEngine:
             if error:
                 raise EngineError("image load", "stream", 500, str(error))
 
+    async def push_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        """``docker push``: ``auth`` is the X-Registry-Auth header (see ``_registry``)."""
+        name, tag = split_reference(ref)
+        async with (
+            self._translate("push", ref),
+            self._stream(
+                f"images/{name}/push",
+                {"tag": tag},
+                method="POST",
+                headers={"X-Registry-Auth": auth},
+            ) as response,
+        ):
+            async for raw in response.content:
+                _progress_line(raw, "push", ref, on_status)
+
+    async def pull_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        """``docker pull`` of exactly ``ref``."""
+        name, tag = split_reference(ref)
+        async with (
+            self._translate("pull", ref),
+            self._stream(
+                "images/create",
+                {"fromImage": name, "tag": tag},
+                method="POST",
+                headers={"X-Registry-Auth": auth},
+            ) as response,
+        ):
+            async for raw in response.content:
+                _progress_line(raw, "pull", ref, on_status)
+
     async def run_once(
         self, spec: ContainerSpec, *, limit: float = MUTATION_LIMIT
     ) -> tuple[int, str]:
@@ -702,6 +736,32 @@ class DockerEngine:
                 used = memory_in_use(raw)
                 if used is not None:
                     await on_sample(used)
+
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """``registry:5000/repo:tag`` into ``("registry:5000/repo", "tag")`` (default latest)."""
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return ref, "latest"
+    return name, tag
+
+
+def _progress_line(
+    raw: bytes, operation: str, ref: str, on_status: Callable[[str], None] | None
+) -> None:
+    """One line of a push or pull stream: its error raised, its status passed on."""
+    try:
+        chunk = json.loads(raw)
+    except ValueError:
+        return
+    if not isinstance(chunk, dict):
+        return
+    if "error" in chunk:
+        detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+        raise EngineError(operation, ref, 500, str(detail).strip())
+    status = chunk.get("status")
+    if on_status is not None and isinstance(status, str) and "progress" not in chunk:
+        on_status(f"{chunk.get('id', '')}: {status}".lstrip(": "))
 
 
 def build_output(raw: bytes, tag: str) -> list[str]:

@@ -28,6 +28,7 @@ from ._errors import EngineError, RollingUpdateError
 from ._hosts import Connected, connect, helper_image, hosts_of
 from ._logging import redactor
 from ._operate import rollback
+from ._registry import registry_auth
 from ._saga import SagaState
 
 _PROGRESS_EVERY = 2.0
@@ -112,6 +113,30 @@ async def distribute(
     return {"copied_bytes": sent, "copy_s": round(seconds, 3)}
 
 
+async def pull(
+    source: DockerEngine, target: DockerEngine, image: str, *, host: str, auth: str
+) -> dict[str, Any]:
+    """``image`` pulled by ``target`` from the registry it was pushed to; checked to be
+    the canary's own image (same id)."""
+    log = structlog.get_logger()
+    wanted = await source.image_id(image)
+    if await target.image_id(image) == wanted:
+        log.info("image.present", host=host, image=image)
+        return {"pulled": False}
+    began = time.monotonic()
+    log.info("image.pull", host=host, image=image)
+    await target.pull_image(
+        image,
+        auth=auth,
+        on_status=lambda line: log.debug("image.pull.status", host=host, line=line),
+    )
+    if await target.image_id(image) != wanted:
+        raise EngineError("pull", image, 0, f"{host} pulled an image other than the canary's")
+    seconds = round(time.monotonic() - began, 3)
+    log.info("image.pulled", host=host, image=image, seconds=seconds)
+    return {"pulled": True, "pull_s": seconds}
+
+
 async def rollout(
     cfg: Config,
     *,
@@ -133,6 +158,27 @@ async def rollout(
     outcomes = {h.name: HostOutcome(host=h.name, to_version=release.version) for h in hosts}
     states = progress if progress is not None else {}
     stopped = False
+    registry = cfg.rollout.distribute == "registry"
+    auth = registry_auth(release.image, environ) if registry else ""
+    pushed = anyio.Lock()
+    push_done = False
+
+    async def push(source: Connected) -> None:
+        nonlocal push_done
+        async with pushed:
+            if push_done:
+                return
+            began = time.monotonic()
+            log.info("image.push", image=release.image, host=source.host.name)
+            await source.engine.push_image(
+                release.image,
+                auth=auth,
+                on_status=lambda line: log.debug("image.push.status", line=line),
+            )
+            log.info(
+                "image.pushed", image=release.image, seconds=round(time.monotonic() - began, 3)
+            )
+            push_done = True
 
     async def one(connected: Connected, source: Connected | None) -> None:
         nonlocal stopped
@@ -148,11 +194,16 @@ async def rollout(
                 )
                 if source is not None:
                     with anyio.fail_after(cfg.rollout.distribute_timeout):
-                        outcome.measured.update(
-                            await distribute(
+                        if registry:
+                            await push(source)
+                            copied = await pull(
+                                source.engine, connected.engine, release.image, host=name, auth=auth
+                            )
+                        else:
+                            copied = await distribute(
                                 source.engine, connected.engine, release.image, host=name
                             )
-                        )
+                        outcome.measured.update(copied)
                 await helper_image(connected, release.image)
                 result = await deploy(
                     connected.config,

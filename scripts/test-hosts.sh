@@ -10,6 +10,9 @@
 #
 #   bash scripts/test-hosts.sh [COUNT]      # hosts 2..COUNT+1, default 1 (ru-host2 only)
 #
+# Also a registry (Debian's docker-registry) with TLS at 10.231.2.1:5000, which every
+# engine here trusts through /etc/docker/certs.d (for rollout.distribute = "registry").
+#
 # Idempotent; needs root. Everything lives under /var/lib/rolling-update-hosts.
 set -euo pipefail
 
@@ -18,10 +21,14 @@ BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm}
 COUNT=${1:-1}
 ROOT=/var/lib/rolling-update-hosts
 
-if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
-  echo "test-hosts: installing openssh-server"
+if [ ! -x /usr/sbin/sshd ] || [ ! -x /usr/bin/docker-registry ] || ! command -v curl >/dev/null; then
+  echo "test-hosts: installing openssh-server and docker-registry"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+  # The packages' own services are not wanted: ours run on the test addresses.
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client curl \
+    docker-registry >/dev/null
+  rm -f /usr/sbin/policy-rc.d
 fi
 
 mkdir -p "$ROOT/ssh" "$ROOT/certs"
@@ -129,3 +136,43 @@ Host $there
 EOF
   echo "test-hosts: $ns ready (unix://$sock, tcp://$there:2376 TLS, ssh://root@$there)"
 done
+
+# The registry: on this side of ru-host2's veth, so that both engines reach it by one name.
+registry=10.231.2.1:5000
+rdir=$ROOT/registry
+mkdir -p "$rdir/data"
+if [ ! -f "$rdir/cert.pem" ]; then
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=10.231.2.1" \
+    -keyout "$rdir/key.pem" -out "$rdir/cert.csr" 2>/dev/null
+  printf 'subjectAltName = IP:10.231.2.1\nextendedKeyUsage = serverAuth\n' >"$rdir/cert.ext"
+  openssl x509 -req -in "$rdir/cert.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca-key.pem" \
+    -CAcreateserial -days 3650 -extfile "$rdir/cert.ext" -out "$rdir/cert.pem" 2>/dev/null
+fi
+mkdir -p "/etc/docker/certs.d/$registry"
+cp "$certs/ca.pem" "/etc/docker/certs.d/$registry/ca.crt"
+cat >"$rdir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $rdir/data
+  delete:
+    enabled: true
+http:
+  addr: $registry
+  tls:
+    certificate: $rdir/cert.pem
+    key: $rdir/key.pem
+EOF
+if ! curl -sf --cacert "$certs/ca.pem" "https://$registry/v2/" >/dev/null 2>&1; then
+  echo "test-hosts: starting the registry at $registry (log: $rdir/registry.log)"
+  nohup /usr/bin/docker-registry serve "$rdir/config.yml" >"$rdir/registry.log" 2>&1 &
+  for _ in $(seq 1 60); do
+    curl -sf --cacert "$certs/ca.pem" "https://$registry/v2/" >/dev/null 2>&1 && break
+    sleep 0.25
+  done
+  curl -sf --cacert "$certs/ca.pem" "https://$registry/v2/" >/dev/null \
+    || { tail -20 "$rdir/registry.log"; exit 1; }
+fi
+echo "test-hosts: registry https://$registry ready"

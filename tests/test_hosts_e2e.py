@@ -291,3 +291,37 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
             assert helpers == ""
 
     anyio.run(main)
+
+
+REGISTRY = "10.231.2.1:5000"
+
+
+def test_registry_distribution_pushes_once_and_the_host_pulls(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """With rollout.distribute = registry the canary's image is pushed once and ru-host2
+    pulls it (the same image id) instead of receiving a save stream."""
+    two_hosts.start_blues("1.0.0")
+    path = two_hosts.config(extra='[rollout]\ndistribute = "registry"\n')
+    image = f"{REGISTRY}/{service.repo}"
+    path.write_text(
+        path.read_text().replace(
+            f'name = "{service.repo}:{{version}}"', f'name = "{image}:{{version}}"'
+        )
+    )
+    service.write_app("2.0.0")
+    config_dir = service.workdir / "docker-config"
+    config_dir.mkdir()
+    try:
+        run = service.deploy(timeout=300, environ={"DOCKER_CONFIG": str(config_dir)})
+        assert run.code == 0, run.stderr
+        assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "2.0.0")
+        assert len(run.event("image.pushed")) == 1
+        assert [e["host"] for e in run.event("image.pulled")] == ["h2"]
+        assert not run.event("image.copy")
+        assert docker2("image", "inspect", "-f", "{{.Id}}", f"{image}:2.0.0") == docker(
+            "image", "inspect", "-f", "{{.Id}}", f"{image}:2.0.0"
+        )
+    finally:
+        docker("rmi", "-f", f"{image}:2.0.0", check=False)
+        docker2("rmi", "-f", f"{image}:2.0.0", check=False)
