@@ -297,14 +297,25 @@ def _recover(cfg: Config, host_name: str | None = None) -> int:
     reports: list[tuple[str | None, RecoveryReport]] = []
     wanted = len(pick(cfg, host_name))
 
+    failed: list[tuple[str, RollingUpdateError]] = []
+
     async def work() -> None:
         if not cfg.hosts:
             reports.append((None, await recover(cfg)))
             return
-        async for host in _each_host(cfg, host_name):
-            with structlog.contextvars.bound_contextvars(host=host.host.name):
-                found = await recover(host.config, engine=host.engine, firewall=host.firewall)
-            reports.append((host.host.name, found))
+        # Each host on its own: one that cannot be reached or recovered does not keep
+        # the others from being recovered.
+        for host in pick(cfg, host_name):
+            try:
+                async with connect(cfg, host, index=hosts_of(cfg).index(host)) as reached:
+                    await helper_image(reached, "")
+                    with structlog.contextvars.bound_contextvars(host=host.name):
+                        found = await recover(
+                            reached.config, engine=reached.engine, firewall=reached.firewall
+                        )
+                reports.append((host.name, found))
+            except RollingUpdateError as exc:
+                failed.append((host.name, exc))
 
     interrupt = Interrupt()
     anyio.run(_interruptible, work, interrupt)
@@ -315,10 +326,16 @@ def _recover(cfg: Config, host_name: str | None = None) -> int:
         for action in report.actions:
             print(f"  {action}", file=sys.stderr)
         print(f"{where}consistent: {report.outcome}", file=sys.stderr, flush=True)
-    if len(reports) < wanted:
+    for name, exc in failed:
+        print(describe(exc, f"{name}: error: {exc}"), file=sys.stderr, flush=True)
+    if len(reports) + len(failed) < wanted:
         assert interrupt.signum is not None
         print("recover interrupted; it is safe to run it again", file=sys.stderr, flush=True)
         return EXIT_SIGNAL_BASE + interrupt.signum
+    if failed:
+        # Unreachable or locked hosts were not changed; a failed recovery needs a human.
+        worst = [outcome(exc)[0] for _, exc in failed]
+        return EXIT_ROLLBACK_INCOMPLETE if EXIT_ROLLBACK_INCOMPLETE in worst else max(worst)
     return EXIT_OK
 
 
@@ -332,35 +349,41 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
                 host_cfg = for_host(cfg, host, first=False)
                 found.append((host.name, read(host_cfg.state_dir, args.limit or None)))
             return found
-        async for reached in _each_host(cfg, args.host):
-            if args.command == "status":
-                report = await status(
-                    reached.config, engine=reached.engine, firewall=reached.firewall
-                )
-            else:
-                report = await plan(
-                    reached.config, engine=reached.engine, firewall=reached.firewall
-                )
-            found.append((reached.host.name, report))
+        hosts = hosts_of(cfg)
+        for host in pick(cfg, args.host):
+            try:
+                async with connect(cfg, host, index=hosts.index(host)) as reached:
+                    await helper_image(reached, "")
+                    show = status if args.command == "status" else plan
+                    report = await show(
+                        reached.config, engine=reached.engine, firewall=reached.firewall
+                    )
+            except RollingUpdateError as exc:
+                # One host that cannot be reached is shown as such; the others still are.
+                report = {"error": str(redactor.scrub(str(exc)))}
+            found.append((host.name, report))
         return found
 
     sections = anyio.run(gather)
+    code = EXIT_ROLLED_BACK if any("error" in body for _, body in sections) else EXIT_OK
     if args.json:
         data = {
             name: [e.model_dump() for e in body] if args.command == "history" else body
             for name, body in sections
         }
         print(json.dumps({"hosts": data}, indent=2, default=str))
-        return EXIT_OK
+        return code
     for name, body in sections:
         print(f"== host {name}")
-        if args.command == "history":
+        if isinstance(body, dict) and "error" in body:
+            print(f"error: {body['error']}")
+        elif args.command == "history":
             print(format_history(body))
         elif args.command == "status":
             print(format_status(body))
         else:
             print(format_plan(body))
-    return EXIT_OK
+    return code
 
 
 def _show(args: argparse.Namespace, cfg: Config) -> int:

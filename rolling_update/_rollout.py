@@ -30,6 +30,7 @@ from ._logging import redactor
 from ._operate import rollback
 from ._registry import registry_auth
 from ._saga import SagaState
+from ._state import service_lock
 
 _PROGRESS_EVERY = 2.0
 
@@ -227,6 +228,11 @@ async def rollout(
             log.info("rollout.host", host=name, result=outcome.result, reason=outcome.reason)
 
     async with AsyncExitStack() as stack:
+        # One rollout of the service at a time, from this machine: a second one would
+        # find the canary done and race the first on the hosts after it.
+        stack.enter_context(
+            service_lock(cfg.state_dir, cfg.service.name, purpose="rollout", deploy_id="-")
+        )
         # Every host is reached before anything changes: an unreachable one refuses the
         # rollout with nothing touched.
         connected = [

@@ -107,11 +107,9 @@ def chatty() -> Iterator[str]:
 async def test_cancelled_log_follows_do_not_exhaust_the_connection_pool(
     engine: DockerEngine, chatty: str
 ) -> None:
-    """Regression: 150 cancelled log follows (more than the pool's 100) leave the client usable.
-
-    aiodocker 0.27 leaks a pooled connection per cancelled streaming call; our
-    seam releases each response, so the call after them still answers.
-    """
+    """Regression: 150 cancelled log follows (more than the pool's 100) leave the client usable."""
+    # aiodocker 0.27 leaks a pooled connection per cancelled streaming call; our
+    # seam releases each response, so the call after them still answers.
     lines: list[str] = []
 
     async def on_line(line: str) -> None:

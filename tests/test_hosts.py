@@ -45,8 +45,7 @@ HOSTS = [
 
 
 def test_each_host_gets_its_overrides_and_its_own_state_dir() -> None:
-    """A host's env, ports and container name apply on top of the shared config, and its
-    lock, journal and history live in a directory of its own."""
+    """A host's env, ports and name apply over the shared config; its state has a dir of its own."""
     cfg = config(hosts=HOSTS)
     hk = for_host(cfg, cfg.hosts[1], first=False)
     assert hk.env == {"ENV_REGION": "hk", "A": "1"}
@@ -59,8 +58,7 @@ def test_each_host_gets_its_overrides_and_its_own_state_dir() -> None:
 
 
 def test_only_the_canary_builds_and_migrates_unless_migrations_are_per_host() -> None:
-    """The image is built once and migrations run once, on the canary; per-host
-    migrations run everywhere."""
+    """Only the canary builds and migrates, unless migrations are per host."""
     cfg = config(hosts=HOSTS)
     canary, other = (for_host(cfg, h, first=i == 0) for i, h in enumerate(cfg.hosts))
     assert canary.build.enabled and canary.migrate.commands
@@ -107,8 +105,7 @@ def test_unknown_host_is_refused_listing_the_known_ones() -> None:
 
 
 def test_bypass_port_and_probe_address_defaults() -> None:
-    """The bypass port defaults to port + 10000 (or - 10000 near the top); a tcp host is
-    probed at its engine's address unless told otherwise."""
+    """The bypass port defaults to port ± 10000; a tcp host is probed at its engine's address."""
     cfg = config(
         hosts=[
             {"name": "a", "engine": "tcp://10.0.0.5:2376"},
@@ -121,8 +118,7 @@ def test_bypass_port_and_probe_address_defaults() -> None:
 
 
 def test_remote_ruleset_lets_the_bypass_port_reach_the_real_port_first() -> None:
-    """The remote table sends the bypass port to production's port before the redirect
-    rule, and the redirect's target is read back past the bypass rule."""
+    """The remote table sends the bypass port to production's port before the redirect rule."""
     text = _ruleset("t", 5221, 5222, 15221)
     assert text.index("dport 15221 redirect to :5221") < text.index("dport 5221 redirect to :5222")
     assert _target_in(text) == 5222
@@ -132,8 +128,7 @@ def test_remote_ruleset_lets_the_bypass_port_reach_the_real_port_first() -> None
 
 
 def test_each_host_writes_its_own_metrics_file_labelled_with_its_name(tmp_path: Path) -> None:
-    """With a metrics textfile, each host's runs go to NAME-HOST.prom with host=HOST on
-    every series (node_exporter refuses one series from two files)."""
+    """Each host's metrics go to NAME-HOST.prom, every series labelled host=HOST."""
     cfg = config(hosts=HOSTS, metrics={"textfile": str(tmp_path / "ru.prom")})
     hk = for_host(cfg, cfg.hosts[1], first=False)
     assert hk.metrics.textfile == tmp_path / "ru-hk.prom"

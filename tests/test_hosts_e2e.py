@@ -20,6 +20,7 @@ from tests.hosts import (
     HOST2_GREEN,
     HOST2_PORT,
     HOST2_SOCKET,
+    HOSTS_ROOT,
     SSH_CONFIG,
     TwoHosts,
     docker2,
@@ -68,8 +69,7 @@ def readme_example(service: Service) -> Path:
 def test_readme_two_host_example_deploys_canary_first(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """The README's example (this machine, then ssh://) builds once, migrates once, copies
-    the image, and serves the new version on both hosts with each host's own env."""
+    """The README's example (here, then ssh://) builds and migrates once and updates both hosts."""
     two_hosts.start_blues("1.0.0")
     readme_example(service)
     service.write_app("2.0.0", knobs={"ECHO_ENV": "ENV_REGION"})
@@ -115,8 +115,7 @@ def _signal_when(service: Service, host: str, step: str, signum: int) -> Run:
 
 
 def test_canary_failure_stops_before_the_second_host(service: Service, two_hosts: TwoHosts) -> None:
-    """A release that fails on the canary rolls the canary back; the second host is not
-    touched (no image copied, blue untouched) and the exit code is 1."""
+    """A canary failure rolls the canary back and leaves the second host untouched (exit 1)."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config()
     service.write_app("2.0.0", knobs={"FAIL_HEALTH": "1"})
@@ -135,8 +134,7 @@ def test_canary_failure_stops_before_the_second_host(service: Service, two_hosts
 def test_second_host_failure_with_rollback_all_takes_the_canary_back(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """With on_failure = rollback-all, a failure on the second host rolls it back and
-    takes the already updated canary back to the old version: both serve 1.0.0."""
+    """rollback-all: a failure on the second host takes the updated canary back too."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config(extra='[rollout]\non_failure = "rollback-all"\n')
     # Only green on ru-host2 binds 5222: the release fails there alone.
@@ -154,8 +152,7 @@ def test_second_host_failure_with_rollback_all_takes_the_canary_back(
 def test_second_host_failure_with_stop_keeps_the_canary_updated(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """With on_failure = stop (the default), the canary keeps the new version and the
-    failed second host serves the old one."""
+    """stop: a failure on the second host leaves the canary on the new version."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config()
     service.write_app("2.0.0", knobs={"FAIL_ON_PORT": str(HOST2_GREEN)})
@@ -168,8 +165,7 @@ def test_second_host_failure_with_stop_keeps_the_canary_updated(
 def test_sigint_mid_rollout_rolls_back_the_host_in_flight(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """Ctrl-C while the second host warms green up rolls that host back and stops: exit
-    130, the canary stays updated (on_failure = stop), every host serves."""
+    """Ctrl-C during the second host rolls it back and stops (exit 130); every host serves."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config()
     service.write_app("2.0.0")
@@ -183,9 +179,7 @@ def test_sigint_mid_rollout_rolls_back_the_host_in_flight(
 
 
 def test_sigkill_then_recover_on_both_hosts(service: Service, two_hosts: TwoHosts) -> None:
-    """SIGKILL in the middle of the second host's switch (its port redirected by the
-    helper), then `recover`: every host serves one production container, no leftovers,
-    no redirect."""
+    """SIGKILL mid-switch on the second host, then recover: both hosts serve, no leftovers."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config()
     service.write_app("2.0.0")
@@ -212,8 +206,7 @@ def _cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
 def test_tcp_tls_host_deploys_and_status_history_show_every_host(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """The second host over tcp:// with generated client certificates deploys like the
-    ssh one; status and history then show each host, and --host narrows to one."""
+    """A tcp+TLS host deploys; status and history show every host, --host only one."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config(engine2="tls")
     service.write_app("2.0.0")
@@ -235,8 +228,7 @@ def test_tcp_tls_host_deploys_and_status_history_show_every_host(
 def test_parallel_hosts_after_the_canary_with_ssh_probes(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """parallel = 2: after the canary, ru-host2 (probed through the SSH connection) and a
-    third host (the local engine again, under other names) update at the same time."""
+    """parallel = 2 updates two hosts at once after the canary, one probed over SSH."""
     two_hosts.start_blues("1.0.0")
     port_b, green_b = free_port(), free_port()
     docker(
@@ -263,8 +255,7 @@ def test_parallel_hosts_after_the_canary_with_ssh_probes(
 def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_production(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """Through the engine API alone (the nft helper container), ru-host2's port 5221 is
-    redirected to 5222 for new connections, while 15221 reaches the real 5221."""
+    """The nft helper redirects a remote port; the bypass port still reaches production."""
     two_hosts.start_blue2("1.0.0")
     docker2(
         "run", "-d", "--name", f"{service.name}-green", "--network", "host",
@@ -299,8 +290,7 @@ REGISTRY = "10.231.2.1:5000"
 def test_registry_distribution_pushes_once_and_the_host_pulls(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """With rollout.distribute = registry the canary's image is pushed once and ru-host2
-    pulls it (the same image id) instead of receiving a save stream."""
+    """distribute = registry pushes once; the other host pulls the same image id."""
     two_hosts.start_blues("1.0.0")
     path = two_hosts.config(extra='[rollout]\ndistribute = "registry"\n')
     image = f"{REGISTRY}/{service.repo}"
@@ -325,3 +315,37 @@ def test_registry_distribution_pushes_once_and_the_host_pulls(
     finally:
         docker("rmi", "-f", f"{image}:2.0.0", check=False)
         docker2("rmi", "-f", f"{image}:2.0.0", check=False)
+
+
+def test_unreachable_or_untrusted_host_refuses_the_rollout_touching_nothing(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """An unreachable or untrusted host refuses the rollout (exit 2); status and recover go on."""
+    two_hosts.start_blues("1.0.0")
+    path = two_hosts.config()
+    service.write_app("2.0.0")
+    began = time.time()
+    untrusted = service.workdir / "ssh_config"
+    untrusted.write_text(f"Host {HOST2}\n  User root\n  IdentityFile {HOSTS_ROOT}/ssh/id_ed25519\n")
+    text = path.read_text()
+    path.write_text(text.replace(str(SSH_CONFIG), str(untrusted)))
+    run = service.deploy(timeout=120)
+    assert run.code == 2, run.stderr
+    assert "Host key is not trusted" in run.stderr and "nothing was changed" in run.stderr
+    path.write_text(
+        text.replace(f"ssh://root@{HOST2}", "tcp://127.0.0.1:1").replace(
+            f'socket = "{HOST2_SOCKET}"\n', ""
+        )
+    )
+    run = service.deploy(timeout=120)
+    assert run.code == 2, run.stderr
+    assert "unreachable" in run.stderr and "nothing was changed" in run.stderr
+    assert service.serving() == "1.0.0" and service.created_since(began) == []
+    shown = _cli(service, "status", "--json")
+    assert shown.returncode == 1
+    hosts = json.loads(shown.stdout)["hosts"]
+    assert hosts["local"]["production"]["version"] == "1.0.0"
+    assert "unreachable" in hosts["h2"]["error"]
+    fixed = service.recover()
+    assert fixed.code == 2, fixed.stderr
+    assert "local: consistent" in fixed.stderr and "h2: error" in fixed.stderr

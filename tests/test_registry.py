@@ -28,8 +28,7 @@ def test_registry_is_read_from_the_image_reference_as_docker_reads_it() -> None:
 
 
 def test_auth_entry_becomes_the_header_and_its_password_a_secret(tmp_path: Path) -> None:
-    """An auths entry's user:password is sent for that registry, and the password is
-    blanked from every log line from then on."""
+    """An auths entry becomes the X-Registry-Auth header; its password is a secret."""
     auth = base64.b64encode(b"deploy:s3cr3t-pw").decode()
     (tmp_path / "config.json").write_text(
         json.dumps({"auths": {"reg.example.com": {"auth": auth}}})
@@ -44,8 +43,7 @@ def test_auth_entry_becomes_the_header_and_its_password_a_secret(tmp_path: Path)
 
 
 def test_no_credentials_is_anonymous_and_a_helper_is_refused(tmp_path: Path) -> None:
-    """Without an entry the header is anonymous; a registry behind a credential helper is
-    a clear error, not an anonymous push."""
+    """No entry is anonymous; a registry behind a credential helper is refused."""
     environ = {"DOCKER_CONFIG": str(tmp_path)}
     assert decoded(registry_auth("reg.example.com/brain:1", environ)) == {}
     (tmp_path / "config.json").write_text(json.dumps({"credsStore": "desktop"}))
