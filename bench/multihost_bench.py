@@ -11,6 +11,7 @@ network namespace, reached over ssh://). Prints tables; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import subprocess
@@ -21,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
 from rolling_update._engine import DockerEngine
-from rolling_update._rollout import distribute
+from rolling_update._registry import registry_auth
+from rolling_update._rollout import distribute, pull
 from tests.hosts import HOSTS_ROOT, SSH_CONFIG
 from tests.support import BASE_IMAGE, DOCKER, Prober, Service, docker, get_json
 
@@ -138,6 +141,43 @@ def copy_times(sizes: Sequence[int]) -> list[tuple[int, float, float]]:
     return rows
 
 
+REGISTRY = "10.231.2.1:5000"
+
+
+def registry_times(sizes: Sequence[int]) -> list[tuple[int, float, float]]:
+    """(extra MB, push seconds, pull seconds) through the test registry: only the layers
+    the registry (push) or ru-host2 (pull) lacks travel."""
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            context = Path(tmp)
+            (context / "blob").write_bytes(os.urandom(size * 2**20))
+            (context / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY blob /blob\n")
+            tag = f"{REGISTRY}/ru-bench-copy:{size}"
+            docker("build", "-q", "-t", tag, str(context))
+            try:
+
+                async def copy(tag: str = tag) -> tuple[float, float]:
+                    auth = registry_auth(tag, {"DOCKER_CONFIG": tmp})
+                    async with (
+                        DockerEngine() as here,
+                        DockerEngine("unix:///run/ru-host2/docker.sock") as there,
+                    ):
+                        began = time.monotonic()
+                        await here.push_image(tag, auth=auth)
+                        pushed = time.monotonic() - began
+                        began = time.monotonic()
+                        await pull(here, there, tag, host="ru-host2", auth=auth)
+                        return pushed, time.monotonic() - began
+
+                pushed, pulled = anyio.run(copy)
+                rows.append((size, pushed, pulled))
+            finally:
+                docker("rmi", "-f", tag, check=False)
+                host_docker(2, "rmi", "-f", tag, check=False)
+    return rows
+
+
 def downtime(runs: int) -> list[tuple[str, str, list[int], list[float]]]:
     """Failed probe requests and the longest gap, on this host vs ru-host2 (over SSH)."""
     rows = []
@@ -185,6 +225,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="0,64,256", help="extra image MB, comma-separated")
     args = parser.parse_args()
+    # The copies' own progress lines would break up the tables.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if not (HOSTS_ROOT / "ru-host3").exists():
         raise SystemExit("needs ru-host2 and ru-host3: run `bash scripts/test-hosts.sh 2` first")
     engine = docker("version", "--format", "{{.Server.Version}}")
@@ -201,6 +243,12 @@ def main() -> None:
     for size, mb, took in copy_times([int(s) for s in args.sizes.split(",")]):
         label = f"base + {size} MB layer"
         print(f"| {label:<41} | {mb:6.0f} | {took:7.2f} | {mb / took:5.0f} |")
+
+    print("\n| image copy through a registry (TLS, here) | push s  | pull s  |")
+    print("|-------------------------------------------|---------|---------|")
+    for size, pushed, pulled in registry_times([int(s) for s in args.sizes.split(",")]):
+        label = f"base + {size} MB layer"
+        print(f"| {label:<41} | {pushed:7.2f} | {pulled:7.2f} |")
 
     print("\n| switch, prober every 20 ms (new conn.) | failed requests | longest gap (s)    |")
     print("|----------------------------------------|-----------------|--------------------|")
