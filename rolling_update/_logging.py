@@ -152,6 +152,12 @@ class ConsoleRenderer:
         self._plain = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        # With several hosts every line says which one it is about.
+        host = event_dict.pop("host", None)
+        line = self._render(logger, name, event_dict)
+        return f"[{host}] {line}" if host else line
+
+    def _render(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         event = event_dict.get("event")
         ev: MutableMapping[str, Any] = event_dict
         if event == "deploy.step.started":
@@ -167,6 +173,16 @@ class ConsoleRenderer:
             took = f"[{ev['elapsed']:>5.1f}s] " if isinstance(ev.get("elapsed"), float) else ""
             who = ev.get("container") or ev.get("hook") or ""
             return f"   │ {took}{who}{': ' if who else ''}{ev['line']}"
+        if event == "image.copying":
+            sent = f"{ev.get('mb')} MB sent ({ev.get('mb_per_s')} MB/s)"
+            return f"   ⇢ image {ev.get('image')}: {sent}"
+        if event == "rollout.host":
+            mark = "✅" if ev.get("result") == "deployed" else "❌"
+            why = f": {ev['reason']}" if ev.get("reason") else ""
+            return f"{mark} {ev.get('result')}{why}"
+        if event == "rollout.summary":
+            hosts = ev.get("hosts") or []
+            return "🏁 " + ", ".join(f"{h.get('host')}: {h.get('result')}" for h in hosts)
         if event == "deploy.done":
             health = json.dumps(ev.get("health"), indent=2, ensure_ascii=False)
             summary = ", ".join(f"{k}={v}" for k, v in (ev.get("measured") or {}).items())
@@ -182,7 +198,7 @@ class ConsoleRenderer:
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
 # Our fields, so that `journalctl DEPLOY_ID=...` finds a deploy's every line.
 _NOT_IN_MESSAGE = ("event", "level", "timestamp")
-_JOURNAL_FIELDS = ("deploy_id", "step", "event", "service", "version", "container")
+_JOURNAL_FIELDS = ("deploy_id", "step", "event", "service", "version", "container", "host")
 
 
 def journal_entry(event_dict: EventDict) -> bytes:

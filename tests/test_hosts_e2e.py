@@ -178,6 +178,22 @@ def test_sigint_mid_rollout_rolls_back_the_host_in_flight(
     assert not two_hosts.redirected2()
 
 
+def test_sigint_with_rollback_all_takes_the_updated_canary_back(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """Ctrl-C during the second host with rollback-all rolls it back and reverts the canary."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(extra='[rollout]\non_failure = "rollback-all"\n')
+    service.write_app("2.0.0")
+    run = _signal_when(service, "h2", "green-health", signal.SIGINT)
+    assert run.code == 130, run.stderr
+    assert (service.serving(), two_hosts.serving2()) == ("1.0.0", "1.0.0")
+    assert "local            reverted" in run.stderr
+    assert "h2               interrupted" in run.stderr
+    assert service.containers() == [service.name]
+    assert two_hosts.containers2() == [service.name]
+
+
 def test_sigkill_then_recover_on_both_hosts(service: Service, two_hosts: TwoHosts) -> None:
     """SIGKILL mid-switch on the second host, then recover: both hosts serve, no leftovers."""
     two_hosts.start_blues("1.0.0")
@@ -349,3 +365,34 @@ def test_unreachable_or_untrusted_host_refuses_the_rollout_touching_nothing(
     fixed = service.recover()
     assert fixed.code == 2, fixed.stderr
     assert "local: consistent" in fixed.stderr and "h2: error" in fixed.stderr
+
+
+def test_ssh_host_is_reached_with_the_key_in_the_users_agent(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """An ssh:// host whose only key is in the user's ssh-agent (no IdentityFile) is reached."""
+    path = two_hosts.config()
+    agent_only = service.workdir / "ssh_config"
+    known = HOSTS_ROOT / "ssh" / "known_hosts"
+    agent_only.write_text(f"Host {HOST2}\n  User root\n  UserKnownHostsFile {known}\n")
+    path.write_text(path.read_text().replace(str(SSH_CONFIG), str(agent_only)))
+    socket_path = str(service.workdir / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", socket_path], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(socket_path).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": socket_path}
+        key = str(HOSTS_ROOT / "ssh" / "id_ed25519")
+        subprocess.run(["ssh-add", "-q", key], env=env, check=True, capture_output=True)
+        command = [*service.command("status"), "--json", "--host", "h2"]
+        shown = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["hosts"]["h2"]["production"] is None
+        without = {k: v for k, v in env.items() if k != "SSH_AUTH_SOCK"}
+        refused = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=without)
+        assert refused.returncode == 1
+        assert "Permission denied" in json.loads(refused.stdout)["hosts"]["h2"]["error"]
+    finally:
+        agent.terminate()
+        agent.wait(5)

@@ -30,6 +30,24 @@ def test_console_reads_like_the_prd() -> None:
     assert lines[2] == "   │ green: listening"
 
 
+def test_console_says_which_host_each_line_is_about() -> None:
+    """With several hosts each console line starts with [HOST], and a rollout ends in one line."""
+    stream = io.StringIO()
+    configure("console", stream=stream)
+    log = structlog.get_logger()
+    with structlog.contextvars.bound_contextvars(host="hk"):
+        log.info("deploy.step.started", index=2, total=9, title="Waiting for green")
+        log.info("image.copying", image="brain:2", mb=12.5, mb_per_s=6.2)
+        log.info("rollout.host", result="rolled-back", reason="green died")
+    log.info("rollout.summary", hosts=[{"host": "us", "result": "deployed"}])
+    assert stream.getvalue().splitlines() == [
+        "[hk] [2/9] Waiting for green...",
+        "[hk]    ⇢ image brain:2: 12.5 MB sent (6.2 MB/s)",
+        "[hk] ❌ rolled-back: green died",
+        "🏁 us: deployed",
+    ]
+
+
 def test_json_is_one_object_per_line_with_context() -> None:
     """--log-format json writes one JSON object per line with timestamp, level, event, ids."""
     records = [json.loads(line) for line in emit("json").splitlines()]
