@@ -355,8 +355,9 @@ class HostConfig(_Section):
     )
     helper_image: str | None = Field(
         None,
-        description="Remote handoff: image of the nft helper container (needs chroot); "
-        "default: blue's image.",
+        description="Remote handoff: an image with nft for the helper container, which then "
+        "runs its own nft without the host's root mounted; default: blue's image, running "
+        "the host's nft through chroot.",
     )
 
     @field_validator("name")

@@ -33,14 +33,12 @@ import os
 import re
 import shutil
 import socket
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import anyio
 
+from ._engine import LABEL_MANAGED, LABEL_ROLE, ContainerSpec, DockerEngine
 from ._errors import EngineError, RollingUpdateError
-
-if TYPE_CHECKING:
-    from ._engine import DockerEngine
 
 MARK = 0x52550001
 """Firewall mark of the tool's own sockets: the redirect leaves them alone."""
@@ -177,21 +175,29 @@ class LocalFirewall:
 class EngineFirewall:
     """The handoff on an engine's host, through a helper container and the engine API.
 
-    The helper runs ``image`` (any image with ``chroot``: the service's own will
-    do) on the host network with CAP_NET_ADMIN, the host's root mounted
-    read-only at ``/host``, and runs ``chroot /host nft ...``: the host's own
-    nft, so the image need not carry it. It is removed when it ends.
+    The helper runs on the host network with CAP_NET_ADMIN only, and is removed
+    when it ends. By default (``own_nft`` false) it runs ``image``, any image
+    with ``chroot`` (blue's will do), with the host's root mounted read-only at
+    ``/host``, and runs ``chroot /host nft ...``: the host's own nft, so no image
+    needs to carry it. With ``own_nft``, ``image`` carries nft itself and the
+    host's root is not mounted at all (stricter, and fit for SELinux hosts).
     """
 
-    def __init__(self, engine: DockerEngine, image: str, *, bypass_port: int) -> None:
+    def __init__(
+        self, engine: DockerEngine, image: str, *, bypass_port: int, own_nft: bool = False
+    ) -> None:
         self.engine = engine
         self.image = image
         self.bypass_port: int | None = bypass_port
+        self.own_nft = own_nft
 
     async def _nft(self, *args: str) -> str:
-        # Imported here: _engine does not need this module, this one needs it lazily.
-        from ._engine import ContainerSpec
-
+        host_config: dict[str, Any] = {
+            "CapAdd": ["NET_ADMIN"],
+            "LogConfig": {"Type": "json-file", "Config": {}},
+        }
+        if not self.own_nft:
+            host_config["Binds"] = ["/:/host:ro"]
         spec = ContainerSpec(
             name=f"rolling-update-nft-{os.urandom(4).hex()}",
             image=self.image,
@@ -199,16 +205,12 @@ class EngineFirewall:
             command=list(args),
             network="host",
             restart="no",
-            labels={"io.rolling-update.managed": "true", "io.rolling-update.role": "nft"},
+            labels={LABEL_MANAGED: "true", LABEL_ROLE: "nft"},
             stop_timeout=None,
             base={
-                "Entrypoint": ["chroot", "/host", "nft"],
+                "Entrypoint": ["nft"] if self.own_nft else ["chroot", "/host", "nft"],
                 "User": "0",
-                "HostConfig": {
-                    "CapAdd": ["NET_ADMIN"],
-                    "Binds": ["/:/host:ro"],
-                    "LogConfig": {"Type": "json-file", "Config": {}},
-                },
+                "HostConfig": host_config,
             },
         )
         try:

@@ -204,7 +204,12 @@ async def connect(cfg: Config, host: HostConfig, *, index: int = 0) -> AsyncIter
         firewall: Firewall = (
             LocalFirewall()
             if host.local
-            else EngineFirewall(engine, host.helper_image or "", bypass_port=bypass_port(cfg, host))
+            else EngineFirewall(
+                engine,
+                host.helper_image or "",
+                bypass_port=bypass_port(cfg, host),
+                own_nft=host.helper_image is not None,
+            )
         )
         if cfg.hosts:
             log.info(

@@ -50,8 +50,6 @@ if [ ! -f "$certs/ca.pem" ]; then
     -CAcreateserial -days 3650 -extfile "$certs/client.ext" -out "$certs/cert.pem" 2>/dev/null
 fi
 
-: >"$ROOT/ssh/known_hosts"
-: >"$ROOT/ssh/config"
 for n in $(seq 2 $((COUNT + 1))); do
   ns=ru-host$n
   here=10.231.$n.1
@@ -122,9 +120,19 @@ EOF
     mkdir -p /run/sshd
     ip netns exec "$ns" /usr/sbin/sshd -f "$dir/sshd_config"
   fi
+  echo "test-hosts: $ns ready (unix://$sock, tcp://$there:2376 TLS, ssh://root@$there)"
+done
+
+# The client's known_hosts and ssh_config name every host made so far (a later run with a
+# smaller COUNT keeps the others usable).
+: >"$ROOT/ssh/known_hosts"
+: >"$ROOT/ssh/config"
+for dir in "$ROOT"/ru-host*; do
+  n=${dir##*ru-host}
+  there=10.231.$n.2
   echo "$there $(cut -d' ' -f1,2 "$ROOT/ssh/host_ed25519.pub")" >>"$ROOT/ssh/known_hosts"
   cat >>"$ROOT/ssh/config" <<EOF
-Host $ns
+Host ru-host$n
   HostName $there
   User root
   IdentityFile $ROOT/ssh/id_ed25519
@@ -134,7 +142,6 @@ Host $there
   IdentityFile $ROOT/ssh/id_ed25519
   UserKnownHostsFile $ROOT/ssh/known_hosts
 EOF
-  echo "test-hosts: $ns ready (unix://$sock, tcp://$there:2376 TLS, ssh://root@$there)"
 done
 
 # The registry: on this side of ru-host2's veth, so that both engines reach it by one name.

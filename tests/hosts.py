@@ -8,7 +8,13 @@ ru-host2 (5221/5222), under one name.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import re
+import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +51,33 @@ def require_host2() -> None:
         docker2("image", "inspect", BASE_IMAGE, timeout=10)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         pytest.fail(f"needs the second host: run `bash scripts/test-hosts.sh` first ({exc})")
+
+
+NFT_IMAGE = "rolling-update-test-nft:1"
+
+
+def nft_image() -> str:
+    """An image of nft alone (this machine's binary and the libraries it links), loaded into
+    ru-host2 once: a helper image that brings its own nft."""
+    with contextlib.suppress(RuntimeError):
+        docker2("image", "inspect", NFT_IMAGE)
+        return NFT_IMAGE
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    linked = subprocess.run(["ldd", nft], capture_output=True, text=True, check=True).stdout
+    files = [nft, *re.findall(r"(/\S+) \(0x", linked)]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in files:
+            # The file's contents under the name the loader looks for (links resolved).
+            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+    subprocess.run(
+        [DOCKER, "-H", f"unix://{HOST2_SOCKET}", "import", "-", NFT_IMAGE],
+        input=buffer.getvalue(),
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return NFT_IMAGE
 
 
 def _nft2(*args: str) -> int:
@@ -92,7 +125,7 @@ class TwoHosts:
         self.svc.start_blue(version)
         self.start_blue2(version)
 
-    def config(self, *, engine2: str = "ssh", extra: str = "") -> Path:
+    def config(self, *, engine2: str = "ssh", extra: str = "", h2_extra: str = "") -> Path:
         """The service's config with [[hosts]]: local (canary) first, then ru-host2."""
         svc = self.svc
         if engine2 == "ssh":
@@ -110,6 +143,7 @@ class TwoHosts:
         hosts = (
             '[[hosts]]\nname = "local"\nengine = "unix:///var/run/docker.sock"\n\n'
             f'[[hosts]]\nname = "h2"\n{h2}port = {HOST2_PORT}\ngreen_port = {HOST2_GREEN}\n'
+            f"{h2_extra}"
             '[hosts.env]\nENV_REGION = "hk"\n\n'
         )
         return svc.config(extra=hosts + extra)

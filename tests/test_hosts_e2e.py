@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from rolling_update._engine import DockerEngine
 from rolling_update._handoff import EngineFirewall, table_name
@@ -24,6 +25,7 @@ from tests.hosts import (
     SSH_CONFIG,
     TwoHosts,
     docker2,
+    nft_image,
     two_hosts,
 )
 from tests.support import ROOT, Run, Service, docker, free_port, get_json
@@ -197,7 +199,8 @@ def test_sigint_with_rollback_all_takes_the_updated_canary_back(
 def test_sigkill_then_recover_on_both_hosts(service: Service, two_hosts: TwoHosts) -> None:
     """SIGKILL mid-switch on the second host, then recover: both hosts serve, no leftovers."""
     two_hosts.start_blues("1.0.0")
-    two_hosts.config()
+    # The second host's helper brings its own nft (helper_image), through deploy and recover.
+    two_hosts.config(h2_extra=f'helper_image = "{nft_image()}"\n')
     service.write_app("2.0.0")
     run = _signal_when(service, "h2", "switch", signal.SIGKILL)
     assert run.code == -signal.SIGKILL
@@ -268,8 +271,9 @@ def test_parallel_hosts_after_the_canary_with_ssh_probes(
     assert [e["probe"] for e in run.event("host.connected") if e["host"] == "h2"] == ["127.77.0.3"]
 
 
+@pytest.mark.parametrize("own_nft", [False, True], ids=["host-nft-by-chroot", "helper-image-nft"])
 def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_production(
-    service: Service, two_hosts: TwoHosts
+    service: Service, two_hosts: TwoHosts, own_nft: bool
 ) -> None:
     """The nft helper redirects a remote port; the bypass port still reaches production."""
     two_hosts.start_blue2("1.0.0")
@@ -277,6 +281,7 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
         "run", "-d", "--name", f"{service.name}-green", "--network", "host",
         "-e", f"PORT={HOST2_GREEN}", f"{service.repo}:1.0.0",
     )  # fmt: skip
+    image = nft_image() if own_nft else f"{service.repo}:1.0.0"
 
     def port_behind(port: int) -> Any:
         body = get_json(f"http://{HOST2}:{port}/api/brain/hardening/status")
@@ -284,7 +289,7 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
 
     async def main() -> None:
         async with DockerEngine(f"unix://{HOST2_SOCKET}") as engine:
-            firewall = EngineFirewall(engine, f"{service.repo}:1.0.0", bypass_port=15221)
+            firewall = EngineFirewall(engine, image, bypass_port=15221, own_nft=own_nft)
             assert await firewall.unavailable() is None
             table = table_name(service.name)
             await firewall.redirect(table, HOST2_PORT, HOST2_GREEN)
