@@ -250,14 +250,14 @@ def main() -> None:
         label = f"base + {size} MB layer"
         print(f"| {label:<41} | {pushed:7.2f} | {pulled:7.2f} |")
 
-    print("\n| switch, prober every 20 ms (new conn.) | failed requests | longest gap (s)    |")
-    print("|----------------------------------------|-----------------|--------------------|")
+    print("\n| switch, prober every 20 ms (new conn.) | failed requests | longest gap (s)       |")
+    print("|----------------------------------------|-----------------|-----------------------|")
     for where, mode, failed, gaps in downtime(args.runs):
         label = f"{'this host' if where == 'local' else 'remote (ssh://)'}, {mode}"
         counts = " / ".join(
             str(v) for v in (min(failed), int(statistics.median(failed)), max(failed))
         )
-        print(f"| {label:<38} | {counts:<15} | {spread(gaps, 3):<18} |")
+        print(f"| {label:<38} | {counts:<15} | {spread(gaps, 3):<21} |")
 
 
 if __name__ == "__main__":

@@ -354,10 +354,18 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
             try:
                 async with connect(cfg, host, index=hosts.index(host)) as reached:
                     await helper_image(reached, "")
-                    show = status if args.command == "status" else plan
-                    report = await show(
-                        reached.config, engine=reached.engine, firewall=reached.firewall
-                    )
+                    if args.command == "status":
+                        report = await status(
+                            reached.config, engine=reached.engine, firewall=reached.firewall
+                        )
+                    else:
+                        canary = hosts[0].name
+                        report = await plan(
+                            reached.config,
+                            engine=reached.engine,
+                            firewall=reached.firewall,
+                            copied_from=None if host.name == canary else canary,
+                        )
             except RollingUpdateError as exc:
                 # One host that cannot be reached is shown as such; the others still are.
                 report = {"error": str(redactor.scrub(str(exc)))}

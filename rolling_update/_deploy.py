@@ -184,15 +184,20 @@ async def preflight(
     http: aiohttp.ClientSession,
     release: Release,
     firewall: Firewall | None = None,
+    *,
+    image_arrives: bool = False,
 ) -> Preflight:
     """Check every name and port the deploy will need, and read blue; changes nothing.
 
     Raises :class:`PreflightError`: exit 2, and truly nothing was changed.
     The steps check names and ports again when they need them (the build
     and migrations leave time for them to change), with a truthful message.
+    ``image_arrives``: the image is not built here but copied before the
+    deploy (a host after the canary), so its absence now is no reason to stop.
     """
     svc = cfg.service
-    if not cfg.build.enabled and not await docker.image_exists(release.image):
+    missing = not image_arrives and not cfg.build.enabled
+    if missing and not await docker.image_exists(release.image):
         raise PreflightError(f"image {release.image} does not exist and build is disabled")
     if cfg.build.enabled and cfg.build.command is None:
         # Imported here: the steps package imports this one. Raises when BuildKit is

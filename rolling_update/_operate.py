@@ -160,13 +160,22 @@ def format_history(entries: list[HistoryEntry]) -> str:
 
 
 async def plan(
-    cfg: Config, *, engine: Engine | None = None, firewall: Firewall | None = None
+    cfg: Config,
+    *,
+    engine: Engine | None = None,
+    firewall: Firewall | None = None,
+    copied_from: str | None = None,
 ) -> dict[str, Any]:
-    """What a deploy would do now: its steps, specs, diff against blue, rules; changes nothing."""
+    """What a deploy would do now: its steps, specs, diff against blue, rules; changes nothing.
+
+    ``copied_from`` names the canary a host after it gets the image from.
+    """
     release = prepare(cfg)
     steps = default_plan(cfg)
     async with open_engine(engine) as docker, http_session() as http:
-        found = await preflight(cfg, docker, http, release, firewall)
+        found = await preflight(
+            cfg, docker, http, release, firewall, image_arrives=copied_from is not None
+        )
         ctx = DeployContext(
             config=cfg,
             engine=docker,
@@ -190,6 +199,10 @@ async def plan(
             build.update(builder=builder, why=why, context=str(cfg.build.context))
         elif cfg.build.command is not None:
             build["command"] = cfg.build.command
+        if copied_from is not None:
+            via = cfg.rollout.distribute
+            build["copied_from"] = copied_from
+            build["via"] = "registry (push, pull)" if via == "registry" else "save into load"
     return {
         "service": svc.name,
         "version": release.version,

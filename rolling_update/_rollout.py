@@ -22,15 +22,15 @@ import anyio
 import structlog
 
 from ._config import Config
-from ._deploy import classify, deploy, prepare, version_of
+from ._deploy import Release, classify, deploy, http_session, preflight, prepare, version_of
 from ._engine import DockerEngine
-from ._errors import EngineError, RollingUpdateError
+from ._errors import EngineError, PreflightError, RollingUpdateError
 from ._hosts import Connected, connect, helper_image, hosts_of
 from ._logging import redactor
 from ._operate import rollback
 from ._registry import registry_auth
 from ._saga import SagaState
-from ._state import service_lock
+from ._state import Journal, marker_name, refuse_marked, service_lock
 
 _PROGRESS_EVERY = 2.0
 
@@ -138,6 +138,31 @@ async def pull(
     return {"pulled": True, "pull_s": seconds}
 
 
+async def check_all(connected: list[Connected], release: Release) -> None:
+    """Every host's preflight before the canary changes anything: an unfinished deploy, a
+    deploy marked on its engine, a container in the way, a port taken, a twin that cannot
+    run. Raises :class:`PreflightError` naming the host (nothing was changed)."""
+    async with http_session() as http:
+        for i, host in enumerate(connected):
+            name = host.config.service.name
+            try:
+                unfinished = Journal.load(Journal.path_for(host.config.state_dir))
+                if unfinished is not None:
+                    raise PreflightError(
+                        f"an unfinished {unfinished.describe()} was interrupted; "
+                        "run `rolling-update recover` first"
+                    )
+                held = await host.engine.read_marker(marker_name(name))
+                if held is not None:
+                    raise refuse_marked(held, name)
+                await helper_image(host, release.image)
+                await preflight(
+                    host.config, host.engine, http, release, host.firewall, image_arrives=i > 0
+                )
+            except PreflightError as exc:
+                raise PreflightError(f"host {host.host.name}: {exc}") from exc
+
+
 async def rollout(
     cfg: Config,
     *,
@@ -239,6 +264,7 @@ async def rollout(
             await stack.enter_async_context(connect(cfg, host, index=i))
             for i, host in enumerate(hosts)
         ]
+        await check_all(connected, release)
         log.info(
             "rollout.started",
             version=release.version,

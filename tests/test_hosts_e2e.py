@@ -28,7 +28,7 @@ from tests.hosts import (
     nft_image,
     two_hosts,
 )
-from tests.support import ROOT, Run, Service, docker, free_port, get_json
+from tests.support import BASE_IMAGE, ROOT, Run, Service, docker, free_port, get_json
 
 __all__ = ["two_hosts"]
 
@@ -225,7 +225,7 @@ def _cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
 def test_tcp_tls_host_deploys_and_status_history_show_every_host(
     service: Service, two_hosts: TwoHosts
 ) -> None:
-    """A tcp+TLS host deploys; status and history show every host, --host only one."""
+    """A tcp+TLS host deploys; status, history and plan show every host; rollback --host one."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config(engine2="tls")
     service.write_app("2.0.0")
@@ -242,6 +242,14 @@ def test_tcp_tls_host_deploys_and_status_history_show_every_host(
     ]
     human = _cli(service, "status").stdout
     assert "== host local" in human and "== host h2" in human
+    service.write_app("3.0.0")
+    plan = json.loads(_cli(service, "plan", "--json").stdout)["hosts"]
+    assert [s["name"] for s in plan["local"]["steps"]][:2] == ["build", "migrate"]
+    assert "build" not in [s["name"] for s in plan["h2"]["steps"]]
+    assert plan["h2"]["build"]["copied_from"] == "local"
+    back = _cli(service, "rollback", "--host", "h2")
+    assert back.returncode == 0, back.stderr
+    assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "1.0.0")
 
 
 def test_parallel_hosts_after_the_canary_with_ssh_probes(
@@ -370,6 +378,22 @@ def test_unreachable_or_untrusted_host_refuses_the_rollout_touching_nothing(
     fixed = service.recover()
     assert fixed.code == 2, fixed.stderr
     assert "local: consistent" in fixed.stderr and "h2: error" in fixed.stderr
+
+
+def test_every_host_is_checked_before_the_canary_changes(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """A container in the way on the second host refuses the rollout before the canary (exit 2)."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config()
+    service.write_app("2.0.0")
+    docker2("create", "--name", service.green, BASE_IMAGE, "true")
+    began = time.time()
+    run = service.deploy(timeout=120)
+    assert run.code == 2, run.stderr
+    assert f"host h2: a container named {service.green} exists" in run.stderr
+    assert service.created_since(began) == [] and not run.event("deploy.step.started")
+    assert (service.serving(), two_hosts.serving2()) == ("1.0.0", "1.0.0")
 
 
 def test_ssh_host_is_reached_with_the_key_in_the_users_agent(
