@@ -22,6 +22,7 @@ from ._errors import (
     EngineUnavailable,
     FailedAfterCommit,
     GreenFailed,
+    HandoffError,
     HealthCheckFailed,
     MigrationFailed,
     PreflightError,
@@ -30,11 +31,13 @@ from ._errors import (
     RestoreFailed,
     RollbackIncomplete,
     RollingUpdateError,
+    RolloutFailed,
     TickWaitFailed,
     VerificationFailed,
 )
 from ._logging import configure as configure_logging
 from ._recover import RecoveryReport, recover
+from ._rollout import HostOutcome, RolloutResult, rollout
 from ._saga import Step, StepRecord, run_saga
 
 __all__ = [
@@ -55,7 +58,9 @@ __all__ = [
     "EngineUnavailable",
     "FailedAfterCommit",
     "GreenFailed",
+    "HandoffError",
     "HealthCheckFailed",
+    "HostOutcome",
     "MigrationFailed",
     "PreflightError",
     "ProductionFailed",
@@ -64,6 +69,8 @@ __all__ = [
     "RestoreFailed",
     "RollbackIncomplete",
     "RollingUpdateError",
+    "RolloutFailed",
+    "RolloutResult",
     "Step",
     "StepRecord",
     "TickWaitFailed",
@@ -74,5 +81,6 @@ __all__ = [
     "load_config",
     "prepare",
     "recover",
+    "rollout",
     "run_saga",
 ]

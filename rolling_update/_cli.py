@@ -43,13 +43,14 @@ from ._errors import (
     RecoveryFailed,
     RollbackIncomplete,
     RollingUpdateError,
+    RolloutFailed,
 )
 from ._history import read
 from ._hosts import Connected, connect, for_host, helper_image, hosts_of, pick
 from ._logging import configure, redactor
 from ._operate import format_history, format_plan, format_status, plan, rollback, status
 from ._recover import RecoveryReport, recover
-from ._rollout import HostOutcome, RolloutFailed, rollout
+from ._rollout import HostOutcome, rollout
 from ._saga import SagaState
 from ._watch import task_group
 

@@ -34,12 +34,16 @@ from ._logging import redactor, register_secrets, secret_values
 from ._metrics import write_metrics
 from ._policy import in_the_way
 from ._saga import SagaState, Step, StepRecord, run_saga
-from ._state import Journal, marker_labels, marker_name, refuse_marked, service_lock
+from ._state import (
+    MARK_LIMIT,
+    Journal,
+    marker_labels,
+    marker_name,
+    refuse_marked,
+    service_lock,
+)
 from ._twin import Twin
 from ._watch import task_group
-
-# Removing the journal and the engine mark at the end is quick; bounded all the same.
-_MARK_LIMIT = 10.0
 
 
 def default_plan(cfg: Config) -> list[Step[DeployContext]]:
@@ -490,7 +494,7 @@ async def _deploy(
                 settled = True
             finally:
                 if settled:
-                    with anyio.move_on_after(_MARK_LIMIT, shield=True):
+                    with anyio.move_on_after(MARK_LIMIT, shield=True):
                         journal.remove()
                         await docker.remove_marker(marker_name(service))
     seconds = time.monotonic() - began

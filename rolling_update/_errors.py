@@ -20,9 +20,11 @@ once, where they enter, with ``raise ... from exc``::
     ├── TickWaitFailed         blue's tick never reached a safe boundary
     ├── ActionFailed           a lifecycle HTTP action failed
     ├── RestoreFailed          blue could not be brought back
+    ├── HandoffError           an nftables change of the handoff failed
     ├── RollbackIncomplete     a compensation failed: a human must act
     ├── FailedAfterCommit      a step after the point of no return failed
-    └── RecoveryFailed         recover could not reach a consistent state
+    ├── RecoveryFailed         recover could not reach a consistent state
+    └── RolloutFailed          a host of several failed; the rollout stopped
 
 The exit code follows what the host is left in, not the class alone: the
 CLI (:func:`rolling_update._cli.outcome`) also asks whether any step had
@@ -32,8 +34,12 @@ begun, so "nothing was changed" is only said when nothing was.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ._logging import redactor
+
+if TYPE_CHECKING:
+    from ._rollout import HostOutcome
 
 
 class RollingUpdateError(Exception):
@@ -168,3 +174,15 @@ class FailedAfterCommit(RollingUpdateError):
 
 class RecoveryFailed(RollingUpdateError):
     """``recover`` could not bring the host to a consistent, serving state."""
+
+
+class HandoffError(RollingUpdateError):
+    """An nftables change of the handoff failed (here, or through a remote helper)."""
+
+
+class RolloutFailed(RollingUpdateError):
+    """A host failed (or was interrupted); the rollout stopped. ``outcomes`` says where."""
+
+    def __init__(self, message: str, outcomes: Sequence[HostOutcome]) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)

@@ -38,16 +38,12 @@ from typing import Any, Protocol
 import anyio
 
 from ._engine import LABEL_MANAGED, LABEL_ROLE, ContainerSpec, DockerEngine
-from ._errors import EngineError, RollingUpdateError
+from ._errors import EngineError, HandoffError
 
 MARK = 0x52550001
 """Firewall mark of the tool's own sockets: the redirect leaves them alone."""
 _NFT_LIMIT = 10.0
 _SO_MARK = getattr(socket, "SO_MARK", 36)
-
-
-class HandoffError(RollingUpdateError):
-    """An nftables change of the handoff failed."""
 
 
 def table_name(service: str) -> str:

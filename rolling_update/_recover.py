@@ -35,6 +35,7 @@ from ._http import Answer, HealthBaseline
 from ._metrics import write_metrics
 from ._policy import in_the_way
 from ._state import (
+    MARK_LIMIT,
     Journal,
     JournalRecord,
     marker_holder_alive,
@@ -44,8 +45,6 @@ from ._state import (
     service_lock,
 )
 from ._watch import LastProbe, poll_until_healthy
-
-_MARK_LIMIT = 10.0
 
 
 @dataclass
@@ -259,7 +258,7 @@ async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> Re
             except EngineError as exc:
                 done = "; ".join(recovery.actions) or "nothing"
                 raise RecoveryFailed(f"{exc} (done so far: {done})") from exc
-            with anyio.move_on_after(_MARK_LIMIT, shield=True):
+            with anyio.move_on_after(MARK_LIMIT, shield=True):
                 await docker.remove_marker(marker_name(service))
         if journal is not None:
             journal.remove()

@@ -24,7 +24,7 @@ import structlog
 from ._config import Config
 from ._deploy import Release, classify, deploy, http_session, preflight, prepare, version_of
 from ._engine import DockerEngine
-from ._errors import EngineError, PreflightError, RollingUpdateError
+from ._errors import EngineError, PreflightError, RolloutFailed
 from ._hosts import Connected, connect, helper_image, hosts_of
 from ._logging import redactor
 from ._operate import rollback
@@ -48,14 +48,6 @@ class HostOutcome:
     reason: str | None = None
     seconds: float = 0.0
     measured: dict[str, Any] = field(default_factory=dict)
-
-
-class RolloutFailed(RollingUpdateError):
-    """A host failed (or was interrupted); the rollout stopped. ``outcomes`` says where."""
-
-    def __init__(self, message: str, outcomes: list[HostOutcome]) -> None:
-        super().__init__(message)
-        self.outcomes = outcomes
 
 
 @dataclass

@@ -42,6 +42,9 @@ from ._engine import (
 from ._errors import ConfigError, DeployLocked, PreflightError
 from ._http import HealthBaseline
 
+MARK_LIMIT = 10.0
+"""Seconds for removing a journal and an engine mark at the end: quick, bounded all the same."""
+
 
 class JournalRecord(BaseModel):
     """What a recovery needs to know of a deploy that did not finish."""
