@@ -11,13 +11,14 @@ network namespace, reached over ssh://). Prints tables; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import structlog
 
 from rolling_update._engine import DockerEngine
 from rolling_update._registry import registry_auth
-from rolling_update._rollout import distribute, pull
+from rolling_update._rollout import copy_image
 from tests.hosts import HOSTS_ROOT, SSH_CONFIG
 from tests.support import BASE_IMAGE, DOCKER, Prober, Service, docker, get_json
 
@@ -113,31 +114,40 @@ def wall_times(runs: int) -> list[tuple[str, list[float]]]:
     return rows
 
 
+@contextlib.contextmanager
+def sized_image(tag: str, size: int) -> Iterator[str]:
+    """The base image plus a ``size`` MB layer of random bytes, tagged ``tag`` here; removed
+    from both engines after. Yields a scratch folder (an empty DOCKER_CONFIG)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        context = Path(tmp)
+        (context / "blob").write_bytes(os.urandom(size * 2**20))
+        (context / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY blob /blob\n")
+        docker("build", "-q", "-t", tag, str(context))
+        (context / "blob").unlink()
+        try:
+            yield tmp
+        finally:
+            docker("rmi", "-f", tag, check=False)
+            host_docker(2, "rmi", "-f", tag, check=False)
+
+
 def copy_times(sizes: Sequence[int]) -> list[tuple[int, float, float]]:
     """(extra MB, tar MB, seconds) of streaming an image from here into ru-host2."""
     rows = []
     for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            context = Path(tmp)
-            (context / "blob").write_bytes(os.urandom(size * 2**20))
-            (context / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY blob /blob\n")
-            tag = f"ru-bench-copy:{size}"
-            docker("build", "-q", "-t", tag, str(context))
-            try:
+        tag = f"ru-bench-copy:{size}"
+        with sized_image(tag, size):
 
-                async def copy(tag: str = tag) -> dict[str, Any]:
-                    async with (
-                        DockerEngine() as here,
-                        DockerEngine("unix:///run/ru-host2/docker.sock") as there,
-                    ):
-                        return await distribute(here, there, tag, host="ru-host2")
+            async def copy(tag: str = tag) -> dict[str, Any]:
+                async with (
+                    DockerEngine() as here,
+                    DockerEngine("unix:///run/ru-host2/docker.sock") as there,
+                ):
+                    return await copy_image(here, there, tag, host="ru-host2")
 
-                began = time.monotonic()
-                found = anyio.run(copy)
-                rows.append((size, found["copied_bytes"] / 2**20, time.monotonic() - began))
-            finally:
-                docker("rmi", "-f", tag, check=False)
-                host_docker(2, "rmi", "-f", tag, check=False)
+            began = time.monotonic()
+            found = anyio.run(copy)
+            rows.append((size, found["copied_bytes"] / 2**20, time.monotonic() - began))
     return rows
 
 
@@ -149,32 +159,24 @@ def registry_times(sizes: Sequence[int]) -> list[tuple[int, float, float]]:
     the registry (push) or ru-host2 (pull) lacks travel."""
     rows = []
     for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            context = Path(tmp)
-            (context / "blob").write_bytes(os.urandom(size * 2**20))
-            (context / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY blob /blob\n")
-            tag = f"{REGISTRY}/ru-bench-copy:{size}"
-            docker("build", "-q", "-t", tag, str(context))
-            try:
+        tag = f"{REGISTRY}/ru-bench-copy:{size}"
+        with sized_image(tag, size) as scratch:
 
-                async def copy(tag: str = tag) -> tuple[float, float]:
-                    auth = registry_auth(tag, {"DOCKER_CONFIG": tmp})
-                    async with (
-                        DockerEngine() as here,
-                        DockerEngine("unix:///run/ru-host2/docker.sock") as there,
-                    ):
-                        began = time.monotonic()
-                        await here.push_image(tag, auth=auth)
-                        pushed = time.monotonic() - began
-                        began = time.monotonic()
-                        await pull(here, there, tag, host="ru-host2", auth=auth)
-                        return pushed, time.monotonic() - began
+            async def copy(tag: str = tag, scratch: str = scratch) -> tuple[float, float]:
+                auth = registry_auth(tag, {"DOCKER_CONFIG": scratch})
+                async with (
+                    DockerEngine() as here,
+                    DockerEngine("unix:///run/ru-host2/docker.sock") as there,
+                ):
+                    began = time.monotonic()
+                    await here.push_image(tag, auth=auth)
+                    pushed = time.monotonic() - began
+                    began = time.monotonic()
+                    await copy_image(here, there, tag, host="ru-host2", auth=auth)
+                    return pushed, time.monotonic() - began
 
-                pushed, pulled = anyio.run(copy)
-                rows.append((size, pushed, pulled))
-            finally:
-                docker("rmi", "-f", tag, check=False)
-                host_docker(2, "rmi", "-f", tag, check=False)
+            pushed, pulled = anyio.run(copy)
+            rows.append((size, pushed, pulled))
     return rows
 
 

@@ -46,7 +46,7 @@ from ._errors import (
     RolloutFailed,
 )
 from ._history import read
-from ._hosts import Connected, connect, for_host, helper_image, hosts_of, pick
+from ._hosts import Connected, connect, for_host, hosts_of, pick
 from ._logging import configure, redactor
 from ._operate import format_history, format_plan, format_status, plan, rollback, status
 from ._recover import RecoveryReport, recover
@@ -244,10 +244,8 @@ def _rollout(cfg: Config) -> int:
 
 
 async def _each_host(cfg: Config, name: str | None) -> AsyncIterator[Connected]:
-    hosts = hosts_of(cfg)
     for host in pick(cfg, name):
-        async with connect(cfg, host, index=hosts.index(host)) as connected:
-            await helper_image(connected, "")
+        async with connect(cfg, host) as connected:
             yield connected
 
 
@@ -308,8 +306,7 @@ def _recover(cfg: Config, host_name: str | None = None) -> int:
         # the others from being recovered.
         for host in pick(cfg, host_name):
             try:
-                async with connect(cfg, host, index=hosts_of(cfg).index(host)) as reached:
-                    await helper_image(reached, "")
+                async with connect(cfg, host) as reached:
                     with structlog.contextvars.bound_contextvars(host=host.name):
                         found = await recover(
                             reached.config, engine=reached.engine, firewall=reached.firewall
@@ -353,8 +350,7 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
         hosts = hosts_of(cfg)
         for host in pick(cfg, args.host):
             try:
-                async with connect(cfg, host, index=hosts.index(host)) as reached:
-                    await helper_image(reached, "")
+                async with connect(cfg, host) as reached:
                     if args.command == "status":
                         report = await status(
                             reached.config, engine=reached.engine, firewall=reached.firewall

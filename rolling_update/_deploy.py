@@ -40,6 +40,7 @@ from ._state import (
     marker_labels,
     marker_name,
     refuse_marked,
+    refuse_unfinished,
     service_lock,
 )
 from ._twin import Twin
@@ -394,12 +395,7 @@ async def _deploy(
     began = time.monotonic()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="deploy", deploy_id=deploy_id):
-        unfinished = Journal.load(Journal.path_for(cfg.state_dir))
-        if unfinished is not None:
-            raise PreflightError(
-                f"an unfinished {unfinished.describe()} was interrupted; "
-                "run `rolling-update recover` first"
-            )
+        refuse_unfinished(cfg.state_dir)
         async with open_engine(engine) as docker, http_session() as http:
             # The engine-side mark: a deploy from another checkout (another
             # state directory) of the same service on this engine sees it.

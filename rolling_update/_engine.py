@@ -436,34 +436,33 @@ class DockerEngine:
     ) -> None:
         """``docker push``: ``auth`` is the X-Registry-Auth header (see ``_registry``)."""
         name, tag = split_reference(ref)
-        async with (
-            self._translate("push", ref),
-            self._stream(
-                f"images/{name}/push",
-                {"tag": tag},
-                method="POST",
-                headers={"X-Registry-Auth": auth},
-            ) as response,
-        ):
-            async for raw in response.content:
-                _progress_line(raw, "push", ref, on_status)
+        await self._registry("push", ref, f"images/{name}/push", {"tag": tag}, auth, on_status)
 
     async def pull_image(
         self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
     ) -> None:
         """``docker pull`` of exactly ``ref``."""
         name, tag = split_reference(ref)
+        params = {"fromImage": name, "tag": tag}
+        await self._registry("pull", ref, "images/create", params, auth, on_status)
+
+    async def _registry(
+        self,
+        operation: str,
+        ref: str,
+        path: str,
+        params: Mapping[str, str],
+        auth: str,
+        on_status: Callable[[str], None] | None,
+    ) -> None:
+        """A push or pull: its progress stream read to the end, its in-stream error raised."""
+        headers = {"X-Registry-Auth": auth}
         async with (
-            self._translate("pull", ref),
-            self._stream(
-                "images/create",
-                {"fromImage": name, "tag": tag},
-                method="POST",
-                headers={"X-Registry-Auth": auth},
-            ) as response,
+            self._translate(operation, ref),
+            self._stream(path, params, method="POST", headers=headers) as response,
         ):
             async for raw in response.content:
-                _progress_line(raw, "pull", ref, on_status)
+                _progress_line(raw, operation, ref, on_status)
 
     async def run_once(
         self, spec: ContainerSpec, *, limit: float = MUTATION_LIMIT

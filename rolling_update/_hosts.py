@@ -69,14 +69,14 @@ def probe_address(cfg: Config, host: HostConfig) -> str:
     return urlsplit(host.engine).hostname or cfg.service.host
 
 
-def for_host(cfg: Config, host: HostConfig, *, first: bool, address: str | None = None) -> Config:
+def for_host(cfg: Config, host: HostConfig, *, first: bool) -> Config:
     """``cfg`` as it applies to ``host``: its overrides, its own state directory, and
     (after the canary) no build and, unless per host, no migrations."""
     if not cfg.hosts:
         return cfg
     svc = cfg.service.model_copy(
         update={
-            "host": address or probe_address(cfg, host),
+            "host": probe_address(cfg, host),
             "port": host.port or cfg.service.port,
             "green_port": host.green_port or cfg.service.green_port,
             "name": host.container or cfg.service.name,
@@ -182,23 +182,30 @@ async def _ssh(
 
 
 @asynccontextmanager
-async def connect(cfg: Config, host: HostConfig, *, index: int = 0) -> AsyncIterator[Connected]:
-    """Reach ``host``'s engine (and, for SSH probes, its ports); closed on exit."""
+async def connect(cfg: Config, host: HostConfig, *, image: str = "") -> AsyncIterator[Connected]:
+    """Reach ``host``'s engine (and, for SSH probes, its ports); closed on exit.
+
+    ``image``: what the remote handoff's helper runs when no container of the
+    service is there to lend its image (see :func:`_settle_helper`).
+    """
     log = structlog.get_logger()
     limit = cfg.rollout.connect_timeout
+    index = hosts_of(cfg).index(host)
+    host_cfg = for_host(cfg, host, first=index == 0)
     async with AsyncExitStack() as stack:
         url: str | None = host.engine
-        address = None
         ssl_context = None
         if not cfg.hosts:
             url = None  # DOCKER_HOST, or the default socket, as before hosts existed
         elif host.engine.startswith("ssh://"):
-            plain = for_host(cfg, host, first=index == 0)
-            ports = [plain.service.port, plain.service.green_port, bypass_port(cfg, host)]
+            svc = host_cfg.service
+            ports = [svc.port, svc.green_port, bypass_port(cfg, host)]
             url, address = await _ssh(stack, host, ports, index, limit)
+            if address is not None:
+                svc = svc.model_copy(update={"host": address})
+                host_cfg = host_cfg.model_copy(update={"service": svc})
         elif host.engine.startswith("tcp://"):
             ssl_context = _tls(host)
-        host_cfg = for_host(cfg, host, first=index == 0, address=address)
         with anyio.fail_after(limit):
             engine = await stack.enter_async_context(DockerEngine(url, ssl_context=ssl_context))
         firewall: Firewall = (
@@ -215,10 +222,12 @@ async def connect(cfg: Config, host: HostConfig, *, index: int = 0) -> AsyncIter
             log.info(
                 "host.connected", host=host.name, engine=host.engine, probe=host_cfg.service.host
             )
-        yield Connected(host=host, config=host_cfg, engine=engine, firewall=firewall)
+        connected = Connected(host=host, config=host_cfg, engine=engine, firewall=firewall)
+        await _settle_helper(connected, image)
+        yield connected
 
 
-async def helper_image(connected: Connected, image: str) -> None:
+async def _settle_helper(connected: Connected, image: str) -> None:
     """The remote nft helper runs blue's image unless one is configured (or, blue gone,
     the image of any container of the service, else ``image``)."""
     firewall = connected.firewall

@@ -25,12 +25,12 @@ from ._config import Config
 from ._deploy import Release, classify, deploy, http_session, preflight, prepare, version_of
 from ._engine import DockerEngine
 from ._errors import EngineError, PreflightError, RolloutFailed
-from ._hosts import Connected, connect, helper_image, hosts_of
+from ._hosts import Connected, connect, hosts_of
 from ._logging import redactor
 from ._operate import rollback
 from ._registry import registry_auth
 from ._saga import SagaState
-from ._state import Journal, marker_name, refuse_marked, service_lock
+from ._state import marker_name, refuse_marked, refuse_unfinished, service_lock
 
 _PROGRESS_EVERY = 2.0
 
@@ -62,21 +62,54 @@ def summary(outcomes: list[HostOutcome]) -> str:
     return ", ".join(f"{o.host}: {o.result}" for o in outcomes)
 
 
-async def distribute(
-    source: DockerEngine, target: DockerEngine, image: str, *, host: str
+async def copy_image(
+    source: DockerEngine,
+    target: DockerEngine,
+    image: str,
+    *,
+    host: str,
+    auth: str | None = None,
 ) -> dict[str, Any]:
-    """Stream ``image`` from ``source`` into ``target`` (save into load), with progress;
-    nothing is copied when ``target`` already has the same image."""
+    """Get ``image`` onto ``target`` as ``source`` (the canary) has it, and check that it
+    is the same image (id) after.
+
+    Nothing is copied when ``target`` has it already. With ``auth`` (the image was
+    pushed) ``target`` pulls it from the registry; without, it is streamed from
+    ``source`` (save into load), with progress.
+    """
     log = structlog.get_logger()
     wanted = await source.image_id(image)
     if wanted is None:
         raise EngineError("image save", image, 404, "the built image is not on the canary")
     if await target.image_id(image) == wanted:
         log.info("image.present", host=host, image=image)
-        return {"copied_bytes": 0}
+        return {"copied_bytes": 0} if auth is None else {"pulled": False}
     began = time.monotonic()
+    if auth is None:
+        log.info("image.copy", host=host, image=image, via="save/load")
+        sent = await _stream(source, target, image, host=host)
+    else:
+        log.info("image.pull", host=host, image=image)
+        await target.pull_image(
+            image,
+            auth=auth,
+            on_status=lambda line: log.debug("image.pull.status", host=host, line=line),
+        )
+    if await target.image_id(image) != wanted:
+        raise EngineError("image copy", image, 0, f"{host} has another {image} than the canary")
+    seconds = round(time.monotonic() - began, 3)
+    if auth is not None:
+        log.info("image.pulled", host=host, image=image, seconds=seconds)
+        return {"pulled": True, "pull_s": seconds}
+    log.info("image.copied", host=host, image=image, mb=round(sent / 2**20, 1), seconds=seconds)
+    return {"copied_bytes": sent, "copy_s": seconds}
+
+
+async def _stream(source: DockerEngine, target: DockerEngine, image: str, *, host: str) -> int:
+    """``docker save`` on ``source`` into ``docker load`` on ``target``; the bytes sent."""
+    log = structlog.get_logger()
+    began = last = time.monotonic()
     sent = 0
-    last = began
 
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal sent, last
@@ -95,39 +128,8 @@ async def distribute(
                     )
                 yield chunk
 
-    log.info("image.copy", host=host, image=image, via="save/load")
     await target.load_image(chunks())
-    if await target.image_id(image) != wanted:
-        raise EngineError("image load", image, 0, f"{host} does not have {image} after the load")
-    seconds = time.monotonic() - began
-    log.info(
-        "image.copied", host=host, image=image, mb=round(sent / 2**20, 1), seconds=round(seconds, 2)
-    )
-    return {"copied_bytes": sent, "copy_s": round(seconds, 3)}
-
-
-async def pull(
-    source: DockerEngine, target: DockerEngine, image: str, *, host: str, auth: str
-) -> dict[str, Any]:
-    """``image`` pulled by ``target`` from the registry it was pushed to; checked to be
-    the canary's own image (same id)."""
-    log = structlog.get_logger()
-    wanted = await source.image_id(image)
-    if await target.image_id(image) == wanted:
-        log.info("image.present", host=host, image=image)
-        return {"pulled": False}
-    began = time.monotonic()
-    log.info("image.pull", host=host, image=image)
-    await target.pull_image(
-        image,
-        auth=auth,
-        on_status=lambda line: log.debug("image.pull.status", host=host, line=line),
-    )
-    if await target.image_id(image) != wanted:
-        raise EngineError("pull", image, 0, f"{host} pulled an image other than the canary's")
-    seconds = round(time.monotonic() - began, 3)
-    log.info("image.pulled", host=host, image=image, seconds=seconds)
-    return {"pulled": True, "pull_s": seconds}
+    return sent
 
 
 async def check_all(connected: list[Connected], release: Release) -> None:
@@ -138,16 +140,10 @@ async def check_all(connected: list[Connected], release: Release) -> None:
         for i, host in enumerate(connected):
             name = host.config.service.name
             try:
-                unfinished = Journal.load(Journal.path_for(host.config.state_dir))
-                if unfinished is not None:
-                    raise PreflightError(
-                        f"an unfinished {unfinished.describe()} was interrupted; "
-                        "run `rolling-update recover` first"
-                    )
+                refuse_unfinished(host.config.state_dir)
                 held = await host.engine.read_marker(marker_name(name))
                 if held is not None:
                     raise refuse_marked(held, name)
-                await helper_image(host, release.image)
                 await preflight(
                     host.config, host.engine, http, release, host.firewall, image_arrives=i > 0
                 )
@@ -214,15 +210,14 @@ async def rollout(
                     with anyio.fail_after(cfg.rollout.distribute_timeout):
                         if registry:
                             await push(source)
-                            copied = await pull(
-                                source.engine, connected.engine, release.image, host=name, auth=auth
-                            )
-                        else:
-                            copied = await distribute(
-                                source.engine, connected.engine, release.image, host=name
-                            )
+                        copied = await copy_image(
+                            source.engine,
+                            connected.engine,
+                            release.image,
+                            host=name,
+                            auth=auth if registry else None,
+                        )
                         outcome.measured.update(copied)
-                await helper_image(connected, release.image)
                 result = await deploy(
                     connected.config,
                     engine=connected.engine,
@@ -253,8 +248,8 @@ async def rollout(
         # Every host is reached before anything changes: an unreachable one refuses the
         # rollout with nothing touched.
         connected = [
-            await stack.enter_async_context(connect(cfg, host, index=i))
-            for i, host in enumerate(hosts)
+            await stack.enter_async_context(connect(cfg, host, image=release.image))
+            for host in hosts
         ]
         await check_all(connected, release)
         log.info(

@@ -270,6 +270,16 @@ def refuse_marked(labels: dict[str, str], service: str) -> PreflightError:
     )
 
 
+def refuse_unfinished(state_dir: Path) -> None:
+    """Raise :class:`PreflightError` if a deploy's journal here says it was interrupted."""
+    unfinished = Journal.load(Journal.path_for(state_dir))
+    if unfinished is not None:
+        raise PreflightError(
+            f"an unfinished {unfinished.describe()} was interrupted; "
+            "run `rolling-update recover` first"
+        )
+
+
 def record_from_marker(labels: dict[str, str], service: str) -> JournalRecord:
     """What a recovery can know of a marked deploy whose journal is elsewhere (or gone)."""
     pid = labels.get(LABEL_MARKER_PID, "0")

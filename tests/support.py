@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,6 +43,14 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
     if check and result.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.strip()}")
     return result.stdout.strip()
+
+
+def swapped(text: str, swaps: Sequence[tuple[str, str]], what: str) -> str:
+    """``text`` with each regex swapped for its value; each must match (``what`` says where)."""
+    for pattern, value in swaps:
+        text, count = re.subn(pattern, value, text)
+        assert count, f"{what} no longer has {pattern}"
+    return text
 
 
 def require_engine() -> None:

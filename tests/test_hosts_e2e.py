@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -28,7 +27,7 @@ from tests.hosts import (
     nft_image,
     two_hosts,
 )
-from tests.support import BASE_IMAGE, ROOT, Run, Service, docker, free_port, get_json
+from tests.support import BASE_IMAGE, ROOT, Run, Service, docker, free_port, get_json, swapped
 
 __all__ = ["two_hosts"]
 
@@ -55,9 +54,7 @@ def readme_example(service: Service) -> Path:
             'version_path = "/api/brain/hardening/status"\ninterval = 0.1\nattempts = 150',
         ),
     ]
-    for pattern, value in swaps:
-        text, count = re.subn(pattern, value, text)
-        assert count, f"the README's two-host example no longer has {pattern}"
+    text = swapped(text, swaps, "the README's two-host example")
     text += (
         "\n[tick]\nsettle = 0\nguard = 1\ninterval = 0.1\n\n[verify]\nsoak = 1\n\n"
         f'[state]\ndir = "{service.workdir / "state"}"\n'

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, Collector, Service
+from tests.support import ROOT, Collector, Service, swapped
 
 pytestmark = pytest.mark.docker
 
@@ -38,9 +38,7 @@ def reference_config(service: Service) -> Path:
         (r"(?m)^interval = 0\.5  ", "interval = 0.05"),
         (r"(?m)^soak = 5", "soak = 1"),
     ]
-    for pattern, value in swaps:
-        text, count = re.subn(pattern, value, text)
-        assert count, f"config.example.toml no longer has {pattern}"
+    text = swapped(text, swaps, "config.example.toml")
     path = service.workdir / "rolling-update.toml"
     path.write_text(text)
     return path
