@@ -86,6 +86,13 @@ def outcome(
         return EXIT_FAILED_AFTER_COMMIT, (
             f"error: {exc} (the new version serves; run `rolling-update recover` to finish)"
         )
+    if state is not None and state.failures and not committed:
+        # An interrupt's rollback that did not finish: the signal is not the news.
+        undone = "; ".join(f"{step}: {why}" for step, why in state.failures)
+        return EXIT_ROLLBACK_INCOMPLETE, (
+            f"error: rollback incomplete: {undone}. Run `rolling-update recover`, "
+            "or check `docker ps -a`."
+        )
     if signum is not None:
         if committed:
             return EXIT_OK, None

@@ -23,6 +23,7 @@ DEFAULT_CONFIG = Path("rolling-update.toml")
 
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _EXPANSION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -60,7 +61,10 @@ class ServiceConfig(_Section):
         None, description="Env file passed to every container (docker --env-file format)."
     )
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
-        "unless-stopped", description="Restart policy of green and the production container."
+        "unless-stopped",
+        description="Restart policy of the new production container when there is no blue "
+        "(blue's own otherwise). Green always runs with no: a daemon restart must not bring "
+        "back a green beside blue.",
     )
     stop_timeout: int = Field(
         10, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL when stopping blue."
@@ -110,6 +114,19 @@ class ImageConfig(_Section):
     )
     version_file: Path = Field(description="JSON file holding the version (e.g. package.json).")
     version_key: str = Field("version", description="Key of the version in version_file.")
+    tags: list[str] = Field(
+        default_factory=list,
+        description="More tags (e.g. latest) for the new image: set right before the switch, "
+        "moved back to the previous image if the deploy rolls back.",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not _TAG.match(tag):
+                raise ValueError(f"{tag!r} is not a valid image tag")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -166,6 +183,13 @@ class MigrateConfig(_Section):
         le=3600,
         description="Seconds between SIGTERM and SIGKILL when a migration is interrupted.",
     )
+    blue_check: list[str] = Field(
+        default_factory=list,
+        description="Run after the migrations in a one-off container of blue's image: exit 0 "
+        "says blue could boot again on the migrated schema. A failure means a rollback after "
+        "the switch cannot restart blue (said in the log and by plan; exit 3 if it comes to "
+        "that). Empty: no check, blue is assumed bootable.",
+    )
 
     @field_validator("commands")
     @classmethod
@@ -218,6 +242,11 @@ class TickConfig(_Section):
     settle: Seconds = Field(10, description="Seconds to wait after the tick ends (0 allowed).")
     guard: Seconds = Field(
         5, description="No switch starts when next_tick is less than this many seconds away."
+    )
+    overdue: PositiveSeconds = Field(
+        30,
+        description="A next_tick this many seconds in the past is stale (said once); from "
+        "then on only tick_running decides.",
     )
 
 
@@ -418,10 +447,13 @@ Target = Literal["blue", "green", "production"]
 JsonScalar = str | int | float | bool
 
 
-class WaitRule(_Section):
-    path: str = Field(description="Endpoint polled (GET) on the same target until the rule holds.")
+class FieldRule(_Section):
+    path: str = Field(description="Endpoint read (GET) on the same target.")
     field: str = Field(description="Dotted path of a field in its JSON answer.")
-    equals: JsonScalar = Field(description="The value the field must reach.")
+    equals: JsonScalar = Field(description="The value the field must have.")
+
+
+class WaitRule(FieldRule):
     interval: PositiveSeconds = Field(0.5, description="Seconds between polls.")
     timeout: PositiveSeconds = Field(60, description="Deadline of the wait.")
 
@@ -444,6 +476,9 @@ class ActionConfig(_Section):
     body: dict[str, Any] | None = Field(None, description="JSON body, if any.")
     expect_status: int = Field(200, ge=100, le=599, description="Status that counts as done.")
     wait: WaitRule | None = Field(None, description="Then wait until a field reaches a value.")
+    unless: FieldRule | None = Field(
+        None, description="Skip the call when a GET on the same target shows this value."
+    )
     optional: bool = Field(False, description="A failure is logged, not a reason to roll back.")
     timeout: PositiveSeconds = Field(10, description="Deadline of the call itself.")
 

@@ -8,6 +8,7 @@ what its ``run()`` did, and later steps can build on it.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,11 @@ class DeployContext:
     blue_raw: dict[str, Any] | None = field(default=None, repr=False)
     """Blue's inspect as the preflight found it (for the diff in the log)."""
     production_id: str | None = None
+    blue_bootable: bool | None = None
+    """Whether blue's image passed ``migrate.blue_check`` after the migrations (``None``:
+    not checked): a rollback after the switch restarts blue only if it could boot."""
+    blue_serving: str | None = None
+    """Id of the blue the preflight found running: a rollback must leave it serving."""
     last_blue_ok: float | None = None
     """Monotonic time of blue's last good answer before it was stopped."""
     switch_began: float | None = None
@@ -130,10 +136,21 @@ class DeployContext:
         """
         svc = self.config.service
         config_env = self.container_env(port, overrides)
+        twin = self.twin
+        # Compose's environment: beats its env_file; the tool's own [env], port env and
+        # green overrides still beat both.
+        kept = (
+            set()
+            if twin is None
+            else twin.compose_env - {*self.config.env, *svc.port_env, *(overrides or {})}
+        )
+        config_env = {k: v for k, v in config_env.items() if k not in kept}
         labels = self.labels(role)
         # Named so that the next deploy's twin drops them before applying its config.
-        labels[LABEL_CONFIG_ENV] = ",".join(sorted({*self.env, *svc.port_env}))
-        twin = self.twin
+        labels[LABEL_CONFIG_ENV] = ",".join(sorted({*self.env, *svc.port_env} - kept))
+        # Green never restarts by itself: brought back by a daemon restart, it would
+        # no longer be drained and would dispatch beside blue.
+        restart = "no" if role in ("migrate", "green") else None
         if twin is None:
             return ContainerSpec(
                 name=name,
@@ -141,7 +158,7 @@ class DeployContext:
                 env=config_env,
                 command=command,
                 network=svc.network,
-                restart="no" if role == "migrate" else svc.restart,
+                restart=restart or svc.restart,
                 labels=labels,
                 stop_timeout=svc.stop_timeout,
             )
@@ -150,6 +167,10 @@ class DeployContext:
         inherited = dict(twin.labels)
         if role == "migrate":
             base["Healthcheck"] = {"Test": ["NONE"]}
+        elif role == "green" and port is not None:
+            check, _ = twin.green_healthcheck(svc.port, port)
+            if check is not None:
+                base["Healthcheck"] = check
         elif port is not None:
             host["PortBindings"] = twin.bindings_for(svc.port, port)
             exposed = dict(base.get("ExposedPorts") or {})
@@ -166,7 +187,7 @@ class DeployContext:
             env={**twin.env, **config_env},
             command=command,
             network=twin.network_mode,
-            restart="no" if role == "migrate" else twin.restart,
+            restart=restart or twin.restart,
             labels={**inherited, **labels},
             # Blue's own StopTimeout, if it had one, is in base; none is added.
             stop_timeout=None,
@@ -180,6 +201,23 @@ class DeployContext:
         if self.green_started is None:
             return None
         return self.green_started + self.config.limits.two_containers
+
+    def wait_limit(self, own: float) -> tuple[float, str]:
+        """The deadline of a wait before the switch, and how to name it: its own, or what
+        is left of ``limits.two_containers`` once blue's stop is set aside, if sooner.
+
+        One budget over every phase (green's warm-up, the tick wait, the actions),
+        so that the switch always has the time to stop blue inside the bound.
+        """
+        deadline = self.two_container_deadline
+        if deadline is not None:
+            left = deadline - time.monotonic() - self.config.service.stop_timeout
+            if left < own:
+                return max(0.0, left), (
+                    f"what was left of limits.two_containers = "
+                    f"{self.config.limits.two_containers:g}s ({max(0.0, left):.1f}s)"
+                )
+        return own, f"{own:g}s"
 
     @property
     def green_memory_limit(self) -> int | None:

@@ -13,6 +13,7 @@ import aiohttp
 import anyio
 import structlog
 
+from ._compose import environment_keys
 from ._config import Config, read_env_file, read_version
 from ._context import DeployContext
 from ._engine import LABEL_DEPLOY, LABEL_VERSION, ContainerInfo, DockerEngine, Engine
@@ -62,6 +63,7 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
         Soak,
         StartGreen,
         Switch,
+        TagImage,
         VerifyProduction,
     )
 
@@ -77,6 +79,8 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
     ]
     if cfg.actions_at("before-switch") or cfg.actions_at("rollback"):
         plan.append(RunActions("before-switch", undo="rollback"))
+    if cfg.image.tags:
+        plan.append(TagImage(cfg.image))
     plan += [
         Redirect(cfg.service, cfg.health),
         Switch(cfg.service, cfg.tick, cfg.health, cfg.verify),
@@ -88,6 +92,14 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
         plan.append(RunActions("after-soak"))
     plan.append(RemoveOld(cfg.service))
     return plan
+
+
+def guarded(cfg: Config, plan: Sequence[Step[DeployContext]]) -> list[Step[DeployContext]]:
+    """``plan`` with :class:`~steps.ConfirmBlue` first: whatever the steps, a rollback
+    ends by proving blue serves as healthy as it was found (its undo runs last)."""
+    from steps import ConfirmBlue  # Imported here: the steps package imports this one.
+
+    return [ConfirmBlue(cfg.service, cfg.health, cfg.verify), *plan]
 
 
 @dataclass(frozen=True)
@@ -230,17 +242,28 @@ async def preflight(
     twin = None
     if blue_raw is not None:
         old_image = await docker.image_config(str(blue_raw.get("Image", "")))
-        twin = Twin.of(blue_raw, old_image)
+        blue_labels = (blue_raw.get("Config") or {}).get("Labels") or {}
+        compose_env, unread = environment_keys(blue_labels)
+        if unread is not None:
+            log.warning(
+                "twin.compose_file_unread",
+                why=f"blue was made by compose, but {unread}: the env file wins for every key",
+            )
+        twin = Twin.of(blue_raw, old_image, compose_env=compose_env)
         conflicts = twin.conflicts(blue_raw, svc.port)
         if conflicts:
             raise PreflightError(
                 f"green, blue's twin, cannot run beside blue: {'; '.join(conflicts)}"
             )
-        if twin.network_mode == "host" and twin.healthcheck_names_port(old_image, svc.port):
+        _, rewrite = twin.green_healthcheck(svc.port, svc.green_port)
+        if rewrite:
+            log.info("twin.green_healthcheck", port=svc.port, done=rewrite)
+        elif twin.network_mode == "host" and twin.healthcheck_names_port(old_image, svc.port):
             log.warning(
                 "twin.healthcheck_names_production_port",
                 port=svc.port,
-                why="on the host network, green's Docker healthcheck would probe blue",
+                why="on the host network, green's Docker healthcheck (its image's) would "
+                "probe blue",
             )
     handoff = await _handoff_possible(cfg, twin, firewall or LocalFirewall())
     baseline = None
@@ -444,8 +467,9 @@ async def _deploy(
                     blue_raw=found.blue_raw,
                     handoff=found.handoff,
                     firewall=firewall,
+                    blue_serving=found.blue.id if found.blue and found.blue.running else None,
                 )
-                plan = list(steps) if steps is not None else default_plan(cfg)
+                plan = guarded(cfg, list(steps) if steps is not None else default_plan(cfg))
                 log.info(
                     "deploy.started",
                     image=release.image,

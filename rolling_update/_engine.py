@@ -168,6 +168,7 @@ class Engine(Protocol):
         options: BuildOptions = BuildOptions(),
     ) -> None: ...
     async def remove_image(self, ref: str) -> None: ...
+    async def tag_image(self, source: str, target: str) -> None: ...
     async def list_images(
         self, labels: Mapping[str, str], *, reference: str | None = None
     ) -> list[ImageInfo]: ...
@@ -485,6 +486,12 @@ class DockerEngine:
                 await self.remove(container_id)
         text = b"".join(FrameDecoder().feed(raw)).decode(errors="replace")
         return code, text
+
+    async def tag_image(self, source: str, target: str) -> None:
+        """Point the reference ``target`` (repo:tag) at the image ``source`` names."""
+        repo, tag = split_reference(target)
+        async with self._translate("image tag", target):
+            await self.client.images.tag(source, repo, tag=tag)
 
     async def remove_image(self, ref: str) -> None:
         try:

@@ -196,18 +196,25 @@ class TickStatus:
     loop_running: bool | None = None
 
 
-def tick_state(status: TickStatus, now: datetime, guard: float) -> str:
-    """``running``, ``imminent`` (a tick is due within ``guard`` s, or overdue) or ``idle``.
+def tick_state(status: TickStatus, now: datetime, guard: float, overdue: float) -> str:
+    """``running``, ``imminent`` (a tick is due within ``guard`` s, or overdue), ``stale``
+    (``next_tick`` lies more than ``overdue`` s in the past) or ``idle``.
 
-    An overdue tick may start at any moment, however late it is, unless the
-    service says its loop is not running at all.
+    A tick overdue by a little may start at any moment, unless the service says its
+    loop is not running at all. One overdue by more is not coming: the Brain's
+    ``next_tick`` is the shared database's last tick plus an interval, and several of
+    its tick paths return before writing it, so it can lie in the past for hours.
+    Then only ``tick_running`` can be trusted.
     """
     if status.tick_running:
         return "running"
     due = status.next_tick
-    if due is not None and status.loop_running is not False and (due - now).total_seconds() < guard:
-        return "imminent"
-    return "idle"
+    if due is None or status.loop_running is False:
+        return "idle"
+    ahead = (due - now).total_seconds()
+    if ahead < -overdue:
+        return "stale"
+    return "imminent" if ahead < guard else "idle"
 
 
 def parse_tick(answer: Answer) -> TickStatus:

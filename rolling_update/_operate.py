@@ -20,6 +20,7 @@ from ._deploy import (
     DeployResult,
     default_plan,
     deploy,
+    guarded,
     http_session,
     open_engine,
     preflight,
@@ -171,7 +172,7 @@ async def plan(
     ``copied_from`` names the canary a host after it gets the image from.
     """
     release = prepare(cfg)
-    steps = default_plan(cfg)
+    steps = guarded(cfg, default_plan(cfg))
     async with open_engine(engine) as docker, http_session() as http:
         found = await preflight(
             cfg, docker, http, release, firewall, image_arrives=copied_from is not None
@@ -221,8 +222,29 @@ async def plan(
         "tick": cfg.tick.model_dump(mode="json"),
         "build": build,
         "migrations": cfg.migrate.commands,
+        "tags": cfg.image.tags,
+        "rollback_after_switch": rollback_after_switch(cfg, found.blue is not None),
         "actions": [a.model_dump(mode="json") for a in cfg.actions],
     }
+
+
+def rollback_after_switch(cfg: Config, has_blue: bool) -> str:
+    """What a rollback after the switch (blue stopped) can do, as the plan says it."""
+    check = " ".join(cfg.migrate.blue_check)
+    if not has_blue:
+        return "nothing to go back to (first deploy): the new container is removed"
+    if not cfg.migrate.commands:
+        return "restarts blue (no migrations run)"
+    if not check:
+        return (
+            "restarts blue; nothing checks that it boots on the schema the migrations "
+            "leave (migrate.blue_check is empty)"
+        )
+    return (
+        f"restarts blue only if `{check}` passes with blue's image after the migrations "
+        "(checked during the deploy, before the switch); if it fails, blue is not "
+        "restarted and the deploy ends with exit 3, the new version left as it is"
+    )
 
 
 def _public(body: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +265,8 @@ def format_plan(report: dict[str, Any]) -> str:
         *(f"  {i}. {s['name']:<15} {s['title']}" for i, s in enumerate(report["steps"], 1)),
         f"build: {json.dumps(report['build'])}",
         f"migrations: {json.dumps(report['migrations'])}",
+        f"rollback after the switch: {report['rollback_after_switch']}",
+        f"extra tags: {', '.join(report['tags']) or '(none)'}",
         f"health: GET {report['health']['path']} expecting {report['health']['expect_status']} "
         f"{json.dumps(report['health']['expect_json'])}"
         + (f", version at {report['health']['version_path'] or report['health']['path']}"

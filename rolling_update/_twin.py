@@ -16,12 +16,19 @@ left out, so the new image's own values apply (its ``ENV APP_VERSION`` wins).
 The tool's config beats blue's: the env file (re-read at every deploy),
 ``[env]``, the port env and ``[green.env]``. Keys the tool set from its
 config on an earlier deploy are named in a label, so a key removed from the
-env file does not live on through blue.
+env file does not live on through blue. One exception follows compose: for a
+blue made by compose, a key its ``environment:`` sets keeps blue's value over
+the env file's (``compose_env``), as ``docker compose up`` would.
+
+Green never restarts by itself (a daemon restart must not bring back a green
+that is no longer drained), and its copy of a healthcheck that names the
+production port probes green's port instead (:meth:`Twin.green_healthcheck`).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,9 +77,17 @@ class Twin:
     """``HostConfig.PortBindings``: container port → host bindings."""
     found_env: dict[str, str] = field(default_factory=dict, repr=False)
     """Blue's env without its old image's entries, the tool's own keys included (for diffs)."""
+    compose_env: frozenset[str] = frozenset()
+    """Keys compose's ``environment:`` sets for blue: blue's value wins over the env file."""
 
     @classmethod
-    def of(cls, blue: Mapping[str, Any], old_image: Mapping[str, Any]) -> Twin:
+    def of(
+        cls,
+        blue: Mapping[str, Any],
+        old_image: Mapping[str, Any],
+        *,
+        compose_env: frozenset[str] = frozenset(),
+    ) -> Twin:
         """The twin of ``blue`` (raw inspect), given its image's ``Config`` (raw inspect)."""
         config = blue.get("Config") or {}
         body: dict[str, Any] = {}
@@ -100,7 +115,8 @@ class Twin:
         found_env = dict(env)
         set_by_tool = labels.get(LABEL_CONFIG_ENV, "")
         for key in filter(None, set_by_tool.split(",")):
-            env.pop(key, None)
+            if key not in compose_env:
+                env.pop(key, None)
 
         short_id = str(blue.get("Id", ""))[:12]
         networks: dict[str, list[str]] = {}
@@ -118,6 +134,7 @@ class Twin:
             networks=networks,
             published=published,
             found_env=found_env,
+            compose_env=compose_env,
         )
 
     def conflicts(self, blue: Mapping[str, Any], port: int) -> list[str]:
@@ -144,6 +161,23 @@ class Twin:
         probes blue, not green)."""
         check = self.body.get("Healthcheck") or image.get("Healthcheck") or {}
         return any(str(port) in str(part) for part in check.get("Test") or [])
+
+    def green_healthcheck(self, port: int, green_port: int) -> tuple[dict[str, Any] | None, str]:
+        """Green's copy of blue's own healthcheck, and what was done to it.
+
+        On the host network a check that names ``port`` (compose's hard-codes
+        ``localhost:5221``) would report blue's health as green's: ``:port`` is
+        rewritten to ``:green_port``; a check naming the port otherwise is turned off.
+        ``None``: blue set no healthcheck of its own (the new image's applies).
+        """
+        check = self.body.get("Healthcheck")
+        if not check or not any(str(port) in str(part) for part in check.get("Test") or []):
+            return None, ""
+        test = [str(part) for part in check["Test"]]
+        rewritten = [re.sub(rf":{port}(?!\d)", f":{green_port}", part) for part in test]
+        if not any(str(port) in part for part in rewritten):
+            return {**check, "Test": rewritten}, f"probes :{green_port} instead of :{port}"
+        return {"Test": ["NONE"]}, f"turned off: it names port {port} other than as :{port}"
 
     def bindings_for(self, service_port: int, port: int) -> dict[str, list[dict[str, str]]]:
         """Published ports of a twin serving on ``port`` where blue serves on ``service_port``."""

@@ -70,6 +70,8 @@ class FakeEngine:
     def __init__(self, images: set[str] | None = None) -> None:
         self.containers: dict[str, FakeContainer] = {}
         self.images: set[str] = set(images or ())
+        self.aliases: dict[str, str] = {}
+        """A tag made by ``tag_image``: the reference it points at."""
         self.markers: dict[str, dict[str, str]] = {}
         self.calls: list[str] = []
         self.event_stream_ends = False
@@ -124,7 +126,7 @@ class FakeEngine:
         ]
 
     async def image_id(self, ref: str) -> str | None:
-        return _image_id(ref) if ref in self.images else None
+        return _image_id(self.aliases.get(ref, ref)) if ref in self.images else None
 
     async def build_image(
         self,
@@ -142,6 +144,14 @@ class FakeEngine:
 
     async def remove_image(self, ref: str) -> None:
         self.images.discard(ref)
+        self.aliases.pop(ref, None)
+
+    async def tag_image(self, source: str, target: str) -> None:
+        self.calls.append(f"tag {target}")
+        by_id = {_image_id(self.aliases.get(ref, ref)): ref for ref in self.images}
+        source = by_id.get(source, source)
+        self.images.add(target)
+        self.aliases[target] = self.aliases.get(source, source)
 
     async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]:
         self._check("claim_marker")

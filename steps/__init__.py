@@ -9,15 +9,18 @@ from .actions import RunActions
 from .build import BuildImage
 from .cleanup import RemoveOld
 from .green import AwaitGreenHealthy, StartGreen
+from .guard import ConfirmBlue
 from .handoff import Redirect, Release
 from .migrate import RunMigrations
 from .switch import Soak, Switch, VerifyProduction
+from .tags import TagImage
 from .tick import AwaitTickBoundary, wait_for_tick_boundary
 
 __all__ = [
     "AwaitGreenHealthy",
     "AwaitTickBoundary",
     "BuildImage",
+    "ConfirmBlue",
     "Redirect",
     "Release",
     "RemoveOld",
@@ -26,6 +29,7 @@ __all__ = [
     "Soak",
     "StartGreen",
     "Switch",
+    "TagImage",
     "VerifyProduction",
     "wait_for_tick_boundary",
 ]

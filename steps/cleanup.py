@@ -48,13 +48,15 @@ class RemoveOld:
         log = structlog.get_logger()
         keep = ctx.config.build.keep
         serving = await ctx.engine.image_id(ctx.image)
+        # The version production ran before: what `rollback` goes back to.
+        previous = None if ctx.blue_raw is None else ctx.blue_raw.get("Image")
         try:
             images = await ctx.engine.list_images({LABEL_SERVICE: self.service.name})
         except RollingUpdateError as exc:
             log.warning("cleanup.images_not_listed", error=str(exc))
             return
         for image in images[keep:]:
-            if image.id == serving:
+            if image.id in (serving, previous):
                 continue
             for ref in image.tags or [image.id]:
                 try:

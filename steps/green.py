@@ -11,7 +11,7 @@ from rolling_update._actions import run_actions
 from rolling_update._config import GreenConfig, HealthConfig, ServiceConfig
 from rolling_update._context import DeployContext
 from rolling_update._engine import ContainerSpec
-from rolling_update._errors import ConflictError, GreenFailed, HealthCheckFailed
+from rolling_update._errors import ConflictError, GreenFailed, HealthCheckFailed, RestoreFailed
 from rolling_update._http import port_in_use
 from rolling_update._logging import redactor
 from rolling_update._policy import clear_name, remove_ours
@@ -65,6 +65,13 @@ class StartGreen:
         )
 
     async def compensate(self, ctx: DeployContext) -> None:
+        if ctx.handoff_active:
+            # The redirect could not be removed (nothing else answers on production's
+            # port): green is what serves there, and removing it would darken the port.
+            raise RestoreFailed(
+                f"{self.service.green_name} is kept: production's port {self.service.port} "
+                f"is still redirected to it (port {self.service.green_port})"
+            )
         # Gracefully: during a handoff green serves real traffic until the last moment.
         await remove_ours(
             ctx.engine, self.service.green_name, ctx.deploy_id, grace=self.service.stop_timeout

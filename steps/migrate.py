@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import replace
 
 import anyio
 import structlog
@@ -22,7 +23,10 @@ class RunMigrations:
     """Run each migration command; a non-zero exit stops the deploy, blue untouched.
 
     Migrations cannot be undone by the tool: the compensation only removes the
-    one-off container. Write migrations that the old version tolerates.
+    one-off container. Write migrations that the old version tolerates. Then
+    ``migrate.blue_check`` runs with blue's image: whether blue could boot again
+    on the schema they left, which decides what a rollback after the switch can
+    do (``ctx.blue_bootable``). A running blue is not affected either way.
     """
 
     name = "migrate"
@@ -36,8 +40,11 @@ class RunMigrations:
     def container_name(self) -> str:
         return self.service.migrate_name
 
-    def spec(self, ctx: DeployContext, command: list[str]) -> ContainerSpec:
-        return ctx.spec("migrate", self.container_name, None, command=command)
+    def spec(
+        self, ctx: DeployContext, command: list[str], *, image: str | None = None
+    ) -> ContainerSpec:
+        spec = ctx.spec("migrate", self.container_name, None, command=command)
+        return spec if image is None else replace(spec, image=image)
 
     async def run(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
@@ -47,13 +54,46 @@ class RunMigrations:
         await clear_name(ctx.engine, self.container_name, self.service.name, ConflictError)
         for command in self.cfg.commands:
             log.info("migrate.command", command=command)
-            container_id = await ctx.engine.create(self.spec(ctx, command))
-            try:
-                await self._run_one(ctx, container_id, command)
-            finally:
-                with anyio.move_on_after(ctx.config.rollback.step_timeout, shield=True):
-                    await self._stop(ctx, container_id, command)
-                    await ctx.engine.remove(container_id)
+            await self._one_off(ctx, command)
+        blue_image = None if ctx.blue_raw is None else ctx.blue_raw.get("Image")
+        if self.cfg.blue_check and blue_image:
+            await self._check_blue(ctx, str(blue_image))
+
+    async def _one_off(
+        self, ctx: DeployContext, command: list[str], image: str | None = None
+    ) -> None:
+        container_id = await ctx.engine.create(self.spec(ctx, command, image=image))
+        try:
+            await self._run_one(ctx, container_id, command)
+        finally:
+            with anyio.move_on_after(ctx.config.rollback.step_timeout, shield=True):
+                await self._stop(ctx, container_id, command)
+                await ctx.engine.remove(container_id)
+
+    async def _check_blue(self, ctx: DeployContext, image: str) -> None:
+        log = structlog.get_logger()
+        check = self.cfg.blue_check
+        try:
+            await self._one_off(ctx, check, image)
+        except MigrationFailed as exc:
+            ctx.blue_bootable = False
+            log.warning(
+                "migrate.blue_check",
+                command=check,
+                passed=False,
+                why=str(exc),
+                rollback_after_switch="blue cannot be restarted on the migrated schema: a "
+                "failure after the switch ends with exit 3, the new version left as it is",
+            )
+        else:
+            ctx.blue_bootable = True
+            log.info(
+                "migrate.blue_check",
+                command=check,
+                passed=True,
+                rollback_after_switch="restarts blue",
+            )
+        ctx.measured["blue_bootable"] = ctx.blue_bootable
 
     async def _stop(self, ctx: DeployContext, container_id: str, command: list[str]) -> None:
         # A migration cut short (interrupt, deadline) gets SIGTERM and its grace

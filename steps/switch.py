@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import replace
 
 import anyio
 import structlog
 
+from rolling_update._compose import CONFIG_HASH, config_hash, made_by_compose
 from rolling_update._config import HealthConfig, ServiceConfig, TickConfig, VerifyConfig
 from rolling_update._context import DeployContext
 from rolling_update._engine import ContainerInfo, ContainerSpec
@@ -56,7 +59,7 @@ class Switch:
             ctx.blue_id, ctx.blue_was_running = blue.id, blue.running
             ctx.record(blue_id=blue.id, blue_was_running=blue.running)
             await ctx.engine.rename(blue.id, ctx.old_name)
-        spec = self.spec(ctx)
+        spec = await self._compose_labelled(ctx, self.spec(ctx))
         if ctx.blue_raw is not None:
             log.info(
                 "twin.diff",
@@ -69,16 +72,13 @@ class Switch:
                 # Checked again right before SIGTERM: a tick may have begun
                 # since the tick step returned.
                 url = ctx.url(self.service.port, self.tick.path)
-                limit = self.tick.timeout
-                if ctx.two_container_deadline is not None:
-                    limit = min(limit, max(0.0, ctx.two_container_deadline - time.monotonic()))
+                limit, bound = ctx.wait_limit(self.tick.timeout)
                 try:
                     with anyio.fail_after(limit):
                         await wait_for_tick_boundary(ctx, url, self.tick, self.health, settle=0)
                 except TimeoutError:
                     raise TickWaitFailed(
-                        f"blue's tick did not reach a safe boundary within {limit:g}s "
-                        "(tick.timeout, or what was left of limits.two_containers)"
+                        f"blue's tick did not reach a safe boundary within {bound} (tick.timeout)"
                     ) from None
             ctx.switch_began = time.monotonic()
             log.info("switch.stop_blue", container=self.service.name, id=blue.id[:12])
@@ -91,9 +91,36 @@ class Switch:
         await ctx.engine.start(ctx.production_id)
         log.info("switch.started", container=self.service.name, id=ctx.production_id[:12])
 
+    async def _compose_labelled(self, ctx: DeployContext, spec: ContainerSpec) -> ContainerSpec:
+        """``spec`` with the config hash compose now computes, for a blue compose made."""
+        labels = dict(spec.labels)
+        if not made_by_compose(labels):
+            return spec
+        found, why = await config_hash(labels, os.environ)
+        if found is None:
+            structlog.get_logger().warning(
+                "compose.config_hash_unknown",
+                why=why,
+                consequence="a later `docker compose up -d` recreates the container",
+            )
+            return spec
+        labels[CONFIG_HASH] = found
+        return replace(spec, labels=labels)
+
     async def compensate(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
         began = time.monotonic()
+        if ctx.blue_id is not None and ctx.blue_was_running and ctx.blue_bootable is False:
+            blue = await ctx.engine.inspect(ctx.blue_id)
+            if blue is not None and not blue.running:
+                # Started again, blue would crash-loop on the schema the migrations
+                # left; whatever the new version still does beats a dead port.
+                raise RestoreFailed(
+                    "blue cannot boot on the schema the migrations left "
+                    f"(migrate.blue_check {' '.join(ctx.config.migrate.blue_check)!r} failed "
+                    f"with its image), so it was not restarted; the new version's container "
+                    f"is left as {self.service.name} and blue, stopped, as {ctx.old_name}"
+                )
         # Labels, not our own flags, decide what is ours to remove: the flags
         # may lag the engine when we were cancelled mid-call.
         await remove_ours(

@@ -30,6 +30,7 @@ async def wait_for_tick_boundary(
     unusable = 0
     settled = settle <= 0
     state_before = ""
+    stale_said = False
     while True:
         answer = await probe(ctx.http, url, health)
         try:
@@ -43,7 +44,17 @@ async def wait_for_tick_boundary(
         unusable = 0
         now = datetime.now(UTC)
         due_in = (status.next_tick - now).total_seconds() if status.next_tick else None
-        state = tick_state(status, now, cfg.guard)
+        state = tick_state(status, now, cfg.guard, cfg.overdue)
+        if state == "stale":
+            if not stale_said:
+                log.warning(
+                    "tick.next_tick_stale",
+                    overdue_s=None if due_in is None else round(-due_in, 1),
+                    why=f"next_tick is more than tick.overdue = {cfg.overdue:g}s in the past: "
+                    "only tick_running decides",
+                )
+                stale_said = True
+            state = "idle"
         pause = cfg.interval
         if state == "running":
             settled = settle <= 0
@@ -83,6 +94,7 @@ class AwaitTickBoundary:
             log.info("tick.skipped", reason=f"no running {self.service.name}")
             return
         url = ctx.url(self.service.port, self.cfg.path)
+        limit, bound = ctx.wait_limit(self.cfg.timeout)
         try:
             async with AsyncExitStack() as stack:
                 if ctx.green_id is not None:
@@ -101,13 +113,13 @@ class AwaitTickBoundary:
                         )
                     )
                     stack.callback(lambda: ctx.note_green_memory(watch.memory_peak))
-                with anyio.fail_after(self.cfg.timeout):
+                with anyio.fail_after(limit):
                     await wait_for_tick_boundary(
                         ctx, url, self.cfg, self.health, settle=self.cfg.settle
                     )
         except TimeoutError:
             raise TickWaitFailed(
-                f"blue's tick did not reach a safe boundary within {self.cfg.timeout:g}s"
+                f"blue's tick did not reach a safe boundary within {bound} (tick.timeout)"
             ) from None
 
     async def compensate(self, ctx: DeployContext) -> None:

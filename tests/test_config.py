@@ -48,13 +48,21 @@ def test_example_config_loads_with_the_reference_values() -> None:
     assert cfg.health.expect_json == {"status": "healthy"}
     assert (cfg.health.attempts, cfg.health.interval) == (12, 5.0)
     assert cfg.tick.settle == 10
-    assert cfg.env == {"ENV_REGION": "us"}
+    assert cfg.env == {"ENV_REGION": "us", "CECELIA_TICK_ENABLED": "true"}
     assert cfg.green.env == {}
     assert [(a.moment, a.target, a.path) for a in cfg.actions] == [
         ("green-answers", "green", "/api/brain/tick/drain"),
         ("before-switch", "blue", "/api/brain/tick/drain"),
         ("rollback", "blue", "/api/brain/tick/drain-cancel"),
+        ("rollback", "blue", "/api/brain/tick/enable"),
     ]
+    # Never a drain-status read: its first answer with nothing in progress disables the tick.
+    assert all(a.wait is None for a in cfg.actions)
+    unless = cfg.actions[3].unless
+    assert unless is not None and (unless.field, unless.equals) == ("loop_running", True)
+    assert cfg.image.tags == ["latest"]
+    assert cfg.migrate.blue_check == ["node", "src/selfcheck.js"]
+    assert cfg.tick.overdue == 30
     assert cfg.health.version_path == "/api/brain/hardening/status"
 
 
@@ -248,8 +256,10 @@ def test_example_documents_every_key_with_a_comment() -> None:
             continue
         assert section in data, f"[{section}] missing from the example"
         if section == "actions":
-            # A list of tables: every key is shown in one of them at least.
+            # A list of tables: every key is shown in one of them at least, or as a
+            # commented-out sub-table (the reference sequence waits for nothing).
             shown = set().union(*(set(action) for action in data["actions"]))
+            shown |= set(re.findall(r"(?m)^# \[actions\.(\w+)\]", text))
             assert set(ActionConfig.model_fields) <= shown, "[[actions]] lacks keys"
             continue
         assert isinstance(model, type) and issubclass(model, BaseModel)

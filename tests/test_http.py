@@ -179,17 +179,22 @@ def test_blue_found_degraded_is_restored_when_degraded_again() -> None:
     assert silent.judge(Answer("http://x", error="ConnectionRefused"), rule) is None
 
 
-def test_an_overdue_tick_is_imminent_however_late() -> None:
-    """Regression: a tick overdue by more than 1 s may start any moment: not safe to switch."""
+def test_an_overdue_tick_is_imminent_until_it_is_stale() -> None:
+    """A tick overdue by less than tick.overdue may start any moment; past it, it is stale."""
     from datetime import UTC, datetime, timedelta
 
     from rolling_update._http import TickStatus, tick_state
 
     now = datetime.now(UTC)
-    for late in (0.5, 1.5, 60):
-        assert tick_state(TickStatus(False, now - timedelta(seconds=late)), now, 5) == "imminent"
-    assert tick_state(TickStatus(False, now + timedelta(seconds=60)), now, 5) == "idle"
-    assert tick_state(TickStatus(True, None), now, 5) == "running"
+    for late in (0.5, 1.5, 29):
+        assert (
+            tick_state(TickStatus(False, now - timedelta(seconds=late)), now, 5, 30) == "imminent"
+        )
+    for late in (31, 3600 * 5):
+        assert tick_state(TickStatus(False, now - timedelta(seconds=late)), now, 5, 30) == "stale"
+    assert tick_state(TickStatus(True, now - timedelta(seconds=3600)), now, 5, 30) == "running"
+    assert tick_state(TickStatus(False, now + timedelta(seconds=60)), now, 5, 30) == "idle"
+    assert tick_state(TickStatus(True, None), now, 5, 30) == "running"
     # A loop that says it is not running starts no tick, whatever next_tick says.
-    stale = TickStatus(False, now - timedelta(seconds=60), loop_running=False)
-    assert tick_state(stale, now, 5) == "idle"
+    stale = TickStatus(False, now - timedelta(seconds=10), loop_running=False)
+    assert tick_state(stale, now, 5, 30) == "idle"

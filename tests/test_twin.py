@@ -100,3 +100,92 @@ def test_the_diff_names_env_keys_never_values() -> None:
     assert "Image: brain:1.0.0 -> brain:2.0.0" in lines
     assert "Env: ~DB_PASSWORD" in lines and "Env: +NEW" in lines
     assert "secret" not in " ".join(lines)
+
+
+def test_green_probes_its_own_port_where_blues_healthcheck_names_production() -> None:
+    """Compose's curl of localhost:5221 becomes :5222 for green; other uses turn it off."""
+    check = {"Test": ["CMD", "curl", "-f", "http://localhost:5221/api/brain/tick/status"]}
+    twin = Twin.of(blue(Healthcheck=check), OLD_IMAGE)
+    found, done = twin.green_healthcheck(5221, 5222)
+    assert found is not None and found["Test"][-1] == "http://localhost:5222/api/brain/tick/status"
+    assert "5222" in done
+    odd = Twin.of(blue(Healthcheck={"Test": ["CMD", "check", "--port", "5221"]}), OLD_IMAGE)
+    assert odd.green_healthcheck(5221, 5222)[0] == {"Test": ["NONE"]}
+    assert Twin.of(blue(), OLD_IMAGE).green_healthcheck(5221, 5222) == (None, "")
+
+
+def twin_context(tmp_path: Any, twin: Twin, merged: dict[str, str], **tables: Any) -> Any:
+    """A deploy's context over ``twin``; ``merged``: the env file's values, [env] on top."""
+    import aiohttp
+
+    from rolling_update import DeployContext
+    from rolling_update._config import parse_config
+    from rolling_update.testing import FakeEngine
+
+    cfg = parse_config(
+        {
+            "service": {"name": "app", "green_name": "app-green", "port": 5221, "green_port": 5222},
+            "image": {"name": "app:{version}", "version_file": "p.json"},
+            **tables,
+        },
+        base_dir=tmp_path,
+        environ={},
+        source="t.toml",
+    )
+    # Specs are pure: no request is ever made through this session.
+    http = aiohttp.ClientSession.__new__(aiohttp.ClientSession)
+    return DeployContext(
+        config=cfg,
+        engine=FakeEngine(),
+        http=http,
+        deploy_id="d",
+        version="2",
+        image="app:2",
+        env=merged,
+        twin=twin,
+    )
+
+
+def test_green_never_restarts_and_production_keeps_blues_policy(tmp_path: Any) -> None:
+    """Green runs with restart "no" (no comeback after a daemon restart); production: blue's."""
+    ctx = twin_context(tmp_path, Twin.of(blue(), OLD_IMAGE), {})
+    green = ctx.spec("green", "app-green", 5222).to_api()
+    production = ctx.spec("production", "app", 5221).to_api()
+    assert green["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    assert production["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+
+
+def test_compose_environment_wins_over_the_env_file_as_in_compose(tmp_path: Any) -> None:
+    """A key compose's environment: set keeps blue's value; [env] and the port env still win."""
+    from rolling_update._compose import environment_keys
+
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        "services:\n  brain:\n    env_file: [.env.docker]\n"
+        "    environment:\n      - TZ=Asia/Shanghai\n      - ENV_REGION=${ENV_REGION:-us}\n"
+        "      - PORT=5221\n"
+    )
+    labels = {
+        "com.docker.compose.project": "p",
+        "com.docker.compose.service": "brain",
+        "com.docker.compose.project.working_dir": str(tmp_path),
+        "com.docker.compose.project.config_files": str(compose),
+    }
+    keys, why = environment_keys(labels)
+    assert keys == {"TZ", "ENV_REGION", "PORT"} and why is None
+    made = blue(Labels={**labels, "io.rolling-update.config-env": "TZ,DB_HOST"})
+    ctx = twin_context(
+        tmp_path,
+        Twin.of(made, OLD_IMAGE, compose_env=keys),
+        {"TZ": "UTC", "DB_HOST": "db", "ENV_REGION": "hk"},
+        env={"ENV_REGION": "hk"},
+    )
+    spec = ctx.spec("production", "app", 5221)
+    assert spec.env["TZ"] == "Asia/Shanghai"  # compose's environment: over env_file
+    assert spec.env["DB_HOST"] == "db" and spec.env["ENV_REGION"] == "hk"
+    assert spec.env["PORT"] == "5221"
+    # Not named as the tool's own: the next deploy keeps compose's value again.
+    assert "TZ" not in spec.labels["io.rolling-update.config-env"].split(",")
+    unreadable = {**labels, "com.docker.compose.project.config_files": str(tmp_path / "gone.yml")}
+    assert environment_keys(unreadable)[0] == frozenset()
+    assert "cannot read" in str(environment_keys(unreadable)[1])
