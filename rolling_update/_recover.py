@@ -145,6 +145,19 @@ class _Recovery:
             # container is the only one that can serve. Keep it; never leave none.
             self.act(f"blue ({record.blue_id[:12]}) no longer exists: kept the new version")
             return await self.keep_new(record, new)
+        if (
+            record is not None
+            and record.blue_bootable is False
+            and blue is not None
+            and not blue.running
+            and new is not None
+        ):
+            # Started again, blue would crash-loop on the schema the migrations left.
+            self.act(
+                f"blue ({blue.id[:12]}) cannot boot on the migrated schema "
+                "(migrate.blue_check failed): kept the new version"
+            )
+            return await self.keep_new(record, new)
         return await self.roll_back(record, blue)
 
     async def roll_back(self, record: JournalRecord | None, blue: ContainerInfo | None) -> str:

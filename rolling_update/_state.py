@@ -64,6 +64,8 @@ class JournalRecord(BaseModel):
     blue_health: HealthBaseline | None = None
     """Blue's health as the deploy found it: what bringing it back must reach."""
     committed: bool = False
+    blue_bootable: bool | None = None
+    """Whether blue's image passed ``migrate.blue_check`` on the migrated schema."""
     redirect: bool = False
     """The handoff's nftables redirect may be in place (set before it is installed)."""
 

@@ -94,6 +94,7 @@ class RunMigrations:
                 rollback_after_switch="restarts blue",
             )
         ctx.measured["blue_bootable"] = ctx.blue_bootable
+        ctx.record(blue_bootable=ctx.blue_bootable)
 
     async def _stop(self, ctx: DeployContext, container_id: str, command: list[str]) -> None:
         # A migration cut short (interrupt, deadline) gets SIGTERM and its grace

@@ -212,6 +212,20 @@ async def test_a_live_deploy_from_another_checkout_blocks_recover(
     assert engine.calls == []
 
 
+async def test_a_blue_that_cannot_boot_is_not_restarted_by_recover(
+    tmp_path: Path, port: int
+) -> None:
+    """Killed mid-switch after a failed blue_check: recover keeps the new version, not blue."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    new = engine.add(ours("app", "production", "d2"), running=False)
+    journal(cfg, step="switch", blue_id=blue.id, blue_was_running=True, blue_bootable=False)
+    report = await recover(cfg, engine=engine)
+    assert engine.names() == ["app"] and engine.containers[new.id].running
+    assert report.outcome == "the new version 2 serves"
+
+
 async def test_a_vanished_blue_fails_the_undo_with_its_own_error(tmp_path: Path, port: int) -> None:
     """Switch.compensate raises RestoreFailed (not a bare RollingUpdateError) when blue is gone."""
     import aiohttp
