@@ -1,21 +1,9 @@
 """Command line: ``python -m rolling_update deploy --config FILE``.
 
-Exit codes (also in the README) follow what the host is left in:
-
-====  =====================================================================
-0     deployed: the new version serves (recover: the host is consistent)
-1     the deploy failed and was rolled back: the old version serves
-2     nothing was changed: usage, config or preflight error, the engine
-      is unreachable, or the service is locked
-3     the rollback or recovery is incomplete: a human must act
-4     the new version serves, but a step after the point of no return
-      failed; `recover` finishes what it left
-130   interrupted by SIGINT, rolled back: the old version serves
-143   interrupted by SIGTERM, rolled back: the old version serves
-====  =====================================================================
-
-A first SIGINT/SIGTERM cancels the deploy and starts the rollback; further
-ones are reported and ignored, so the rollback is never abandoned half-way.
+Exit codes (:data:`EXIT_TABLE`, shown by ``deploy --help``, also in the README)
+follow what the host is left in. A first SIGINT/SIGTERM cancels the deploy and
+starts the rollback; further ones are reported and ignored, so the rollback is
+never abandoned half-way.
 """
 
 from __future__ import annotations
@@ -60,6 +48,29 @@ EXIT_USAGE = 2
 EXIT_ROLLBACK_INCOMPLETE = 3
 EXIT_FAILED_AFTER_COMMIT = 4
 EXIT_SIGNAL_BASE = 128
+
+EXIT_TABLE = """\
+exit codes (what the host is left in):
+  0    deployed: the new version serves (recover: the host is consistent)
+  1    failed and rolled back: the old version serves, as healthy as it was found
+  2    nothing was changed: usage, config or preflight error, engine unreachable,
+       service locked, or the version asked for already serves (--force)
+  3    the rollback or recovery is incomplete: a human must act (the message says what)
+  4    the new version serves, but a step after the point of no return failed;
+       `recover` finishes what it left
+  130  interrupted by SIGINT, rolled back: the old version serves
+  143  interrupted by SIGTERM, rolled back: the old version serves"""
+
+_EXAMPLES = {
+    "deploy": "example:\n  python -m rolling_update deploy --config rolling-update.toml",
+    "recover": "example (after a crash, or at boot):\n"
+    "  python -m rolling_update recover --config rolling-update.toml",
+    "rollback": "examples:\n  python -m rolling_update rollback            # the previous version\n"
+    "  python -m rolling_update rollback 1.98.0     # a version whose image exists",
+    "status": "example:\n  python -m rolling_update status --json | jq .production",
+    "history": "example:\n  python -m rolling_update history --limit 5",
+    "plan": "example:\n  python -m rolling_update plan --config rolling-update.toml",
+}
 
 
 def _untouched(exc: BaseException) -> bool:
@@ -131,20 +142,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rolling-update",
         description="Blue-green update of a long-running Docker service, with rollback.",
+        epilog=_EXAMPLES["deploy"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("deploy", help="build, migrate, start green, switch, verify")
-    fix = commands.add_parser(
-        "recover", help="after a crash: restore one serving production container, no leftovers"
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        epilog = _EXAMPLES[name] + ("\n\n" + EXIT_TABLE if name == "deploy" else "")
+        return commands.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    run = command("deploy", "build, migrate, start green, switch, verify")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="deploy even when the version asked for is the one production runs",
     )
-    back = commands.add_parser(
-        "rollback", help="back to the previous version (or VERSION) through the same safe flow"
+    fix = command(
+        "recover", "after a crash: restore one serving production container, no leftovers"
+    )
+    back = command(
+        "rollback", "back to the previous version (or VERSION) through the same safe flow"
     )
     back.add_argument("version", nargs="?", help="a version whose image exists")
-    show = commands.add_parser("status", help="what serves now, its health, the last deploy")
-    past = commands.add_parser("history", help="every deploy, rollback and recover here")
+    show = command("status", "what serves now, its health, the last deploy")
+    past = command("history", "every deploy, rollback and recover here")
     past.add_argument("--limit", type=int, default=20, help="the last N (default 20; 0: all)")
-    dry = commands.add_parser("plan", help="what a deploy would do now; changes nothing")
+    dry = command("plan", "what a deploy would do now; changes nothing")
     for sub in (show, past, dry):
         sub.add_argument("--json", action="store_true", help="one JSON document")
     for sub in (fix, back, show, past, dry):
@@ -165,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="console for people, json (one object per line), or journald's native protocol",
         )
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rolling-update")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 @dataclass
@@ -205,14 +244,14 @@ async def _interruptible(work: Callable[[], Awaitable[object]], interrupt: Inter
             tg.cancel_scope.cancel()
 
 
-def _rollout(cfg: Config) -> int:
+def _rollout(cfg: Config, *, force: bool = False) -> int:
     """Every host, canary first; one line per host, then the exit code of the worst."""
     report: list[HostOutcome] = []
     interrupt = Interrupt()
     error: BaseException | None = None
 
     async def work() -> object:
-        return await rollout(cfg, report=report)
+        return await rollout(cfg, report=report, force=force)
 
     try:
         anyio.run(_interruptible, work, interrupt)
@@ -262,9 +301,10 @@ def _deploy(
     *,
     rollback_to: bool = False,
     host_name: str | None = None,
+    force: bool = False,
 ) -> int:
     if cfg.hosts and not rollback_to:
-        return _rollout(cfg)
+        return _rollout(cfg, force=force)
     state = SagaState()
     interrupt = Interrupt()
     error: BaseException | None = None
@@ -279,7 +319,7 @@ def _deploy(
             return None
         if rollback_to:
             return await rollback(cfg, version, state=state)
-        return await deploy(cfg, state=state)
+        return await deploy(cfg, state=state, force=force)
 
     try:
         anyio.run(_interruptible, work, interrupt)
@@ -425,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure(args.log_format, sys.stderr if reports else None)
         cfg = load_config(args.config)
         if args.command == "deploy":
-            return _deploy(cfg)
+            return _deploy(cfg, force=args.force)
         if args.command == "rollback":
             return _deploy(cfg, args.version, rollback_to=True, host_name=args.host)
         if args.command == "recover":

@@ -184,6 +184,13 @@ def version_of(container: ContainerInfo | None) -> str | None:
     return tag if sep and "/" not in tag else None
 
 
+def already_serving(blue: ContainerInfo | None, version: str) -> str | None:
+    """Why deploying ``version`` would change nothing (production runs it), or ``None``."""
+    if blue is None or not blue.running or version_of(blue) != version:
+        return None
+    return f"version {version} is what production already runs ({blue.image})"
+
+
 @dataclass(frozen=True)
 class Preflight:
     """What the checks before the first change found."""
@@ -338,6 +345,7 @@ async def deploy(
     version: str | None = None,
     kind: Kind = "deploy",
     firewall: Firewall | None = None,
+    force: bool = False,
 ) -> DeployResult:
     """Deploy the release ``cfg`` describes with ``steps`` (default: :func:`default_plan`).
 
@@ -349,7 +357,8 @@ async def deploy(
     ``version`` deploys that version's existing image instead of reading the
     version file (``rollback``). Every run ends up in the audit log; the
     hooks and the metrics file follow it. ``firewall`` is where the handoff's
-    redirect goes (default: this machine's nftables).
+    redirect goes (default: this machine's nftables). A deploy of the version
+    production already runs is refused (exit 2) unless ``force``.
     """
     attempt = Attempt(id=uuid.uuid4().hex[:12], kind=kind)
     progress = state if state is not None else SagaState()
@@ -360,7 +369,15 @@ async def deploy(
             deploy_id=attempt.id, service=cfg.service.name
         ):
             return await _deploy(
-                cfg, steps, engine, environ, progress, version, attempt, firewall or LocalFirewall()
+                cfg,
+                steps,
+                engine,
+                environ,
+                progress,
+                version,
+                attempt,
+                firewall or LocalFirewall(),
+                force=force or kind != "deploy",
             )
     except BaseException as exc:
         error = exc
@@ -410,6 +427,8 @@ async def _deploy(
     version: str | None,
     attempt: Attempt,
     firewall: Firewall,
+    *,
+    force: bool,
 ) -> DeployResult:
     deploy_id = attempt.id
     log = structlog.get_logger()
@@ -429,6 +448,9 @@ async def _deploy(
                 raise refuse_marked(held_before, service)
             found = await preflight(cfg, docker, http, release, firewall)
             attempt.from_version = version_of(found.blue)
+            same = already_serving(found.blue, release.version)
+            if same is not None and not force:
+                raise PreflightError(f"{same}; `deploy --force` deploys it again")
             hook_env = {"RU_FROM_VERSION": attempt.from_version or ""}
             if cfg.build.enabled and version is None:
                 await run_pre_hook(cfg, "pre_build", attempt.id, release, hook_env)

@@ -18,6 +18,7 @@ from ._config import Config
 from ._context import DeployContext
 from ._deploy import (
     DeployResult,
+    already_serving,
     default_plan,
     deploy,
     guarded,
@@ -213,6 +214,7 @@ async def plan(
         "blue": None
         if found.blue is None
         else {"image": found.blue.image, "version": version_of(found.blue)},
+        "already_serving": already_serving(found.blue, release.version),
         "diff_against_blue": diff(found.blue_raw, production, found.twin)
         if found.blue_raw
         else None,
@@ -257,8 +259,12 @@ def _public(body: dict[str, Any]) -> dict[str, Any]:
 def format_plan(report: dict[str, Any]) -> str:
     blue = report["blue"]
     actions = report["actions"]
+    came = f"{blue['version'] or blue['image']}" if blue else "nothing (first deploy)"
+    diff = report["diff_against_blue"]
     lines = [
-        f"plan for {report['service']}: deploy {report['image']} (version {report['version']})",
+        f"plan for {report['service']}: {came} -> {report['version']} ({report['image']})",
+        *([f"warning: {report['already_serving']}: deploy refuses it without --force"]
+          if report["already_serving"] else []),
         f"blue: {blue['image']} ({blue['version']})" if blue else "blue: none (first deploy)",
         f"switch: {report['switch']}",
         "steps:",
@@ -273,7 +279,8 @@ def format_plan(report: dict[str, Any]) -> str:
            f" ({report['health']['version_field']})" if report['health']['version_field'] else ""),
         f"tick: {json.dumps(report['tick'])}",
         "new production container differs from blue in:",
-        *(f"  {line}" for line in (report["diff_against_blue"] or ["(no blue)"])),
+        *(f"  {line}" for line in (
+            ["(no blue)"] if diff is None else diff or ["nothing but the tool's labels"])),
         *(f"action: {a['moment']} {a['target']} {a['method']} {a['path']}" for a in actions),
     ]  # fmt: skip
     return "\n".join(lines)

@@ -157,6 +157,7 @@ async def rollout(
     environ: Mapping[str, str] | None = None,
     progress: dict[str, SagaState] | None = None,
     report: list[HostOutcome] | None = None,
+    force: bool = False,
 ) -> RolloutResult:
     """Deploy ``cfg``'s release to every host in ``cfg.hosts``, canary first.
 
@@ -224,6 +225,7 @@ async def rollout(
                     firewall=connected.firewall,
                     environ=environ,
                     state=state,
+                    force=force,
                 )
                 outcome.measured.update(result.measured)
         except BaseException as exc:

@@ -93,3 +93,21 @@ def test_a_sigint_racing_a_watch_failure_exits_130() -> None:
     assert interrupt.signum == signal.SIGINT
     code, line = outcome(caught.value, state, interrupt.signum)
     assert code == 130 and line is not None and "interrupted by SIGINT during green-health" in line
+
+
+def test_every_command_shows_an_example_and_deploy_the_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--help of each command has an example; deploy's lists every exit code; --version works."""
+    from rolling_update._cli import main
+
+    for command in ("deploy", "recover", "rollback", "status", "history", "plan"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "example" in text and f"python -m rolling_update {command}" in text
+        if command == "deploy":
+            assert all(f"\n  {code} " in text for code in (0, 1, 2, 3, 4, 130, 143))
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("rolling-update ")

@@ -71,11 +71,27 @@ def test_plan_shows_the_deploy_and_changes_nothing(deployed_twice: Service) -> N
     began = time.time()
     plan = report(service, "plan")
     assert plan["version"] == "4.0.0" and plan["switch"] == "handoff"
-    assert [s["name"] for s in plan["steps"]][:2] == ["build", "migrate"]
+    assert [s["name"] for s in plan["steps"]][:3] == ["guard", "build", "migrate"]
     assert f"Image: {service.repo}:3.0.0 -> {service.repo}:4.0.0" in plan["diff_against_blue"]
     assert all(item.endswith("=…") for item in plan["production_spec"]["Env"])
     assert service.created_since(began) == []
     assert service.serving() == "3.0.0"
+    human = cli(service, "plan").stdout
+    assert "3.0.0 -> 4.0.0" in human and "warning" not in human
+
+
+def test_the_version_already_serving_is_refused_unless_forced(deployed_twice: Service) -> None:
+    """plan warns and deploy exits 2 touching nothing when 3.0.0 already serves; --force deploys."""
+    service = deployed_twice
+    began = time.time()
+    human = cli(service, "plan").stdout
+    assert "warning: version 3.0.0 is what production already runs" in human
+    refused = service.deploy()
+    assert refused.code == 2 and "--force" in refused.stderr, refused.stderr
+    assert service.created_since(began) == []
+    forced = cli(service, "deploy", "--force", "--log-format", "json")
+    assert forced.code == 0, forced.stderr
+    assert service.serving() == "3.0.0" and service.created_since(began) != []
 
 
 def test_rollback_goes_back_without_build_or_migrations(deployed_twice: Service) -> None:
