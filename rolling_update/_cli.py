@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ._errors import (
 )
 from ._history import read
 from ._hosts import Connected, connect, for_host, hosts_of, pick
+from ._init import refuse_existing, survey, write_config
 from ._logging import configure, redactor
 from ._operate import format_history, format_plan, format_status, plan, rollback, status
 from ._recover import RecoveryReport, recover
@@ -70,6 +72,7 @@ _EXAMPLES = {
     "status": "example:\n  python -m rolling_update status --json | jq .production",
     "history": "example:\n  python -m rolling_update history --limit 5",
     "plan": "example:\n  python -m rolling_update plan --config rolling-update.toml",
+    "init": "example:\n  python -m rolling_update init --from cecelia-node-brain --context brain",
 }
 
 
@@ -175,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     past = command("history", "every deploy, rollback and recover here")
     past.add_argument("--limit", type=int, default=20, help="the last N (default 20; 0: all)")
     dry = command("plan", "what a deploy would do now; changes nothing")
+    start = command("init", "write rolling-update.toml for a container that runs already")
+    start.add_argument("--from", dest="container", required=True, help="the running container")
+    start.add_argument("--health", help="its health path (default: probe the common ones)")
+    start.add_argument("--context", help="build context of the new versions (default: no build)")
+    start.add_argument("--version-file", help="JSON file with the version (default: package.json)")
+    start.add_argument(
+        "--output", type=Path, default=DEFAULT_CONFIG, help=f"default: ./{DEFAULT_CONFIG}"
+    )
+    start.add_argument("--force", action="store_true", help="replace an existing file")
     for sub in (show, past, dry):
         sub.add_argument("--json", action="store_true", help="one JSON document")
     for sub in (fix, back, show, past, dry):
@@ -457,12 +469,35 @@ def _show(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def _init(args: argparse.Namespace) -> int:
+    refuse_existing(args.output, args.force)
+    found, green_port = anyio.run(partial(survey, args.container, health_path=args.health))
+    write_config(
+        found,
+        green_port,
+        args.output,
+        context=args.context,
+        version_file=args.version_file,
+        force=args.force,
+    )
+    notes = found.notes
+    for note in notes:
+        print(f"  {note}", file=sys.stderr)
+    print(
+        f"wrote {args.output}; next: python -m rolling_update plan --config {args.output}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # Reports own standard output; their log lines (a plan's preflight) go beside it.
         reports = args.command in ("status", "history", "plan")
-        configure(args.log_format, sys.stderr if reports else None)
+        configure(getattr(args, "log_format", "console"), sys.stderr if reports else None)
+        if args.command == "init":
+            return _init(args)
         cfg = load_config(args.config)
         if args.command == "deploy":
             return _deploy(cfg, force=args.force)
