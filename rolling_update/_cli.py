@@ -34,7 +34,7 @@ from ._errors import (
     RollingUpdateError,
     RolloutFailed,
 )
-from ._history import read
+from ._history import HistoryEntry, read
 from ._hosts import Connected, connect, for_host, hosts_of, pick
 from ._init import refuse_existing, survey, write_config
 from ._logging import configure, redactor
@@ -42,6 +42,7 @@ from ._operate import format_history, format_plan, format_status, plan, rollback
 from ._recover import RecoveryReport, recover
 from ._rollout import HostOutcome, rollout
 from ._saga import SagaState
+from ._timeline import render as render_timeline
 from ._watch import task_group
 
 EXIT_OK = 0
@@ -70,7 +71,8 @@ _EXAMPLES = {
     "rollback": "examples:\n  python -m rolling_update rollback            # the previous version\n"
     "  python -m rolling_update rollback 1.98.0     # a version whose image exists",
     "status": "example:\n  python -m rolling_update status --json | jq .production",
-    "history": "example:\n  python -m rolling_update history --limit 5",
+    "history": "examples:\n  python -m rolling_update history --limit 5\n"
+    "  python -m rolling_update history --show 3f2a9c01b7e4   # one run, with its timeline",
     "plan": "example:\n  python -m rolling_update plan --config rolling-update.toml",
     "init": "example:\n  python -m rolling_update init --from cecelia-node-brain --context brain",
 }
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = command("status", "what serves now, its health, the last deploy")
     past = command("history", "every deploy, rollback and recover here")
     past.add_argument("--limit", type=int, default=20, help="the last N (default 20; 0: all)")
+    past.add_argument("--show", metavar="ID", help="one run in full, with its timeline")
     dry = command("plan", "what a deploy would do now; changes nothing")
     start = command("init", "write rolling-update.toml for a container that runs already")
     start.add_argument("--from", dest="container", required=True, help="the running container")
@@ -450,9 +453,26 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
     return code
 
 
+def _show_one(args: argparse.Namespace, entries: list[HistoryEntry]) -> int:
+    found = [e for e in entries if e.id.startswith(args.show)]
+    if len(found) != 1:
+        why = "no run" if not found else f"{len(found)} runs"
+        print(f"error: {why} with id {args.show!r} in the history", file=sys.stderr)
+        return EXIT_USAGE
+    entry = found[0]
+    if args.json:
+        print(json.dumps(entry.model_dump(), indent=2))
+        return EXIT_OK
+    print(format_history([entry]))
+    print(render_timeline(entry.timeline) if entry.timeline else "(no timeline recorded)")
+    return EXIT_OK
+
+
 def _show(args: argparse.Namespace, cfg: Config) -> int:
     if cfg.hosts:
         return _show_hosts(args, cfg)
+    if args.command == "history" and args.show:
+        return _show_one(args, read(cfg.state_dir))
     if args.command == "history":
         entries = read(cfg.state_dir, args.limit or None)
         if args.json:

@@ -44,6 +44,7 @@ from ._state import (
     refuse_unfinished,
     service_lock,
 )
+from ._timeline import build as build_timeline
 from ._twin import Twin
 from ._watch import task_group
 
@@ -318,6 +319,29 @@ class Attempt:
     from_version: str | None = None
     to_version: str | None = None
     measured: dict[str, Any] = field(default_factory=dict)
+    timeline: dict[str, Any] | None = None
+
+
+def moments(ctx: DeployContext) -> dict[str, float | None]:
+    """What the timeline marks, from what the steps noted (monotonic times)."""
+    measured = ctx.measured
+    stopped = (
+        ctx.switch_began + measured["blue_stop_s"]
+        if ctx.switch_began is not None and "blue_stop_s" in measured
+        else None
+    )
+    serving = (
+        ctx.switch_began + measured["switch_s"]
+        if ctx.switch_began is not None and "switch_s" in measured
+        else None
+    )
+    return {
+        "green started: two versions from here": ctx.green_started,
+        "traffic moved to green (the handoff)": ctx.handoff_began,
+        "blue stopped": stopped,
+        "the new production container serves": serving,
+        "traffic on the new production container": ctx.handoff_ended,
+    }
 
 
 def classify(exc: BaseException | None, state: SagaState) -> str:
@@ -406,6 +430,7 @@ async def _after(
         reason=None if error is None else redactor.scrub(str(error) or type(error).__name__),
         seconds=round(seconds, 3),
         measured=redactor.scrub(attempt.measured),
+        timeline=attempt.timeline,
     )
     try:
         history_append(cfg.state_dir, entry)
@@ -416,6 +441,13 @@ async def _after(
     hook = "post_deploy" if result in ("deployed", "failed-after-commit") else "post_rollback"
     await run_post_hook(cfg, hook, entry)
     write_metrics(cfg)
+
+
+def _timeline(attempt: Attempt, progress: SagaState, ctx: DeployContext, began: float) -> None:
+    attempt.timeline = build_timeline(
+        progress.phases, began, time.monotonic(), moments(ctx), ctx.measured
+    )
+    structlog.get_logger().info("deploy.timeline", timeline=attempt.timeline)
 
 
 async def _deploy(
@@ -518,6 +550,7 @@ async def _deploy(
                         )
                         tg.cancel_scope.cancel()
                 except BaseException as exc:
+                    _timeline(attempt, progress, ctx, began)
                     # What was measured (the outage of a failed switch, memory) is
                     # worth as much on failure as on success.
                     log.warning(
@@ -533,6 +566,7 @@ async def _deploy(
                     after_commit_failure = progress.committed and isinstance(exc, Exception)
                     settled = not progress.failures and not after_commit_failure
                     raise
+                _timeline(attempt, progress, ctx, began)
                 settled = True
             finally:
                 if settled:

@@ -39,6 +39,8 @@ class HistoryEntry(BaseModel):
     reason: str | None = None
     seconds: float = 0.0
     measured: dict[str, Any] = {}
+    timeline: dict[str, Any] | None = None
+    """What ran when (see :mod:`rolling_update._timeline`); deploys and rollbacks only."""
 
 
 def now() -> str:

@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from ._timeline import render as render_timeline
+
 LogFormat = Literal["console", "json", "journald"]
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -166,6 +168,8 @@ class ConsoleRenderer:
             return f"✅ {ev['title']} ({ev['seconds']:.1f}s)"
         if event == "deploy.step.failed":
             return f"❌ {ev.get('step')}: {ev.get('error')}"
+        if event == "deploy.timeline" and isinstance(ev.get("timeline"), Mapping):
+            return render_timeline(ev["timeline"])
         if event == "deploy.rollback.done":
             return f"↩️  Rolled back: undid {', '.join(ev.get('undone') or [])}"
         if event in ("container.log", "build.log", "hook.log"):

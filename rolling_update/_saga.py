@@ -53,6 +53,8 @@ class SagaState:
         self.finished = False
         self.failures: list[tuple[str, str]] = []
         self.on_progress = on_progress
+        self.phases: list[Phase] = []
+        """Every step run and every undo, with its monotonic start and end (the timeline)."""
 
     def begin(self, step: str) -> None:
         self.current = step
@@ -69,6 +71,18 @@ class SagaState:
 class StepRecord:
     name: str
     seconds: float
+
+
+@dataclass
+class Phase:
+    """One step's run or undo on the monotonic clock; ``result`` once it ended."""
+
+    name: str
+    title: str
+    began: float
+    ended: float | None = None
+    result: str = "running"
+    """done, failed, interrupted, undone, undo-failed."""
 
 
 C = TypeVar("C")
@@ -104,8 +118,11 @@ async def run_saga(
                 state.begin(step.name)
                 started.append(step)
                 began = time.monotonic()
+                phase = Phase(step.name, step.title, began)
+                state.phases.append(phase)
                 await step.run(ctx)
-                seconds = time.monotonic() - began
+                phase.ended, phase.result = time.monotonic(), "done"
+                seconds = phase.ended - began
                 records.append(StepRecord(step.name, seconds))
                 log.info(
                     "deploy.step.done",
@@ -118,6 +135,10 @@ async def run_saga(
                     state.commit()
                     started.clear()
     except BaseException as exc:
+        last = state.phases[-1] if state.phases else None
+        if last is not None and last.ended is None:
+            last.ended = time.monotonic()
+            last.result = "failed" if isinstance(exc, Exception) else "interrupted"
         failed = started[-1].name if started else state.current
         with structlog.contextvars.bound_contextvars(step=failed):
             if isinstance(exc, Exception):
@@ -126,7 +147,7 @@ async def run_saga(
                 )
             else:
                 log.warning("deploy.step.interrupted", reason=type(exc).__name__)
-        failures = await _unwind(started, ctx, compensate_limit, rollback_limit)
+        failures = await _unwind(started, ctx, compensate_limit, rollback_limit, state.phases)
         state.failures = failures
         if state.committed and isinstance(exc, Exception):
             # Only the steps after the pivot were undone: the new version serves.
@@ -143,7 +164,7 @@ async def run_saga(
 
 
 async def _unwind(
-    started: list[Step[C]], ctx: C, limit: float, total: float | None
+    started: list[Step[C]], ctx: C, limit: float, total: float | None, phases: list[Phase]
 ) -> list[tuple[str, str]]:
     log = structlog.get_logger()
     failures: list[tuple[str, str]] = []
@@ -157,6 +178,8 @@ async def _unwind(
                 log.error("deploy.compensate.failed", error="rollback deadline passed")
                 continue
             log.info("deploy.compensate.started", title=step.title)
+            phase = Phase(f"undo {step.name}", step.title, time.monotonic())
+            phases.append(phase)
             with anyio.move_on_after(budget, shield=True) as scope:
                 try:
                     await step.compensate(ctx)
@@ -165,10 +188,14 @@ async def _unwind(
                     why = redactor.scrub(str(exc) or type(exc).__name__)
                     failures.append((step.name, why))
                     log.error("deploy.compensate.failed", error=why)
+                    phase.ended, phase.result = time.monotonic(), "undo-failed"
                     continue
+            phase.ended = time.monotonic()
             if scope.cancelled_caught:
+                phase.result = "undo-failed"
                 failures.append((step.name, f"did not finish within {budget:g}s"))
                 log.error("deploy.compensate.failed", error=f"deadline of {budget:g}s passed")
             else:
+                phase.result = "undone"
                 log.info("deploy.compensate.done")
     return failures

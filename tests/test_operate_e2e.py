@@ -137,7 +137,9 @@ def test_the_drop_in_script_deploys_like_the_bash_script_it_replaces(service: Se
     import shutil
     import sys
 
-    service.start_blue("1.0.0")
+    # An hk host: its Brain's database says hk (the self-check compares it with ENV_REGION).
+    service.write_env_file({"DB_REGION": "hk"})
+    service.start_blue("1.0.0", {"ENV_REGION": "hk"})
     service.write_app("2.0.0", knobs={"ECHO_ENV": "ENV_REGION"})
     service.config()
     (service.workdir / "scripts").mkdir()
@@ -155,3 +157,33 @@ def test_the_drop_in_script_deploys_like_the_bash_script_it_replaces(service: Se
     assert result.returncode == 0, result.stderr
     assert service.serving() == "2.0.0"
     assert '"line": "ENV_REGION=hk"' in result.stdout
+
+
+def test_the_timeline_is_the_deploys_own_log_drawn(service: Service) -> None:
+    """The timeline's phases are the logged steps, to the millisecond; history --show draws it."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config()
+    run = service.deploy()
+    assert run.code == 0, run.stderr
+    timeline = run.event("deploy.timeline")[0]["timeline"]
+    phases = timeline["phases"]
+    assert [p["name"] for p in phases] == [e["step"] for e in run.event("deploy.step.started")]
+    done = {e["step"]: e["seconds"] for e in run.event("deploy.step.done")}
+    assert {p["name"]: p["seconds"] for p in phases} == done
+    assert all(p["result"] == "done" for p in phases)
+    assert [p["start_s"] for p in phases] == sorted(p["start_s"] for p in phases)
+    marks = [m["what"] for m in timeline["marks"]]
+    assert "traffic moved to green (the handoff)" in marks and "blue stopped" in marks
+    measured = run.event("deploy.done")[0]["measured"]
+    assert timeline["two_versions_s"] == measured["two_containers_s"]
+    assert timeline["failed_requests"] == measured["handoff_failed_requests"] == 0
+    deploy_id = run.event("deploy.started")[0]["deploy_id"]
+    shown = cli(service, "history", "--show", deploy_id[:8])
+    assert shown.code == 0, shown.stderr
+    assert "timeline," in shown.stdout and all(p["name"] in shown.stdout for p in phases)
+    service.write_app("3.0.0")
+    console = cli(service, "deploy")
+    assert console.code == 0, console.stderr
+    drawn = console.stdout + console.stderr
+    assert "timeline," in drawn and "▲" in drawn and "two versions ran side by side" in drawn
