@@ -22,6 +22,7 @@ import anyio
 import structlog
 
 from ._config import DEFAULT_CONFIG, Config, load_config
+from ._demo import Load, run_demo
 from ._deploy import deploy
 from ._errors import (
     ConfigError,
@@ -74,6 +75,7 @@ _EXAMPLES = {
     "history": "examples:\n  python -m rolling_update history --limit 5\n"
     "  python -m rolling_update history --show 3f2a9c01b7e4   # one run, with its timeline",
     "plan": "example:\n  python -m rolling_update plan --config rolling-update.toml",
+    "demo": "example (a Docker engine is all it needs):\n  python -m rolling_update demo",
     "init": "example:\n  python -m rolling_update init --from cecelia-node-brain --context brain",
 }
 
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     past.add_argument("--limit", type=int, default=20, help="the last N (default 20; 0: all)")
     past.add_argument("--show", metavar="ID", help="one run in full, with its timeline")
     dry = command("plan", "what a deploy would do now; changes nothing")
+    show_off = command("demo", "deploy a small service of the tool's own, then a broken one")
+    show_off.add_argument("--base", help="an image with python3 (default: one the engine has)")
     start = command("init", "write rolling-update.toml for a container that runs already")
     start.add_argument("--from", dest="container", required=True, help="the running container")
     start.add_argument("--health", help="its health path (default: probe the common ones)")
@@ -489,6 +493,26 @@ def _show(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def _demo(args: argparse.Namespace) -> int:
+    found: list[Load] = []
+    interrupt = Interrupt()
+
+    async def work() -> None:
+        found.append(await run_demo(args.base))
+
+    anyio.run(_interruptible, work, interrupt)
+    if interrupt.signum is not None:
+        print("demo interrupted: everything it made is removed", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + interrupt.signum
+    load = found[0]
+    print(
+        f"demo: 2.0.0 deployed, broken 3.0.0 rolled back; requests served {load.served}, "
+        f"failed {load.failed}; nothing left behind",
+        file=sys.stderr,
+    )
+    return EXIT_OK if load.failed == 0 else EXIT_ROLLED_BACK
+
+
 def _init(args: argparse.Namespace) -> int:
     refuse_existing(args.output, args.force)
     found, green_port = anyio.run(partial(survey, args.container, health_path=args.health))
@@ -518,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure(getattr(args, "log_format", "console"), sys.stderr if reports else None)
         if args.command == "init":
             return _init(args)
+        if args.command == "demo":
+            return _demo(args)
         cfg = load_config(args.config)
         if args.command == "deploy":
             return _deploy(cfg, force=args.force)

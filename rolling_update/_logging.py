@@ -79,13 +79,30 @@ def looks_secret(key: str) -> bool:
 def secret_values(
     env: Mapping[str, str], *, extra: Iterable[str] = (), public: Iterable[str] = ()
 ) -> list[str]:
-    """The values of ``env`` that are secrets under the rule in the module docstring."""
+    """The values of ``env`` that are secrets under the rule in the module docstring.
+
+    A secret key's value that is also the value of an ordinary key (a database
+    password equal to its user name) is no secret: the ordinary key shows it anyway,
+    and blanking it would blank that name wherever it appears (an image called
+    after it). It is left out, with a warning naming both keys, never the value.
+    """
     extra, public = set(extra), set(public)
+    secret_keys = [k for k in env if k not in public and (k in extra or looks_secret(k))]
+    ordinary = {value: key for key, value in env.items() if key not in secret_keys and value}
     found = []
     for key, value in env.items():
         if key in public:
             continue
-        if key in extra or looks_secret(key):
+        if key in secret_keys:
+            if value in ordinary:
+                structlog.get_logger().warning(
+                    "secrets.not_secret",
+                    key=key,
+                    same_as=ordinary[value],
+                    why=f"{key}'s value is also {ordinary[value]}'s, an ordinary value: "
+                    "it is not blanked (choose a password of its own)",
+                )
+                continue
             found.append(value)
             continue
         if "://" in value:

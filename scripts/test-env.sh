@@ -43,4 +43,22 @@ if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 echo "test-env: base image $BASE_IMAGE ready"
 
+# Debian's docker-compose (1.29): the real-Brain tests make a compose blue with it.
+if [ ! -x /usr/bin/docker-compose ]; then
+  echo "test-env: installing docker-compose"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
+
+# The real Brain (tests marked realbrain), where the machine has it beside the checkout:
+# images cecelia-brain-real:1.98.0/1.98.1, PostgreSQL on 5433, /tmp/realbrain (~15 s when done).
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+REALBRAIN=${RU_REALBRAIN:-$REPO/../shared/realbrain}
+if [ -d "$REALBRAIN" ]; then
+  echo "test-env: setting up the real Brain ($REALBRAIN/setup.sh)"
+  DOCKER="$DOCKER" bash "$REALBRAIN/setup.sh"
+else
+  echo "test-env: $REALBRAIN missing: the real-Brain tests will be deselected"
+fi
+
 bash "$(dirname "$0")/test-hosts.sh"

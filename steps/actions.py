@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import structlog
+
 from rolling_update._actions import run_actions
 from rolling_update._config import Moment
 from rolling_update._context import DeployContext
@@ -24,5 +26,16 @@ class RunActions:
         await run_actions(ctx, self.moment)
 
     async def compensate(self, ctx: DeployContext) -> None:
-        if self.undo is not None:
-            await run_actions(ctx, self.undo)
+        if self.undo is None:
+            return
+        if ctx.blue_serving is not None:
+            blue = await ctx.engine.inspect(ctx.config.service.name)
+            if blue is None or blue.id != ctx.blue_serving or not blue.running:
+                # Blue was not brought back (it could not boot): nothing answers its calls.
+                structlog.get_logger().warning(
+                    "actions.skipped",
+                    moment=self.undo,
+                    why="blue is not the running production container",
+                )
+                return
+        await run_actions(ctx, self.undo)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -12,3 +14,35 @@ def anyio_backend() -> str:
 
 
 pytest_plugins = ["tests.support"]
+
+# Tests marked `realbrain` deploy the real Brain of ../shared/realbrain (RU_REALBRAIN).
+# Without that directory (a user's checkout) they are deselected and the summary says so
+# in one line; in CI (CI=true) its absence fails the session instead.
+_NOT_RUN = pytest.StashKey[str]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.realbrain import REALBRAIN  # after pytest_plugins: tests.support is rewritten
+
+    if REALBRAIN.is_dir():
+        return
+    real = [item for item in items if item.get_closest_marker("realbrain")]
+    if not real:
+        return
+    where = (
+        f"RU_REALBRAIN={REALBRAIN}"
+        if os.environ.get("RU_REALBRAIN")
+        else f"../shared/realbrain ({REALBRAIN})"
+    )
+    message = f"{len(real)} real-Brain test{'s' * (len(real) != 1)} not run: {where} missing"
+    if os.environ.get("CI", "").lower() == "true":
+        raise pytest.UsageError(f"{message}, and CI=true requires them")
+    items[:] = [item for item in items if not item.get_closest_marker("realbrain")]
+    config.hook.pytest_deselected(items=real)
+    config.stash[_NOT_RUN] = message
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    message = terminalreporter.config.stash.get(_NOT_RUN, None)
+    if message:
+        terminalreporter.write_line(message, yellow=True, bold=True)

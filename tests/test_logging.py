@@ -111,6 +111,20 @@ def test_secrets_are_chosen_by_key_and_names_are_never_blanked() -> None:
     assert looks_secret("GITHUB_TOKEN") and looks_secret("aws_secret_access_key")
 
 
+def test_a_password_equal_to_an_ordinary_value_is_not_blanked_but_warned() -> None:
+    """DB_PASSWORD=cecelia beside DB_USER=cecelia: not registered (it would blank names)."""
+    from structlog.testing import capture_logs
+
+    from rolling_update._logging import secret_values
+
+    env = {"DB_USER": "cecelia", "DB_PASSWORD": "cecelia", "API_KEY": "k-123456"}
+    with capture_logs() as logs:
+        assert secret_values(env) == ["k-123456"]
+    warned = [e for e in logs if e["event"] == "secrets.not_secret"]
+    assert [(e["key"], e["same_as"]) for e in warned] == [("DB_PASSWORD", "DB_USER")]
+    assert all("cecelia" not in str(e) for e in warned)
+
+
 def test_build_args_that_look_secret_are_registered(tmp_path: Path) -> None:
     """Regression: a secret build arg (NPM_TOKEN) is blanked; an ordinary one (BASE) is not."""
     from rolling_update import prepare
