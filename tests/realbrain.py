@@ -10,13 +10,11 @@ before and after each test, and removes every container and image a test made.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import DOCKER, ROOT, Run, Service, docker, get_json, swapped
+from tests.support import DOCKER, ROOT, Service, docker, get_json, swapped
 
 REALBRAIN = Path(os.environ.get("RU_REALBRAIN") or ROOT.parent / "shared" / "realbrain")
 WORK = Path(os.environ.get("REALBRAIN_WORK", "/tmp/realbrain"))
@@ -357,46 +355,6 @@ class RealBrain(Service):
         (ctx / "Dockerfile.realbrain").write_text("\n".join(lines) + "\n")
         self.made_images.append(f"{REPO}:{version}")
         return ctx
-
-    def deploy_interrupted_after(
-        self, before: str, signum: int = signal.SIGINT, timeout: float = 240
-    ) -> tuple[Run, str]:
-        """Deploy, sending ``signum`` when the step after ``before`` in the plan starts."""
-        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-        began = time.monotonic()
-        out: list[str] = []
-        target: str | None = None
-        with subprocess.Popen(
-            self.command(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        ) as process:
-            assert process.stdout is not None and process.stderr is not None
-            sent = False
-            for line in process.stdout:
-                out.append(line)
-                if not line.startswith("{"):
-                    continue
-                event = json.loads(line)
-                if event.get("event") == "deploy.started":
-                    steps = event["steps"]
-                    target = steps[steps.index(before) + 1]
-                elif (
-                    not sent
-                    and target is not None
-                    and event.get("event") == "deploy.step.started"
-                    and event.get("step") == target
-                ):
-                    sent = True
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, signum)
-            code = process.wait(timeout)
-            err = process.stderr.read()
-        assert target is not None, f"no deploy.started event: {err}"
-        return Run(code, "".join(out), err, time.monotonic() - began), target
 
     def plan(self) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}

@@ -305,12 +305,20 @@ class Service:
         return self.deploy(verb="recover")
 
     def deploy_interrupted(
-        self, step: str, signum: int, *, repeat: int = 0, timeout: float = 180
+        self,
+        step: str | None,
+        signum: int,
+        *,
+        after: str | None = None,
+        repeat: int = 0,
+        timeout: float = 180,
     ) -> Run:
-        """Deploy, sending ``signum`` when ``step`` starts (and ``repeat`` more, 50 ms apart)."""
+        """Deploy, sending ``signum`` when ``step`` starts (and ``repeat`` more, 50 ms apart);
+        with ``after``, when the step after that one in the deploy's own plan starts."""
         env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
         began = time.monotonic()
         out: list[str] = []
+        target = step
         with subprocess.Popen(
             self.command(),
             stdout=subprocess.PIPE,
@@ -323,7 +331,10 @@ class Service:
             sent = False
             for line in process.stdout:
                 out.append(line)
-                if not sent and '"deploy.step.started"' in line and f'"step": "{step}"' in line:
+                if after is not None and '"deploy.started"' in line:
+                    steps = json.loads(line)["steps"]
+                    target = steps[steps.index(after) + 1]
+                if not sent and '"deploy.step.started"' in line and f'"step": "{target}"' in line:
                     sent = True
                     for i in range(repeat + 1):
                         with contextlib.suppress(ProcessLookupError):
@@ -332,6 +343,7 @@ class Service:
                             time.sleep(0.05)
             code = process.wait(timeout)
             err = process.stderr.read()
+        assert sent, f"{target} never started: {err}"
         return Run(code, "".join(out), err, time.monotonic() - began)
 
     @property
