@@ -22,6 +22,7 @@ from ._context import DeployContext
 from ._errors import ActionFailed
 from ._http import dotted, probe
 from ._logging import redactor
+from ._progress import waiting
 
 
 def _port(ctx: DeployContext, action: ActionConfig) -> int:
@@ -66,8 +67,9 @@ async def _wait(ctx: DeployContext, action: ActionConfig, port: int) -> None:
     health = ctx.config.health
     seen = "no answer yet"
     limit, bound = _limit(ctx, action, rule.timeout)
+    shown = f"{action.name}: {rule.field} = {json.dumps(rule.equals)}"
     try:
-        with anyio.fail_after(limit):
+        with anyio.fail_after(limit), waiting(shown, limit):
             while True:  # bounded by the wait's own timeout
                 answer = await probe(ctx.http, url, health)
                 found = dotted(answer.body, rule.field) if answer.error is None else None

@@ -30,6 +30,7 @@ from ._config import Config, parse_config
 from ._deploy import deploy, http_session
 from ._engine import LABEL_SERVICE, ContainerSpec, DockerEngine
 from ._errors import PreflightError, RollingUpdateError
+from ._progress import Wait, waiting
 from ._state import marker_name
 from ._watch import LastProbe, poll_until_healthy, task_group
 
@@ -140,22 +141,30 @@ def demo_config(root: Path, name: str, port: int, green_port: int, base: str) ->
 
 async def _load(url: str, load: Load, *, interval: float = 0.02) -> None:
     """A client's view of production: a new connection every ``interval``, until cancelled."""
-    log = structlog.get_logger()
     connector = aiohttp.TCPConnector(force_close=True)
     timeout = aiohttp.ClientTimeout(total=3)
-    last = time.monotonic()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-        while True:  # cancelled by the demo's task group
-            try:
-                async with client.get(url) as response:
-                    await response.read()
-                load.served += 1
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                load.failed += 1
-            if time.monotonic() - last >= 2:
-                last = time.monotonic()
-                log.info("demo.load", served=load.served, failed=load.failed)
-            await anyio.sleep(interval)
+        with waiting("the demo's client", None) as shown:
+            await _requests(client, url, load, shown, interval)
+
+
+async def _requests(
+    client: aiohttp.ClientSession, url: str, load: Load, shown: Wait, interval: float
+) -> None:
+    log = structlog.get_logger()
+    last = time.monotonic()
+    while True:  # cancelled by the demo's task group
+        try:
+            async with client.get(url) as response:
+                await response.read()
+            load.served += 1
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            load.failed += 1
+        shown.detail = f"requests served {load.served}, failed {load.failed}"
+        if time.monotonic() - last >= 2:
+            last = time.monotonic()
+            log.info("demo.load", served=load.served, failed=load.failed)
+        await anyio.sleep(interval)
 
 
 async def _cleanup(engine: DockerEngine, name: str) -> None:

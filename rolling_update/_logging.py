@@ -33,8 +33,10 @@ from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import structlog
+from rich.console import Console
 from structlog.typing import EventDict, WrappedLogger
 
+from ._progress import use_terminal
 from ._timeline import render as render_timeline
 
 LogFormat = Literal["console", "json", "journald"]
@@ -323,6 +325,8 @@ def configure(
             cache_logger_on_first_use=False,
         )
         return
+    factory: Any = structlog.PrintLoggerFactory(out)
+    use_terminal(None)
     if fmt == "json":
         processors += [
             structlog.processors.format_exc_info,
@@ -330,9 +334,28 @@ def configure(
         ]
     else:
         processors.append(redactor.rendered(ConsoleRenderer()))
+        if out.isatty():
+            # On a terminal lines go through rich, which keeps the live footer of the
+            # waits under way (see _progress) below them.
+            console = Console(file=out, highlight=False, soft_wrap=True)
+            use_terminal(console)
+            terminal = TerminalLogger(console)
+            factory = lambda *args: terminal  # noqa: E731
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+
+
+class TerminalLogger:
+    """Prints rendered lines through a rich console, as they are (no markup, no emoji codes)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def msg(self, message: str) -> None:
+        self._console.print(message, markup=False, highlight=False, emoji=False)
+
+    log = debug = info = warning = error = critical = exception = msg

@@ -28,6 +28,7 @@ from ._errors import EngineError, PreflightError, RolloutFailed
 from ._hosts import Connected, connect, hosts_of
 from ._logging import redactor
 from ._operate import rollback
+from ._progress import waiting
 from ._registry import registry_auth
 from ._saga import SagaState
 from ._state import marker_name, refuse_marked, refuse_unfinished, service_lock
@@ -208,7 +209,10 @@ async def rollout(
                     await connected.engine.inspect(connected.config.service.name)
                 )
                 if source is not None:
-                    with anyio.fail_after(cfg.rollout.distribute_timeout):
+                    with (
+                        anyio.fail_after(cfg.rollout.distribute_timeout),
+                        waiting(f"image copy to {name}", cfg.rollout.distribute_timeout),
+                    ):
                         if registry:
                             await push(source)
                         copied = await copy_image(

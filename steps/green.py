@@ -15,6 +15,7 @@ from rolling_update._errors import ConflictError, GreenFailed, HealthCheckFailed
 from rolling_update._http import port_in_use
 from rolling_update._logging import redactor
 from rolling_update._policy import clear_name, remove_ours
+from rolling_update._progress import waiting
 from rolling_update._watch import (
     LastProbe,
     await_docker_healthy,
@@ -94,7 +95,7 @@ class AwaitGreenHealthy:
         last = LastProbe()
         deadline = self.health.interval * self.health.attempts
         try:
-            with anyio.fail_after(deadline):
+            with anyio.fail_after(deadline), waiting("green to be healthy", deadline):
                 async with watching(
                     ctx,
                     container_id=ctx.green_id,

@@ -13,6 +13,7 @@ from rolling_update._config import HealthConfig, ServiceConfig, TickConfig
 from rolling_update._context import DeployContext
 from rolling_update._errors import GreenFailed, TickWaitFailed
 from rolling_update._http import parse_tick, probe, tick_state
+from rolling_update._progress import waiting
 from rolling_update._watch import watching
 
 _UNUSABLE_IN_A_ROW = 3
@@ -113,7 +114,7 @@ class AwaitTickBoundary:
                         )
                     )
                     stack.callback(lambda: ctx.note_green_memory(watch.memory_peak))
-                with anyio.fail_after(limit):
+                with anyio.fail_after(limit), waiting("blue's tick boundary", limit):
                     await wait_for_tick_boundary(
                         ctx, url, self.cfg, self.health, settle=self.cfg.settle
                     )

@@ -157,3 +157,31 @@ def test_build_and_migration_lines_show_how_long_they_have_run() -> None:
         "   │ [ 12.3s] Step 3/7 : RUN make",
         "   │ [  0.4s] m: 001 done",
     ]
+
+
+def test_a_wait_says_what_it_waits_for_in_a_plain_line_and_a_live_footer() -> None:
+    """Every wait logs wait.started; on a terminal the footer shows it with the time left."""
+    import io
+
+    from rich.console import Console
+    from structlog.testing import capture_logs
+
+    from rolling_update._progress import footer, use_terminal, waiting
+
+    with capture_logs() as logs, waiting("green to be healthy", 60) as wait:
+        assert footer.waits == [wait] and footer.live is None
+    assert [(e["event"], e["what"], e["limit_s"]) for e in logs] == [
+        ("wait.started", "green to be healthy", 60)
+    ]
+    screen = io.StringIO()
+    use_terminal(Console(file=screen, force_terminal=True, width=80))
+    try:
+        with waiting("blue's tick boundary", 30) as wait:
+            wait.detail = "idle"
+            assert footer.live is not None
+            footer.live.refresh()
+        assert footer.live is None and footer.waits == []
+    finally:
+        use_terminal(None)
+    drawn = screen.getvalue()
+    assert "⏳ blue's tick boundary: " in drawn and " s left (idle)" in drawn
