@@ -135,17 +135,25 @@ class Switch:
             await ctx.engine.rename(ctx.blue_id, self.service.name)
         if ctx.blue_was_running and not blue.running:
             await ctx.engine.start(ctx.blue_id)
-            await restore_wait(ctx, self.service, self.health, self.verify)
+            # Serving is enough here: "as healthy as it was found" is judged once every
+            # undo has run, the rollback actions included (the guard step).
+            await restore_wait(ctx, self.service, self.health, self.verify, answering=True)
             if ctx.switch_began is not None:
                 ctx.measured["rollback_outage_s"] = round(time.monotonic() - ctx.switch_began, 3)
             log.info("switch.blue_restored", seconds=round(time.monotonic() - began, 3))
 
 
 async def restore_wait(
-    ctx: DeployContext, service: ServiceConfig, health: HealthConfig, verify: VerifyConfig
+    ctx: DeployContext,
+    service: ServiceConfig,
+    health: HealthConfig,
+    verify: VerifyConfig,
+    *,
+    answering: bool = False,
 ) -> None:
-    """Wait until blue, started again, is as healthy as the deploy found it."""
-    baseline = ctx.blue_health
+    """Wait until blue, started again, is as healthy as the deploy found it (``answering``:
+    until it answers HTTP at all)."""
+    baseline = None if answering else ctx.blue_health
     url = ctx.url(service.port, health.path)
     last = LastProbe()
     with anyio.move_on_after(verify.timeout):
@@ -156,7 +164,11 @@ async def restore_wait(
             interval=verify.interval,
             expect_version=None,
             last=last,
-            judge=None if baseline is None else (lambda answer: baseline.judge(answer, health)),
+            judge=(lambda answer: answer.error if answer.status is None else None)
+            if answering
+            else None
+            if baseline is None
+            else (lambda answer: baseline.judge(answer, health)),
         )
         return
     found = f" (before the deploy it answered: {baseline.found})" if baseline else ""

@@ -111,7 +111,9 @@ class TwoHosts:
         )
         docker2(
             "run", "-d", "--name", svc.name, "--network", "host", "--restart", "unless-stopped",
-            "-e", f"PORT={HOST2_PORT}", "-e", "ENV_REGION=hk", f"{svc.repo}:{version}",
+            "-e", f"PORT={HOST2_PORT}", "-e", "ENV_REGION=hk",
+            # Its Brain's database is hk's (the self-check compares it with ENV_REGION).
+            "-e", "DB_REGION=hk", f"{svc.repo}:{version}",
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while self.serving2() is None:

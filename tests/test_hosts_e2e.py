@@ -34,6 +34,7 @@ __all__ = ["two_hosts"]
 
 pytestmark = pytest.mark.docker
 
+
 def readme_example(service: Service) -> Path:
     """The README's two-host config, on this machine and ru-host2: names, ports, the SSH
     target and timings changed, nothing else."""
