@@ -244,7 +244,7 @@ def test_tcp_tls_host_deploys_and_status_history_show_every_host(
     assert "== host local" in human and "== host h2" in human
     service.write_app("3.0.0")
     plan = json.loads(_cli(service, "plan", "--json").stdout)["hosts"]
-    assert [s["name"] for s in plan["local"]["steps"]][:2] == ["build", "migrate"]
+    assert [s["name"] for s in plan["local"]["steps"]][:3] == ["guard", "build", "migrate"]
     assert "build" not in [s["name"] for s in plan["h2"]["steps"]]
     assert plan["h2"]["build"]["copied_from"] == "local"
     back = _cli(service, "rollback", "--host", "h2")

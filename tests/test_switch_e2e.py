@@ -96,7 +96,7 @@ def test_two_containers_past_their_deadline_are_rolled_back(service: Service) ->
     with Prober(service.version_url()) as prober:
         run = service.deploy()
     assert run.code == 1
-    assert "ran beside blue for limits.two_containers = 1.5s" in run.stderr
+    assert "limits.two_containers = 1.5s" in run.stderr
     assert service.serving() == "1.0.0"
     assert service.containers() == [service.name]
     assert prober.failures == 0

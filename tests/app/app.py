@@ -847,6 +847,11 @@ def serve():
     server = None
 
     def on_signal(signum, frame):
+        # The work runs in a thread: a handler that prints or takes a lock can land
+        # inside a print or a locked section of the main thread.
+        threading.Thread(target=shut_down, args=(signum,), daemon=True).start()
+
+    def shut_down(signum):
         name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
         print(f"{name} received, shutting down gracefully...", flush=True)
         with lock:
@@ -855,15 +860,11 @@ def serve():
         if graceful:
             state["stopping"] = True
         report(name.lower(), during_tick=during_tick, draining=draining)
-
-        def stop():
-            time.sleep(num("SHUTDOWN_DELAY", 0))
-            if graceful and server is not None:
-                server.shutdown()  # serve_forever returns; in-flight requests finish below
-            else:
-                os._exit(0)  # server.js: process.exit(0), the HTTP server never closed
-
-        threading.Thread(target=stop, daemon=True).start()
+        time.sleep(num("SHUTDOWN_DELAY", 0))
+        if graceful and server is not None:
+            server.shutdown()  # serve_forever returns; in-flight requests finish below
+        else:
+            os._exit(0)  # server.js: process.exit(0), the HTTP server never closed
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -916,15 +917,17 @@ def serve():
 
 def migrate():
     """`node src/migrate.js`: the migrations alone."""
+
+    def on_sigterm(signum, frame):
+        # os.write: the signal may land inside a print (a reentrant buffered write fails).
+        os.write(1, b"migration interrupted by SIGTERM: rolled back its transaction\n")
+        os._exit(42)
+
+    # Before the first line: whoever reads it may stop the migration at once.
+    signal.signal(signal.SIGTERM, on_sigterm)
     print(f"migrating to {VERSION} (schema {SCHEMA})", flush=True)
     if knob("ECHO_ENV"):
         print(f"{knob('ECHO_ENV')}={os.environ.get(knob('ECHO_ENV'), '')}", flush=True)
-
-    def on_sigterm(signum, frame):
-        print("migration interrupted by SIGTERM: rolled back its transaction", flush=True)
-        sys.exit(42)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     time.sleep(num("MIGRATE_SLEEP", 0))
     if knob("MIGRATE_FAIL") == "1":
         print("migration 042 failed: relation already exists", flush=True)
