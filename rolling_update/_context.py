@@ -22,6 +22,7 @@ from ._engine import (
     LABEL_ROLE,
     LABEL_SERVICE,
     LABEL_VERSION,
+    ContainerInfo,
     ContainerSpec,
     Engine,
 )
@@ -81,6 +82,11 @@ class DeployContext:
     """Free space for custom steps to pass facts along."""
     journal: Journal | None = None
     """The durable record ``recover`` reads if this process dies mid-deploy."""
+
+    def is_blue_serving(self, production: ContainerInfo | None) -> bool:
+        """Whether ``production`` (what now carries the service's name) is the blue the
+        preflight found running, running again."""
+        return production is not None and production.id == self.blue_serving and production.running
 
     def record(self, **facts: Any) -> None:
         """Persist facts a recovery needs, *before* the action they describe."""
@@ -165,12 +171,12 @@ class DeployContext:
         base = copy.deepcopy(twin.body)
         host = base["HostConfig"]
         inherited = dict(twin.labels)
-        if role == "migrate":
-            base["Healthcheck"] = {"Test": ["NONE"]}
-        elif role == "green" and port is not None:
+        if role == "green" and port is not None:
             check, _ = twin.green_healthcheck(svc.port, port)
             if check is not None:
                 base["Healthcheck"] = check
+        if role == "migrate":
+            base["Healthcheck"] = {"Test": ["NONE"]}
         elif port is not None:
             host["PortBindings"] = twin.bindings_for(svc.port, port)
             exposed = dict(base.get("ExposedPorts") or {})

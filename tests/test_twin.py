@@ -155,6 +155,20 @@ def test_green_never_restarts_and_production_keeps_blues_policy(tmp_path: Any) -
     assert production["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
 
 
+def test_green_with_its_own_healthcheck_is_still_published_on_its_port(tmp_path: Any) -> None:
+    """Regression: rewriting green's healthcheck must not drop its moved port binding."""
+    published = blue(Healthcheck={"Test": ["CMD", "curl", "-f", "http://localhost:5221/h"]})
+    published["HostConfig"]["PortBindings"] = {
+        "5221/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5221"}]
+    }
+    ctx = twin_context(tmp_path, Twin.of(published, OLD_IMAGE), {})
+    green = ctx.spec("green", "app-green", 5222).to_api()
+    assert green["HostConfig"]["PortBindings"] == {
+        "5222/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5222"}]
+    }
+    assert green["Healthcheck"]["Test"][-1] == "http://localhost:5222/h"
+
+
 def test_compose_environment_wins_over_the_env_file_as_in_compose(tmp_path: Any) -> None:
     """A key compose's environment: set keeps blue's value; [env] and the port env still win."""
     from rolling_update._compose import environment_keys

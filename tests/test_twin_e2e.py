@@ -138,12 +138,6 @@ def network() -> Iterator[str]:
     docker("network", "rm", name, check=False)
 
 
-@pytest.mark.xfail(
-    reason="open: with the stand-in rewritten for issue 15, green on a user-defined bridge "
-    "network is not reachable on its published port (connection refused); found at the "
-    "session's end, not yet diagnosed",
-    strict=False,
-)
 def test_bridge_network_twin_publishes_green_on_its_own_port(
     service: Service, network: str
 ) -> None:
