@@ -42,24 +42,36 @@ def _files(labels: Mapping[str, str]) -> list[Path]:
     return [workdir / name for name in filter(None, labels.get(CONFIG_FILES, "").split(","))]
 
 
+def service_entries(labels: Mapping[str, str]) -> tuple[list[dict[str, Any]], str | None]:
+    """The container's service as each compose file its labels name defines it (in the
+    files' order, later ones overriding), and why they cannot be read, if so."""
+    files = _files(labels)
+    if not files:
+        return [], "its labels name no compose file"
+    entries: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            document: Any = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            return [], f"cannot read {path}: {exc}"
+        services = document.get("services") if isinstance(document, dict) else None
+        entry = services.get(labels[SERVICE]) if isinstance(services, dict) else None
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries, None
+
+
 def environment_keys(labels: Mapping[str, str]) -> tuple[frozenset[str], str | None]:
     """The env keys compose's ``environment:`` sets for blue's service, and why none are
     known when the compose file cannot be read (``None`` when it could)."""
     if not made_by_compose(labels):
         return frozenset(), None
-    service = labels[SERVICE]
+    entries, why = service_entries(labels)
+    if why is not None:
+        return frozenset(), why
     keys: set[str] = set()
-    files = _files(labels)
-    if not files:
-        return frozenset(), "its labels name no compose file"
-    for path in files:
-        try:
-            document: Any = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            return frozenset(), f"cannot read {path}: {exc}"
-        services = document.get("services") if isinstance(document, dict) else None
-        entry = services.get(service) if isinstance(services, dict) else None
-        environment = entry.get("environment") if isinstance(entry, dict) else None
+    for entry in entries:
+        environment = entry.get("environment")
         if isinstance(environment, dict):
             keys.update(str(key) for key in environment)
         elif isinstance(environment, list):

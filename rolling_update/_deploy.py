@@ -24,6 +24,7 @@ from ._errors import (
     PreflightError,
     RollbackIncomplete,
 )
+from ._guard import ConfirmBlue
 from ._handoff import Firewall, LocalFirewall, can_mark, marked_socket, table_name
 from ._history import HistoryEntry, Kind, who
 from ._history import append as history_append
@@ -96,10 +97,8 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
 
 
 def guarded(cfg: Config, plan: Sequence[Step[DeployContext]]) -> list[Step[DeployContext]]:
-    """``plan`` with :class:`~steps.ConfirmBlue` first: whatever the steps, a rollback
-    ends by proving blue serves as healthy as it was found (its undo runs last)."""
-    from steps import ConfirmBlue  # Imported here: the steps package imports this one.
-
+    """``plan`` with :class:`ConfirmBlue` first: whatever the steps, a rollback ends by
+    proving blue serves as healthy as it was found (its undo runs last)."""
     return [ConfirmBlue(cfg.service, cfg.health, cfg.verify), *plan]
 
 

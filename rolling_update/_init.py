@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from ._compose import SERVICE, WORKING_DIR, made_by_compose
+from ._compose import WORKING_DIR, made_by_compose, service_entries
 from ._config import HealthConfig, load_config
 from ._deploy import http_session, open_engine
 from ._engine import Engine, split_reference
@@ -81,13 +80,11 @@ def _compose_env_file(labels: Mapping[str, str], notes: list[str]) -> str | None
     if not made_by_compose(labels):
         return None
     workdir = Path(labels.get(WORKING_DIR) or ".")
-    for name in filter(None, labels.get("com.docker.compose.project.config_files", "").split(",")):
-        try:
-            document = yaml.safe_load((workdir / name).read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        service = ((document or {}).get("services") or {}).get(labels[SERVICE]) or {}
-        files = service.get("env_file")
+    entries, why = service_entries(labels)
+    if why is not None:
+        notes.append(f"env_file: none, the compose file is unreadable ({why})")
+    for entry in entries:
+        files = entry.get("env_file")
         files = [files] if isinstance(files, str) else files or []
         if files:
             found = str((workdir / str(files[0])).resolve())

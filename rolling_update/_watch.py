@@ -22,10 +22,10 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._config import HealthConfig
+from ._config import HealthConfig, ServiceConfig, VerifyConfig
 from ._context import DeployContext
 from ._engine import ContainerEvent
-from ._errors import ContainerFailure, RollingUpdateError
+from ._errors import ContainerFailure, RestoreFailed, RollingUpdateError
 from ._http import Answer, judge_health, judge_version, probe
 from ._logging import redactor
 
@@ -290,3 +290,44 @@ async def await_healthy(
         )
         await await_docker_healthy(ctx, container_id, interval)
     return answer, watch
+
+
+async def restore_wait(
+    ctx: DeployContext,
+    service: ServiceConfig,
+    health: HealthConfig,
+    verify: VerifyConfig,
+    *,
+    answering: bool = False,
+) -> None:
+    """Wait until blue, started again, is as healthy as the deploy found it (``answering``:
+    until it answers HTTP at all)."""
+    baseline = ctx.blue_health
+    judge: Callable[[Answer], str | None] | None = None  # poll_until_healthy's own: healthy
+    if answering:
+        judge = lambda answer: answer.error if answer.status is None else None  # noqa: E731
+    elif baseline is not None:
+        judge = lambda answer: baseline.judge(answer, health)  # noqa: E731
+    url = ctx.url(service.port, health.path)
+    last = LastProbe()
+    with anyio.move_on_after(verify.timeout):
+        await poll_until_healthy(
+            ctx.http,
+            url,
+            health,
+            interval=verify.interval,
+            expect_version=None,
+            last=last,
+            judge=judge,
+        )
+        return
+    if answering:
+        raise RestoreFailed(
+            f"blue is back as {service.name} but did not answer within "
+            f"{verify.timeout:g}s: {last.explain()}"
+        )
+    found = f" (before the deploy it answered: {baseline.found})" if baseline else ""
+    raise RestoreFailed(
+        f"blue is back as {service.name} but not as healthy as it was within "
+        f"{verify.timeout:g}s: {last.explain()}{found}"
+    )

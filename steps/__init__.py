@@ -9,7 +9,6 @@ from .actions import RunActions
 from .build import BuildImage
 from .cleanup import RemoveOld
 from .green import AwaitGreenHealthy, StartGreen
-from .guard import ConfirmBlue
 from .handoff import Redirect, Release
 from .migrate import RunMigrations
 from .switch import Soak, Switch, VerifyProduction
@@ -20,7 +19,6 @@ __all__ = [
     "AwaitGreenHealthy",
     "AwaitTickBoundary",
     "BuildImage",
-    "ConfirmBlue",
     "Redirect",
     "Release",
     "RemoveOld",

@@ -29,8 +29,8 @@ class RunActions:
         if self.undo is None:
             return
         if ctx.blue_serving is not None:
-            blue = await ctx.engine.inspect(ctx.config.service.name)
-            if blue is None or blue.id != ctx.blue_serving or not blue.running:
+            production = await ctx.engine.inspect(ctx.config.service.name)
+            if not ctx.is_blue_serving(production):
                 # Blue was not brought back (it could not boot): nothing answers its calls.
                 structlog.get_logger().warning(
                     "actions.skipped",

@@ -23,7 +23,7 @@ from rolling_update._errors import (
 from rolling_update._http import judge_health, probe
 from rolling_update._policy import clear_name, remove_ours
 from rolling_update._twin import diff
-from rolling_update._watch import LastProbe, await_healthy, poll_until_healthy, watching
+from rolling_update._watch import LastProbe, await_healthy, restore_wait, watching
 
 from .tick import wait_for_tick_boundary
 
@@ -141,41 +141,6 @@ class Switch:
             if ctx.switch_began is not None:
                 ctx.measured["rollback_outage_s"] = round(time.monotonic() - ctx.switch_began, 3)
             log.info("switch.blue_restored", seconds=round(time.monotonic() - began, 3))
-
-
-async def restore_wait(
-    ctx: DeployContext,
-    service: ServiceConfig,
-    health: HealthConfig,
-    verify: VerifyConfig,
-    *,
-    answering: bool = False,
-) -> None:
-    """Wait until blue, started again, is as healthy as the deploy found it (``answering``:
-    until it answers HTTP at all)."""
-    baseline = None if answering else ctx.blue_health
-    url = ctx.url(service.port, health.path)
-    last = LastProbe()
-    with anyio.move_on_after(verify.timeout):
-        await poll_until_healthy(
-            ctx.http,
-            url,
-            health,
-            interval=verify.interval,
-            expect_version=None,
-            last=last,
-            judge=(lambda answer: answer.error if answer.status is None else None)
-            if answering
-            else None
-            if baseline is None
-            else (lambda answer: baseline.judge(answer, health)),
-        )
-        return
-    found = f" (before the deploy it answered: {baseline.found})" if baseline else ""
-    raise RestoreFailed(
-        f"blue is back as {service.name} but not as healthy as it was within "
-        f"{verify.timeout:g}s: {last.explain()}{found}"
-    )
 
 
 class _ProductionStep:

@@ -16,8 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import DOCKER, ROOT, Service, docker, get_json, swapped
+from tests.support import DOCKER, ROOT, Sampler, Service, docker, get_json, json_type, swapped
 
 REALBRAIN = Path(os.environ.get("RU_REALBRAIN") or ROOT.parent / "shared" / "realbrain")
 WORK = Path(os.environ.get("REALBRAIN_WORK", "/tmp/realbrain"))
@@ -143,39 +141,16 @@ def require_realbrain() -> None:
     setup_images()
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout}s")
-        time.sleep(interval)
-
-
-class Poller(threading.Thread):
+class Poller(Sampler):
     """GETs a JSON endpoint every ``interval`` seconds and keeps each answer (None: none)."""
 
     def __init__(self, url: str, interval: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        self.url, self.interval = url, interval
+        super().__init__(url, interval)
         self.answers: list[tuple[float, dict[str, Any] | None]] = []
-        self._stop_flag = threading.Event()
 
-    def run(self) -> None:
-        while not self._stop_flag.is_set():
-            body = get_json(self.url, timeout=3.0)
-            self.answers.append((time.monotonic(), body if isinstance(body, dict) else None))
-            self._stop_flag.wait(self.interval)
-
-    def __enter__(self) -> Poller:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_flag.set()
-        self.join(5)
+    def sample(self) -> None:
+        body = get_json(self.url, timeout=3.0)
+        self.answers.append((time.monotonic(), body if isinstance(body, dict) else None))
 
     @property
     def bodies(self) -> list[dict[str, Any]]:
@@ -356,25 +331,6 @@ class RealBrain(Service):
         self.made_images.append(f"{REPO}:{version}")
         return ctx
 
-    def plan(self) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rolling_update",
-                "plan",
-                "--config",
-                str(self.workdir / "rolling-update.toml"),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
-
     # ---------------------------------------------------------------- compose
     def compose_file(self) -> Path:
         """Upstream's compose file, its node-brain service adapted to this machine and test."""
@@ -445,20 +401,6 @@ class RealBrain(Service):
                 docker("tag", original, f"{REPO}:{version}")
         if built:
             docker("rmi", "-f", *sorted(set(built)), check=False)
-
-
-def json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else type(value).__name__
 
 
 def shape(body: Mapping[str, Any], nested: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -20,11 +20,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -79,7 +79,58 @@ def get_json(url: str, timeout: float = 1.0) -> Any:
         return None
 
 
-class Prober(threading.Thread):
+def until(check: Callable[[], Any], what: str, timeout: float = 10, interval: float = 0.02) -> Any:
+    """Poll ``check`` until it returns something truthy, and return that; fail after
+    ``timeout`` s saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+    return result
+
+
+def json_type(value: object) -> str:
+    """The JSON type of a parsed value, as JSON names it (for comparing answers' shapes)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+class Sampler(threading.Thread):
+    """A background thread calling :meth:`sample` every ``interval`` s while in its ``with``."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.interval = url, interval
+        self._stop_flag = threading.Event()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while not self._stop_flag.is_set():
+            self.sample()
+            self._stop_flag.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_flag.set()
+        self.join(5)
+
+
+class Prober(Sampler):
     """GETs the URL every 20 ms (a new connection each time) and records what answered.
 
     A request fails when it is refused, reset, or unanswered for 3 s: a slow answer on
@@ -87,31 +138,19 @@ class Prober(threading.Thread):
     """
 
     def __init__(self, url: str, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.url, self.interval = url, interval
+        super().__init__(url, interval)
         self.samples: list[tuple[float, str | None]] = []
         self.errors: list[str] = []
-        self._stop_flag = threading.Event()
 
-    def run(self) -> None:
-        while not self._stop_flag.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=3.0) as response:
-                    body = json.loads(response.read())
-            except (OSError, ValueError) as exc:
-                body = None
-                self.errors.append(f"{time.monotonic():.3f} {exc!r}")
-            version = body.get("version") if isinstance(body, dict) else None
-            self.samples.append((time.monotonic(), version))
-            self._stop_flag.wait(self.interval)
-
-    def __enter__(self) -> Prober:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_flag.set()
-        self.join(5)
+    def sample(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=3.0) as response:
+                body = json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            body = None
+            self.errors.append(f"{time.monotonic():.3f} {exc!r}")
+        version = body.get("version") if isinstance(body, dict) else None
+        self.samples.append((time.monotonic(), version))
 
     @property
     def failures(self) -> int:

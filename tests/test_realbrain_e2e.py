@@ -36,9 +36,17 @@ from tests.realbrain import (
     require_realbrain,
     reset_db,
     shape,
-    wait_for,
 )
-from tests.support import APP_DIR, BASE_IMAGE, DOCKER, Prober, docker, free_port, require_engine
+from tests.support import (
+    APP_DIR,
+    BASE_IMAGE,
+    DOCKER,
+    Prober,
+    docker,
+    free_port,
+    require_engine,
+    until,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.realbrain]
 
@@ -181,8 +189,8 @@ def test_a_migration_blue_cannot_boot_on_is_not_called_a_rollback(brain: RealBra
         migration=f"CREATE TABLE {TEST_TABLE} (id serial PRIMARY KEY, note text);\n",
     )
     brain.reference_config(release)
-    plan = brain.plan()
-    assert plan.returncode == 0, plan.stderr
+    plan = brain.deploy(verb="plan")
+    assert plan.code == 0, plan.stderr
     assert "node src/selfcheck.js" in plan.stdout and "exit 3" in plan.stdout, plan.stdout
 
     with Prober(brain.version_url()) as prober:
@@ -289,7 +297,7 @@ def test_the_stand_in_answers_in_the_real_brains_shapes(brain: RealBrain) -> Non
         *("run", "-d", "--name", f"{brain.name}-standin", "--network", "host"),
         *("-e", f"PORT={port}", "-e", "BRAIN_DB=/data/brain.db", "-v", f"{data}:/data", image),
     )
-    wait_for(lambda: brain.serving(port), 20, "the stand-in serving")
+    until(lambda: brain.serving(port), "the stand-in serving", timeout=20)
     # Both as new: no tick yet in the shared database either (the real Brain's first tick
     # is loop_interval_ms, 5 s, after it starts; the calls below take well under that).
     psql("DELETE FROM working_memory WHERE key IN ('tick_last', 'tick_last_dispatch')")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, Collector, Run, Service, docker, get_json, swapped
+from tests.support import ROOT, Collector, Run, Service, docker, get_json, swapped, until
 
 pytestmark = pytest.mark.docker
 
@@ -106,19 +106,10 @@ def tick_status(service: Service) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def until(check: Any, what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-    return result
-
-
 def assert_production_ticks(service: Service, version: str) -> None:
     """Production serves ``version``, healthy, its loop running, the database enabled."""
     assert service.serving() == version
-    until(lambda: service.health().get("status") == "healthy", f"{version} healthy")
+    until(lambda: service.health().get("status") == "healthy", f"{version} healthy", timeout=20)
     status = tick_status(service)
     assert (status["loop_running"], status["enabled"]) == (True, True)
     assert db(service)["tick_enabled"] is True
@@ -162,7 +153,7 @@ def test_reference_config_drains_green_and_blue(service: Service, collector: Col
     dispatched = at(collector.of("dispatch"), blue, "1.0.0")
     assert dispatched and all(d["time"] < drain["time"] for d in dispatched), "after its drain"
     # The new production dispatches, and only once blue is gone.
-    until(lambda: at(collector.of("dispatch"), blue, "2.0.0"), "a dispatch of 2.0.0")
+    until(lambda: at(collector.of("dispatch"), blue, "2.0.0"), "a dispatch of 2.0.0", timeout=20)
     assert all(d["time"] > sigterm["time"] for d in at(collector.of("dispatch"), blue, "2.0.0"))
     assert not collector.of("drain_completed"), "nobody called drain-status"
 
@@ -192,6 +183,7 @@ def test_an_interrupt_after_blues_drain_cancels_it(service: Service, collector: 
     until(
         lambda: [d for d in at(collector.of("dispatch"), blue, "1.0.0") if d["time"] > ended],
         "blue dispatching again",
+        timeout=20,
     )
     assert not at(collector.of("sigterm"), blue, "1.0.0")
     assert service.containers() == [service.name]
@@ -267,6 +259,7 @@ def test_a_dashboard_ended_drain_is_restarted_after_an_interrupt(service: Servic
         until(
             lambda: [d for d in at(dashboard.of("dispatch"), blue, "1.0.0") if d["time"] > ended],
             "blue dispatching again",
+            timeout=20,
         )
         assert not at(dashboard.of("sigterm"), blue, "1.0.0")
     finally:

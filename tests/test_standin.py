@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import APP_DIR, free_port
+from tests.support import APP_DIR, free_port, json_type, until
 
 FAST = {"LOOP_INTERVAL": "0.1", "TICK_INTERVAL": "0.3", "TICK_DURATION": "0.05"}
 
@@ -78,30 +77,6 @@ REAL_HEALTH: dict[str, Any] = {
     },
     "timestamp": "2026-12-02T07:49:59.946Z",
 }
-
-
-def json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 10) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
 
 
 def read_db(path: Path) -> dict[str, Any]:

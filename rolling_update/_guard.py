@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import structlog
 
-from rolling_update._config import HealthConfig, ServiceConfig, VerifyConfig
-from rolling_update._context import DeployContext
-from rolling_update._errors import RestoreFailed
-
-from .switch import restore_wait
+from ._config import HealthConfig, ServiceConfig, VerifyConfig
+from ._context import DeployContext
+from ._errors import RestoreFailed
+from ._watch import restore_wait
 
 
 class ConfirmBlue:
@@ -34,7 +33,7 @@ class ConfirmBlue:
         if ctx.blue_serving is None:
             return
         blue = await ctx.engine.inspect(self.service.name)
-        if blue is None or blue.id != ctx.blue_serving or not blue.running:
+        if not ctx.is_blue_serving(blue):
             now = "nothing" if blue is None else f"{blue.id[:12]} (running: {blue.running})"
             raise RestoreFailed(
                 f"blue ({ctx.blue_serving[:12]}) is not the running {self.service.name}: {now} is"
