@@ -87,6 +87,14 @@ def db_schema() -> str:
 
 def reset_db() -> None:
     """Tick enabled, schema back at 076, no test table: the state every test starts from."""
+    if psql("SELECT to_regclass('working_memory') IS NULL") == "t":
+        # A new cluster (setup.sh makes an empty one): the Brain's own migrations, run the
+        # way a deploy runs them, make the schema the tests reset to.
+        docker(
+            *("run", "--rm", "--network", "host", "--env-file", str(ENV_FILE)),
+            *(f"{REPO}:{OLD}", "node", "src/migrate.js"),
+            timeout=120,
+        )
     psql(
         "INSERT INTO working_memory (key, value_json, updated_at) "
         """VALUES ('tick_enabled', '{"enabled": true}', NOW()) """
