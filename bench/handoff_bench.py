@@ -190,7 +190,7 @@ async def redirect_overhead(requests: int) -> tuple[float, float, float, float]:
     import aiohttp
     from aiohttp import web
 
-    from rolling_update._handoff import redirect, remove, table_name
+    from rolling_update._handoff.nft import redirect, remove, table_name
     from tests.support import free_port
 
     async def answer(request: web.Request) -> web.Response:

@@ -25,9 +25,9 @@ from typing import Any
 import anyio
 import structlog
 
-from rolling_update._engine import DockerEngine
-from rolling_update._registry import registry_auth
-from rolling_update._rollout import copy_image
+from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.registry import registry_auth
+from rolling_update._hosts.rollout import copy_image
 from tests.hosts import HOSTS_ROOT, SSH_CONFIG
 from tests.support import BASE_IMAGE, DOCKER, Prober, Service, docker, get_json
 

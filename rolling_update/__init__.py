@@ -8,10 +8,21 @@ Compose steps into a list and run them::
     await deploy(cfg, steps=[*default_plan(cfg), MyNotifyStep()])
 """
 
-from ._config import Config, load_config
-from ._context import DeployContext
-from ._deploy import DeployResult, default_plan, deploy, prepare
-from ._engine import ContainerEvent, ContainerInfo, ContainerSpec, DockerEngine, Engine
+from rolling_update._config.settings import Config, load_config
+from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.deploy import DeployResult, default_plan, deploy, prepare
+from rolling_update._deploy.saga import Step, StepRecord, run_saga
+from rolling_update._engine.docker import (
+    ContainerEvent,
+    ContainerInfo,
+    ContainerSpec,
+    DockerEngine,
+    Engine,
+)
+from rolling_update._hosts.rollout import HostOutcome, RolloutResult, rollout
+from rolling_update._observe.logs import configure as configure_logging
+from rolling_update._operate.recover import RecoveryReport, recover
+
 from ._errors import (
     BuildFailed,
     ConfigError,
@@ -35,10 +46,6 @@ from ._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
-from ._logging import configure as configure_logging
-from ._recover import RecoveryReport, recover
-from ._rollout import HostOutcome, RolloutResult, rollout
-from ._saga import Step, StepRecord, run_saga
 
 __all__ = [
     "BuildFailed",

@@ -36,10 +36,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._logging import redactor
+from rolling_update._observe.logs import redactor
 
 if TYPE_CHECKING:
-    from ._rollout import HostOutcome
+    from rolling_update._hosts.rollout import HostOutcome
 
 
 class RollingUpdateError(Exception):

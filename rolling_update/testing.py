@@ -19,13 +19,14 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._engine import (
+from rolling_update._engine.docker import (
     BuildOptions,
     ContainerEvent,
     ContainerInfo,
     ContainerSpec,
     ImageInfo,
 )
+
 from ._errors import EngineError
 
 __all__ = ["FakeContainer", "FakeEngine"]

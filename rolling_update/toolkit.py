@@ -10,8 +10,19 @@ removes only what this deploy made::
     from rolling_update.toolkit import DeployContext, RollingUpdateError, remove_ours
 """
 
-from ._context import DeployContext
-from ._engine import ContainerEvent, ContainerInfo, ContainerSpec, Engine
+from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.policy import clear_name, remove_ours
+from rolling_update._deploy.saga import Step
+from rolling_update._engine.docker import ContainerEvent, ContainerInfo, ContainerSpec, Engine
+from rolling_update._watch.probe import Answer, judge_health, probe
+from rolling_update._watch.watch import (
+    LastProbe,
+    Watch,
+    await_healthy,
+    poll_until_healthy,
+    watching,
+)
+
 from ._errors import (
     ActionFailed,
     BuildFailed,
@@ -29,10 +40,6 @@ from ._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
-from ._http import Answer, judge_health, probe
-from ._policy import clear_name, remove_ours
-from ._saga import Step
-from ._watch import LastProbe, Watch, await_healthy, poll_until_healthy, watching
 
 __all__ = [
     "ActionFailed",

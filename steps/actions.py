@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import structlog
 
-from rolling_update._actions import run_actions
-from rolling_update._config import Moment
-from rolling_update._context import DeployContext
+from rolling_update._config.settings import Moment
+from rolling_update._deploy.actions import run_actions
+from rolling_update._deploy.context import DeployContext
 
 
 class RunActions:

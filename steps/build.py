@@ -18,12 +18,12 @@ from pathlib import Path
 import anyio
 import structlog
 
-from rolling_update._config import BuildConfig
-from rolling_update._context import DeployContext
-from rolling_update._engine import LABEL_SERVICE, BuildOptions
+from rolling_update._config.settings import BuildConfig
+from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.process import run_logged
+from rolling_update._engine.docker import LABEL_SERVICE, BuildOptions
 from rolling_update._errors import BuildFailed, ConfigError
-from rolling_update._logging import redactor
-from rolling_update._process import run_logged
+from rolling_update._observe.logs import redactor
 
 # A CLI from 23.0 on builds with BuildKit only through its buildx plugin; older
 # ones (18.09 to 22.x) drive the engine's BuildKit themselves with DOCKER_BUILDKIT=1.

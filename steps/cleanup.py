@@ -7,9 +7,9 @@ import time
 import anyio
 import structlog
 
-from rolling_update._config import ServiceConfig
-from rolling_update._context import DeployContext
-from rolling_update._engine import LABEL_SERVICE
+from rolling_update._config.settings import ServiceConfig
+from rolling_update._deploy.context import DeployContext
+from rolling_update._engine.docker import LABEL_SERVICE
 from rolling_update._errors import RollingUpdateError
 
 

@@ -7,16 +7,16 @@ import time
 import anyio
 import structlog
 
-from rolling_update._actions import run_actions
-from rolling_update._config import GreenConfig, HealthConfig, ServiceConfig
-from rolling_update._context import DeployContext
-from rolling_update._engine import ContainerSpec
+from rolling_update._config.settings import GreenConfig, HealthConfig, ServiceConfig
+from rolling_update._deploy.actions import run_actions
+from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.policy import clear_name, remove_ours
+from rolling_update._engine.docker import ContainerSpec
 from rolling_update._errors import ConflictError, GreenFailed, HealthCheckFailed, RestoreFailed
-from rolling_update._http import port_in_use
-from rolling_update._logging import redactor
-from rolling_update._policy import clear_name, remove_ours
-from rolling_update._progress import waiting
-from rolling_update._watch import (
+from rolling_update._observe.logs import redactor
+from rolling_update._observe.progress import waiting
+from rolling_update._watch.probe import port_in_use
+from rolling_update._watch.watch import (
     LastProbe,
     await_docker_healthy,
     poll_until_healthy,

@@ -21,11 +21,11 @@ import aiohttp
 import anyio
 import structlog
 
-from rolling_update._config import HealthConfig, ServiceConfig
-from rolling_update._context import DeployContext
+from rolling_update._config.settings import HealthConfig, ServiceConfig
+from rolling_update._deploy.context import DeployContext
 from rolling_update._errors import RestoreFailed
-from rolling_update._handoff import table_name
-from rolling_update._http import probe
+from rolling_update._handoff.nft import table_name
+from rolling_update._watch.probe import probe
 
 
 class Redirect:

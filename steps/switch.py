@@ -9,10 +9,12 @@ from dataclasses import replace
 import anyio
 import structlog
 
-from rolling_update._compose import CONFIG_HASH, config_hash, made_by_compose
-from rolling_update._config import HealthConfig, ServiceConfig, TickConfig, VerifyConfig
-from rolling_update._context import DeployContext
-from rolling_update._engine import ContainerInfo, ContainerSpec
+from rolling_update._config.settings import HealthConfig, ServiceConfig, TickConfig, VerifyConfig
+from rolling_update._deploy.compose import CONFIG_HASH, config_hash, made_by_compose
+from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.policy import clear_name, remove_ours
+from rolling_update._deploy.twin import diff
+from rolling_update._engine.docker import ContainerInfo, ContainerSpec
 from rolling_update._errors import (
     ConflictError,
     ProductionFailed,
@@ -20,10 +22,8 @@ from rolling_update._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
-from rolling_update._http import judge_health, probe
-from rolling_update._policy import clear_name, remove_ours
-from rolling_update._twin import diff
-from rolling_update._watch import LastProbe, await_healthy, restore_wait, watching
+from rolling_update._watch.probe import judge_health, probe
+from rolling_update._watch.watch import LastProbe, await_healthy, restore_wait, watching
 
 from .tick import wait_for_tick_boundary
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from rolling_update._handoff import table_name
+from rolling_update._handoff.nft import table_name
 from tests.support import BASE_IMAGE, DOCKER, Service, get_json, require_engine
 
 HOST2 = "10.231.2.2"

@@ -28,7 +28,7 @@ from typing import Any, Self
 
 import pytest
 
-from rolling_update._handoff import table_name
+from rolling_update._handoff.nft import table_name
 
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
 BASE_IMAGE = os.environ.get("RU_TEST_BASE", "rolling-update-test-base:bookworm")

@@ -18,8 +18,8 @@ from rolling_update import (
     PreflightError,
     RollbackIncomplete,
 )
-from rolling_update._cli import Interrupt, _interruptible, outcome
-from rolling_update._saga import SagaState
+from rolling_update._cli.main import Interrupt, _interruptible, outcome
+from rolling_update._deploy.saga import SagaState
 
 
 def began(step: str = "switch", *, committed: bool = False) -> SagaState:
@@ -99,7 +99,7 @@ def test_every_command_shows_an_example_and_deploy_the_exit_codes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """--help of each command has an example; deploy's lists every exit code; --version works."""
-    from rolling_update._cli import main
+    from rolling_update._cli.main import main
 
     for command in ("deploy", "recover", "rollback", "status", "history", "plan"):
         with pytest.raises(SystemExit):

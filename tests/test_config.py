@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rolling_update import ConfigError, load_config
-from rolling_update._config import expand, parse_config, read_env_file, read_version
+from rolling_update._config.settings import expand, parse_config, read_env_file, read_version
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -179,7 +179,7 @@ def test_env_file_errors_do_not_quote_values(tmp_path: Path) -> None:
 
 def test_version_file(tmp_path: Path) -> None:
     """The version comes from the JSON key; a missing key or non-tag value is rejected."""
-    from rolling_update._config import ImageConfig
+    from rolling_update._config.settings import ImageConfig
 
     path = tmp_path / "package.json"
     path.write_text(json.dumps({"version": "1.4.0"}))
@@ -241,7 +241,7 @@ def test_example_documents_every_key_with_a_comment() -> None:
     from pydantic import BaseModel
 
     from rolling_update import Config
-    from rolling_update._config import ActionConfig, HostConfig
+    from rolling_update._config.settings import ActionConfig, HostConfig
 
     text = EXAMPLE.read_text()
     data = tomllib.loads(text)
@@ -276,7 +276,7 @@ def test_example_documents_every_key_with_a_comment() -> None:
 @pytest.mark.anyio
 async def test_buildkit_is_chosen_only_where_the_cli_can_drive_it() -> None:
     """No such CLI: auto falls back to classic saying why; buildkit required is a config error."""
-    from rolling_update._config import BuildConfig
+    from rolling_update._config.settings import BuildConfig
     from steps.build import choose_builder
 
     missing = BuildConfig(context=Path("."), docker_cli="/nonexistent/docker")

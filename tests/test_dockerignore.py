@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from rolling_update import DockerEngine
-from rolling_update._dockerignore import PatternMatcher, context_paths, read_patterns
+from rolling_update._engine.build_context import PatternMatcher, context_paths, read_patterns
 from tests.support import BASE_IMAGE, docker, require_engine
 
 

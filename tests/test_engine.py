@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from rolling_update import ContainerInfo, ContainerSpec, DockerEngine
-from rolling_update._engine import (
+from rolling_update._engine.docker import (
     ContainerEvent,
     FrameDecoder,
     LineSplitter,
@@ -233,8 +233,8 @@ async def test_a_death_past_the_engines_event_replay_is_still_seen(
     import aiohttp
 
     from rolling_update import DeployContext, GreenFailed
-    from rolling_update._config import parse_config
-    from rolling_update._watch import watching
+    from rolling_update._config.settings import parse_config
+    from rolling_update._watch.watch import watching
 
     async with exited(engine) as info:
         name = info.name

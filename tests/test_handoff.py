@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from rolling_update._handoff import marked_socket, redirect, remove, table_name, target
+from rolling_update._handoff.nft import marked_socket, redirect, remove, table_name, target
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio

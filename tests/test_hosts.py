@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from rolling_update import ConfigError
-from rolling_update._config import parse_config
-from rolling_update._handoff import _replace, _ruleset, _target_in
-from rolling_update._history import HistoryEntry
-from rolling_update._history import append as history_append
-from rolling_update._history import now as history_now
-from rolling_update._hosts import bypass_port, for_host, pick, probe_address
-from rolling_update._metrics import write_metrics
+from rolling_update._config.settings import parse_config
+from rolling_update._handoff.nft import _replace, _ruleset, _target_in
+from rolling_update._hosts.hosts import bypass_port, for_host, pick, probe_address
+from rolling_update._observe.history import HistoryEntry
+from rolling_update._observe.history import append as history_append
+from rolling_update._observe.history import now as history_now
+from rolling_update._observe.metrics import write_metrics
 
 
 def config(**extra: Any) -> Any:

@@ -13,8 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from rolling_update._engine import DockerEngine
-from rolling_update._handoff import EngineFirewall, table_name
+from rolling_update._engine.docker import DockerEngine
+from rolling_update._handoff.nft import EngineFirewall, table_name
 from tests.hosts import (
     HOST2,
     HOST2_GREEN,

@@ -12,8 +12,8 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rolling_update._config import HealthConfig
-from rolling_update._http import Answer, judge_health, parse_tick, probe
+from rolling_update._config.settings import HealthConfig
+from rolling_update._watch.probe import Answer, judge_health, parse_tick, probe
 
 RULE = HealthConfig(expect_json={"status": "healthy"}, version_field="version")
 
@@ -160,7 +160,7 @@ async def test_a_body_sent_in_two_writes_is_read_whole() -> None:
 
 def test_blue_found_degraded_is_restored_when_degraded_again() -> None:
     """The baseline of a degraded blue accepts the same status back, or better; not worse."""
-    from rolling_update._http import HealthBaseline
+    from rolling_update._watch.probe import HealthBaseline
 
     rule = HealthConfig(expect_json={"status": "healthy"}, version_field=None)
     degraded = HealthBaseline.of(answer({"status": "degraded"}), rule)
@@ -183,7 +183,7 @@ def test_an_overdue_tick_is_imminent_until_it_is_stale() -> None:
     """A tick overdue by less than tick.overdue may start any moment; past it, it is stale."""
     from datetime import UTC, datetime, timedelta
 
-    from rolling_update._http import TickStatus, tick_state
+    from rolling_update._watch.probe import TickStatus, tick_state
 
     now = datetime.now(UTC)
     for late in (0.5, 1.5, 29):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from rolling_update._logging import configure
+from rolling_update._observe.logs import configure
 
 
 def parse(entry: bytes) -> dict[str, str]:

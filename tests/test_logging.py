@@ -8,7 +8,7 @@ from pathlib import Path
 
 import structlog
 
-from rolling_update._logging import LogFormat, Redactor, configure, register_secrets
+from rolling_update._observe.logs import LogFormat, Redactor, configure, register_secrets
 
 
 def emit(fmt: LogFormat) -> str:
@@ -91,7 +91,7 @@ def test_a_traceback_from_log_exception_is_blanked_too() -> None:
 
 def test_secrets_are_chosen_by_key_and_names_are_never_blanked() -> None:
     """DB_PASSWORD, apiToken, [secrets] keys and URL userinfo are secret; DB_NAME is not."""
-    from rolling_update._logging import looks_secret, secret_values
+    from rolling_update._observe.logs import looks_secret, secret_values
 
     env = {
         "DB_NAME": "cecelia",
@@ -115,7 +115,7 @@ def test_a_password_equal_to_an_ordinary_value_is_not_blanked_but_warned() -> No
     """DB_PASSWORD=cecelia beside DB_USER=cecelia: not registered (it would blank names)."""
     from structlog.testing import capture_logs
 
-    from rolling_update._logging import secret_values
+    from rolling_update._observe.logs import secret_values
 
     env = {"DB_USER": "cecelia", "DB_PASSWORD": "cecelia", "API_KEY": "k-123456"}
     with capture_logs() as logs:
@@ -128,8 +128,8 @@ def test_a_password_equal_to_an_ordinary_value_is_not_blanked_but_warned() -> No
 def test_build_args_that_look_secret_are_registered(tmp_path: Path) -> None:
     """Regression: a secret build arg (NPM_TOKEN) is blanked; an ordinary one (BASE) is not."""
     from rolling_update import prepare
-    from rolling_update._config import parse_config
-    from rolling_update._logging import redactor
+    from rolling_update._config.settings import parse_config
+    from rolling_update._observe.logs import redactor
 
     (tmp_path / "p.json").write_text('{"version": "1.0.0"}')
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
@@ -166,7 +166,7 @@ def test_a_wait_says_what_it_waits_for_in_a_plain_line_and_a_live_footer() -> No
     from rich.console import Console
     from structlog.testing import capture_logs
 
-    from rolling_update._progress import footer, use_terminal, waiting
+    from rolling_update._observe.progress import footer, use_terminal, waiting
 
     with capture_logs() as logs, waiting("green to be healthy", 60) as wait:
         assert footer.waits == [wait] and footer.live is None

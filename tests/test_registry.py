@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from rolling_update import ConfigError
-from rolling_update._config import registry_of
-from rolling_update._logging import redactor
-from rolling_update._registry import registry_auth
+from rolling_update._config.settings import registry_of
+from rolling_update._engine.registry import registry_auth
+from rolling_update._observe.logs import redactor
 
 
 def decoded(header: str) -> object:
@@ -53,7 +53,7 @@ def test_no_credentials_is_anonymous_and_a_helper_is_refused(tmp_path: Path) -> 
 
 def test_registry_distribution_needs_a_registry_in_the_image_name() -> None:
     """rollout.distribute = registry with an image name that names no registry is refused."""
-    from rolling_update._config import parse_config
+    from rolling_update._config.settings import parse_config
 
     data = {
         "service": {"name": "a", "green_name": "a-green", "port": 1, "green_port": 2},

@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 
 from rolling_update import Config, ContainerSpec, DeployContext, RestoreFailed
-from rolling_update._cli import outcome
-from rolling_update._config import parse_config
-from rolling_update._guard import ConfirmBlue
-from rolling_update._http import Answer, HealthBaseline
-from rolling_update._saga import SagaState
+from rolling_update._cli.main import outcome
+from rolling_update._config.settings import parse_config
+from rolling_update._deploy.guard import ConfirmBlue
+from rolling_update._deploy.saga import SagaState
+from rolling_update._watch.probe import Answer, HealthBaseline
 from rolling_update.testing import FakeEngine
 from steps import Switch, TagImage
 from tests.support import free_port

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rolling_update._twin import Twin, diff
+from rolling_update._deploy.twin import Twin, diff
 
 OLD_IMAGE: dict[str, Any] = {
     "Env": ["PATH=/usr/bin", "APP_VERSION=1.0.0"],
@@ -119,7 +119,7 @@ def twin_context(tmp_path: Any, twin: Twin, merged: dict[str, str], **tables: An
     import aiohttp
 
     from rolling_update import DeployContext
-    from rolling_update._config import parse_config
+    from rolling_update._config.settings import parse_config
     from rolling_update.testing import FakeEngine
 
     cfg = parse_config(
@@ -171,7 +171,7 @@ def test_green_with_its_own_healthcheck_is_still_published_on_its_port(tmp_path:
 
 def test_compose_environment_wins_over_the_env_file_as_in_compose(tmp_path: Any) -> None:
     """A key compose's environment: set keeps blue's value; [env] and the port env still win."""
-    from rolling_update._compose import environment_keys
+    from rolling_update._deploy.compose import environment_keys
 
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(

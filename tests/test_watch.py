@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from rolling_update import ContainerSpec, DeployContext, GreenFailed
-from rolling_update._config import parse_config
-from rolling_update._watch import watching
+from rolling_update._config.settings import parse_config
+from rolling_update._watch.watch import watching
 from rolling_update.testing import FakeContainer, FakeEngine
 
 pytestmark = pytest.mark.anyio

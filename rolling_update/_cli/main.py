@@ -1,0 +1,573 @@
+"""Command line: ``python -m rolling_update deploy --config FILE``.
+
+Exit codes (:data:`EXIT_TABLE`, shown by ``deploy --help``, also in the README)
+follow what the host is left in. A first SIGINT/SIGTERM cancels the deploy and
+starts the rollback; further ones are reported and ignored, so the rollback is
+never abandoned half-way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from rolling_update._config.settings import DEFAULT_CONFIG, Config, load_config
+from rolling_update._deploy.deploy import deploy
+from rolling_update._deploy.saga import SagaState
+from rolling_update._errors import (
+    ConfigError,
+    ContainerFailure,
+    EngineError,
+    FailedAfterCommit,
+    PreflightError,
+    RecoveryFailed,
+    RollbackIncomplete,
+    RollingUpdateError,
+    RolloutFailed,
+)
+from rolling_update._hosts.hosts import Connected, connect, for_host, hosts_of, pick
+from rolling_update._hosts.rollout import HostOutcome, rollout
+from rolling_update._observe.history import HistoryEntry, read
+from rolling_update._observe.logs import configure, redactor
+from rolling_update._observe.timeline import render as render_timeline
+from rolling_update._operate.demo import Load, run_demo
+from rolling_update._operate.init import refuse_existing, survey, write_config
+from rolling_update._operate.operate import (
+    format_history,
+    format_plan,
+    format_status,
+    plan,
+    rollback,
+    status,
+)
+from rolling_update._operate.recover import RecoveryReport, recover
+from rolling_update._watch.watch import task_group
+
+EXIT_OK = 0
+EXIT_ROLLED_BACK = 1
+EXIT_USAGE = 2
+EXIT_ROLLBACK_INCOMPLETE = 3
+EXIT_FAILED_AFTER_COMMIT = 4
+EXIT_SIGNAL_BASE = 128
+
+EXIT_TABLE = """\
+exit codes (what the host is left in):
+  0    deployed: the new version serves (recover: the host is consistent)
+  1    failed and rolled back: the old version serves, as healthy as it was found
+  2    nothing was changed: usage, config or preflight error, engine unreachable,
+       service locked, or the version asked for already serves (--force)
+  3    the rollback or recovery is incomplete: a human must act (the message says what)
+  4    the new version serves, but a step after the point of no return failed;
+       `recover` finishes what it left
+  130  interrupted by SIGINT, rolled back: the old version serves
+  143  interrupted by SIGTERM, rolled back: the old version serves"""
+
+_EXAMPLES = {
+    "deploy": "example:\n  python -m rolling_update deploy --config rolling-update.toml",
+    "recover": "example (after a crash, or at boot):\n"
+    "  python -m rolling_update recover --config rolling-update.toml",
+    "rollback": "examples:\n  python -m rolling_update rollback            # the previous version\n"
+    "  python -m rolling_update rollback 1.98.0     # a version whose image exists",
+    "status": "example:\n  python -m rolling_update status --json | jq .production",
+    "history": "examples:\n  python -m rolling_update history --limit 5\n"
+    "  python -m rolling_update history --show 3f2a9c01b7e4   # one run, with its timeline",
+    "plan": "example:\n  python -m rolling_update plan --config rolling-update.toml",
+    "demo": "example (a Docker engine is all it needs):\n  python -m rolling_update demo",
+    "init": "example:\n  python -m rolling_update init --from cecelia-node-brain --context brain",
+}
+
+
+def _untouched(exc: BaseException) -> bool:
+    return isinstance(exc, ConfigError | PreflightError | EngineError)
+
+
+def outcome(
+    exc: BaseException | None, state: SagaState | None = None, signum: int | None = None
+) -> tuple[int, str | None]:
+    """The exit code and the one line for the operator, from what the host is left in.
+
+    ``state`` is the runner's progress (``None``: no step could have begun),
+    ``signum`` the first SIGINT/SIGTERM received, if any.
+    """
+    began = state is not None and state.current is not None
+    committed = state is not None and state.committed
+    if isinstance(exc, RollbackIncomplete):
+        return EXIT_ROLLBACK_INCOMPLETE, (
+            f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
+        )
+    if isinstance(exc, RecoveryFailed):
+        return EXIT_ROLLBACK_INCOMPLETE, f"error: recovery incomplete: {exc}"
+    if isinstance(exc, FailedAfterCommit):
+        return EXIT_FAILED_AFTER_COMMIT, (
+            f"error: {exc} (the new version serves; run `rolling-update recover` to finish)"
+        )
+    if state is not None and state.failures and not committed:
+        # An interrupt's rollback that did not finish: the signal is not the news.
+        undone = "; ".join(f"{step}: {why}" for step, why in state.failures)
+        return EXIT_ROLLBACK_INCOMPLETE, (
+            f"error: rollback incomplete: {undone}. Run `rolling-update recover`, "
+            "or check `docker ps -a`."
+        )
+    if signum is not None:
+        if committed:
+            return EXIT_OK, None
+        name = signal.Signals(signum).name
+        # A failure racing the interrupt changes nothing: the rollback ran either way.
+        if not began:
+            return EXIT_SIGNAL_BASE + signum, f"interrupted by {name}: nothing was changed"
+        return EXIT_SIGNAL_BASE + signum, (
+            f"interrupted by {name} during {state.current if state else 'preparation'}: "
+            "rolled back, the previous version serves"
+        )
+    if exc is None:
+        return EXIT_OK, None
+    if _untouched(exc) and not began:
+        return EXIT_USAGE, f"error: {exc} (nothing was changed)"
+    if isinstance(exc, EngineError):
+        return EXIT_ROLLED_BACK, (
+            f"error: the Docker engine failed during the deploy: {exc} "
+            "(rolled back: the previous version serves)"
+        )
+    if isinstance(exc, RollingUpdateError):
+        return EXIT_ROLLED_BACK, f"error: {exc} (rolled back: the previous version serves)"
+    return EXIT_ROLLED_BACK, f"error: unexpected {type(exc).__name__}: {exc} (rolled back)"
+
+
+def describe(exc: BaseException, line: str) -> str:
+    """``line``, then the failing container's last log lines; secrets blanked."""
+    failure = exc.cause if isinstance(exc, RollbackIncomplete | FailedAfterCommit) else exc
+    if isinstance(failure, ContainerFailure) and failure.last_logs:
+        tail = "\n".join(f"  | {ln}" for ln in failure.last_logs[-15:])
+        line += f"\nlast log lines of {failure.container}:\n{tail}"
+    return str(redactor.scrub(line))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rolling-update",
+        description="Blue-green update of a long-running Docker service, with rollback.",
+        epilog=_EXAMPLES["deploy"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        epilog = _EXAMPLES[name] + ("\n\n" + EXIT_TABLE if name == "deploy" else "")
+        return commands.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    run = command("deploy", "build, migrate, start green, switch, verify")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="deploy even when the version asked for is the one production runs",
+    )
+    fix = command(
+        "recover", "after a crash: restore one serving production container, no leftovers"
+    )
+    back = command(
+        "rollback", "back to the previous version (or VERSION) through the same safe flow"
+    )
+    back.add_argument("version", nargs="?", help="a version whose image exists")
+    show = command("status", "what serves now, its health, the last deploy")
+    past = command("history", "every deploy, rollback and recover here")
+    past.add_argument("--limit", type=int, default=20, help="the last N (default 20; 0: all)")
+    past.add_argument("--show", metavar="ID", help="one run in full, with its timeline")
+    dry = command("plan", "what a deploy would do now; changes nothing")
+    show_off = command("demo", "deploy a small service of the tool's own, then a broken one")
+    show_off.add_argument("--base", help="an image with python3 (default: one the engine has)")
+    start = command("init", "write rolling-update.toml for a container that runs already")
+    start.add_argument("--from", dest="container", required=True, help="the running container")
+    start.add_argument("--health", help="its health path (default: probe the common ones)")
+    start.add_argument("--context", help="build context of the new versions (default: no build)")
+    start.add_argument("--version-file", help="JSON file with the version (default: package.json)")
+    start.add_argument(
+        "--output", type=Path, default=DEFAULT_CONFIG, help=f"default: ./{DEFAULT_CONFIG}"
+    )
+    start.add_argument("--force", action="store_true", help="replace an existing file")
+    for sub in (show, past, dry):
+        sub.add_argument("--json", action="store_true", help="one JSON document")
+    for sub in (fix, back, show, past, dry):
+        sub.add_argument(
+            "--host", help="with [[hosts]]: only this host (default: every host, in order)"
+        )
+    for sub in (run, fix, back, show, past, dry):
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"config file (default: ./{DEFAULT_CONFIG})",
+        )
+        sub.add_argument(
+            "--log-format",
+            choices=["console", "json", "journald"],
+            default="console",
+            help="console for people, json (one object per line), or journald's native protocol",
+        )
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rolling-update")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+@dataclass
+class Interrupt:
+    signum: int | None = None
+
+
+async def _interruptible(work: Callable[[], Awaitable[object]], interrupt: Interrupt) -> None:
+    """Run ``work``; the first SIGINT/SIGTERM cancels it (its rollback is shielded)."""
+    log = structlog.get_logger()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def on_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if interrupt.signum is None:
+                        interrupt.signum = signum
+                        log.warning("deploy.interrupted", signal=name, action="rolling back")
+                        scope.cancel()
+                    else:
+                        log.warning(
+                            "deploy.interrupted",
+                            signal=name,
+                            action="ignored: the rollback finishes within its deadlines",
+                        )
+
+            tg.start_soon(on_signals)
+            try:
+                with scope:
+                    await work()
+            finally:
+                if interrupt.signum is not None:
+                    # The outcome is settled: a late repeat must not kill the
+                    # process while it reports. Held, it is dropped at exit.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            tg.cancel_scope.cancel()
+
+
+def _rollout(cfg: Config, *, force: bool = False) -> int:
+    """Every host, canary first; one line per host, then the exit code of the worst."""
+    report: list[HostOutcome] = []
+    interrupt = Interrupt()
+    error: BaseException | None = None
+
+    async def work() -> object:
+        return await rollout(cfg, report=report, force=force)
+
+    try:
+        anyio.run(_interruptible, work, interrupt)
+    except RolloutFailed as exc:
+        error = exc
+    except Exception as exc:
+        # Before any host began (config, an unreachable host): nothing was changed.
+        code, line = outcome(exc)
+        print(describe(exc, line or str(exc)), file=sys.stderr, flush=True)
+        return code
+    for host in report:
+        versions = f"{host.from_version or '-'} -> {host.to_version or '-'}"
+        why = f": {host.reason}" if host.reason and host.result != "deployed" else ""
+        print(f"  {host.host:<16} {host.result:<20} {versions}{why}", file=sys.stderr)
+    results = {h.result for h in report}
+    if results & {"rollback-incomplete", "revert-failed"}:
+        code = EXIT_ROLLBACK_INCOMPLETE
+    elif "failed-after-commit" in results:
+        code = EXIT_FAILED_AFTER_COMMIT
+    elif interrupt.signum is not None:
+        code = EXIT_OK if results == {"deployed"} else EXIT_SIGNAL_BASE + interrupt.signum
+    elif error is None:
+        code = EXIT_OK
+    elif results <= {"refused", "not-started"}:
+        code = EXIT_USAGE
+    else:
+        code = EXIT_ROLLED_BACK
+    if code != EXIT_OK:
+        cause = (
+            f"interrupted by {signal.Signals(interrupt.signum).name}"
+            if interrupt.signum is not None
+            else str(error)
+        )
+        print(f"error: {redactor.scrub(cause)}", file=sys.stderr, flush=True)
+    return code
+
+
+async def _each_host(cfg: Config, name: str | None) -> AsyncIterator[Connected]:
+    for host in pick(cfg, name):
+        async with connect(cfg, host) as connected:
+            yield connected
+
+
+def _deploy(
+    cfg: Config,
+    version: str | None = None,
+    *,
+    rollback_to: bool = False,
+    host_name: str | None = None,
+    force: bool = False,
+) -> int:
+    if cfg.hosts and not rollback_to:
+        return _rollout(cfg, force=force)
+    state = SagaState()
+    interrupt = Interrupt()
+    error: BaseException | None = None
+
+    async def work() -> object:
+        if rollback_to and cfg.hosts:
+            # One host after the other; the first that fails stops the rest.
+            async for host in _each_host(cfg, host_name):
+                await rollback(
+                    host.config, version, engine=host.engine, state=state, firewall=host.firewall
+                )
+            return None
+        if rollback_to:
+            return await rollback(cfg, version, state=state)
+        return await deploy(cfg, state=state, force=force)
+
+    try:
+        anyio.run(_interruptible, work, interrupt)
+    except Exception as exc:
+        error = exc
+    if error is None and (interrupt.signum is None or state.finished):
+        return EXIT_OK
+    if error is None and state.failures:
+        assert interrupt.signum is not None
+        error = RollbackIncomplete(
+            RollingUpdateError(f"interrupted by {signal.Signals(interrupt.signum).name}"),
+            state.failures,
+        )
+    code, line = outcome(error, state, interrupt.signum)
+    if line is not None:
+        print(describe(error, line) if error else line, file=sys.stderr, flush=True)
+    return code
+
+
+def _recover(cfg: Config, host_name: str | None = None) -> int:
+    reports: list[tuple[str | None, RecoveryReport]] = []
+    wanted = len(pick(cfg, host_name))
+
+    failed: list[tuple[str, RollingUpdateError]] = []
+
+    async def work() -> None:
+        if not cfg.hosts:
+            reports.append((None, await recover(cfg)))
+            return
+        # Each host on its own: one that cannot be reached or recovered does not keep
+        # the others from being recovered.
+        for host in pick(cfg, host_name):
+            try:
+                async with connect(cfg, host) as reached:
+                    with structlog.contextvars.bound_contextvars(host=host.name):
+                        found = await recover(
+                            reached.config, engine=reached.engine, firewall=reached.firewall
+                        )
+                reports.append((host.name, found))
+            except RollingUpdateError as exc:
+                failed.append((host.name, exc))
+
+    interrupt = Interrupt()
+    anyio.run(_interruptible, work, interrupt)
+    for name, report in reports:
+        where = f"{name}: " if name else ""
+        if report.unfinished:
+            print(f"{where}recovered an unfinished {report.unfinished}", file=sys.stderr)
+        for action in report.actions:
+            print(f"  {action}", file=sys.stderr)
+        print(f"{where}consistent: {report.outcome}", file=sys.stderr, flush=True)
+    for name, exc in failed:
+        print(describe(exc, f"{name}: error: {exc}"), file=sys.stderr, flush=True)
+    if len(reports) + len(failed) < wanted:
+        assert interrupt.signum is not None
+        print("recover interrupted; it is safe to run it again", file=sys.stderr, flush=True)
+        return EXIT_SIGNAL_BASE + interrupt.signum
+    if failed:
+        # Unreachable or locked hosts were not changed; a failed recovery needs a human.
+        worst = [outcome(exc)[0] for _, exc in failed]
+        return EXIT_ROLLBACK_INCOMPLETE if EXIT_ROLLBACK_INCOMPLETE in worst else max(worst)
+    return EXIT_OK
+
+
+def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
+    """status, history and plan of every host (or ``--host``), one section each."""
+
+    async def gather() -> list[tuple[str, Any]]:
+        found: list[tuple[str, Any]] = []
+        if args.command == "history":
+            for host in pick(cfg, args.host):
+                host_cfg = for_host(cfg, host, first=False)
+                found.append((host.name, read(host_cfg.state_dir, args.limit or None)))
+            return found
+        hosts = hosts_of(cfg)
+        for host in pick(cfg, args.host):
+            try:
+                async with connect(cfg, host) as reached:
+                    if args.command == "status":
+                        report = await status(
+                            reached.config, engine=reached.engine, firewall=reached.firewall
+                        )
+                    else:
+                        canary = hosts[0].name
+                        report = await plan(
+                            reached.config,
+                            engine=reached.engine,
+                            firewall=reached.firewall,
+                            copied_from=None if host.name == canary else canary,
+                        )
+            except RollingUpdateError as exc:
+                # One host that cannot be reached is shown as such; the others still are.
+                report = {"error": str(redactor.scrub(str(exc)))}
+            found.append((host.name, report))
+        return found
+
+    sections = anyio.run(gather)
+    code = EXIT_ROLLED_BACK if any("error" in body for _, body in sections) else EXIT_OK
+    if args.json:
+        data = {
+            name: [e.model_dump() for e in body] if args.command == "history" else body
+            for name, body in sections
+        }
+        print(json.dumps({"hosts": data}, indent=2, default=str))
+        return code
+    for name, body in sections:
+        print(f"== host {name}")
+        if isinstance(body, dict) and "error" in body:
+            print(f"error: {body['error']}")
+        elif args.command == "history":
+            print(format_history(body))
+        elif args.command == "status":
+            print(format_status(body))
+        else:
+            print(format_plan(body))
+    return code
+
+
+def _show_one(args: argparse.Namespace, entries: list[HistoryEntry]) -> int:
+    found = [e for e in entries if e.id.startswith(args.show)]
+    if len(found) != 1:
+        why = "no run" if not found else f"{len(found)} runs"
+        print(f"error: {why} with id {args.show!r} in the history", file=sys.stderr)
+        return EXIT_USAGE
+    entry = found[0]
+    if args.json:
+        print(json.dumps(entry.model_dump(), indent=2))
+        return EXIT_OK
+    print(format_history([entry]))
+    print(render_timeline(entry.timeline) if entry.timeline else "(no timeline recorded)")
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, cfg: Config) -> int:
+    if cfg.hosts:
+        return _show_hosts(args, cfg)
+    if args.command == "history" and args.show:
+        return _show_one(args, read(cfg.state_dir))
+    if args.command == "history":
+        entries = read(cfg.state_dir, args.limit or None)
+        if args.json:
+            print(json.dumps([e.model_dump() for e in entries], indent=2))
+        else:
+            print(format_history(entries))
+        return EXIT_OK
+    work = status if args.command == "status" else plan
+    report = anyio.run(work, cfg)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_status(report) if args.command == "status" else format_plan(report))
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    found: list[Load] = []
+    interrupt = Interrupt()
+
+    async def work() -> None:
+        found.append(await run_demo(args.base))
+
+    anyio.run(_interruptible, work, interrupt)
+    if interrupt.signum is not None:
+        print("demo interrupted: everything it made is removed", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + interrupt.signum
+    load = found[0]
+    print(
+        f"demo: 2.0.0 deployed, broken 3.0.0 rolled back; requests served {load.served}, "
+        f"failed {load.failed}; nothing left behind",
+        file=sys.stderr,
+    )
+    return EXIT_OK if load.failed == 0 else EXIT_ROLLED_BACK
+
+
+def _init(args: argparse.Namespace) -> int:
+    refuse_existing(args.output, args.force)
+    found, green_port = anyio.run(partial(survey, args.container, health_path=args.health))
+    write_config(
+        found,
+        green_port,
+        args.output,
+        context=args.context,
+        version_file=args.version_file,
+        force=args.force,
+    )
+    notes = found.notes
+    for note in notes:
+        print(f"  {note}", file=sys.stderr)
+    print(
+        f"wrote {args.output}; next: python -m rolling_update plan --config {args.output}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        # Reports own standard output; their log lines (a plan's preflight) go beside it.
+        reports = args.command in ("status", "history", "plan")
+        configure(getattr(args, "log_format", "console"), sys.stderr if reports else None)
+        if args.command == "init":
+            return _init(args)
+        if args.command == "demo":
+            return _demo(args)
+        cfg = load_config(args.config)
+        if args.command == "deploy":
+            return _deploy(cfg, force=args.force)
+        if args.command == "rollback":
+            return _deploy(cfg, args.version, rollback_to=True, host_name=args.host)
+        if args.command == "recover":
+            return _recover(cfg, args.host)
+        return _show(args, cfg)
+    except KeyboardInterrupt:
+        # Only reachable before the engine is touched: later, signals are ours.
+        print("interrupted before anything was changed", file=sys.stderr, flush=True)
+        return EXIT_SIGNAL_BASE + signal.SIGINT
+    except Exception as exc:
+        code, line = outcome(exc)
+        print(describe(exc, line or str(exc)), file=sys.stderr, flush=True)
+        return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

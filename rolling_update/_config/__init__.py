@@ -1,0 +1,1 @@
+"""Configuration: the TOML file, its models, and the files it names."""

@@ -1,0 +1,726 @@
+"""Config: a TOML file validated by pydantic, plus the files it names.
+
+Everything that can be wrong with the input is found here, before the first
+Docker call, and reported as a :class:`ConfigError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rolling_update._errors import ConfigError
+
+DEFAULT_CONFIG = Path("rolling-update.toml")
+
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_EXPANSION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(ge=0, le=86_400)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_env_names(env: dict[str, str]) -> dict[str, str]:
+    for key in env:
+        if not _ENV_NAME.match(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+    return env
+
+
+EnvMap = Annotated[dict[str, str], AfterValidator(_check_env_names)]
+
+
+class ServiceConfig(_Section):
+    name: str = Field(description="Name of the production container (blue, then the new one).")
+    green_name: str = Field(description="Name of the container that warms up beside blue.")
+    host: str = Field("127.0.0.1", description="Address the tool probes the service on.")
+    port: Port = Field(description="Port production serves on.")
+    green_port: Port = Field(description="Port green serves on while it warms up.")
+    port_env: list[str] = Field(
+        default_factory=lambda: ["PORT"],
+        min_length=1,
+        description="Env var(s) that tell the app which port to bind; each gets the port.",
+    )
+    network: str = Field("host", description="Docker network mode of every container.")
+    env_file: Path | None = Field(
+        None, description="Env file passed to every container (docker --env-file format)."
+    )
+    restart: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
+        "unless-stopped",
+        description="Restart policy of the new production container when there is no blue "
+        "(blue's own otherwise). Green always runs with no: a daemon restart must not bring "
+        "back a green beside blue.",
+    )
+    stop_timeout: int = Field(
+        10, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL when stopping blue."
+    )
+
+    @field_validator("name", "green_name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _CONTAINER_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+            )
+        return value
+
+    @field_validator("port_env")
+    @classmethod
+    def _valid_port_env(cls, value: list[str]) -> list[str]:
+        _check_env_names(dict.fromkeys(value, ""))
+        return value
+
+    def url(self, port: int, path: str) -> str:
+        """Where the tool probes ``path`` of the service on ``port``."""
+        return f"http://{self.host}:{port}{path}"
+
+    @property
+    def old_name(self) -> str:
+        """Name blue carries between the switch and its removal."""
+        return f"{self.name}-old"
+
+    @property
+    def migrate_name(self) -> str:
+        """Name of the one-off migration container."""
+        return f"{self.name}-migrate"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ServiceConfig:
+        if self.port == self.green_port:
+            raise ValueError(f"port and green_port are both {self.port}; they must differ")
+        if self.name == self.green_name:
+            raise ValueError("name and green_name must differ")
+        return self
+
+
+class ImageConfig(_Section):
+    name: str = Field(
+        description="Image reference to build and run; '{version}' is replaced by the version."
+    )
+    version_file: Path = Field(description="JSON file holding the version (e.g. package.json).")
+    version_key: str = Field("version", description="Key of the version in version_file.")
+    tags: list[str] = Field(
+        default_factory=list,
+        description="More tags (e.g. latest) for the new image: set right before the switch, "
+        "moved back to the previous image if the deploy rolls back.",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not _TAG.match(tag):
+                raise ValueError(f"{tag!r} is not a valid image tag")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        try:
+            value.format(version="0")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad template {value!r}: only {{version}} may be used") from exc
+        return value
+
+
+class BuildConfig(_Section):
+    enabled: bool = Field(True, description="Build the image; false expects it to exist.")
+    context: Path | None = Field(None, description="Docker build context directory.")
+    dockerfile: str = Field("Dockerfile", description="Dockerfile path inside the context.")
+    args: dict[str, str] = Field(default_factory=dict, description="Build arguments.")
+    command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="External build command instead of context; '{image}' is replaced.",
+    )
+    workdir: Path = Field(
+        Path("."), description="Where build.command runs (relative to the config file)."
+    )
+    timeout: PositiveSeconds = Field(900, description="Deadline of the build, in seconds.")
+    builder: Literal["auto", "buildkit", "classic"] = Field(
+        "auto",
+        description="buildkit: the engine's BuildKit through the docker CLI; classic: the "
+        "engine API's builder; auto: BuildKit when the CLI can, else classic.",
+    )
+    docker_cli: str = Field("docker", description="The docker CLI BuildKit builds go through.")
+    target: str | None = Field(None, description="Build stage to stop at (--target).")
+    pull: bool = Field(False, description="Pull newer base images first (--pull).")
+    no_cache: bool = Field(False, description="Build without the layer cache (--no-cache).")
+    keep: int = Field(
+        3, ge=0, description="Images of this service the tool built to keep; older go. 0: all."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> BuildConfig:
+        if self.enabled and (self.context is None) == (self.command is None):
+            raise ValueError("set exactly one of build.context and build.command")
+        return self
+
+
+class MigrateConfig(_Section):
+    commands: list[list[str]] = Field(
+        default_factory=list, description="Commands run in order in a one-off container."
+    )
+    timeout: PositiveSeconds = Field(600, description="Deadline of each migration command.")
+    stop_timeout: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="Seconds between SIGTERM and SIGKILL when a migration is interrupted.",
+    )
+    blue_check: list[str] = Field(
+        default_factory=list,
+        description="Run after the migrations in a one-off container of blue's image: exit 0 "
+        "says blue could boot again on the migrated schema. A failure means a rollback after "
+        "the switch cannot restart blue (said in the log and by plan; exit 3 if it comes to "
+        "that). Empty: no check, blue is assumed bootable.",
+    )
+
+    @field_validator("commands")
+    @classmethod
+    def _non_empty(cls, value: list[list[str]]) -> list[list[str]]:
+        if any(not command for command in value):
+            raise ValueError("a migration command must not be empty")
+        return value
+
+
+class GreenConfig(_Section):
+    env: EnvMap = Field(
+        default_factory=dict,
+        repr=False,
+        description="Env overrides for green only, while it runs beside blue.",
+    )
+
+
+class HealthConfig(_Section):
+    path: str = Field("/health", description="Health endpoint path.")
+    expect_status: int = Field(200, ge=100, le=599, description="HTTP status that counts.")
+    expect_json: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Fields (dotted paths) the JSON body must have, with these values.",
+    )
+    version_field: str | None = Field(
+        "version",
+        description="Dotted path of the version in the answer of version_path; empty to skip.",
+    )
+    version_path: str = Field(
+        "",
+        description="Endpoint that carries the version (Brain: /api/brain/hardening/status); "
+        "empty: the health answer itself.",
+    )
+    docker: Literal["ignore", "fail-unhealthy", "require-healthy"] = Field(
+        "fail-unhealthy",
+        description="Docker's own healthcheck (image or compose): an unhealthy green or "
+        "production fails the deploy; require-healthy also waits for healthy.",
+    )
+    interval: PositiveSeconds = Field(5.0, description="Seconds between green health probes.")
+    attempts: int = Field(12, ge=1, le=10_000, description="Probes before green counts as dead.")
+    request_timeout: PositiveSeconds = Field(2.0, description="Deadline of one HTTP probe.")
+    max_body_bytes: int = Field(65_536, ge=64, description="Larger answers count as unhealthy.")
+
+
+class TickConfig(_Section):
+    enabled: bool = Field(True, description="Wait for blue's tick boundary before switching.")
+    path: str = Field("/api/brain/tick/status", description="Tick status endpoint path.")
+    interval: PositiveSeconds = Field(0.5, description="Seconds between tick status polls.")
+    timeout: PositiveSeconds = Field(300, description="Deadline for a safe tick boundary.")
+    settle: Seconds = Field(10, description="Seconds to wait after the tick ends (0 allowed).")
+    guard: Seconds = Field(
+        5, description="No switch starts when next_tick is less than this many seconds away."
+    )
+    overdue: PositiveSeconds = Field(
+        30,
+        description="A next_tick this many seconds in the past is stale (said once); from "
+        "then on only tick_running decides.",
+    )
+
+
+class VerifyConfig(_Section):
+    interval: PositiveSeconds = Field(0.02, description="Seconds between production probes.")
+    timeout: PositiveSeconds = Field(30, description="Deadline for production to serve.")
+    soak: Seconds = Field(
+        5,
+        description="Seconds production stays watched after it first serves, blue kept; 0: none.",
+    )
+    soak_interval: PositiveSeconds = Field(
+        0.5, description="Seconds between health probes of production during the soak."
+    )
+
+
+class SwitchConfig(_Section):
+    mode: Literal["handoff", "restart"] = Field(
+        "handoff",
+        description="handoff: nftables moves production's port to green while blue is "
+        "replaced (zero failed requests; falls back to restart, saying why, without root "
+        "and nftables or off the host network); restart: stop blue, start the new one.",
+    )
+    drain: Seconds = Field(
+        2.0,
+        description="Seconds green keeps serving the connections it took, after the handoff "
+        "ends, before it is stopped.",
+    )
+
+
+class LimitsConfig(_Section):
+    two_containers: PositiveSeconds = Field(
+        300, description="Seconds blue and green may run side by side; past it, roll back."
+    )
+    green_memory_mb: float = Field(
+        500, ge=0, description="Green's memory bar in MiB (without page cache); 0: no check."
+    )
+
+
+class StateConfig(_Section):
+    dir: Path | None = Field(
+        None,
+        description="Directory of the lock and journal of each service on this host "
+        "(relative to the config file); default: /var/lib/rolling-update as root, "
+        "else $XDG_STATE_HOME/rolling-update.",
+    )
+
+
+class RollbackConfig(_Section):
+    step_timeout: PositiveSeconds = Field(30, description="Deadline of each compensation.")
+    timeout: PositiveSeconds = Field(
+        60, description="Deadline of the whole rollback (all compensations together)."
+    )
+
+
+class SecretsConfig(_Section):
+    keys: list[str] = Field(
+        default_factory=list,
+        description="Env and build-arg keys whose values are secret, besides those that "
+        "look secret by name.",
+    )
+    public: list[str] = Field(
+        default_factory=list,
+        description="Keys whose values are never treated as secret, even if they look it.",
+    )
+
+
+class HooksConfig(_Section):
+    pre_build: str | None = Field(
+        None, description="Shell command before the build; failing, nothing is changed."
+    )
+    pre_deploy: str | None = Field(
+        None, description="Shell command before the first change; failing, nothing is changed."
+    )
+    post_deploy: str | None = Field(None, description="Shell command after a deploy that serves.")
+    post_rollback: str | None = Field(
+        None, description="Shell command after a deploy that was rolled back or interrupted."
+    )
+    timeout: PositiveSeconds = Field(300, description="Deadline of each hook, in seconds.")
+
+
+class MetricsConfig(_Section):
+    textfile: Path | None = Field(
+        None,
+        description="Prometheus text file (node_exporter's textfile collector), rewritten "
+        "atomically after every run; none: no metrics. With [[hosts]], one file per host "
+        "(NAME-HOST.prom), each series labelled host=HOST.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels added to every series (e.g. a region)."
+    )
+
+
+class HostConfig(_Section):
+    """One Docker host the service runs on; the first in the list is the canary."""
+
+    name: str = Field(description="The host's name, in logs, state and --host.")
+    engine: str = Field(
+        "unix:///var/run/docker.sock",
+        description="Engine address: unix:///path, tcp://host:port (TLS with cert_path), "
+        "or ssh://[user@]host[:port] (the remote engine socket forwarded over SSH; the "
+        "user's ~/.ssh/config, known_hosts and agent are used).",
+    )
+    cert_path: Path | None = Field(
+        None,
+        description="tcp://: directory with ca.pem, cert.pem and key.pem (as DOCKER_CERT_PATH); "
+        "the engine's certificate is verified against ca.pem.",
+    )
+    socket: str = Field(
+        "/var/run/docker.sock", description="ssh://: the engine's socket on the remote host."
+    )
+    ssh_config: Path | None = Field(
+        None, description="ssh://: OpenSSH client config to read instead of ~/.ssh/config."
+    )
+    probe: Literal["direct", "ssh"] = Field(
+        "direct",
+        description="direct: probe the service at address; ssh: through the engine's SSH "
+        "connection, at the remote host's loopback.",
+    )
+    address: str | None = Field(
+        None,
+        description="Address the service is probed at (direct); default: the engine "
+        "address's host, or service.host for unix://.",
+    )
+    env: EnvMap = Field(
+        default_factory=dict, repr=False, description="Env for this host, on top of [env]."
+    )
+    port: Port | None = Field(None, description="service.port on this host.")
+    green_port: Port | None = Field(None, description="service.green_port on this host.")
+    container: str | None = Field(None, description="service.name on this host.")
+    green_container: str | None = Field(None, description="service.green_name on this host.")
+    bypass_port: Port | None = Field(
+        None,
+        description="Remote handoff: while production's port is redirected, the tool reaches "
+        "the real production port through this one; default: port + 10000 (or - 10000).",
+    )
+    helper_image: str | None = Field(
+        None,
+        description="Remote handoff: an image with nft for the helper container, which then "
+        "runs its own nft without the host's root mounted; default: blue's image, running "
+        "the host's nft through chroot.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", value):
+            raise ValueError(f"{value!r} is not a valid host name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _valid_engine(cls, value: str) -> str:
+        if not re.match(r"^(unix|tcp|ssh)://.", value):
+            raise ValueError(f"{value!r}: use unix://, tcp:// or ssh://")
+        return value
+
+    @property
+    def local(self) -> bool:
+        """Whether the engine (and so the handoff's nftables) is this machine's."""
+        return self.engine.startswith("unix://")
+
+
+class RolloutConfig(_Section):
+    parallel: int = Field(
+        1, ge=1, le=100, description="Hosts updated at a time after the canary (the first)."
+    )
+    on_failure: Literal["stop", "rollback-all"] = Field(
+        "stop",
+        description="When a host fails (it rolls back itself): stop leaves the hosts already "
+        "updated on the new version; rollback-all takes them back too.",
+    )
+    migrate: Literal["once", "per-host"] = Field(
+        "once",
+        description="once: migrations run on the canary, before any switch (a shared "
+        "database); per-host: on every host.",
+    )
+    distribute: Literal["stream", "registry"] = Field(
+        "stream",
+        description="How the image built on the canary reaches the other hosts: stream "
+        "(save into each engine's load, no registry) or registry (push once, each host "
+        "pulls; image.name must start with the registry's host).",
+    )
+    connect_timeout: PositiveSeconds = Field(
+        20, description="Deadline for reaching each host's engine (SSH included)."
+    )
+    distribute_timeout: PositiveSeconds = Field(
+        900, description="Deadline for copying the image to one host."
+    )
+    revert_timeout: PositiveSeconds = Field(
+        600,
+        description="rollback-all: deadline of taking one updated host back (it runs even "
+        "after Ctrl-C, shielded, within this).",
+    )
+
+
+Moment = Literal["green-answers", "green-healthy", "before-switch", "rollback", "after-soak"]
+Target = Literal["blue", "green", "production"]
+JsonScalar = str | int | float | bool
+
+
+class FieldRule(_Section):
+    path: str = Field(description="Endpoint read (GET) on the same target.")
+    field: str = Field(description="Dotted path of a field in its JSON answer.")
+    equals: JsonScalar = Field(description="The value the field must have.")
+
+
+class WaitRule(FieldRule):
+    interval: PositiveSeconds = Field(0.5, description="Seconds between polls.")
+    timeout: PositiveSeconds = Field(60, description="Deadline of the wait.")
+
+
+class ActionConfig(_Section):
+    """An HTTP call the deploy makes at a named moment, against a named container."""
+
+    name: str = Field(description="What the action does, for the log.")
+    moment: Moment = Field(
+        description="green-answers (green's first HTTP answer), green-healthy, before-switch "
+        "(after blue's tick boundary, before its SIGTERM), rollback (when the deploy rolls "
+        "back past before-switch), after-soak (the new version is committed)."
+    )
+    target: Target = Field(
+        description="Whose port: blue (production's, before the switch), "
+        "green, or production (after the switch)."
+    )
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field("POST", description="Method.")
+    path: str = Field(description="Path of the call.")
+    body: dict[str, Any] | None = Field(None, description="JSON body, if any.")
+    expect_status: int = Field(200, ge=100, le=599, description="Status that counts as done.")
+    wait: WaitRule | None = Field(None, description="Then wait until a field reaches a value.")
+    unless: FieldRule | None = Field(
+        None, description="Skip the call when a GET on the same target shows this value."
+    )
+    optional: bool = Field(False, description="A failure is logged, not a reason to roll back.")
+    timeout: PositiveSeconds = Field(10, description="Deadline of the call itself.")
+
+    @model_validator(mode="after")
+    def _target_exists_then(self) -> ActionConfig:
+        if (self.target == "production") != (self.moment == "after-soak"):
+            raise ValueError(
+                "target production exists only after the soak: use moment after-soak with it, "
+                "and blue or green before"
+            )
+        if self.moment in ("green-answers", "green-healthy") and self.target == "production":
+            raise ValueError("no production container exists while green warms up")
+        return self
+
+
+class Config(_Section):
+    service: ServiceConfig
+    image: ImageConfig
+    build: BuildConfig = Field(default_factory=lambda: BuildConfig(enabled=False))
+    migrate: MigrateConfig = Field(default_factory=MigrateConfig)
+    env: EnvMap = Field(
+        default_factory=dict,
+        repr=False,
+        description="Env for every container; ${VAR:-default} is expanded from the tool's env.",
+    )
+    green: GreenConfig = Field(default_factory=GreenConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    tick: TickConfig = Field(default_factory=TickConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    switch: SwitchConfig = Field(default_factory=SwitchConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    actions: list[ActionConfig] = Field(
+        default_factory=list, description="HTTP calls at named moments of the deploy."
+    )
+    hosts: list[HostConfig] = Field(
+        default_factory=list,
+        description="Docker hosts, canary first; none: the local engine (DOCKER_HOST).",
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+    @model_validator(mode="after")
+    def _registry_named(self) -> Config:
+        if self.rollout.distribute == "registry" and registry_of(self.image.name) is None:
+            raise ValueError(
+                "rollout.distribute = registry: image.name must start with the registry's host "
+                f"(registry.example.com/name:{{version}}), not {self.image.name!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _hosts_distinct(self) -> Config:
+        names = [h.name for h in self.hosts]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"hosts: the name {name!r} is used twice")
+        for h in self.hosts:
+            port = h.port or self.service.port
+            if port == (h.green_port or self.service.green_port):
+                raise ValueError(f"hosts.{h.name}: port and green_port are both {port}")
+            if h.bypass_port is not None and h.bypass_port in (
+                port,
+                h.green_port or self.service.green_port,
+            ):
+                raise ValueError(f"hosts.{h.name}: bypass_port must differ from both ports")
+        return self
+
+    def actions_at(self, moment: Moment) -> list[ActionConfig]:
+        return [a for a in self.actions if a.moment == moment]
+
+    @property
+    def state_dir(self) -> Path:
+        """This service's own state directory on this host."""
+        return (self.state.dir or default_state_dir()) / self.service.name
+
+
+def registry_of(image: str) -> str | None:
+    """The registry host an image reference names, as Docker reads it, or ``None``."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Per host, never per checkout: two checkouts of one service must share it."""
+    environ = os.environ if environ is None else environ
+    if os.geteuid() == 0:
+        return Path("/var/lib/rolling-update")
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "rolling-update"
+
+
+def expand(value: str, environ: Mapping[str, str], *, key: str) -> str:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$$`` the way compose files do."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = environ.get(name)
+        if found:
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(f"${{{name}}} is not set and has no default", key=key)
+
+    return _EXPANSION.sub(substitute, value)
+
+
+def _format_validation(exc: pydantic.ValidationError) -> str:
+    # Our own wording, because pydantic's repeats the input value, and an env
+    # value may be a secret.
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        parts.append(f"{loc}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str], source: str
+) -> Config:
+    """Validate parsed TOML; resolve paths against ``base_dir`` and expand env values."""
+    try:
+        cfg = Config.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_format_validation(exc), source=source) from None
+
+    def resolve(path: Path | None) -> Path | None:
+        return None if path is None else (base_dir / path).resolve()
+
+    try:
+        env = {k: expand(v, environ, key=f"env.{k}") for k, v in cfg.env.items()}
+        green_env = {k: expand(v, environ, key=f"green.env.{k}") for k, v in cfg.green.env.items()}
+        host_env = {
+            h.name: {k: expand(v, environ, key=f"hosts.{h.name}.env.{k}") for k, v in h.env.items()}
+            for h in cfg.hosts
+        }
+    except ConfigError as exc:
+        raise ConfigError(str(exc), source=source) from None
+    return cfg.model_copy(
+        update={
+            "env": env,
+            "green": cfg.green.model_copy(update={"env": green_env}),
+            "service": cfg.service.model_copy(update={"env_file": resolve(cfg.service.env_file)}),
+            "image": cfg.image.model_copy(update={"version_file": resolve(cfg.image.version_file)}),
+            "build": cfg.build.model_copy(
+                update={
+                    "context": resolve(cfg.build.context),
+                    "workdir": resolve(cfg.build.workdir),
+                }
+            ),
+            "metrics": cfg.metrics.model_copy(update={"textfile": resolve(cfg.metrics.textfile)}),
+            "hosts": [
+                h.model_copy(
+                    update={
+                        "cert_path": resolve(h.cert_path),
+                        "ssh_config": resolve(h.ssh_config),
+                        "env": host_env[h.name],
+                    }
+                )
+                for h in cfg.hosts
+            ],
+            "state": cfg.state.model_copy(
+                update={"dir": resolve(cfg.state.dir) or default_state_dir(environ)}
+            ),
+        }
+    )
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the config file at ``path``."""
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", source=source) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("config is not UTF-8 text", source=source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", source=source) from None
+    return parse_config(
+        data,
+        base_dir=path.resolve().parent,
+        environ=os.environ if environ is None else environ,
+        source=source,
+    )
+
+
+def read_version(cfg: ImageConfig) -> str:
+    """The version in ``version_file`` under ``version_key``."""
+    source = str(cfg.version_file)
+    try:
+        data = json.loads(cfg.version_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read version file: {exc.strerror or exc}", source=source
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"version file is not JSON: {exc}", source=source) from None
+    version = data.get(cfg.version_key) if isinstance(data, dict) else None
+    if not isinstance(version, str) or not re.fullmatch(
+        r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}", version
+    ):
+        raise ConfigError(
+            "missing, or not usable as an image tag", source=source, key=cfg.version_key
+        )
+    return version
+
+
+def read_env_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Parse a file in ``docker run --env-file`` format.
+
+    Like Docker: no quote handling, ``#`` starts a comment line, and a bare
+    ``NAME`` takes its value from the environment (and is dropped when unset).
+    """
+    environ = os.environ if environ is None else environ
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file: {exc.strerror or exc}", source=source) from None
+    except UnicodeDecodeError:
+        raise ConfigError("env file is not UTF-8 text", source=source) from None
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = stripped.partition("=")
+        if not _ENV_NAME.match(name):
+            # The value is not quoted in the message: it may be a secret.
+            raise ConfigError(f"line {number}: invalid variable name", source=source)
+        if sep:
+            env[name] = value
+        elif name in environ:
+            env[name] = environ[name]
+    return env

@@ -1,0 +1,1 @@
+"""One deploy: the saga runner, the context steps share, blue's twin, what may be removed."""

@@ -1,0 +1,201 @@
+"""The saga runner: steps in order; on failure or cancellation, undo in reverse.
+
+A step is anything with ``name``, ``title``, ``run(ctx)`` and
+``compensate(ctx)`` (:class:`Step`); no base class is needed. The runner
+records a step as started *before* awaiting ``run()``, so a step that fails
+half-way is compensated too; compensations must therefore be idempotent and
+treat "nothing to undo" as success.
+
+A step whose ``pivot`` attribute is true is the point of no return: once it
+has succeeded, the steps before it are no longer undone (the new version was
+verified; a failure after that must not roll back a healthy deploy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import anyio
+import structlog
+
+from rolling_update._errors import FailedAfterCommit, RollbackIncomplete
+from rolling_update._observe.logs import redactor
+
+Ctx = TypeVar("Ctx", contravariant=True)
+
+
+class Step(Protocol[Ctx]):
+    """The shape of a step; a plain class with these members is one."""
+
+    name: str
+    title: str
+
+    async def run(self, ctx: Ctx) -> None: ...
+
+    async def compensate(self, ctx: Ctx) -> None: ...
+
+
+class SagaState:
+    """What the runner has done so far, readable after an interrupt.
+
+    ``current`` is set before a step's ``run()``, ``committed`` once a pivot
+    step has succeeded; ``on_progress`` (the deploy journal) is called after
+    each of those changes, before the step acts. ``failures`` names
+    compensations that did not finish.
+    """
+
+    def __init__(self, on_progress: Callable[[SagaState], None] | None = None) -> None:
+        self.current: str | None = None
+        self.committed = False
+        self.finished = False
+        self.failures: list[tuple[str, str]] = []
+        self.on_progress = on_progress
+        self.phases: list[Phase] = []
+        """Every step run and every undo, with its monotonic start and end (the timeline)."""
+
+    def begin(self, step: str) -> None:
+        self.current = step
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    def commit(self) -> None:
+        self.committed = True
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    seconds: float
+
+
+@dataclass
+class Phase:
+    """One step's run or undo on the monotonic clock; ``result`` once it ended."""
+
+    name: str
+    title: str
+    began: float
+    ended: float | None = None
+    result: str = "running"
+    """done, failed, interrupted, undone, undo-failed."""
+
+
+C = TypeVar("C")
+
+
+async def run_saga(
+    steps: Sequence[Step[C]],
+    ctx: C,
+    *,
+    compensate_limit: float,
+    rollback_limit: float | None = None,
+    state: SagaState | None = None,
+) -> list[StepRecord]:
+    """Run ``steps`` in order with ``ctx``; return how long each took.
+
+    On an exception or cancellation, every started step since the last pivot
+    is compensated in reverse order, each shielded and bounded by
+    ``compensate_limit`` seconds, all of them together by ``rollback_limit``;
+    then the original exception propagates. When a compensation fails and the
+    original was an ``Exception``, :class:`RollbackIncomplete` (caused by the
+    original) is raised instead. An ``Exception`` after a pivot is raised as
+    :class:`FailedAfterCommit`: nothing is rolled back then.
+    """
+    log = structlog.get_logger()
+    state = state if state is not None else SagaState()
+    started: list[Step[C]] = []
+    records: list[StepRecord] = []
+    total = len(steps)
+    try:
+        for index, step in enumerate(steps, start=1):
+            with structlog.contextvars.bound_contextvars(step=step.name):
+                log.info("deploy.step.started", index=index, total=total, title=step.title)
+                state.begin(step.name)
+                started.append(step)
+                began = time.monotonic()
+                phase = Phase(step.name, step.title, began)
+                state.phases.append(phase)
+                await step.run(ctx)
+                phase.ended, phase.result = time.monotonic(), "done"
+                seconds = phase.ended - began
+                records.append(StepRecord(step.name, seconds))
+                log.info(
+                    "deploy.step.done",
+                    index=index,
+                    total=total,
+                    title=step.title,
+                    seconds=round(seconds, 3),
+                )
+                if getattr(step, "pivot", False):
+                    state.commit()
+                    started.clear()
+    except BaseException as exc:
+        last = state.phases[-1] if state.phases else None
+        if last is not None and last.ended is None:
+            last.ended = time.monotonic()
+            last.result = "failed" if isinstance(exc, Exception) else "interrupted"
+        failed = started[-1].name if started else state.current
+        with structlog.contextvars.bound_contextvars(step=failed):
+            if isinstance(exc, Exception):
+                log.error(
+                    "deploy.step.failed", error=redactor.scrub(str(exc) or type(exc).__name__)
+                )
+            else:
+                log.warning("deploy.step.interrupted", reason=type(exc).__name__)
+        failures = await _unwind(started, ctx, compensate_limit, rollback_limit, state.phases)
+        state.failures = failures
+        if state.committed and isinstance(exc, Exception):
+            # Only the steps after the pivot were undone: the new version serves.
+            raise FailedAfterCommit(exc, failed) from exc
+        if failures:
+            log.error("deploy.rollback.incomplete", failures=[f"{s}: {w}" for s, w in failures])
+            if isinstance(exc, Exception):
+                raise RollbackIncomplete(exc, failures) from exc
+        elif started:
+            log.info("deploy.rollback.done", undone=[s.name for s in reversed(started)])
+        raise
+    state.finished = True
+    return records
+
+
+async def _unwind(
+    started: list[Step[C]], ctx: C, limit: float, total: float | None, phases: list[Phase]
+) -> list[tuple[str, str]]:
+    log = structlog.get_logger()
+    failures: list[tuple[str, str]] = []
+    ends = None if total is None else anyio.current_time() + total
+    for step in reversed(started):
+        with structlog.contextvars.bound_contextvars(step=step.name):
+            budget = limit if ends is None else min(limit, ends - anyio.current_time())
+            if budget <= 0:
+                assert total is not None
+                failures.append((step.name, f"not undone: the rollback's {total:g}s had passed"))
+                log.error("deploy.compensate.failed", error="rollback deadline passed")
+                continue
+            log.info("deploy.compensate.started", title=step.title)
+            phase = Phase(f"undo {step.name}", step.title, time.monotonic())
+            phases.append(phase)
+            with anyio.move_on_after(budget, shield=True) as scope:
+                try:
+                    await step.compensate(ctx)
+                except Exception as exc:
+                    # One failed undo must not stop the others from running.
+                    why = redactor.scrub(str(exc) or type(exc).__name__)
+                    failures.append((step.name, why))
+                    log.error("deploy.compensate.failed", error=why)
+                    phase.ended, phase.result = time.monotonic(), "undo-failed"
+                    continue
+            phase.ended = time.monotonic()
+            if scope.cancelled_caught:
+                phase.result = "undo-failed"
+                failures.append((step.name, f"did not finish within {budget:g}s"))
+                log.error("deploy.compensate.failed", error=f"deadline of {budget:g}s passed")
+            else:
+                phase.result = "undone"
+                log.info("deploy.compensate.done")
+    return failures

@@ -1,0 +1,1 @@
+"""The Docker seam: specs, the engine protocol, the aiodocker adapter, registry, build context."""

@@ -1,0 +1,859 @@
+"""The Docker seam: pure container specs, and the one class that talks to Docker.
+
+Steps describe containers with :class:`ContainerSpec` (a value, tested by
+equality) and act through the :class:`Engine` protocol. :class:`DockerEngine`
+implements it on aiodocker and is the only place aiodocker and its errors are
+seen; :class:`rolling_update.testing.FakeEngine` implements it in memory.
+
+Streaming calls (log follow, events) each get a client of their own that is
+closed when the stream ends: cancelling a streaming call in aiodocker 0.27
+leaks its pooled connection, and enough leaks make every later call hang.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiodocker
+import aiohttp
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskStatus
+
+from rolling_update._engine.build_context import build_context_tar
+from rolling_update._errors import BuildFailed, EngineError, EngineUnavailable
+
+LABEL_MANAGED_PREFIX = "io.rolling-update."
+LABEL_MANAGED = "io.rolling-update.managed"
+LABEL_CONFIG_ENV = "io.rolling-update.config-env"
+"""Env keys the tool set from its config: a twin of this container drops them first."""
+LABEL_ROLE = "io.rolling-update.role"
+LABEL_SERVICE = "io.rolling-update.service"
+LABEL_DEPLOY = "io.rolling-update.deploy-id"
+LABEL_VERSION = "io.rolling-update.version"
+
+LABEL_IMAGE = "io.rolling-update.image"
+LABEL_MARKER_PID = "io.rolling-update.pid"
+LABEL_MARKER_HOST = "io.rolling-update.host"
+LABEL_MARKER_SINCE = "io.rolling-update.since"
+
+_CLOSE_LIMIT = 5.0
+_CHUNK = 1 << 20
+# An engine that takes longer than this to create, start, rename or remove a
+# container is not coming back; stop gets its grace period on top. Kept short:
+# an interrupted deploy waits for the call in flight before its rollback, and
+# the two together must fit a service manager's stop timeout (README).
+MUTATION_LIMIT = 15.0
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one container; ``to_api`` is the Docker JSON.
+
+    ``base`` is the rest of a create body (blue's twin: ``HostConfig`` and
+    Config fields); the named fields are laid over it. ``networks`` are
+    user-defined networks to join, with aliases there.
+    """
+
+    name: str
+    image: str
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    command: Sequence[str] | None = None
+    network: str = "host"
+    restart: str = "unless-stopped"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    stop_timeout: int | None = None
+    base: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    networks: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def to_api(self) -> dict[str, Any]:
+        config: dict[str, Any] = copy.deepcopy(dict(self.base))
+        host_config: dict[str, Any] = config.setdefault("HostConfig", {})
+        host_config["NetworkMode"] = self.network
+        retries = (host_config.get("RestartPolicy") or {}).get("MaximumRetryCount", 0)
+        host_config["RestartPolicy"] = {
+            "Name": self.restart,
+            "MaximumRetryCount": retries if self.restart == "on-failure" else 0,
+        }
+        config.update(
+            Image=self.image,
+            Env=[f"{k}={v}" for k, v in self.env.items()],
+            Labels=dict(self.labels),
+        )
+        if self.command is not None:
+            config["Cmd"] = list(self.command)
+        if self.stop_timeout is not None and "StopTimeout" not in config:
+            config["StopTimeout"] = self.stop_timeout
+        if self.network in self.networks:
+            # One network at create (API 1.41); the others are joined before start.
+            aliases = list(self.networks[self.network])
+            config["NetworkingConfig"] = {"EndpointsConfig": {self.network: {"Aliases": aliases}}}
+        return config
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What the tool needs to know of an existing container."""
+
+    id: str
+    name: str
+    image: str
+    running: bool
+    status: str
+    labels: Mapping[str, str]
+    restart_count: int
+    exit_code: int
+    created: float  # unix time, nanosecond precision where the engine gives it
+    image_id: str = ""
+    """The id (sha256:...) of the image it runs, whatever tag it was created from."""
+    health: str | None = None
+    """Docker's own healthcheck status (starting, healthy, unhealthy), if it has one."""
+
+    @property
+    def managed(self) -> bool:
+        return self.labels.get(LABEL_MANAGED) == "true"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """``docker build`` flags besides the context, Dockerfile, tag and build args."""
+
+    target: str | None = None
+    pull: bool = False
+    no_cache: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: list[str]
+    created: float
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One engine event of a container: ``die``, ``start``, ``oom``, ``restart``..."""
+
+    action: str
+    container_id: str
+    time_nano: int
+    exit_code: int | None = None
+
+
+class Engine(Protocol):
+    """What steps need from a container engine."""
+
+    async def ping(self) -> None: ...
+    async def image_exists(self, ref: str) -> bool: ...
+    async def image_id(self, ref: str) -> str | None: ...
+    async def build_image(
+        self,
+        context: Path,
+        *,
+        dockerfile: str,
+        tag: str,
+        args: Mapping[str, str],
+        on_line: Callable[[str], None],
+        options: BuildOptions = BuildOptions(),
+    ) -> None: ...
+    async def remove_image(self, ref: str) -> None: ...
+    async def tag_image(self, source: str, target: str) -> None: ...
+    async def list_images(
+        self, labels: Mapping[str, str], *, reference: str | None = None
+    ) -> list[ImageInfo]: ...
+    async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]: ...
+    async def read_marker(self, name: str) -> dict[str, str] | None: ...
+    async def remove_marker(self, name: str) -> None: ...
+    async def inspect(self, name_or_id: str) -> ContainerInfo | None: ...
+    async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None: ...
+    async def image_config(self, ref: str) -> dict[str, Any]: ...
+    async def list_ids(self, labels: Mapping[str, str]) -> list[str]: ...
+    async def create(self, spec: ContainerSpec) -> str: ...
+    async def start(self, container_id: str) -> None: ...
+    async def stop(self, container_id: str, *, grace: int) -> None: ...
+    async def remove(self, container_id: str) -> None: ...
+    async def rename(self, container_id: str, name: str) -> None: ...
+    async def wait(self, container_id: str) -> int: ...
+    async def follow_logs(
+        self,
+        container_id: str,
+        on_line: Callable[[str], Awaitable[None]],
+        *,
+        replay: bool = True,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+    async def watch_memory(
+        self,
+        container_id: str,
+        on_sample: Callable[[int], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+    async def watch_events(
+        self,
+        container_id: str,
+        since_nano: int,
+        on_event: Callable[[ContainerEvent], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+
+
+def _parse_created(value: str) -> float:
+    # The engine gives RFC 3339 with nanoseconds; datetime takes microseconds.
+    head, _, frac = value.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    return seconds + (float("0." + frac) if frac else 0.0)
+
+
+def _info(data: Mapping[str, Any]) -> ContainerInfo:
+    state = data.get("State") or {}
+    return ContainerInfo(
+        id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        image=str((data.get("Config") or {}).get("Image", "")),
+        running=bool(state.get("Running")),
+        status=str(state.get("Status", "")),
+        labels=dict((data.get("Config") or {}).get("Labels") or {}),
+        restart_count=int(data.get("RestartCount") or 0),
+        exit_code=int(state.get("ExitCode") or 0),
+        created=_parse_created(str(data.get("Created", "1970-01-01T00:00:00Z"))),
+        image_id=str(data.get("Image", "")),
+        health=(state.get("Health") or {}).get("Status"),
+    )
+
+
+class DockerEngine:
+    """:class:`Engine` on a real Docker engine, through aiodocker.
+
+    Use as an async context manager; every aiodocker/aiohttp error is
+    translated here into :class:`EngineError` or :class:`EngineUnavailable`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        connections: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        # ``connections`` caps the client's pool (aiodocker's default is 100):
+        # a leak shows at once with 1, which is how the tests prove there is none.
+        # aiodocker keeps a tcp:// address as it is when it is given a TLS context,
+        # and aiohttp speaks neither tcp:// nor TLS to an http:// URL.
+        if url is not None and url.startswith("tcp://"):
+            url = ("https://" if ssl_context is not None else "http://") + url[len("tcp://") :]
+        self._url = url
+        self._connections = connections
+        self._ssl = ssl_context
+        self._client: aiodocker.Docker | None = None
+        self._connector: aiohttp.BaseConnector | None = None
+
+    async def __aenter__(self) -> DockerEngine:
+        self._client = self._new_client()
+        try:
+            # Also settles the API version, which our streaming URLs need.
+            await self.ping()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            with anyio.move_on_after(_CLOSE_LIMIT, shield=True):
+                await self._client.close()
+                if self._connector is not None:
+                    # Ours, not aiodocker's: it leaves a connector it was given open.
+                    await self._connector.close()
+            self._client = None
+
+    def _new_client(self) -> aiodocker.Docker:
+        try:
+            if self._connections is None:
+                return aiodocker.Docker(url=self._url, ssl_context=self._ssl)
+            target = self._url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+            if not target.startswith("unix://"):
+                raise ValueError("a connection limit needs a unix:// engine address")
+            connector = aiohttp.UnixConnector(target[len("unix://") :], limit=self._connections)
+            self._connector = connector
+            client = aiodocker.Docker(url=target, connector=connector)
+            # As aiodocker sets it when it makes the unix connector itself.
+            client.docker_host = "http://localhost"
+            return client
+        except (ValueError, AssertionError) as exc:
+            raise EngineUnavailable(f"no Docker engine found: {exc}") from exc
+
+    @property
+    def client(self) -> aiodocker.Docker:
+        if self._client is None:
+            raise RuntimeError("DockerEngine is used outside 'async with'")
+        return self._client
+
+    @asynccontextmanager
+    async def _translate(self, operation: str, target: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except aiodocker.DockerError as exc:
+            if exc.status == 900:
+                raise EngineUnavailable(f"Docker engine unreachable: {exc.message}") from exc
+            raise EngineError(operation, target, exc.status, str(exc.message).strip()) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+
+    @asynccontextmanager
+    async def _mutation(
+        self, operation: str, target: str, *, limit: float = MUTATION_LIMIT
+    ) -> AsyncIterator[None]:
+        """A call that changes the engine's state: shielded, bounded, translated.
+
+        Cancelling it mid-flight would leave the engine acting on a request we
+        no longer know the outcome of (a container created after our undo
+        looked for it). Shielded, the caller always learns what happened, and
+        an interrupt is delivered at its next checkpoint. The shield never
+        outlasts the caller's own deadline, though: a rollback bounded by
+        ``rollback.step_timeout`` must end by then, whatever the engine does.
+        """
+        outer = anyio.current_effective_deadline()
+        if outer == -math.inf:
+            # Already cancelled before the request went out: nothing is in flight.
+            await anyio.lowlevel.checkpoint()
+        deadline = min(anyio.current_time() + limit, outer)
+        with anyio.CancelScope(deadline=deadline, shield=True) as scope:
+            async with self._translate(operation, target):
+                yield
+        if scope.cancelled_caught:
+            if deadline >= outer:
+                # The caller's deadline, not ours: let its own scope report it.
+                await anyio.lowlevel.checkpoint()
+            raise EngineError(operation, target, 0, f"no answer within {limit:g}s")
+
+    async def ping(self) -> None:
+        async with self._translate("version", "engine"):
+            await self.client.version()
+
+    async def image_exists(self, ref: str) -> bool:
+        return await self.image_id(ref) is not None
+
+    async def image_id(self, ref: str) -> str | None:
+        try:
+            async with self._translate("image inspect", ref):
+                data = await self.client.images.inspect(ref)
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(data.get("Id", ""))
+
+    async def build_image(
+        self,
+        context: Path,
+        *,
+        dockerfile: str,
+        tag: str,
+        args: Mapping[str, str],
+        on_line: Callable[[str], None],
+        options: BuildOptions = BuildOptions(),
+    ) -> None:
+        tar = await anyio.to_thread.run_sync(build_context_tar, context, dockerfile)
+        params = {
+            "t": tag,
+            "dockerfile": dockerfile,
+            "buildargs": json.dumps(dict(args)),
+            "labels": json.dumps(dict(options.labels)),
+            "rm": "1",
+            "forcerm": "1",
+        }
+        if options.target:
+            params["target"] = options.target
+        if options.pull:
+            params["pull"] = "1"
+        if options.no_cache:
+            params["nocache"] = "1"
+        try:
+            async with (
+                self._translate("build", tag),
+                # Our own stream, not aiodocker's images.build: a build cut short
+                # by its deadline must release its connection (see _stream).
+                self._stream(
+                    "build",
+                    params,
+                    method="POST",
+                    data=tar,
+                    headers={"Content-Type": "application/x-tar"},
+                ) as response,
+            ):
+                async for raw in response.content:
+                    for line in build_output(raw, tag):
+                        on_line(line)
+        except EngineError as exc:
+            raise BuildFailed(f"build of {tag} failed: {exc.detail}") from exc
+        finally:
+            tar.close()
+
+    async def export_image(self, ref: str) -> AsyncGenerator[bytes, None]:
+        """The image as a tar stream (``docker save``), in chunks as the engine sends them."""
+        async with (
+            self._translate("image save", ref),
+            self._stream(f"images/{ref}/get", {}) as response,
+        ):
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                yield chunk
+
+    async def load_image(self, chunks: AsyncIterator[bytes]) -> None:
+        """Load a ``docker save`` tar stream (``docker load``) as it arrives."""
+        async with (
+            self._translate("image load", "stream"),
+            self._stream(
+                "images/load",
+                {"quiet": "1"},
+                method="POST",
+                data=chunks,
+                headers={"Content-Type": "application/x-tar"},
+            ) as response,
+        ):
+            answer = await response.text()
+        for line in answer.splitlines():
+            try:
+                error = json.loads(line).get("error")
+            except (ValueError, AttributeError):
+                continue
+            if error:
+                raise EngineError("image load", "stream", 500, str(error))
+
+    async def push_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        """``docker push``: ``auth`` is the X-Registry-Auth header (see ``_registry``)."""
+        name, tag = split_reference(ref)
+        await self._registry("push", ref, f"images/{name}/push", {"tag": tag}, auth, on_status)
+
+    async def pull_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        """``docker pull`` of exactly ``ref``."""
+        name, tag = split_reference(ref)
+        params = {"fromImage": name, "tag": tag}
+        await self._registry("pull", ref, "images/create", params, auth, on_status)
+
+    async def _registry(
+        self,
+        operation: str,
+        ref: str,
+        path: str,
+        params: Mapping[str, str],
+        auth: str,
+        on_status: Callable[[str], None] | None,
+    ) -> None:
+        """A push or pull: its progress stream read to the end, its in-stream error raised."""
+        headers = {"X-Registry-Auth": auth}
+        async with (
+            self._translate(operation, ref),
+            self._stream(path, params, method="POST", headers=headers) as response,
+        ):
+            async for raw in response.content:
+                _progress_line(raw, operation, ref, on_status)
+
+    async def run_once(
+        self, spec: ContainerSpec, *, limit: float = MUTATION_LIMIT
+    ) -> tuple[int, str]:
+        """Run a short-lived container to its end: exit code and output; removed after."""
+        container_id = await self.create(spec)
+        try:
+            await self.start(container_id)
+            with anyio.fail_after(limit):
+                code = await self.wait(container_id)
+            async with (
+                self._translate("logs", spec.name),
+                self._stream(
+                    f"containers/{container_id}/logs", {"stdout": "1", "stderr": "1"}
+                ) as response,
+            ):
+                raw = await response.read()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.remove(container_id)
+        text = b"".join(FrameDecoder().feed(raw)).decode(errors="replace")
+        return code, text
+
+    async def tag_image(self, source: str, target: str) -> None:
+        """Point the reference ``target`` (repo:tag) at the image ``source`` names."""
+        repo, tag = split_reference(target)
+        async with self._translate("image tag", target):
+            await self.client.images.tag(source, repo, tag=tag)
+
+    async def remove_image(self, ref: str) -> None:
+        try:
+            async with self._translate("image rm", ref):
+                await self.client.images.delete(ref)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+
+    async def list_images(
+        self, labels: Mapping[str, str], *, reference: str | None = None
+    ) -> list[ImageInfo]:
+        """Images carrying every label given (and matching ``reference``), newest first."""
+        wanted: dict[str, list[str]] = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        if reference:
+            wanted["reference"] = [reference]
+        filters = json.dumps(wanted)
+        async with self._translate("images", "list"):
+            found = await self._call("GET", "images/json", params={"filters": filters})
+        images = [
+            ImageInfo(id=str(i["Id"]), tags=list(i.get("RepoTags") or []), created=i["Created"])
+            for i in found
+        ]
+        return sorted(images, key=lambda i: i.created, reverse=True)
+
+    async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]:
+        """Create the volume ``name`` with ``labels``; return the labels it really has.
+
+        Creating a volume that exists returns the existing one, untouched: the
+        engine serialises the two, so whoever's labels come back holds the mark.
+        """
+        async with self._mutation("volume create", name):
+            data = await self._call(
+                "POST", "volumes/create", body={"Name": name, "Labels": dict(labels)}
+            )
+        return dict(data.get("Labels") or {})
+
+    async def read_marker(self, name: str) -> dict[str, str] | None:
+        try:
+            async with self._translate("volume inspect", name):
+                data = await self._call("GET", f"volumes/{name}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(data.get("Labels") or {})
+
+    async def remove_marker(self, name: str) -> None:
+        try:
+            async with self._mutation("volume rm", name):
+                await self._call("DELETE", f"volumes/{name}")
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+
+    async def _call(
+        self, method: str, path: str, *, body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        """One plain API call (aiodocker's volume API is untyped); JSON answer or ``{}``."""
+        async with self._stream(path, params or {}, method=method, json_body=body) as response:
+            text = await response.text()
+        return json.loads(text) if text.strip() else {}
+
+    async def inspect(self, name_or_id: str) -> ContainerInfo | None:
+        raw = await self.inspect_raw(name_or_id)
+        return None if raw is None else _info(raw)
+
+    async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None:
+        """The engine's whole inspect answer for a container, or ``None``."""
+        try:
+            async with self._translate("inspect", name_or_id):
+                container = await self.client.containers.get(name_or_id)
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(container._container)
+
+    async def image_config(self, ref: str) -> dict[str, Any]:
+        """An image's ``Config`` (its ENV, CMD, labels...); empty when the image is gone."""
+        try:
+            async with self._translate("image inspect", ref):
+                data = await self.client.images.inspect(ref)
+        except EngineError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return dict(data.get("Config") or {})
+
+    async def list_ids(self, labels: Mapping[str, str]) -> list[str]:
+        """Ids of all containers (running or not) carrying every label given."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        async with self._translate("ps", "containers"):
+            found = await self.client.containers.list(all=True, filters=json.dumps(filters))
+        return [str(c.id) for c in found]
+
+    async def create(self, spec: ContainerSpec) -> str:
+        # create + start, never containers.run(): run() pulls on a missing image.
+        async with self._mutation("create", spec.name):
+            container = await self.client.containers.create(spec.to_api(), name=spec.name)
+            for network, aliases in spec.networks.items():
+                if network != spec.network:
+                    await self._call(
+                        "POST",
+                        f"networks/{network}/connect",
+                        body={"Container": container.id, "EndpointConfig": {"Aliases": aliases}},
+                    )
+        return str(container.id)
+
+    async def start(self, container_id: str) -> None:
+        async with self._mutation("start", container_id[:12]):
+            await self.client.containers.container(container_id).start()
+
+    async def stop(self, container_id: str, *, grace: int) -> None:
+        try:
+            async with self._mutation("stop", container_id[:12], limit=grace + MUTATION_LIMIT):
+                await self.client.containers.container(container_id).stop(t=int(grace))
+        except EngineError as exc:
+            if exc.status not in (304, 404):
+                raise
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            async with self._mutation("rm", container_id[:12]):
+                # v: anonymous volumes go with the container, as with `docker rm -v`;
+                # otherwise every deploy leaves one behind per container.
+                await self.client.containers.container(container_id).delete(force=True, v=True)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+
+    async def rename(self, container_id: str, name: str) -> None:
+        async with self._mutation("rename", f"{container_id[:12]} to {name}"):
+            await self.client.containers.container(container_id).rename(name)
+
+    async def wait(self, container_id: str) -> int:
+        async with self._translate("wait", container_id[:12]):
+            result = await self.client.containers.container(container_id).wait()
+        return int(result.get("StatusCode", -1))
+
+    @asynccontextmanager
+    async def _stream(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        method: str = "GET",
+        data: Any = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A streaming request whose response is released however the caller leaves.
+
+        aiodocker's own streaming calls never release their response when
+        cancelled, so each cancelled follow leaks a pooled connection until
+        every later call hangs. ``async with`` on aiohttp's response does not.
+        """
+        client = self.client
+        url = f"{client.docker_host}/{client.api_version}/{path}"
+        async with client.session.request(
+            method,
+            url,
+            params=params,
+            data=data,
+            json=json_body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+        ) as response:
+            if response.status >= 400:
+                text = (await response.text()).strip()
+                raise EngineError(path.split("/")[-1], path, response.status, text)
+            yield response
+
+    async def follow_logs(
+        self,
+        container_id: str,
+        on_line: Callable[[str], Awaitable[None]],
+        *,
+        replay: bool = True,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_line`` for each log line until the container stops or we are cancelled.
+
+        ``replay`` starts with every line since the container started; without
+        it, only new lines come.
+        """
+        async with self._translate("logs", container_id[:12]):
+            info = await self.client.containers.get(container_id)
+            tty = bool(info._container.get("Config", {}).get("Tty"))
+            params = {"stdout": "1", "stderr": "1", "follow": "1", "tail": "all" if replay else "0"}
+            async with self._stream(f"containers/{container_id}/logs", params) as response:
+                task_status.started()
+                lines = LineSplitter()
+                frames = FrameDecoder(raw=tty)
+                async for chunk in response.content.iter_any():
+                    for payload in frames.feed(chunk):
+                        for line in lines.feed(payload):
+                            await on_line(line)
+                for line in lines.flush():
+                    await on_line(line)
+
+    async def watch_events(
+        self,
+        container_id: str,
+        since_nano: int,
+        on_event: Callable[[ContainerEvent], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_event`` for the container's events from ``since_nano`` on.
+
+        ``since`` makes the engine replay what happened before we connected,
+        so nothing between the container's start and this call is missed.
+        """
+        params = {
+            "since": f"{since_nano // 1_000_000_000}.{since_nano % 1_000_000_000:09d}",
+            "filters": json.dumps({"container": [container_id], "type": ["container"]}),
+        }
+        async with (
+            self._translate("events", container_id[:12]),
+            self._stream("events", params) as response,
+        ):
+            task_status.started()
+            async for raw in response.content:
+                event = parse_event(raw)
+                if event is not None:
+                    await on_event(event)
+
+    async def watch_memory(
+        self,
+        container_id: str,
+        on_sample: Callable[[int], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_sample`` with the container's memory use, about once a second.
+
+        The stats *stream* answers its first sample at once; a one-shot stats
+        call costs 1-2 s each on this engine.
+        """
+        params = {"stream": "1"}
+        async with (
+            self._translate("stats", container_id[:12]),
+            self._stream(f"containers/{container_id}/stats", params) as response,
+        ):
+            task_status.started()
+            async for raw in response.content:
+                used = memory_in_use(raw)
+                if used is not None:
+                    await on_sample(used)
+
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """``registry:5000/repo:tag`` into ``("registry:5000/repo", "tag")`` (default latest)."""
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return ref, "latest"
+    return name, tag
+
+
+def _progress_line(
+    raw: bytes, operation: str, ref: str, on_status: Callable[[str], None] | None
+) -> None:
+    """One line of a push or pull stream: its error raised, its status passed on."""
+    try:
+        chunk = json.loads(raw)
+    except ValueError:
+        return
+    if not isinstance(chunk, dict):
+        return
+    if "error" in chunk:
+        detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+        raise EngineError(operation, ref, 500, str(detail).strip())
+    status = chunk.get("status")
+    if on_status is not None and isinstance(status, str) and "progress" not in chunk:
+        on_status(f"{chunk.get('id', '')}: {status}".lstrip(": "))
+
+
+def build_output(raw: bytes, tag: str) -> list[str]:
+    """The printable lines of one line of the engine's build stream.
+
+    Raises :class:`BuildFailed` on the stream's own error object.
+    """
+    try:
+        chunk = json.loads(raw)
+    except ValueError:
+        return []
+    if not isinstance(chunk, dict):
+        return []
+    if "error" in chunk:
+        detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+        raise BuildFailed(f"build of {tag} failed: {str(detail).strip()}")
+    text = chunk.get("stream")
+    if not isinstance(text, str):
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def memory_in_use(raw: bytes) -> int | None:
+    """Memory in use from one stats sample, as ``docker stats`` counts it (without page cache)."""
+    try:
+        memory = json.loads(raw).get("memory_stats") or {}
+    except (ValueError, AttributeError):
+        return None
+    usage = memory.get("usage")
+    if not isinstance(usage, int):
+        return None
+    stats = memory.get("stats") or {}
+    # cgroup v1 names it total_inactive_file, v2 inactive_file.
+    cache = stats.get("total_inactive_file", stats.get("inactive_file", 0))
+    return usage - cache if isinstance(cache, int) and cache < usage else usage
+
+
+def parse_event(raw: bytes) -> ContainerEvent | None:
+    """One line of the engine's event stream; ``None`` for blank or foreign lines."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("Type") != "container":
+        return None
+    attributes = (data.get("Actor") or {}).get("Attributes") or {}
+    code = attributes.get("exitCode")
+    return ContainerEvent(
+        action=str(data.get("Action") or data.get("status") or "").split(":")[0],
+        container_id=str(data.get("id") or (data.get("Actor") or {}).get("ID") or ""),
+        time_nano=int(data.get("timeNano") or 0),
+        exit_code=int(code) if isinstance(code, str) and code.lstrip("-").isdigit() else None,
+    )
+
+
+class FrameDecoder:
+    """Splits Docker's multiplexed log stream (8-byte header per frame) into payloads."""
+
+    def __init__(self, *, raw: bool = False) -> None:
+        self._raw = raw
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._raw:
+            return [chunk]
+        self._buffer += chunk
+        payloads = []
+        while len(self._buffer) >= 8:
+            size = int.from_bytes(self._buffer[4:8], "big")
+            if len(self._buffer) < 8 + size:
+                break
+            payloads.append(self._buffer[8 : 8 + size])
+            self._buffer = self._buffer[8 + size :]
+        return payloads
+
+
+class LineSplitter:
+    """Turns arbitrary byte chunks into complete, decoded lines."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+
+    def flush(self) -> list[str]:
+        rest, self._partial = self._partial, b""
+        return [rest.decode("utf-8", "replace")] if rest else []

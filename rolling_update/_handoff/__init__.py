@@ -1,0 +1,1 @@
+"""The kernel handoff: production's port moved by nftables."""

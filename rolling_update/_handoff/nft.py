@@ -1,0 +1,261 @@
+"""The kernel handoff: production's port is moved to green by nftables, not by a proxy.
+
+While blue is replaced, a ``nat`` table of the tool's own (``inet
+rolling_update_<service>``) redirects *new* TCP connections for the production
+port to green's port, for local clients (``output``) and remote ones
+(``prerouting``), IPv4 and IPv6. Connections already established stay where
+they are (conntrack keeps their translation). Every change is one atomic
+``nft -f`` transaction.
+
+The tool's own HTTP traffic (probes of blue's tick, blue's drain, the
+verification of the new production container) must reach the real
+production port, not green: its sockets carry a firewall mark (``SO_MARK``,
+which needs CAP_NET_ADMIN like the table itself) and the table lets marked
+packets through untouched.
+
+On a remote Docker host (several hosts, see ``_hosts``) the tool has no shell:
+:class:`EngineFirewall` applies the same rules through the engine API, in a
+short-lived helper container on the host's network with only CAP_NET_ADMIN,
+that runs the host's own ``nft`` (its root mounted read-only, ``chroot``).
+Firewall marks do not cross the network, so there the tool's probes bypass the
+redirect by a second port instead: while the table exists, connections to
+``bypass_port`` reach the real production port.
+
+Why the ``nft`` CLI: it is on every machine with nftables, its ``-f`` file is
+applied as one transaction, and it adds no Python dependency; the libnftables
+bindings are a distribution package, not a PyPI one, and pyroute2's nftables
+support does not cover NAT statements.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from typing import Any, Protocol
+
+import anyio
+
+from rolling_update._engine.docker import LABEL_MANAGED, LABEL_ROLE, ContainerSpec, DockerEngine
+from rolling_update._errors import EngineError, HandoffError
+
+MARK = 0x52550001
+"""Firewall mark of the tool's own sockets: the redirect leaves them alone."""
+_NFT_LIMIT = 10.0
+_SO_MARK = getattr(socket, "SO_MARK", 36)
+
+
+def table_name(service: str) -> str:
+    return "rolling_update_" + re.sub(r"[^A-Za-z0-9_]", "_", service)
+
+
+def marked_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """An aiohttp socket factory: a TCP socket carrying :data:`MARK`."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_MARK, MARK)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def can_mark() -> bool:
+    try:
+        marked_socket((socket.AF_INET, socket.SOCK_STREAM, 0, "", ())).close()
+    except OSError:
+        return False
+    return True
+
+
+async def _nft(script: str | None, *args: str) -> str:
+    nft = shutil.which("nft") or "nft"
+    argv = [nft, *args] if script is None else [nft, "-f", "-"]
+    try:
+        with anyio.fail_after(_NFT_LIMIT, shield=True):
+            result = await anyio.run_process(
+                argv, input=None if script is None else script.encode(), check=False
+            )
+    except TimeoutError:
+        raise HandoffError(f"nft did not answer within {_NFT_LIMIT:g}s") from None
+    except OSError as exc:
+        raise HandoffError(f"cannot run nft: {exc.strerror}") from None
+    if result.returncode != 0:
+        raise HandoffError(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout.decode(errors="replace")
+
+
+async def unavailable() -> str | None:
+    """Why the handoff cannot be used here, or ``None`` when it can."""
+    if shutil.which("nft") is None:
+        return "the nft command (nftables) is not installed"
+    if os.geteuid() != 0 and not can_mark():
+        return "it needs root or CAP_NET_ADMIN"
+    try:
+        await _nft(None, "list", "tables")
+    except HandoffError as exc:
+        return f"nftables is not usable: {exc}"
+    if not can_mark():
+        return "the tool's sockets cannot carry a firewall mark (SO_MARK)"
+    return None
+
+
+def _ruleset(table: str, port: int, to_port: int, bypass_port: int | None = None) -> str:
+    # A connection is translated once, by the first rule it meets: one that came in
+    # on the bypass port reaches the real port and is not redirected again.
+    bypass = (
+        ""
+        if bypass_port is None
+        else f"\n        fib daddr type local tcp dport {bypass_port} redirect to :{port}"
+    )
+    chains = "".join(
+        f"""
+    chain {hook} {{
+        type nat hook {hook} priority -100; policy accept;
+        meta mark {MARK:#x} return{bypass}
+        fib daddr type local tcp dport {port} redirect to :{to_port}
+    }}"""
+        for hook in ("output", "prerouting")
+    )
+    return f"table inet {table} {{{chains}\n}}\n"
+
+
+def _replace(table: str, ruleset: str) -> str:
+    # Declaring the table first makes the delete valid whether it existed or not.
+    return f"table inet {table}\ndelete table inet {table}\n{ruleset}"
+
+
+def _target_in(text: str, port: int | None = None) -> int | None:
+    # Without a port: the last rule's, the redirect itself (a bypass rule comes first).
+    targets = {
+        int(found.group(1)): int(found.group(2))
+        for found in re.finditer(r"dport (\d+) redirect to :(\d+)", text)
+    }
+    if port is not None:
+        return targets.get(port)
+    return list(targets.values())[-1] if targets else None
+
+
+class Firewall(Protocol):
+    """Where the handoff's nftables table lives: this host, or a remote engine's host."""
+
+    bypass_port: int | None
+    """Port the tool probes production through while redirected; None: marked sockets."""
+
+    async def unavailable(self) -> str | None: ...
+    async def redirect(self, table: str, port: int, to_port: int) -> None: ...
+    async def remove(self, table: str) -> None: ...
+    async def target(self, table: str, port: int | None = None) -> int | None: ...
+
+
+class LocalFirewall:
+    """The handoff on this machine, through its ``nft`` command."""
+
+    bypass_port: int | None = None
+
+    async def unavailable(self) -> str | None:
+        return await unavailable()
+
+    async def redirect(self, table: str, port: int, to_port: int) -> None:
+        await redirect(table, port, to_port)
+
+    async def remove(self, table: str) -> None:
+        await remove(table)
+
+    async def target(self, table: str, port: int | None = None) -> int | None:
+        return await target(table, port)
+
+
+class EngineFirewall:
+    """The handoff on an engine's host, through a helper container and the engine API.
+
+    The helper runs on the host network with CAP_NET_ADMIN only, and is removed
+    when it ends. By default (``own_nft`` false) it runs ``image``, any image
+    with ``chroot`` (blue's will do), with the host's root mounted read-only at
+    ``/host``, and runs ``chroot /host nft ...``: the host's own nft, so no image
+    needs to carry it. With ``own_nft``, ``image`` carries nft itself and the
+    host's root is not mounted at all (stricter, and fit for SELinux hosts).
+    """
+
+    def __init__(
+        self, engine: DockerEngine, image: str, *, bypass_port: int, own_nft: bool = False
+    ) -> None:
+        self.engine = engine
+        self.image = image
+        self.bypass_port: int | None = bypass_port
+        self.own_nft = own_nft
+
+    async def _nft(self, *args: str) -> str:
+        host_config: dict[str, Any] = {
+            "CapAdd": ["NET_ADMIN"],
+            "LogConfig": {"Type": "json-file", "Config": {}},
+        }
+        if not self.own_nft:
+            host_config["Binds"] = ["/:/host:ro"]
+        spec = ContainerSpec(
+            name=f"rolling-update-nft-{os.urandom(4).hex()}",
+            image=self.image,
+            env={},
+            command=list(args),
+            network="host",
+            restart="no",
+            labels={LABEL_MANAGED: "true", LABEL_ROLE: "nft"},
+            stop_timeout=None,
+            base={
+                "Entrypoint": ["nft"] if self.own_nft else ["chroot", "/host", "nft"],
+                "User": "0",
+                "HostConfig": host_config,
+            },
+        )
+        try:
+            with anyio.fail_after(_NFT_LIMIT * 2, shield=True):
+                code, output = await self.engine.run_once(spec, limit=_NFT_LIMIT)
+        except TimeoutError:
+            raise HandoffError(f"the nft helper did not end within {_NFT_LIMIT * 2:g}s") from None
+        except EngineError as exc:
+            raise HandoffError(f"the nft helper could not run: {exc}") from None
+        if code != 0:
+            raise HandoffError(f"nft failed on the engine's host: {output.strip()}")
+        return output
+
+    async def unavailable(self) -> str | None:
+        try:
+            await self._nft("list", "tables")
+        except HandoffError as exc:
+            return str(exc)
+        return None
+
+    async def redirect(self, table: str, port: int, to_port: int) -> None:
+        # nft reads a whole script from one argument, as one transaction.
+        await self._nft(_replace(table, _ruleset(table, port, to_port, self.bypass_port)))
+
+    async def remove(self, table: str) -> None:
+        await self._nft(_replace(table, ""))
+
+    async def target(self, table: str, port: int | None = None) -> int | None:
+        try:
+            text = await self._nft("list", "table", "inet", table)
+        except HandoffError:
+            return None
+        return _target_in(text, port)
+
+
+async def redirect(table: str, port: int, to_port: int) -> None:
+    """Send new connections for ``port`` to ``to_port``, replacing any rule before (atomic)."""
+    await _nft(_replace(table, _ruleset(table, port, to_port)))
+
+
+async def remove(table: str) -> None:
+    """Drop the redirect, if there is one (atomic, idempotent)."""
+    await _nft(_replace(table, ""))
+
+
+async def target(table: str, port: int | None = None) -> int | None:
+    """The port the table redirects ``port`` (or any port) to; ``None`` when there is no table."""
+    try:
+        text = await _nft(None, "list", "table", "inet", table)
+    except HandoffError:
+        return None
+    return _target_in(text, port)

@@ -1,0 +1,1 @@
+"""Several Docker hosts: their config and transports, and the rollout across them."""

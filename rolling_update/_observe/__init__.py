@@ -1,0 +1,1 @@
+"""What the tool tells: logs, live waits, the timeline, the audit log, metrics."""

@@ -1,0 +1,89 @@
+"""The audit log: one JSON line per deploy, rollback and recover of a service on this host.
+
+It lives beside the lock and journal (``state.dir/<service>/history.jsonl``),
+is only ever appended to, and each line is fsynced before the command
+returns, so ``history`` and ``status`` see every run, even one that crashed
+right after. Metrics (``[metrics] textfile``) are computed from it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+Kind = Literal["deploy", "rollback", "recover"]
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    kind: Kind
+    service: str
+    started_at: str
+    ended_at: str
+    user: str
+    host: str
+    from_version: str | None = None
+    to_version: str | None = None
+    result: str
+    """deployed, rolled-back, interrupted, refused, rollback-incomplete,
+    failed-after-commit, recovered, recovery-failed."""
+    reason: str | None = None
+    seconds: float = 0.0
+    measured: dict[str, Any] = {}
+    timeline: dict[str, Any] | None = None
+    """What ran when (see :mod:`rolling_update._observe.timeline`); deploys and rollbacks only."""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def path_for(service_dir: Path) -> Path:
+    return service_dir / "history.jsonl"
+
+
+def append(service_dir: Path, entry: HistoryEntry) -> None:
+    """Add ``entry`` durably (one line, fsynced)."""
+    service_dir.mkdir(parents=True, exist_ok=True)
+    line = entry.model_dump_json() + "\n"
+    fd = os.open(path_for(service_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(service_dir: Path, limit: int | None = None) -> list[HistoryEntry]:
+    """The entries, oldest first (the last ``limit`` of them); unreadable lines are skipped."""
+    try:
+        lines = path_for(service_dir).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entries.append(HistoryEntry.model_validate_json(line))
+        except pydantic.ValidationError:
+            continue
+    return entries[-limit:] if limit else entries

@@ -1,0 +1,1 @@
+"""Operating commands: status, history, plan, rollback, recover, init, demo."""

@@ -1,0 +1,321 @@
+"""``recover``: bring a host back to one serving production container after a crash.
+
+Reads the journal of the deploy that did not finish (or, when that was kept
+in another state directory, the mark the deploy left on the engine), and the
+labels of the containers the tool made. Before the point of no return it
+rolls back: every container of the unfinished deploy goes, blue gets its name
+back and runs, and must be as healthy as the deploy found it. After the point
+of no return, the new version stays and the leftovers go. One rule holds
+throughout: the only container that can serve is never removed, so when blue
+is gone the new version is kept (and started) instead. It is idempotent:
+running it again on a consistent host changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+import anyio
+import structlog
+
+from rolling_update._config.settings import Config
+from rolling_update._deploy.deploy import http_session, open_engine
+from rolling_update._deploy.policy import in_the_way
+from rolling_update._engine.docker import (
+    LABEL_DEPLOY,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    ContainerInfo,
+    Engine,
+)
+from rolling_update._errors import EngineError, RecoveryFailed
+from rolling_update._handoff.nft import Firewall, LocalFirewall, table_name
+from rolling_update._observe.history import HistoryEntry, who
+from rolling_update._observe.history import append as history_append
+from rolling_update._observe.history import host as history_host
+from rolling_update._observe.history import now as history_now
+from rolling_update._observe.metrics import write_metrics
+from rolling_update._state.state import (
+    MARK_LIMIT,
+    Journal,
+    JournalRecord,
+    marker_holder_alive,
+    marker_name,
+    record_from_marker,
+    refuse_marked,
+    service_lock,
+)
+from rolling_update._watch.probe import Answer, HealthBaseline
+from rolling_update._watch.watch import LastProbe, poll_until_healthy
+
+
+@dataclass
+class RecoveryReport:
+    outcome: str
+    actions: list[str] = field(default_factory=list)
+    unfinished: str | None = None
+
+
+class _Recovery:
+    def __init__(
+        self, cfg: Config, engine: Engine, record: JournalRecord | None, *, defer_green: bool
+    ) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.record = record
+        self.defer_green = defer_green
+        """A redirect sends production's port to green: green goes last, once
+        production answers and the redirect is removed."""
+        self.deferred: list[tuple[ContainerInfo, str]] = []
+        self.name = cfg.service.name
+        self.old_name = cfg.service.old_name
+        self.actions: list[str] = []
+        self.baseline: HealthBaseline | None = None
+        """Set when blue was brought back: the health it must reach."""
+
+    def act(self, what: str) -> None:
+        self.actions.append(what)
+        structlog.get_logger().info("recover.action", action=what)
+
+    async def ours(self) -> list[ContainerInfo]:
+        ids = await self.engine.list_ids({LABEL_SERVICE: self.name, LABEL_MANAGED: "true"})
+        infos = [await self.engine.inspect(i) for i in ids]
+        return [i for i in infos if i is not None]
+
+    async def remove(self, info: ContainerInfo, why: str) -> None:
+        if self.defer_green and info.labels.get(LABEL_ROLE) == "green":
+            self.deferred.append((info, why))
+            return
+        await self.engine.stop(info.id, grace=self.cfg.service.stop_timeout)
+        await self.engine.remove(info.id)
+        self.act(f"removed {info.name} ({why})")
+
+    async def remove_unless_foreign(self, info: ContainerInfo, why: str) -> None:
+        """The one policy (``_policy.in_the_way``) for a container the journal does not name."""
+        reason = in_the_way(info, self.name)
+        if reason is None:
+            await self.remove(info, why)
+        else:
+            self.act(f"left {info.name} in place: {reason}; remove it by hand")
+
+    async def keep_new(self, record: JournalRecord, prod: ContainerInfo) -> str:
+        for info in await self.ours():
+            if info.id != prod.id and info.labels.get(LABEL_ROLE) in ("green", "migrate"):
+                await self.remove(info, "leftover of the deploy")
+        if record.blue_id and record.blue_id != prod.id:
+            blue = await self.engine.inspect(record.blue_id)
+            if blue is not None:
+                await self.remove(blue, "the previous version, replaced")
+        if not prod.running:
+            await self.engine.start(prod.id)
+            self.act(f"started {self.name} ({record.version})")
+        return f"the new version {record.version} serves"
+
+    async def find_blue(self, record: JournalRecord | None) -> ContainerInfo | None:
+        current = await self.engine.inspect(self.name)
+        old = await self.engine.inspect(self.old_name)
+        blue_id = record.blue_id if record else None
+        deploy_id = record.deploy_id if record else None
+        if (
+            blue_id is None
+            and old is not None
+            and (current is None or current.labels.get(LABEL_DEPLOY) == deploy_id)
+        ):
+            # A switch cut short before its journal named blue: blue is the renamed one.
+            blue_id = old.id
+        return None if blue_id is None else await self.engine.inspect(blue_id)
+
+    async def recover(self, record: JournalRecord | None) -> str:
+        prod = await self.engine.inspect(self.name)
+        new = (
+            prod
+            if prod is not None
+            and record is not None
+            and prod.labels.get(LABEL_DEPLOY) == record.deploy_id
+            else None
+        )
+        if record is not None and record.committed:
+            if new is None:
+                raise RecoveryFailed(
+                    f"the deploy was verified, but {self.name} is not its container any more; "
+                    "inspect `docker ps -a` and decide by hand"
+                )
+            return await self.keep_new(record, new)
+        blue = await self.find_blue(record)
+        if record is not None and record.blue_id and blue is None and new is not None:
+            # Blue is gone (removed by hand, or by a cleanup cut short): the new
+            # container is the only one that can serve. Keep it; never leave none.
+            self.act(f"blue ({record.blue_id[:12]}) no longer exists: kept the new version")
+            return await self.keep_new(record, new)
+        if (
+            record is not None
+            and record.blue_bootable is False
+            and blue is not None
+            and not blue.running
+            and new is not None
+        ):
+            # Started again, blue would crash-loop on the schema the migrations left.
+            self.act(
+                f"blue ({blue.id[:12]}) cannot boot on the migrated schema "
+                "(migrate.blue_check failed): kept the new version"
+            )
+            return await self.keep_new(record, new)
+        return await self.roll_back(record, blue)
+
+    async def roll_back(self, record: JournalRecord | None, blue: ContainerInfo | None) -> str:
+        for info in await self.ours():
+            role = info.labels.get(LABEL_ROLE)
+            if blue is not None and info.id == blue.id:
+                continue
+            if record is not None and info.labels.get(LABEL_DEPLOY) == record.deploy_id:
+                await self.remove(info, f"{role} of the unfinished deploy")
+            elif record is None and role in ("green", "migrate"):
+                await self.remove(info, f"stray {role}")
+        current = await self.engine.inspect(self.name)
+        if blue is not None:
+            if blue.name != self.name:
+                if current is not None and current.id != blue.id:
+                    raise RecoveryFailed(
+                        f"{self.name} is taken by {current.id[:12]}, which this tool did not "
+                        f"start in the unfinished deploy; blue waits as {blue.name}"
+                    )
+                await self.engine.rename(blue.id, self.name)
+                self.act(f"renamed {blue.name} back to {self.name}")
+            was_running = record.blue_was_running if record and record.blue_id else True
+            if was_running and not blue.running:
+                await self.engine.start(blue.id)
+                self.act(f"started {self.name} (the previous version)")
+            self.baseline = record.blue_health if record else None
+            return "the previous version serves"
+        old = await self.engine.inspect(self.old_name)
+        if current is not None and old is not None:
+            if old.running:
+                raise RecoveryFailed(
+                    f"both {self.name} and {self.old_name} are running; decide by hand"
+                )
+            await self.remove_unless_foreign(old, "leftover previous version")
+        return "the production container serves"
+
+
+async def recover(
+    cfg: Config, *, engine: Engine | None = None, firewall: Firewall | None = None
+) -> RecoveryReport:
+    """Bring the service to one healthy production container and no leftovers.
+
+    Every run is written to the audit log.
+    """
+    began, started_at = time.monotonic(), history_now()
+    report: RecoveryReport | None = None
+    error: BaseException | None = None
+    try:
+        report = await _recover(cfg, engine, firewall or LocalFirewall())
+        return report
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        entry = HistoryEntry(
+            id=uuid.uuid4().hex[:12],
+            kind="recover",
+            service=cfg.service.name,
+            started_at=started_at,
+            ended_at=history_now(),
+            user=who(),
+            host=history_host(),
+            to_version=None,
+            result="recovered" if error is None else "recovery-failed",
+            reason=report.outcome if report else str(error) if error else None,
+            seconds=round(time.monotonic() - began, 3),
+        )
+        with contextlib.suppress(OSError):
+            history_append(cfg.state_dir, entry)
+        write_metrics(cfg)
+
+
+async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> RecoveryReport:
+    log = structlog.get_logger()
+    service = cfg.service.name
+    with service_lock(cfg.state_dir, service, purpose="recover", deploy_id="-"):
+        journal = Journal.load(Journal.path_for(cfg.state_dir))
+        record = journal.record if journal else None
+        async with open_engine(engine) as docker, http_session() as http:
+            mark = await docker.read_marker(marker_name(service))
+            if mark is not None and (record is None or mark.get(LABEL_DEPLOY) != record.deploy_id):
+                if marker_holder_alive(mark):
+                    # A deploy from another checkout (another state dir) is running.
+                    raise refuse_marked(mark, service)
+                if record is None:
+                    record = record_from_marker(mark, service)
+            if record is not None:
+                log.info(
+                    "recover.unfinished",
+                    deploy=journal.describe() if journal else f"deploy {record.deploy_id}",
+                )
+            table = table_name(service)
+            redirected = await firewall.target(table, cfg.service.port) is not None
+            recovery = _Recovery(cfg, docker, record, defer_green=redirected)
+            try:
+                outcome = await recovery.recover(record)
+                if await docker.inspect(service) is None:
+                    outcome = "no production container exists (there was none before this deploy)"
+                else:
+                    # Probed past the redirect (the session's sockets are marked, or
+                    # on a remote host, through the bypass port).
+                    port = (firewall.bypass_port if redirected else None) or cfg.service.port
+                    await _await_serving(cfg, http, recovery.baseline, port)
+                if redirected:
+                    # Only now: never remove the redirect while nothing else serves.
+                    await firewall.remove(table)
+                    recovery.act(f"removed the redirect of port {cfg.service.port} to green")
+                recovery.defer_green = False
+                for info, why in recovery.deferred:
+                    await recovery.remove(info, why)
+            except EngineError as exc:
+                done = "; ".join(recovery.actions) or "nothing"
+                raise RecoveryFailed(f"{exc} (done so far: {done})") from exc
+            with anyio.move_on_after(MARK_LIMIT, shield=True):
+                await docker.remove_marker(marker_name(service))
+        if journal is not None:
+            journal.remove()
+    log.info("recover.done", outcome=outcome, actions=len(recovery.actions))
+    return RecoveryReport(
+        outcome=outcome,
+        actions=recovery.actions,
+        unfinished=(
+            journal.describe() if journal else f"deploy {record.deploy_id}" if record else None
+        ),
+    )
+
+
+async def _await_serving(
+    cfg: Config, http: aiohttp.ClientSession, baseline: HealthBaseline | None, port: int
+) -> None:
+    """Production answers healthily on ``port``, or (blue brought back) as healthily as it
+    was found."""
+    last = LastProbe()
+    url = cfg.service.url(port, cfg.health.path)
+
+    def judge(answer: Answer) -> str | None:
+        assert baseline is not None
+        return baseline.judge(answer, cfg.health)
+
+    with anyio.move_on_after(cfg.verify.timeout):
+        await poll_until_healthy(
+            http,
+            url,
+            cfg.health,
+            interval=cfg.verify.interval,
+            expect_version=None,
+            last=last,
+            judge=judge if baseline is not None else None,
+        )
+        return
+    raise RecoveryFailed(
+        f"{cfg.service.name} does not answer healthily within {cfg.verify.timeout:g}s: "
+        f"{last.explain()}"
+    )

@@ -1,0 +1,1 @@
+"""Durable state of a service's deploys: the lock, the journal, the engine mark."""
