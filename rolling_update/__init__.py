@@ -10,7 +10,9 @@ Compose steps into a list and run them::
 
 from rolling_update._config.settings import Config, load_config
 from rolling_update._deploy.context import DeployContext
-from rolling_update._deploy.deploy import DeployResult, default_plan, deploy, prepare
+from rolling_update._deploy.deploy import DeployResult, deploy
+from rolling_update._deploy.plan import default_plan
+from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import Step, StepRecord, run_saga
 from rolling_update._engine.docker import (
     ContainerEvent,
@@ -19,11 +21,8 @@ from rolling_update._engine.docker import (
     DockerEngine,
     Engine,
 )
-from rolling_update._hosts.rollout import HostOutcome, RolloutResult, rollout
-from rolling_update._observe.logs import configure as configure_logging
-from rolling_update._operate.recover import RecoveryReport, recover
-
-from ._errors import (
+from rolling_update._errors import (
+    ActionFailed,
     BuildFailed,
     ConfigError,
     ConflictError,
@@ -46,8 +45,13 @@ from ._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
+from rolling_update._hosts.outcome import HostOutcome
+from rolling_update._hosts.rollout import RolloutResult, rollout
+from rolling_update._observe.logs import configure as configure_logging
+from rolling_update._operate.recover import RecoveryReport, recover
 
 __all__ = [
+    "ActionFailed",
     "BuildFailed",
     "Config",
     "ConfigError",

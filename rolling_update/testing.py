@@ -26,8 +26,7 @@ from rolling_update._engine.docker import (
     ContainerSpec,
     ImageInfo,
 )
-
-from ._errors import EngineError
+from rolling_update._errors import EngineError
 
 __all__ = ["FakeContainer", "FakeEngine"]
 

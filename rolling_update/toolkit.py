@@ -1,29 +1,53 @@
-"""The public toolkit for writing steps: everything a custom step needs, no private imports.
+"""The public toolkit for writing steps: everything a step needs, no private imports.
 
 A step is any class with ``name``, ``title``, ``async run(ctx)`` and
-``async compensate(ctx)``. From here it gets the context it is handed, the
-engine protocol and container specs, the concurrent waits (a container
-watched for death, memory and deadlines while a body runs; health polls),
-HTTP probes and their judgement, the errors to raise, and the helper that
-removes only what this deploy made::
+``async compensate(ctx)``. The built-in steps (the ``steps`` package) import
+from here and nowhere else in ``rolling_update``, so each of them is an example
+of a custom step. From here a step gets:
+
+- the context it is handed (:class:`DeployContext`) and the config sections it
+  holds its slice of;
+- the engine protocol, container specs and the label a service's images carry;
+- the concurrent waits (a container watched for death, memory and deadlines while
+  a body runs; health polls; a wait that says what it waits for);
+- HTTP probes and their pure judges (health body, tick status);
+- what may be removed (:func:`remove_ours`, :func:`clear_name`);
+- lifecycle actions, logged commands, secret redaction, the builder choice,
+  blue's twin's differences and compose's config hash;
+- the errors to raise::
 
     from rolling_update.toolkit import DeployContext, RollingUpdateError, remove_ours
 """
 
+from rolling_update._config.settings import (
+    BuildConfig,
+    GreenConfig,
+    HealthConfig,
+    ImageConfig,
+    MigrateConfig,
+    Moment,
+    ServiceConfig,
+    TickConfig,
+    VerifyConfig,
+)
+from rolling_update._deploy.actions import run_actions
+from rolling_update._deploy.compose import CONFIG_HASH, config_hash, made_by_compose
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.policy import clear_name, remove_ours
+from rolling_update._deploy.process import run_logged
 from rolling_update._deploy.saga import Step
-from rolling_update._engine.docker import ContainerEvent, ContainerInfo, ContainerSpec, Engine
-from rolling_update._watch.probe import Answer, judge_health, probe
-from rolling_update._watch.watch import (
-    LastProbe,
-    Watch,
-    await_healthy,
-    poll_until_healthy,
-    watching,
+from rolling_update._deploy.twin import diff
+from rolling_update._engine.builder import choose_builder
+from rolling_update._engine.docker import (
+    LABEL_SERVICE,
+    BuildOptions,
+    ContainerEvent,
+    ContainerInfo,
+    ContainerSpec,
+    Engine,
+    split_reference,
 )
-
-from ._errors import (
+from rolling_update._errors import (
     ActionFailed,
     BuildFailed,
     ConfigError,
@@ -40,11 +64,36 @@ from ._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
+from rolling_update._handoff.nft import table_name
+from rolling_update._observe.logs import redactor
+from rolling_update._observe.progress import waiting
+from rolling_update._watch.probe import (
+    Answer,
+    judge_health,
+    parse_tick,
+    port_in_use,
+    probe,
+    tick_state,
+)
+from rolling_update._watch.watch import (
+    LastProbe,
+    Watch,
+    await_docker_healthy,
+    await_healthy,
+    poll_until_healthy,
+    restore_wait,
+    task_group,
+    watching,
+)
 
 __all__ = [
+    "CONFIG_HASH",
+    "LABEL_SERVICE",
     "ActionFailed",
     "Answer",
+    "BuildConfig",
     "BuildFailed",
+    "BuildOptions",
     "ConfigError",
     "ConflictError",
     "ContainerEvent",
@@ -54,23 +103,47 @@ __all__ = [
     "DeployContext",
     "Engine",
     "EngineError",
+    "GreenConfig",
     "GreenFailed",
     "HealthCheckFailed",
+    "HealthConfig",
+    "ImageConfig",
     "LastProbe",
+    "MigrateConfig",
     "MigrationFailed",
+    "Moment",
     "PreflightError",
     "ProductionFailed",
     "RestoreFailed",
     "RollingUpdateError",
+    "ServiceConfig",
     "Step",
+    "TickConfig",
     "TickWaitFailed",
     "VerificationFailed",
+    "VerifyConfig",
     "Watch",
+    "await_docker_healthy",
     "await_healthy",
+    "choose_builder",
     "clear_name",
+    "config_hash",
+    "diff",
     "judge_health",
+    "made_by_compose",
+    "parse_tick",
     "poll_until_healthy",
+    "port_in_use",
     "probe",
+    "redactor",
     "remove_ours",
+    "restore_wait",
+    "run_actions",
+    "run_logged",
+    "split_reference",
+    "table_name",
+    "task_group",
+    "tick_state",
+    "waiting",
     "watching",
 ]

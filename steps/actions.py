@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from rolling_update._config.settings import Moment
-from rolling_update._deploy.actions import run_actions
-from rolling_update._deploy.context import DeployContext
+from rolling_update.toolkit import DeployContext, Moment, run_actions
 
 
 class RunActions:

@@ -7,10 +7,7 @@ import time
 import anyio
 import structlog
 
-from rolling_update._config.settings import ServiceConfig
-from rolling_update._deploy.context import DeployContext
-from rolling_update._engine.docker import LABEL_SERVICE
-from rolling_update._errors import RollingUpdateError
+from rolling_update.toolkit import LABEL_SERVICE, DeployContext, RollingUpdateError, ServiceConfig
 
 
 class RemoveOld:

@@ -7,19 +7,25 @@ import time
 import anyio
 import structlog
 
-from rolling_update._config.settings import GreenConfig, HealthConfig, ServiceConfig
-from rolling_update._deploy.actions import run_actions
-from rolling_update._deploy.context import DeployContext
-from rolling_update._deploy.policy import clear_name, remove_ours
-from rolling_update._engine.docker import ContainerSpec
-from rolling_update._errors import ConflictError, GreenFailed, HealthCheckFailed, RestoreFailed
-from rolling_update._observe.logs import redactor
-from rolling_update._observe.progress import waiting
-from rolling_update._watch.probe import port_in_use
-from rolling_update._watch.watch import (
+from rolling_update.toolkit import (
+    ConflictError,
+    ContainerSpec,
+    DeployContext,
+    GreenConfig,
+    GreenFailed,
+    HealthCheckFailed,
+    HealthConfig,
     LastProbe,
+    RestoreFailed,
+    ServiceConfig,
     await_docker_healthy,
+    clear_name,
     poll_until_healthy,
+    port_in_use,
+    redactor,
+    remove_ours,
+    run_actions,
+    waiting,
     watching,
 )
 

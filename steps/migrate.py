@@ -10,13 +10,18 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from rolling_update._config.settings import MigrateConfig, ServiceConfig
-from rolling_update._deploy.context import DeployContext
-from rolling_update._deploy.policy import clear_name, remove_ours
-from rolling_update._engine.docker import ContainerSpec
-from rolling_update._errors import ConflictError, MigrationFailed
-from rolling_update._observe.logs import redactor
-from rolling_update._watch.watch import task_group
+from rolling_update.toolkit import (
+    ConflictError,
+    ContainerSpec,
+    DeployContext,
+    MigrateConfig,
+    MigrationFailed,
+    ServiceConfig,
+    clear_name,
+    redactor,
+    remove_ours,
+    task_group,
+)
 
 
 class RunMigrations:

@@ -9,21 +9,32 @@ from dataclasses import replace
 import anyio
 import structlog
 
-from rolling_update._config.settings import HealthConfig, ServiceConfig, TickConfig, VerifyConfig
-from rolling_update._deploy.compose import CONFIG_HASH, config_hash, made_by_compose
-from rolling_update._deploy.context import DeployContext
-from rolling_update._deploy.policy import clear_name, remove_ours
-from rolling_update._deploy.twin import diff
-from rolling_update._engine.docker import ContainerInfo, ContainerSpec
-from rolling_update._errors import (
+from rolling_update.toolkit import (
+    CONFIG_HASH,
     ConflictError,
+    ContainerInfo,
+    ContainerSpec,
+    DeployContext,
+    HealthConfig,
+    LastProbe,
     ProductionFailed,
     RestoreFailed,
+    ServiceConfig,
+    TickConfig,
     TickWaitFailed,
     VerificationFailed,
+    VerifyConfig,
+    await_healthy,
+    clear_name,
+    config_hash,
+    diff,
+    judge_health,
+    made_by_compose,
+    probe,
+    remove_ours,
+    restore_wait,
+    watching,
 )
-from rolling_update._watch.probe import judge_health, probe
-from rolling_update._watch.watch import LastProbe, await_healthy, restore_wait, watching
 
 from .tick import wait_for_tick_boundary
 

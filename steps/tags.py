@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from rolling_update._config.settings import ImageConfig
-from rolling_update._deploy.context import DeployContext
-from rolling_update._engine.docker import split_reference
+from rolling_update.toolkit import DeployContext, ImageConfig, split_reference
 
 
 class TagImage:

@@ -9,12 +9,19 @@ from datetime import UTC, datetime
 import anyio
 import structlog
 
-from rolling_update._config.settings import HealthConfig, ServiceConfig, TickConfig
-from rolling_update._deploy.context import DeployContext
-from rolling_update._errors import GreenFailed, TickWaitFailed
-from rolling_update._observe.progress import waiting
-from rolling_update._watch.probe import parse_tick, probe, tick_state
-from rolling_update._watch.watch import watching
+from rolling_update.toolkit import (
+    DeployContext,
+    GreenFailed,
+    HealthConfig,
+    ServiceConfig,
+    TickConfig,
+    TickWaitFailed,
+    parse_tick,
+    probe,
+    tick_state,
+    waiting,
+    watching,
+)
 
 _UNUSABLE_IN_A_ROW = 3
 

@@ -277,7 +277,7 @@ def test_example_documents_every_key_with_a_comment() -> None:
 async def test_buildkit_is_chosen_only_where_the_cli_can_drive_it() -> None:
     """No such CLI: auto falls back to classic saying why; buildkit required is a config error."""
     from rolling_update._config.settings import BuildConfig
-    from steps.build import choose_builder
+    from rolling_update._engine.builder import choose_builder
 
     missing = BuildConfig(context=Path("."), docker_cli="/nonexistent/docker")
     builder, why = await choose_builder(missing)

@@ -36,7 +36,8 @@ from rolling_update._errors import (
     RolloutFailed,
 )
 from rolling_update._hosts.hosts import Connected, connect, for_host, hosts_of, pick
-from rolling_update._hosts.rollout import HostOutcome, rollout
+from rolling_update._hosts.outcome import HostOutcome
+from rolling_update._hosts.rollout import rollout
 from rolling_update._observe.history import HistoryEntry, read
 from rolling_update._observe.logs import configure, redactor
 from rolling_update._observe.timeline import render as render_timeline

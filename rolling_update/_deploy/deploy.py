@@ -13,14 +13,17 @@ import aiohttp
 import anyio
 import structlog
 
-from rolling_update._config.settings import Config, read_env_file, read_version
+from rolling_update._config.settings import Config
 from rolling_update._deploy.compose import environment_keys
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.guard import ConfirmBlue
 from rolling_update._deploy.hooks import run_post_hook, run_pre_hook
+from rolling_update._deploy.plan import default_plan
 from rolling_update._deploy.policy import in_the_way
+from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
 from rolling_update._deploy.twin import Twin
+from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.docker import (
     LABEL_DEPLOY,
     LABEL_VERSION,
@@ -35,12 +38,13 @@ from rolling_update._errors import (
     PreflightError,
     RollbackIncomplete,
 )
+from rolling_update._handoff.measure import measure_handoff
 from rolling_update._handoff.nft import Firewall, LocalFirewall, can_mark, marked_socket, table_name
 from rolling_update._observe.history import HistoryEntry, Kind, who
 from rolling_update._observe.history import append as history_append
 from rolling_update._observe.history import host as history_host
 from rolling_update._observe.history import now as history_now
-from rolling_update._observe.logs import redactor, register_secrets, secret_values
+from rolling_update._observe.logs import redactor
 from rolling_update._observe.metrics import write_metrics
 from rolling_update._observe.timeline import build as build_timeline
 from rolling_update._state.state import (
@@ -56,96 +60,10 @@ from rolling_update._watch.probe import HealthBaseline, port_in_use, probe
 from rolling_update._watch.watch import task_group
 
 
-def default_plan(cfg: Config) -> list[Step[DeployContext]]:
-    """The reference blue-green plan, in order; a plain list to edit or extend."""
-    # Imported here: the steps package imports this one.
-    from steps import (
-        AwaitGreenHealthy,
-        AwaitTickBoundary,
-        BuildImage,
-        Redirect,
-        Release,
-        RemoveOld,
-        RunActions,
-        RunMigrations,
-        Soak,
-        StartGreen,
-        Switch,
-        TagImage,
-        VerifyProduction,
-    )
-
-    plan: list[Step[DeployContext]] = []
-    if cfg.build.enabled:
-        plan.append(BuildImage(cfg.build))
-    if cfg.migrate.commands:
-        plan.append(RunMigrations(cfg.migrate, cfg.service))
-    plan += [
-        StartGreen(cfg.service, cfg.green),
-        AwaitGreenHealthy(cfg.service, cfg.health),
-        AwaitTickBoundary(cfg.service, cfg.tick, cfg.health),
-    ]
-    if cfg.actions_at("before-switch") or cfg.actions_at("rollback"):
-        plan.append(RunActions("before-switch", undo="rollback"))
-    if cfg.image.tags:
-        plan.append(TagImage(cfg.image))
-    plan += [
-        Redirect(cfg.service, cfg.health),
-        Switch(cfg.service, cfg.tick, cfg.health, cfg.verify),
-        VerifyProduction(cfg.service, cfg.health, cfg.verify),
-        Release(cfg.service),
-        Soak(cfg.service, cfg.health, cfg.verify),
-    ]
-    if cfg.actions_at("after-soak"):
-        plan.append(RunActions("after-soak"))
-    plan.append(RemoveOld(cfg.service))
-    return plan
-
-
 def guarded(cfg: Config, plan: Sequence[Step[DeployContext]]) -> list[Step[DeployContext]]:
     """``plan`` with :class:`ConfirmBlue` first: whatever the steps, a rollback ends by
     proving blue serves as healthy as it was found (its undo runs last)."""
     return [ConfirmBlue(cfg.service, cfg.health, cfg.verify), *plan]
-
-
-@dataclass(frozen=True)
-class Release:
-    """What is being deployed, read from the files the config names."""
-
-    version: str
-    image: str
-    env: Mapping[str, str] = field(repr=False)
-
-
-def prepare(
-    cfg: Config, environ: Mapping[str, str] | None = None, *, version: str | None = None
-) -> Release:
-    """Read and check every file the config names; touches nothing.
-
-    ``version`` (a rollback) is deployed as it is, without the version file.
-    """
-    version = version if version is not None else read_version(cfg.image)
-    env: dict[str, str] = {}
-    if cfg.service.env_file is not None:
-        env.update(read_env_file(cfg.service.env_file, environ))
-    env.update(cfg.env)
-    register_secrets(
-        secret_values(
-            {**env, **cfg.green.env, **cfg.build.args},
-            extra=cfg.secrets.keys,
-            public=cfg.secrets.public,
-        )
-    )
-    if cfg.build.enabled and cfg.build.context is not None:
-        if not cfg.build.context.is_dir():
-            raise ConfigError("not a directory", source=str(cfg.build.context), key="build.context")
-        if not (cfg.build.context / cfg.build.dockerfile).is_file():
-            raise ConfigError(
-                f"no {cfg.build.dockerfile} in the build context",
-                source=str(cfg.build.context),
-                key="build.dockerfile",
-            )
-    return Release(version=version, image=cfg.image.name.format(version=version), env=env)
 
 
 @dataclass(frozen=True)
@@ -232,8 +150,6 @@ async def preflight(
     if cfg.build.enabled and cfg.build.command is None:
         # Imported here: the steps package imports this one. Raises when BuildKit is
         # required (build.builder = "buildkit") and cannot be had.
-        from steps.build import choose_builder
-
         await choose_builder(cfg.build)
     blue = await docker.inspect(svc.name)
     needed = [svc.green_name, svc.migrate_name] + ([svc.old_name] if blue is not None else [])
@@ -543,8 +459,6 @@ async def _deploy(
                     async with task_group() as tg:
                         if ctx.handoff:
                             # Imported here: the steps package imports this one.
-                            from steps.handoff import measure_handoff
-
                             tg.start_soon(measure_handoff, ctx)
                         records = await run_saga(
                             plan,

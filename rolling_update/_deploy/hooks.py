@@ -22,7 +22,7 @@ from rolling_update._deploy.process import run_logged
 from rolling_update._errors import PreflightError
 
 if TYPE_CHECKING:
-    from rolling_update._deploy.deploy import Release
+    from rolling_update._deploy.release import Release
     from rolling_update._observe.history import HistoryEntry
 
 

@@ -23,6 +23,7 @@ import structlog
 
 from rolling_update._errors import FailedAfterCommit, RollbackIncomplete
 from rolling_update._observe.logs import redactor
+from rolling_update._observe.timeline import Phase
 
 Ctx = TypeVar("Ctx", contravariant=True)
 
@@ -71,18 +72,6 @@ class SagaState:
 class StepRecord:
     name: str
     seconds: float
-
-
-@dataclass
-class Phase:
-    """One step's run or undo on the monotonic clock; ``result`` once it ended."""
-
-    name: str
-    title: str
-    began: float
-    ended: float | None = None
-    result: str = "running"
-    """done, failed, interrupted, undone, undo-failed."""
 
 
 C = TypeVar("C")

@@ -15,48 +15,27 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, aclosing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
 import structlog
 
 from rolling_update._config.settings import Config
-from rolling_update._deploy.deploy import (
-    Release,
-    classify,
-    deploy,
-    http_session,
-    preflight,
-    prepare,
-    version_of,
-)
+from rolling_update._deploy.deploy import classify, deploy, http_session, preflight, version_of
+from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.registry import registry_auth
 from rolling_update._errors import EngineError, PreflightError, RolloutFailed
 from rolling_update._hosts.hosts import Connected, connect, hosts_of
+from rolling_update._hosts.outcome import HostOutcome
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._operate.operate import rollback
 from rolling_update._state.state import marker_name, refuse_marked, refuse_unfinished, service_lock
 
 _PROGRESS_EVERY = 2.0
-
-
-@dataclass
-class HostOutcome:
-    """How one host ended: ``deployed``, ``rolled-back``, ``refused``, ``interrupted``,
-    ``rollback-incomplete``, ``failed-after-commit``, ``not-started``, ``reverted``
-    (rollback-all took it back) or ``revert-failed``."""
-
-    host: str
-    result: str = "not-started"
-    from_version: str | None = None
-    to_version: str | None = None
-    reason: str | None = None
-    seconds: float = 0.0
-    measured: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -9,11 +9,21 @@ no terminal control codes: the same text reads in a terminal, a file or journald
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:
-    # Types only: the log renderer draws timelines, and the runner logs through it.
-    from rolling_update._deploy.saga import Phase
+
+@dataclass
+class Phase:
+    """One step's run or undo on the monotonic clock; ``result`` once it ended."""
+
+    name: str
+    title: str
+    began: float
+    ended: float | None = None
+    result: str = "running"
+    """done, failed, interrupted, undone, undo-failed."""
+
 
 WIDTH = 48
 _GLYPH = {"done": "█", "undone": "░", "failed": "▓", "interrupted": "▓", "undo-failed": "▓"}

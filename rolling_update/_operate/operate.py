@@ -19,17 +19,18 @@ from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.deploy import (
     DeployResult,
     already_serving,
-    default_plan,
     deploy,
     guarded,
     http_session,
     open_engine,
     preflight,
-    prepare,
     version_of,
 )
+from rolling_update._deploy.plan import default_plan
+from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._deploy.twin import diff
+from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.docker import LABEL_ROLE, Engine
 from rolling_update._errors import ConfigError, PreflightError
 from rolling_update._handoff.nft import Firewall, LocalFirewall, table_name
@@ -195,8 +196,6 @@ async def plan(
         green = ctx.spec("green", svc.green_name, svc.green_port, overrides=cfg.green.env)
         build: dict[str, Any] = {"enabled": cfg.build.enabled, "image": release.image}
         if cfg.build.enabled and cfg.build.command is None:
-            from steps.build import choose_builder
-
             builder, why = await choose_builder(cfg.build)
             build.update(builder=builder, why=why, context=str(cfg.build.context))
         elif cfg.build.command is not None:
