@@ -11,7 +11,7 @@ Compose steps into a list and run them::
 from rolling_update._config.settings import Config, load_config
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.deploy import DeployResult, deploy
-from rolling_update._deploy.plan import default_plan
+from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import Step, StepRecord, run_saga
 from rolling_update._engine.docker import (
@@ -48,6 +48,7 @@ from rolling_update._errors import (
 from rolling_update._hosts.outcome import HostOutcome
 from rolling_update._hosts.rollout import RolloutResult, rollout
 from rolling_update._observe.logs import configure as configure_logging
+from rolling_update._operate.operate import rollback
 from rolling_update._operate.recover import RecoveryReport, recover
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "HealthCheckFailed",
     "HostOutcome",
     "MigrationFailed",
+    "PlanFactory",
     "PreflightError",
     "ProductionFailed",
     "RecoveryFailed",
@@ -92,6 +94,7 @@ __all__ = [
     "load_config",
     "prepare",
     "recover",
+    "rollback",
     "rollout",
     "run_saga",
 ]

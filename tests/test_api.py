@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rolling_update import Config, default_plan, deploy, load_config
+from rolling_update import Config, default_plan, deploy, load_config, rollback
 from rolling_update.toolkit import DeployContext, RollingUpdateError, Step
 from tests.support import Service
 
@@ -110,3 +110,23 @@ async def test_the_readme_example_step_runs_in_a_plan(service: Service) -> None:
     result = await deploy(cfg, steps=plan)
     assert "smoke" in [r.name for r in result.steps]
     assert service.serving() == "2.0.0"
+
+
+async def test_a_plan_factory_runs_in_a_deploy_and_in_its_rollback(service: Service) -> None:
+    """deploy(plan=...) and rollback(plan=...) both run the custom step the factory adds."""
+    gate = ReleaseGate(open_=True)
+
+    def with_gate(cfg: Config) -> list[Step[DeployContext]]:
+        plan = default_plan(cfg)
+        plan.insert([s.name for s in plan].index("switch"), gate)
+        return plan
+
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    cfg = load_config(service.config())
+    await deploy(cfg, plan=with_gate)
+    assert service.serving() == "2.0.0"
+    result = await rollback(cfg, "1.0.0", plan=with_gate)
+    assert service.serving() == "1.0.0"
+    assert "release-gate" in [r.name for r in result.steps]
+    assert gate.journal == ["asked for 2.0.0; green is True", "asked for 1.0.0; green is True"]

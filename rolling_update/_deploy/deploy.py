@@ -18,7 +18,7 @@ from rolling_update._deploy.compose import environment_keys
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.guard import ConfirmBlue
 from rolling_update._deploy.hooks import run_post_hook, run_pre_hook
-from rolling_update._deploy.plan import default_plan
+from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.policy import in_the_way
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
@@ -284,6 +284,7 @@ async def deploy(
     cfg: Config,
     *,
     steps: Sequence[Step[DeployContext]] | None = None,
+    plan: PlanFactory = default_plan,
     engine: Engine | None = None,
     environ: Mapping[str, str] | None = None,
     state: SagaState | None = None,
@@ -292,7 +293,8 @@ async def deploy(
     firewall: Firewall | None = None,
     force: bool = False,
 ) -> DeployResult:
-    """Deploy the release ``cfg`` describes with ``steps`` (default: :func:`default_plan`).
+    """Deploy the release ``cfg`` describes with ``steps`` (default: ``plan(cfg)``, and
+    ``plan`` defaults to :func:`default_plan`).
 
     Holds the service's lock throughout, marks the deploy on the engine, and
     keeps a journal for ``recover``. Raises a
@@ -315,7 +317,7 @@ async def deploy(
         ):
             return await _deploy(
                 cfg,
-                steps,
+                list(steps) if steps is not None else list(plan(cfg)),
                 engine,
                 environ,
                 progress,
@@ -373,7 +375,7 @@ def _timeline(attempt: Attempt, progress: SagaState, ctx: DeployContext, began: 
 
 async def _deploy(
     cfg: Config,
-    steps: Sequence[Step[DeployContext]] | None,
+    steps: Sequence[Step[DeployContext]],
     engine: Engine | None,
     environ: Mapping[str, str] | None,
     progress: SagaState,
@@ -444,7 +446,7 @@ async def _deploy(
                     firewall=firewall,
                     blue_serving=found.blue.id if found.blue and found.blue.running else None,
                 )
-                plan = guarded(cfg, list(steps) if steps is not None else default_plan(cfg))
+                plan = guarded(cfg, steps)
                 log.info(
                     "deploy.started",
                     image=release.image,

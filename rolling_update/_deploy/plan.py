@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -21,6 +22,10 @@ from typing import TYPE_CHECKING
 from rolling_update._config.settings import Config
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.saga import Step
+
+PlanFactory = Callable[[Config], Sequence[Step[DeployContext]]]
+"""Makes a deploy's steps from its config; ``deploy``, ``rollback`` and ``rollout`` take one,
+so a plan of custom steps runs on every host (each with its own config) and in a rollback."""
 
 BUILTIN_STEPS = Path(__file__).resolve().parent.parent.parent / "steps" / "__init__.py"
 

@@ -23,6 +23,7 @@ import structlog
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.deploy import classify, deploy, http_session, preflight, version_of
+from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._engine.docker import DockerEngine
@@ -146,13 +147,15 @@ async def rollout(
     progress: dict[str, SagaState] | None = None,
     report: list[HostOutcome] | None = None,
     force: bool = False,
+    plan: PlanFactory = default_plan,
 ) -> RolloutResult:
     """Deploy ``cfg``'s release to every host in ``cfg.hosts``, canary first.
 
     Raises :class:`RolloutFailed` when a host failed (every host then serves,
     as ``on_failure`` says); a cancellation (Ctrl-C) rolls back the hosts in
     flight, applies ``on_failure`` to the rest, and propagates. ``report``, if
-    given, receives every host's outcome however the rollout ends.
+    given, receives every host's outcome however the rollout ends. ``plan`` makes
+    each host's steps from that host's config, and its rollback's under rollback-all.
     """
     log = structlog.get_logger()
     began = time.monotonic()
@@ -217,6 +220,7 @@ async def rollout(
                     environ=environ,
                     state=state,
                     force=force,
+                    plan=plan,
                 )
                 outcome.measured.update(result.measured)
         except BaseException as exc:
@@ -275,7 +279,7 @@ async def rollout(
             failed = any(o.result not in ("deployed", "not-started") for o in outcomes.values())
             if failed and cfg.rollout.on_failure == "rollback-all":
                 with anyio.CancelScope(shield=True):
-                    await _revert(cfg, connected, outcomes)
+                    await _revert(cfg, connected, outcomes, plan)
             log.info("rollout.summary", hosts=[asdict(o) for o in outcomes.values()])
             if report is not None:
                 report[:] = [outcomes[h.name] for h in hosts]
@@ -291,7 +295,10 @@ async def rollout(
 
 
 async def _revert(
-    cfg: Config, connected: list[Connected], outcomes: dict[str, HostOutcome]
+    cfg: Config,
+    connected: list[Connected],
+    outcomes: dict[str, HostOutcome],
+    plan: PlanFactory,
 ) -> None:
     """rollback-all: the hosts that took the new version get their previous one back."""
     log = structlog.get_logger()
@@ -309,7 +316,11 @@ async def _revert(
                 anyio.fail_after(cfg.rollout.revert_timeout),
             ):
                 await rollback(
-                    host.config, outcome.from_version, engine=host.engine, firewall=host.firewall
+                    host.config,
+                    outcome.from_version,
+                    engine=host.engine,
+                    firewall=host.firewall,
+                    plan=plan,
                 )
         except Exception as exc:
             outcome.result = "revert-failed"

@@ -26,7 +26,7 @@ from rolling_update._deploy.deploy import (
     preflight,
     version_of,
 )
-from rolling_update._deploy.plan import default_plan
+from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._deploy.twin import diff
@@ -168,13 +168,14 @@ async def plan(
     engine: Engine | None = None,
     firewall: Firewall | None = None,
     copied_from: str | None = None,
+    plan: PlanFactory = default_plan,
 ) -> dict[str, Any]:
     """What a deploy would do now: its steps, specs, diff against blue, rules; changes nothing.
 
     ``copied_from`` names the canary a host after it gets the image from.
     """
     release = prepare(cfg)
-    steps = guarded(cfg, default_plan(cfg))
+    steps = guarded(cfg, plan(cfg))
     async with open_engine(engine) as docker, http_session() as http:
         found = await preflight(
             cfg, docker, http, release, firewall, image_arrives=copied_from is not None
@@ -308,8 +309,10 @@ async def rollback(
     engine: Engine | None = None,
     state: SagaState | None = None,
     firewall: Firewall | None = None,
+    plan: PlanFactory = default_plan,
 ) -> DeployResult:
-    """Deploy ``version`` (default: the one before what serves) without build or migrations."""
+    """Deploy ``version`` (default: the one before what serves) with ``plan``'s steps less its
+    build and migrations."""
     log = structlog.get_logger()
     async with open_engine(engine) as docker:
         known = await known_versions(cfg, docker)
@@ -332,7 +335,7 @@ async def rollback(
         "rollback.plan", to=version, current=current, skipped="build and migrations (the image "
         "exists; migrations are not undone)",
     )  # fmt: skip
-    steps = [s for s in default_plan(cfg) if s.name not in ("build", "migrate")]
+    steps = [s for s in plan(cfg) if s.name not in ("build", "migrate")]
     return await deploy(
         cfg,
         steps=steps,
