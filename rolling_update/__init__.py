@@ -11,6 +11,7 @@ Compose steps into a list and run them::
 from rolling_update._config.settings import Config, load_config
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.deploy import DeployResult, deploy
+from rolling_update._deploy.outcome import HostOutcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import Step, StepRecord, run_saga
@@ -45,7 +46,6 @@ from rolling_update._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
-from rolling_update._hosts.outcome import HostOutcome
 from rolling_update._hosts.rollout import RolloutResult, rollout
 from rolling_update._observe.logs import configure as configure_logging
 from rolling_update._operate.operate import rollback

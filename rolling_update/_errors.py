@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from rolling_update._observe.logs import redactor
 
 if TYPE_CHECKING:
-    from rolling_update._hosts.outcome import HostOutcome
+    from rolling_update._deploy.outcome import HostOutcome
 
 
 class RollingUpdateError(Exception):

@@ -23,20 +23,28 @@ import structlog
 
 from rolling_update._config.settings import DEFAULT_CONFIG, Config, load_config
 from rolling_update._deploy.deploy import deploy
+from rolling_update._deploy.judge import judge
+from rolling_update._deploy.outcome import (
+    EXIT_OK,
+    EXIT_ROLLBACK_INCOMPLETE,
+    EXIT_ROLLED_BACK,
+    EXIT_SIGNAL_BASE,
+    EXIT_USAGE,
+    HostOutcome,
+    Outcome,
+    worst,
+)
 from rolling_update._deploy.saga import SagaState
 from rolling_update._errors import (
-    ConfigError,
     ContainerFailure,
     EngineError,
     FailedAfterCommit,
-    PreflightError,
     RecoveryFailed,
     RollbackIncomplete,
     RollingUpdateError,
     RolloutFailed,
 )
 from rolling_update._hosts.hosts import Connected, connect, for_host, hosts_of, pick
-from rolling_update._hosts.outcome import HostOutcome
 from rolling_update._hosts.rollout import rollout
 from rolling_update._observe.history import HistoryEntry, read
 from rolling_update._observe.logs import configure, redactor
@@ -53,13 +61,6 @@ from rolling_update._operate.operate import (
 )
 from rolling_update._operate.recover import RecoveryReport, recover
 from rolling_update._watch.watch import task_group
-
-EXIT_OK = 0
-EXIT_ROLLED_BACK = 1
-EXIT_USAGE = 2
-EXIT_ROLLBACK_INCOMPLETE = 3
-EXIT_FAILED_AFTER_COMMIT = 4
-EXIT_SIGNAL_BASE = 128
 
 EXIT_TABLE = """\
 exit codes (what the host is left in):
@@ -88,10 +89,6 @@ _EXAMPLES = {
 }
 
 
-def _untouched(exc: BaseException) -> bool:
-    return isinstance(exc, ConfigError | PreflightError | EngineError)
-
-
 def outcome(
     exc: BaseException | None, state: SagaState | None = None, signum: int | None = None
 ) -> tuple[int, str | None]:
@@ -100,48 +97,44 @@ def outcome(
     ``state`` is the runner's progress (``None``: no step could have begun),
     ``signum`` the first SIGINT/SIGTERM received, if any.
     """
-    began = state is not None and state.current is not None
-    committed = state is not None and state.committed
-    if isinstance(exc, RollbackIncomplete):
-        return EXIT_ROLLBACK_INCOMPLETE, (
-            f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
-        )
-    if isinstance(exc, RecoveryFailed):
-        return EXIT_ROLLBACK_INCOMPLETE, f"error: recovery incomplete: {exc}"
-    if isinstance(exc, FailedAfterCommit):
-        return EXIT_FAILED_AFTER_COMMIT, (
-            f"error: {exc} (the new version serves; run `rolling-update recover` to finish)"
-        )
-    if state is not None and state.failures and not committed:
-        # An interrupt's rollback that did not finish: the signal is not the news.
+    result = judge(exc, state, signum)
+    code = result.exit_code(signum)
+    if result is Outcome.DEPLOYED:
+        return code, None
+    if result is Outcome.ROLLBACK_INCOMPLETE:
+        if isinstance(exc, RecoveryFailed):
+            return code, f"error: recovery incomplete: {exc}"
+        if isinstance(exc, RollbackIncomplete) or state is None:
+            return code, f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
         undone = "; ".join(f"{step}: {why}" for step, why in state.failures)
-        return EXIT_ROLLBACK_INCOMPLETE, (
+        return code, (
             f"error: rollback incomplete: {undone}. Run `rolling-update recover`, "
             "or check `docker ps -a`."
         )
-    if signum is not None:
-        if committed:
-            return EXIT_OK, None
-        name = signal.Signals(signum).name
+    if result is Outcome.FAILED_AFTER_COMMIT:
+        return (
+            code,
+            f"error: {exc} (the new version serves; run `rolling-update recover` to finish)",
+        )
+    if result is Outcome.INTERRUPTED:
+        name = signal.Signals(signum).name if signum is not None else type(exc).__name__
         # A failure racing the interrupt changes nothing: the rollback ran either way.
-        if not began:
-            return EXIT_SIGNAL_BASE + signum, f"interrupted by {name}: nothing was changed"
-        return EXIT_SIGNAL_BASE + signum, (
-            f"interrupted by {name} during {state.current if state else 'preparation'}: "
+        if state is None or state.current is None:
+            return code, f"interrupted by {name}: nothing was changed"
+        return code, (
+            f"interrupted by {name} during {state.current}: "
             "rolled back, the previous version serves"
         )
-    if exc is None:
-        return EXIT_OK, None
-    if _untouched(exc) and not began:
-        return EXIT_USAGE, f"error: {exc} (nothing was changed)"
+    if result is Outcome.REFUSED:
+        return code, f"error: {exc} (nothing was changed)"
     if isinstance(exc, EngineError):
-        return EXIT_ROLLED_BACK, (
+        return code, (
             f"error: the Docker engine failed during the deploy: {exc} "
             "(rolled back: the previous version serves)"
         )
     if isinstance(exc, RollingUpdateError):
-        return EXIT_ROLLED_BACK, f"error: {exc} (rolled back: the previous version serves)"
-    return EXIT_ROLLED_BACK, f"error: unexpected {type(exc).__name__}: {exc} (rolled back)"
+        return code, f"error: {exc} (rolled back: the previous version serves)"
+    return code, f"error: unexpected {type(exc).__name__}: {exc} (rolled back)"
 
 
 def describe(exc: BaseException, line: str) -> str:
@@ -291,21 +284,9 @@ def _rollout(cfg: Config, *, force: bool = False) -> int:
         return code
     for host in report:
         versions = f"{host.from_version or '-'} -> {host.to_version or '-'}"
-        why = f": {host.reason}" if host.reason and host.result != "deployed" else ""
+        why = f": {host.reason}" if host.reason and host.result != Outcome.DEPLOYED else ""
         print(f"  {host.host:<16} {host.result:<20} {versions}{why}", file=sys.stderr)
-    results = {h.result for h in report}
-    if results & {"rollback-incomplete", "revert-failed"}:
-        code = EXIT_ROLLBACK_INCOMPLETE
-    elif "failed-after-commit" in results:
-        code = EXIT_FAILED_AFTER_COMMIT
-    elif interrupt.signum is not None:
-        code = EXIT_OK if results == {"deployed"} else EXIT_SIGNAL_BASE + interrupt.signum
-    elif error is None:
-        code = EXIT_OK
-    elif results <= {"refused", "not-started"}:
-        code = EXIT_USAGE
-    else:
-        code = EXIT_ROLLED_BACK
+    code = worst((h.result for h in report), failed=error is not None, signum=interrupt.signum)
     if code != EXIT_OK:
         cause = (
             f"interrupted by {signal.Signals(interrupt.signum).name}"

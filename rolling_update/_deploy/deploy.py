@@ -18,6 +18,8 @@ from rolling_update._deploy.compose import environment_keys
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.guard import ConfirmBlue
 from rolling_update._deploy.hooks import run_post_hook, run_pre_hook
+from rolling_update._deploy.judge import judge
+from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.policy import in_the_way
 from rolling_update._deploy.release import Release, prepare
@@ -32,11 +34,7 @@ from rolling_update._engine.docker import (
     Engine,
 )
 from rolling_update._errors import (
-    ConfigError,
-    EngineError,
-    FailedAfterCommit,
     PreflightError,
-    RollbackIncomplete,
 )
 from rolling_update._handoff.measure import measure_handoff
 from rolling_update._handoff.nft import Firewall, LocalFirewall, can_mark, marked_socket, table_name
@@ -265,21 +263,6 @@ def moments(ctx: DeployContext) -> dict[str, float | None]:
     }
 
 
-def classify(exc: BaseException | None, state: SagaState) -> str:
-    """The audit log's word for how a deploy ended (see :class:`HistoryEntry`)."""
-    if exc is None:
-        return "deployed"
-    if isinstance(exc, FailedAfterCommit):
-        return "failed-after-commit"
-    if isinstance(exc, RollbackIncomplete) or state.failures:
-        return "rollback-incomplete"
-    if not isinstance(exc, Exception):
-        return "deployed" if state.committed else "interrupted"
-    if isinstance(exc, ConfigError | PreflightError | EngineError) and state.current is None:
-        return "refused"
-    return "rolled-back"
-
-
 async def deploy(
     cfg: Config,
     *,
@@ -331,11 +314,11 @@ async def deploy(
         raise
     finally:
         with anyio.CancelScope(shield=True):
-            await _after(cfg, attempt, classify(error, progress), error, time.monotonic() - began)
+            await _after(cfg, attempt, judge(error, progress), error, time.monotonic() - began)
 
 
 async def _after(
-    cfg: Config, attempt: Attempt, result: str, error: BaseException | None, seconds: float
+    cfg: Config, attempt: Attempt, result: Outcome, error: BaseException | None, seconds: float
 ) -> None:
     """Audit log, then hooks and metrics: none of them may change how the deploy ended."""
     log = structlog.get_logger()
@@ -359,9 +342,13 @@ async def _after(
         history_append(cfg.state_dir, entry)
     except OSError as exc:
         log.warning("history.not_written", error=str(exc))
-    if result == "refused":
+    if result is Outcome.REFUSED:
         return
-    hook = "post_deploy" if result in ("deployed", "failed-after-commit") else "post_rollback"
+    hook = (
+        "post_deploy"
+        if result in (Outcome.DEPLOYED, Outcome.FAILED_AFTER_COMMIT)
+        else "post_rollback"
+    )
     await run_post_hook(cfg, hook, entry)
     write_metrics(cfg)
 

@@ -22,7 +22,9 @@ import anyio
 import structlog
 
 from rolling_update._config.settings import Config
-from rolling_update._deploy.deploy import classify, deploy, http_session, preflight, version_of
+from rolling_update._deploy.deploy import deploy, http_session, preflight, version_of
+from rolling_update._deploy.judge import judge
+from rolling_update._deploy.outcome import HostOutcome, Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
@@ -30,7 +32,6 @@ from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.registry import registry_auth
 from rolling_update._errors import EngineError, PreflightError, RolloutFailed
 from rolling_update._hosts.hosts import Connected, connect, hosts_of
-from rolling_update._hosts.outcome import HostOutcome
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._operate.operate import rollback
@@ -231,7 +232,7 @@ async def rollout(
             raise
         finally:
             outcome.seconds = round(time.monotonic() - started, 3)
-            outcome.result = classify(error, state)
+            outcome.result = judge(error, state)
             if error is not None:
                 outcome.reason = redactor.scrub(str(error) or type(error).__name__)
             log.info("rollout.host", host=name, result=outcome.result, reason=outcome.reason)
@@ -276,7 +277,9 @@ async def rollout(
 
                         tg.start_soon(run)
         finally:
-            failed = any(o.result not in ("deployed", "not-started") for o in outcomes.values())
+            failed = any(
+                o.result not in (Outcome.DEPLOYED, Outcome.NOT_STARTED) for o in outcomes.values()
+            )
             if failed and cfg.rollout.on_failure == "rollback-all":
                 with anyio.CancelScope(shield=True):
                     await _revert(cfg, connected, outcomes, plan)
@@ -284,7 +287,7 @@ async def rollout(
             if report is not None:
                 report[:] = [outcomes[h.name] for h in hosts]
     ordered = [outcomes[h.name] for h in hosts]
-    if any(o.result != "deployed" for o in ordered):
+    if any(o.result != Outcome.DEPLOYED for o in ordered):
         raise RolloutFailed(f"the rollout stopped ({summary(ordered)})", ordered)
     return RolloutResult(
         version=release.version,
@@ -304,7 +307,7 @@ async def _revert(
     log = structlog.get_logger()
     for host in reversed(connected):
         outcome = outcomes[host.host.name]
-        if outcome.result != "deployed":
+        if outcome.result != Outcome.DEPLOYED:
             continue
         if outcome.from_version is None or outcome.from_version == outcome.to_version:
             outcome.reason = "kept: there was no other version before"
@@ -323,7 +326,7 @@ async def _revert(
                     plan=plan,
                 )
         except Exception as exc:
-            outcome.result = "revert-failed"
+            outcome.result = Outcome.REVERT_FAILED
             outcome.reason = redactor.scrub(str(exc) or type(exc).__name__)
             continue
-        outcome.result = "reverted"
+        outcome.result = Outcome.REVERTED

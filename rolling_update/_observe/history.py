@@ -18,6 +18,8 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
+from rolling_update._deploy.outcome import Outcome
+
 Kind = Literal["deploy", "rollback", "recover"]
 
 
@@ -33,9 +35,7 @@ class HistoryEntry(BaseModel):
     host: str
     from_version: str | None = None
     to_version: str | None = None
-    result: str
-    """deployed, rolled-back, interrupted, refused, rollback-incomplete,
-    failed-after-commit, recovered, recovery-failed."""
+    result: Outcome
     reason: str | None = None
     seconds: float = 0.0
     measured: dict[str, Any] = {}

@@ -36,6 +36,7 @@ import structlog
 from rich.console import Console
 from structlog.typing import EventDict, WrappedLogger
 
+from rolling_update._deploy.outcome import Outcome
 from rolling_update._observe.progress import use_terminal
 from rolling_update._observe.timeline import render as render_timeline
 
@@ -200,7 +201,7 @@ class ConsoleRenderer:
             sent = f"{ev.get('mb')} MB sent ({ev.get('mb_per_s')} MB/s)"
             return f"   ⇢ image {ev.get('image')}: {sent}"
         if event == "rollout.host":
-            mark = "✅" if ev.get("result") == "deployed" else "❌"
+            mark = "✅" if ev.get("result") == Outcome.DEPLOYED else "❌"
             why = f": {ev['reason']}" if ev.get("reason") else ""
             return f"{mark} {ev.get('result')}{why}"
         if event == "rollout.summary":

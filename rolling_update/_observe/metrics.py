@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rolling_update._config.settings import Config
+from rolling_update._deploy.outcome import Outcome
 from rolling_update._observe.history import HistoryEntry, read
 
 
@@ -39,7 +40,7 @@ class _FromHistory(Collector):
         ):
             runs.add_metric([self.service, kind, result, *self.extra.values()], count)
         yield runs
-        served = [e for e in self.entries if e.result == "deployed"]
+        served = [e for e in self.entries if e.result == Outcome.DEPLOYED]
         if served:
             last = served[-1]
             when = datetime.fromisoformat(last.ended_at).timestamp()

@@ -26,6 +26,7 @@ from rolling_update._deploy.deploy import (
     preflight,
     version_of,
 )
+from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState
@@ -157,7 +158,7 @@ def format_history(entries: list[HistoryEntry]) -> str:
         rows.append(
             f"{e.id:<13}{e.ended_at:<27}{e.kind:<9}{versions:<22}{e.result:<21}"
             f"{e.seconds:>6.1f}s  {e.user}@{e.host}"
-            + (f"\n{'':<13}reason: {e.reason}" if e.reason and e.result != "deployed" else "")
+            + (f"\n{'':<13}reason: {e.reason}" if e.reason and e.result != Outcome.DEPLOYED else "")
         )
     return "\n".join(rows)
 
@@ -318,7 +319,7 @@ async def rollback(
         known = await known_versions(cfg, docker)
         current = version_of(await docker.inspect(cfg.service.name))
     if version is None:
-        runs = [e for e in read(cfg.state_dir) if e.result == "deployed"]
+        runs = [e for e in read(cfg.state_dir) if e.result == Outcome.DEPLOYED]
         previous = [e.from_version for e in runs if e.to_version == current and e.from_version]
         if not previous:
             raise PreflightError(

@@ -24,6 +24,7 @@ import structlog
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.deploy import http_session, open_engine
+from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.policy import in_the_way
 from rolling_update._engine.docker import (
     LABEL_DEPLOY,
@@ -228,7 +229,7 @@ async def recover(
             user=who(),
             host=history_host(),
             to_version=None,
-            result="recovered" if error is None else "recovery-failed",
+            result=Outcome.RECOVERED if error is None else Outcome.RECOVERY_FAILED,
             reason=report.outcome if report else str(error) if error else None,
             seconds=round(time.monotonic() - began, 3),
         )

@@ -1,0 +1,42 @@
+"""How a run ended, decided in one place from what the host is left in."""
+
+from __future__ import annotations
+
+from rolling_update._deploy.outcome import Outcome
+from rolling_update._deploy.saga import SagaState
+from rolling_update._errors import (
+    ConfigError,
+    EngineError,
+    FailedAfterCommit,
+    PreflightError,
+    RecoveryFailed,
+    RollbackIncomplete,
+)
+
+
+def untouched(exc: BaseException) -> bool:
+    """Errors raised before anything is changed, when no step has begun."""
+    return isinstance(exc, ConfigError | PreflightError | EngineError)
+
+
+def judge(
+    exc: BaseException | None, state: SagaState | None = None, signum: int | None = None
+) -> Outcome:
+    """How a run ended: ``exc`` it raised (if any), ``state`` the runner's progress
+    (``None``: no step could have begun), ``signum`` the first SIGINT/SIGTERM received."""
+    committed = state is not None and state.committed
+    began = state is not None and state.current is not None
+    if isinstance(exc, RollbackIncomplete | RecoveryFailed):
+        return Outcome.ROLLBACK_INCOMPLETE
+    if isinstance(exc, FailedAfterCommit):
+        return Outcome.FAILED_AFTER_COMMIT
+    if state is not None and state.failures and not committed:
+        # An interrupt's rollback that did not finish: the signal is not the news.
+        return Outcome.ROLLBACK_INCOMPLETE
+    if signum is not None or (exc is not None and not isinstance(exc, Exception)):
+        return Outcome.DEPLOYED if committed else Outcome.INTERRUPTED
+    if exc is None:
+        return Outcome.DEPLOYED
+    if untouched(exc) and not began:
+        return Outcome.REFUSED
+    return Outcome.ROLLED_BACK

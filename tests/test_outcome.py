@@ -1,0 +1,58 @@
+"""One outcome type: each way a run ends has one name and one exit code."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from rolling_update._cli.main import EXIT_TABLE
+from rolling_update._deploy.judge import judge
+from rolling_update._deploy.outcome import Outcome, worst
+from rolling_update._deploy.saga import SagaState
+from rolling_update._errors import ConfigError, FailedAfterCommit, RollingUpdateError
+
+
+def test_every_outcome_has_an_exit_code_the_table_documents() -> None:
+    """No outcome lacks a code, and each code is a row of deploy --help's exit table."""
+    for result in Outcome:
+        code = result.exit_code(signal.SIGINT)
+        assert f"\n  {code} " in EXIT_TABLE, (result, code)
+
+
+@pytest.mark.parametrize(
+    ("exc", "began", "committed", "signum", "expected"),
+    [
+        (None, True, True, None, Outcome.DEPLOYED),
+        (ConfigError("bad"), False, False, None, Outcome.REFUSED),
+        (RollingUpdateError("green died"), True, False, None, Outcome.ROLLED_BACK),
+        (
+            FailedAfterCommit(RuntimeError("cleanup"), "cleanup"),
+            True,
+            True,
+            None,
+            Outcome.FAILED_AFTER_COMMIT,
+        ),
+        (KeyboardInterrupt(), True, False, signal.SIGINT, Outcome.INTERRUPTED),
+        (KeyboardInterrupt(), True, True, signal.SIGINT, Outcome.DEPLOYED),
+    ],
+)
+def test_judge_decides_from_what_the_run_left(
+    exc: BaseException | None, began: bool, committed: bool, signum: int | None, expected: Outcome
+) -> None:
+    """The same judgement serves the audit log, a rollout's host and the CLI."""
+    state = SagaState()
+    state.current = "switch" if began else None
+    state.committed = committed
+    assert judge(exc, state, signum) is expected
+
+
+def test_a_rollout_exits_with_its_worst_host() -> None:
+    """A host that needs a human outweighs a failure after commit, which outweighs a rollback."""
+    needs_a_human = ["deployed", "revert-failed", "failed-after-commit"]
+    assert worst(needs_a_human, failed=True, signum=None) == 3
+    assert worst(["deployed", "failed-after-commit"], failed=True, signum=None) == 4
+    assert worst(["deployed", "rolled-back", "not-started"], failed=True, signum=None) == 1
+    assert worst(["refused", "not-started"], failed=True, signum=None) == 2
+    assert worst(["deployed", "interrupted"], failed=True, signum=signal.SIGTERM) == 143
+    assert worst(["deployed"], failed=False, signum=None) == 0
