@@ -64,7 +64,7 @@ from rolling_update._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
-from rolling_update._handoff.nft import table_name
+from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._watch.probe import (
@@ -112,6 +112,7 @@ __all__ = [
     "MigrateConfig",
     "MigrationFailed",
     "Moment",
+    "PortHandoff",
     "PreflightError",
     "ProductionFailed",
     "RestoreFailed",
@@ -141,7 +142,6 @@ __all__ = [
     "run_actions",
     "run_logged",
     "split_reference",
-    "table_name",
     "task_group",
     "tick_state",
     "waiting",

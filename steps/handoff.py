@@ -25,7 +25,6 @@ from rolling_update.toolkit import (
     RestoreFailed,
     ServiceConfig,
     probe,
-    table_name,
 )
 
 
@@ -46,9 +45,7 @@ class Redirect:
             return
         # Recorded first: a kill between the two leaves recover a table to look for.
         ctx.record(redirect=True)
-        await ctx.firewall.redirect(
-            table_name(self.service.name), self.service.port, self.service.green_port
-        )
+        await ctx.port_handoff.to_green()
         ctx.handoff_active = True
         ctx.handoff_began = time.monotonic()
         structlog.get_logger().info(
@@ -67,7 +64,7 @@ class Redirect:
                 f"the redirect of port {self.service.port} to green is kept: nothing else "
                 f"answers there ({answer.describe()})"
             )
-        await ctx.firewall.remove(table_name(self.service.name))
+        await ctx.port_handoff.release()
         ctx.record(redirect=False)
         ctx.handoff_active = False
         structlog.get_logger().info("handoff.released", port=self.service.port, to="blue")
@@ -85,7 +82,7 @@ class Release:
     async def run(self, ctx: DeployContext) -> None:
         if not ctx.handoff:
             return
-        await ctx.firewall.remove(table_name(self.service.name))
+        await ctx.port_handoff.release()
         ctx.record(redirect=False)
         ctx.handoff_active = False
         ctx.handoff_ended = time.monotonic()
@@ -101,9 +98,7 @@ class Release:
             return
         # Behind green again while blue is brought back.
         ctx.record(redirect=True)
-        await ctx.firewall.redirect(
-            table_name(self.service.name), self.service.port, self.service.green_port
-        )
+        await ctx.port_handoff.to_green()
         ctx.handoff_active = True
         ctx.handoff_ended = None
         structlog.get_logger().info(

@@ -28,6 +28,7 @@ from rolling_update._engine.docker import (
     Engine,
 )
 from rolling_update._handoff.nft import Firewall, LocalFirewall
+from rolling_update._handoff.port import PortHandoff
 from rolling_update._state.state import Journal
 from rolling_update._watch.probe import HealthBaseline
 
@@ -93,18 +94,18 @@ class DeployContext:
         if self.journal is not None:
             self.journal.update(**facts)
 
+    @property
+    def port_handoff(self) -> PortHandoff:
+        """Production's port on this deploy's firewall: moved to green and back."""
+        return PortHandoff.of(self.firewall, self.config.service)
+
     def url(self, port: int, path: str, *, as_client: bool = False) -> str:
         """Where the tool probes ``path`` on ``port``: the real listener, past any redirect,
         unless ``as_client`` (a client's view, through it)."""
-        bypass = self.firewall.bypass_port
-        if (
-            bypass is not None
-            and self.handoff_active
-            and port == self.config.service.port
-            and not as_client
-        ):
-            port = bypass
-        return self.config.service.url(port, path)
+        redirected = self.handoff_active and not as_client
+        return self.config.service.url(
+            self.port_handoff.probe_port(port, redirected=redirected), path
+        )
 
     def labels(self, role: str) -> dict[str, str]:
         return {

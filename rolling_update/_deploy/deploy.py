@@ -37,7 +37,8 @@ from rolling_update._errors import (
     PreflightError,
 )
 from rolling_update._handoff.measure import measure_handoff
-from rolling_update._handoff.nft import Firewall, LocalFirewall, can_mark, marked_socket, table_name
+from rolling_update._handoff.nft import Firewall, LocalFirewall, can_mark, marked_socket
+from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe.history import HistoryEntry, Kind, who
 from rolling_update._observe.history import append as history_append
 from rolling_update._observe.history import host as history_host
@@ -205,10 +206,10 @@ async def _handoff_possible(cfg: Config, twin: Twin | None, firewall: Firewall) 
     """Whether switch.mode = handoff can be used; one log line saying why not, if not."""
     if cfg.switch.mode != "handoff":
         return False
-    table = table_name(cfg.service.name)
-    if await firewall.target(table) is not None:
+    handoff = PortHandoff.of(firewall, cfg.service)
+    if await handoff.any_table():
         raise PreflightError(
-            f"an nftables redirect of an earlier deploy (table inet {table}) is in place; "
+            f"an nftables redirect of an earlier deploy (table inet {handoff.table}) is in place; "
             "run `rolling-update recover`"
         )
     if twin is None:

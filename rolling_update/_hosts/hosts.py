@@ -192,6 +192,7 @@ async def connect(cfg: Config, host: HostConfig, *, image: str = "") -> AsyncIte
     limit = cfg.rollout.connect_timeout
     index = hosts_of(cfg).index(host)
     host_cfg = for_host(cfg, host, first=index == 0)
+    bypass = bypass_port(cfg, host)
     async with AsyncExitStack() as stack:
         url: str | None = host.engine
         ssl_context = None
@@ -199,7 +200,7 @@ async def connect(cfg: Config, host: HostConfig, *, image: str = "") -> AsyncIte
             url = None  # DOCKER_HOST, or the default socket, as before hosts existed
         elif host.engine.startswith("ssh://"):
             svc = host_cfg.service
-            ports = [svc.port, svc.green_port, bypass_port(cfg, host)]
+            ports = [svc.port, svc.green_port, bypass]
             url, address = await _ssh(stack, host, ports, index, limit)
             if address is not None:
                 svc = svc.model_copy(update={"host": address})
@@ -214,7 +215,7 @@ async def connect(cfg: Config, host: HostConfig, *, image: str = "") -> AsyncIte
             else EngineFirewall(
                 engine,
                 host.helper_image or "",
-                bypass_port=bypass_port(cfg, host),
+                bypass_port=bypass,
                 own_nft=host.helper_image is not None,
             )
         )

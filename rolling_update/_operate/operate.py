@@ -34,7 +34,8 @@ from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.docker import LABEL_ROLE, Engine
 from rolling_update._errors import ConfigError, PreflightError
-from rolling_update._handoff.nft import Firewall, LocalFirewall, table_name
+from rolling_update._handoff.nft import Firewall, LocalFirewall
+from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe.history import HistoryEntry, read
 from rolling_update._state.state import Journal, marker_name, read_holder
 from rolling_update._watch.probe import judge_health, judge_version, probe
@@ -69,11 +70,15 @@ async def status(
         raw = await docker.inspect_raw(svc.name)
         info = await docker.inspect(svc.name)
         production: dict[str, Any] | None = None
+        handoff = PortHandoff.of(firewall, svc)
+        redirect_to = await handoff.target()
+        # Production's own listener, past a redirect to green that is in place.
+        port = handoff.probe_port(svc.port, redirected=redirect_to is not None)
         if raw is not None and info is not None:
-            answer = await probe(http, svc.url(svc.port, cfg.health.path), cfg.health)
+            answer = await probe(http, svc.url(port, cfg.health.path), cfg.health)
             health = judge_health(answer, cfg.health)
             if health is None and cfg.health.version_path:
-                version_url = svc.url(svc.port, cfg.health.version_path)
+                version_url = svc.url(port, cfg.health.version_path)
                 version_answer = await probe(http, version_url, cfg.health)
                 health = judge_version(version_answer, cfg.health, version_of(info))
             production = {
@@ -95,7 +100,7 @@ async def status(
                 leftovers.append({"name": name, "running": found.running, "role": role})
         report["leftovers"] = leftovers
         report["engine_mark"] = await docker.read_marker(marker_name(svc.name))
-        report["redirect_to"] = await firewall.target(table_name(svc.name), svc.port)
+        report["redirect_to"] = redirect_to
     journal = Journal.load(Journal.path_for(cfg.state_dir))
     report["unfinished"] = journal.describe() if journal else None
     report["lock_holder"] = _lock_holder(cfg)

@@ -35,7 +35,8 @@ from rolling_update._engine.docker import (
     Engine,
 )
 from rolling_update._errors import EngineError, RecoveryFailed
-from rolling_update._handoff.nft import Firewall, LocalFirewall, table_name
+from rolling_update._handoff.nft import Firewall, LocalFirewall
+from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe.history import HistoryEntry, who
 from rolling_update._observe.history import append as history_append
 from rolling_update._observe.history import host as history_host
@@ -257,8 +258,8 @@ async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> Re
                     "recover.unfinished",
                     deploy=journal.describe() if journal else f"deploy {record.deploy_id}",
                 )
-            table = table_name(service)
-            redirected = await firewall.target(table, cfg.service.port) is not None
+            handoff = PortHandoff.of(firewall, cfg.service)
+            redirected = await handoff.target() is not None
             recovery = _Recovery(cfg, docker, record, defer_green=redirected)
             try:
                 outcome = await recovery.recover(record)
@@ -267,11 +268,11 @@ async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> Re
                 else:
                     # Probed past the redirect (the session's sockets are marked, or
                     # on a remote host, through the bypass port).
-                    port = (firewall.bypass_port if redirected else None) or cfg.service.port
+                    port = handoff.probe_port(cfg.service.port, redirected=redirected)
                     await _await_serving(cfg, http, recovery.baseline, port)
                 if redirected:
                     # Only now: never remove the redirect while nothing else serves.
-                    await firewall.remove(table)
+                    await handoff.release()
                     recovery.act(f"removed the redirect of port {cfg.service.port} to green")
                 recovery.defer_green = False
                 for info, why in recovery.deferred:

@@ -1,0 +1,55 @@
+"""Production's port of one service on one firewall: moved to green, given back, and probed.
+
+Every place that moves the port or asks where it points goes through
+:class:`PortHandoff`: the handoff steps, the preflight, ``recover`` and ``status``.
+It also says which port reaches production's real listener while the redirect is
+in place (the tool's marked sockets pass it on this machine; on a remote host
+only the bypass port does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rolling_update._config.settings import ServiceConfig
+from rolling_update._handoff.nft import Firewall, table_name
+
+
+@dataclass(frozen=True)
+class PortHandoff:
+    firewall: Firewall
+    service: str
+    port: int
+    green_port: int
+
+    @classmethod
+    def of(cls, firewall: Firewall, service: ServiceConfig) -> PortHandoff:
+        return cls(firewall, service.name, service.port, service.green_port)
+
+    @property
+    def table(self) -> str:
+        return table_name(self.service)
+
+    async def to_green(self) -> None:
+        """New connections for production's port go to green's (one atomic change)."""
+        await self.firewall.redirect(self.table, self.port, self.green_port)
+
+    async def release(self) -> None:
+        """Production's port is production's again (idempotent)."""
+        await self.firewall.remove(self.table)
+
+    async def target(self) -> int | None:
+        """Where production's port is redirected to now, or ``None``."""
+        return await self.firewall.target(self.table, self.port)
+
+    async def any_table(self) -> bool:
+        """Whether the service's table exists at all (whatever it redirects)."""
+        return await self.firewall.target(self.table) is not None
+
+    def probe_port(self, port: int, *, redirected: bool) -> int:
+        """The port that reaches ``port``'s real listener: past the redirect of production's
+        port, while it is in place, through the firewall's bypass port where it has one."""
+        bypass = self.firewall.bypass_port
+        if redirected and port == self.port and bypass is not None:
+            return bypass
+        return port
