@@ -16,7 +16,7 @@ from rolling_update import Config, ContainerSpec, RecoveryFailed
 from rolling_update._config.settings import parse_config
 from rolling_update._engine.docker import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
 from rolling_update._operate.recover import recover
-from rolling_update._state.state import Journal
+from rolling_update._state.journal import Journal
 from rolling_update.testing import FakeEngine
 from tests.support import free_port
 
@@ -174,7 +174,7 @@ async def test_an_unmanaged_old_container_is_left_to_the_operator(
 
 
 def marker(pid: int) -> dict[str, str]:
-    from rolling_update._state.state import marker_labels
+    from rolling_update._state.mark import marker_labels
 
     labels = marker_labels(service="app", deploy_id="d7", image="app:2", version="2")
     return {**labels, "io.rolling-update.pid": str(pid)}

@@ -12,7 +12,8 @@ import pytest
 
 from rolling_update._config.settings import parse_config
 from rolling_update._errors import ConfigError, DeployLocked
-from rolling_update._state.state import Journal, service_lock
+from rolling_update._state.journal import Journal
+from rolling_update._state.lock import service_lock
 
 
 def test_second_holder_is_refused_with_the_first_ones_details(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_second_holder_is_refused_with_the_first_ones_details(tmp_path: Path) ->
             "-c",
             "import sys, time; sys.path.insert(0, sys.argv[1])\n"
             "from pathlib import Path\n"
-            "from rolling_update._state.state import service_lock\n"
+            "from rolling_update._state.lock import service_lock\n"
             "with service_lock(Path(sys.argv[2]), 'svc', purpose='deploy', deploy_id='abc123'):\n"
             "    print('held', flush=True); time.sleep(30)",
             str(Path(__file__).resolve().parent.parent),

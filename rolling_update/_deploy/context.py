@@ -29,7 +29,7 @@ from rolling_update._engine.docker import (
 )
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
-from rolling_update._state.state import Journal
+from rolling_update._state.journal import Journal
 from rolling_update._watch.probe import HealthBaseline
 
 

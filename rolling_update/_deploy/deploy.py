@@ -46,15 +46,9 @@ from rolling_update._observe.history import now as history_now
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.metrics import write_metrics
 from rolling_update._observe.timeline import build as build_timeline
-from rolling_update._state.state import (
-    MARK_LIMIT,
-    Journal,
-    marker_labels,
-    marker_name,
-    refuse_marked,
-    refuse_unfinished,
-    service_lock,
-)
+from rolling_update._state.journal import Journal, refuse_unfinished
+from rolling_update._state.lock import service_lock
+from rolling_update._state.mark import MARK_LIMIT, marker_labels, marker_name, refuse_marked
 from rolling_update._watch.probe import HealthBaseline, port_in_use, probe
 from rolling_update._watch.watch import task_group
 

@@ -31,7 +31,7 @@ from rolling_update._deploy.deploy import deploy, http_session
 from rolling_update._engine.docker import LABEL_SERVICE, ContainerSpec, DockerEngine
 from rolling_update._errors import PreflightError, RollingUpdateError
 from rolling_update._observe.progress import Wait, waiting
-from rolling_update._state.state import marker_name
+from rolling_update._state.mark import marker_name
 from rolling_update._watch.watch import LastProbe, poll_until_healthy, task_group
 
 APP = Path(__file__).resolve().parent.parent / "demo" / "app.py"

@@ -37,7 +37,9 @@ from rolling_update._errors import ConfigError, PreflightError
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe.history import HistoryEntry, read
-from rolling_update._state.state import Journal, marker_name, read_holder
+from rolling_update._state.journal import Journal
+from rolling_update._state.lock import read_holder
+from rolling_update._state.mark import marker_name
 from rolling_update._watch.probe import judge_health, judge_version, probe
 
 

@@ -42,15 +42,14 @@ from rolling_update._observe.history import append as history_append
 from rolling_update._observe.history import host as history_host
 from rolling_update._observe.history import now as history_now
 from rolling_update._observe.metrics import write_metrics
-from rolling_update._state.state import (
+from rolling_update._state.journal import Journal, JournalRecord
+from rolling_update._state.lock import service_lock
+from rolling_update._state.mark import (
     MARK_LIMIT,
-    Journal,
-    JournalRecord,
     marker_holder_alive,
     marker_name,
     record_from_marker,
     refuse_marked,
-    service_lock,
 )
 from rolling_update._watch.probe import Answer, HealthBaseline
 from rolling_update._watch.watch import LastProbe, poll_until_healthy
