@@ -15,13 +15,8 @@ from rolling_update._deploy.outcome import HostOutcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import Step, StepRecord, run_saga
-from rolling_update._engine.docker import (
-    ContainerEvent,
-    ContainerInfo,
-    ContainerSpec,
-    DockerEngine,
-    Engine,
-)
+from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import ContainerEvent, ContainerInfo, ContainerSpec, Engine
 from rolling_update._errors import (
     ActionFailed,
     BuildFailed,

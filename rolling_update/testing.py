@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from rolling_update._engine.docker import (
+from rolling_update._engine.model import (
     BuildOptions,
     ContainerEvent,
     ContainerInfo,
@@ -136,7 +136,7 @@ class FakeEngine:
         tag: str,
         args: Mapping[str, str],
         on_line: Callable[[str], None],
-        options: BuildOptions = BuildOptions(),  # noqa: B008 (frozen: never mutated)
+        options: BuildOptions = BuildOptions(),
     ) -> None:
         self.calls.append(f"build {tag}")
         self.images.add(tag)

@@ -38,7 +38,7 @@ from rolling_update._deploy.process import run_logged
 from rolling_update._deploy.saga import Step
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
-from rolling_update._engine.docker import (
+from rolling_update._engine.model import (
     LABEL_SERVICE,
     BuildOptions,
     ContainerEvent,

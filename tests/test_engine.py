@@ -12,13 +12,8 @@ import anyio
 import pytest
 
 from rolling_update import ContainerInfo, ContainerSpec, DockerEngine
-from rolling_update._engine.docker import (
-    ContainerEvent,
-    FrameDecoder,
-    LineSplitter,
-    memory_in_use,
-    parse_event,
-)
+from rolling_update._engine.model import ContainerEvent
+from rolling_update._engine.parse import FrameDecoder, LineSplitter, memory_in_use, parse_event
 from tests.support import BASE_IMAGE, docker, require_engine
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from rolling_update import Config, ContainerSpec, RecoveryFailed
 from rolling_update._config.settings import parse_config
-from rolling_update._engine.docker import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
+from rolling_update._engine.model import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
 from rolling_update._operate.recover import recover
 from rolling_update._state.journal import Journal
 from rolling_update.testing import FakeEngine

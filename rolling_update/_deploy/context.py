@@ -16,7 +16,7 @@ import aiohttp
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.twin import COMPOSE_LABELS, Twin
-from rolling_update._engine.docker import (
+from rolling_update._engine.model import (
     LABEL_CONFIG_ENV,
     LABEL_DEPLOY,
     LABEL_MANAGED,

@@ -26,13 +26,8 @@ from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
 from rolling_update._deploy.twin import Twin
 from rolling_update._engine.builder import choose_builder
-from rolling_update._engine.docker import (
-    LABEL_DEPLOY,
-    LABEL_VERSION,
-    ContainerInfo,
-    DockerEngine,
-    Engine,
-)
+from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import LABEL_DEPLOY, LABEL_VERSION, ContainerInfo, Engine
 from rolling_update._errors import (
     PreflightError,
 )

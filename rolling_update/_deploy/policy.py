@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rolling_update._engine.docker import (
+from rolling_update._engine.model import (
     LABEL_DEPLOY,
     LABEL_ROLE,
     LABEL_SERVICE,

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rolling_update._engine.docker import LABEL_CONFIG_ENV, LABEL_MANAGED_PREFIX
+from rolling_update._engine.model import LABEL_CONFIG_ENV, LABEL_MANAGED_PREFIX
 
 # Config fields an image can set too: inherited only where blue's value differs.
 _IMAGE_DEFAULTS = (

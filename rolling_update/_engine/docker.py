@@ -1,28 +1,22 @@
-"""The Docker seam: pure container specs, and the one class that talks to Docker.
+"""The one class that talks to Docker: :class:`DockerEngine`, the :class:`Engine` on aiodocker.
 
-Steps describe containers with :class:`ContainerSpec` (a value, tested by
-equality) and act through the :class:`Engine` protocol. :class:`DockerEngine`
-implements it on aiodocker and is the only place aiodocker and its errors are
-seen; :class:`rolling_update.testing.FakeEngine` implements it in memory.
-
-Streaming calls (log follow, events) each get a client of their own that is
-closed when the stream ends: cancelling a streaming call in aiodocker 0.27
-leaks its pooled connection, and enough leaks make every later call hang.
+It is the only place aiodocker and its errors are seen: every error is
+translated once, here, and every call that changes engine state is shielded and
+bounded. Streaming calls (log follow, events) each get a client of their own
+that is closed when the stream ends: cancelling a streaming call in aiodocker
+0.27 leaks its pooled connection, and enough leaks make every later call hang.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -31,207 +25,36 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from rolling_update._engine.build_context import build_context_tar
+from rolling_update._engine.model import (
+    BuildOptions,
+    ContainerEvent,
+    ContainerInfo,
+    ContainerSpec,
+    ImageInfo,
+    split_reference,
+)
+from rolling_update._engine.parse import (
+    FrameDecoder,
+    LineSplitter,
+    build_output,
+    container_info,
+    memory_in_use,
+    parse_event,
+    progress_line,
+)
 from rolling_update._errors import BuildFailed, EngineError, EngineUnavailable
 
-LABEL_MANAGED_PREFIX = "io.rolling-update."
-LABEL_MANAGED = "io.rolling-update.managed"
-LABEL_CONFIG_ENV = "io.rolling-update.config-env"
-"""Env keys the tool set from its config: a twin of this container drops them first."""
-LABEL_ROLE = "io.rolling-update.role"
-LABEL_SERVICE = "io.rolling-update.service"
-LABEL_DEPLOY = "io.rolling-update.deploy-id"
-LABEL_VERSION = "io.rolling-update.version"
-
-LABEL_IMAGE = "io.rolling-update.image"
-LABEL_MARKER_PID = "io.rolling-update.pid"
-LABEL_MARKER_HOST = "io.rolling-update.host"
-LABEL_MARKER_SINCE = "io.rolling-update.since"
-
 _CLOSE_LIMIT = 5.0
+
+
 _CHUNK = 1 << 20
+
+
 # An engine that takes longer than this to create, start, rename or remove a
 # container is not coming back; stop gets its grace period on top. Kept short:
 # an interrupted deploy waits for the call in flight before its rollback, and
 # the two together must fit a service manager's stop timeout (README).
 MUTATION_LIMIT = 15.0
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything needed to create one container; ``to_api`` is the Docker JSON.
-
-    ``base`` is the rest of a create body (blue's twin: ``HostConfig`` and
-    Config fields); the named fields are laid over it. ``networks`` are
-    user-defined networks to join, with aliases there.
-    """
-
-    name: str
-    image: str
-    env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    command: Sequence[str] | None = None
-    network: str = "host"
-    restart: str = "unless-stopped"
-    labels: Mapping[str, str] = field(default_factory=dict)
-    stop_timeout: int | None = None
-    base: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    networks: Mapping[str, Sequence[str]] = field(default_factory=dict)
-
-    def to_api(self) -> dict[str, Any]:
-        config: dict[str, Any] = copy.deepcopy(dict(self.base))
-        host_config: dict[str, Any] = config.setdefault("HostConfig", {})
-        host_config["NetworkMode"] = self.network
-        retries = (host_config.get("RestartPolicy") or {}).get("MaximumRetryCount", 0)
-        host_config["RestartPolicy"] = {
-            "Name": self.restart,
-            "MaximumRetryCount": retries if self.restart == "on-failure" else 0,
-        }
-        config.update(
-            Image=self.image,
-            Env=[f"{k}={v}" for k, v in self.env.items()],
-            Labels=dict(self.labels),
-        )
-        if self.command is not None:
-            config["Cmd"] = list(self.command)
-        if self.stop_timeout is not None and "StopTimeout" not in config:
-            config["StopTimeout"] = self.stop_timeout
-        if self.network in self.networks:
-            # One network at create (API 1.41); the others are joined before start.
-            aliases = list(self.networks[self.network])
-            config["NetworkingConfig"] = {"EndpointsConfig": {self.network: {"Aliases": aliases}}}
-        return config
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What the tool needs to know of an existing container."""
-
-    id: str
-    name: str
-    image: str
-    running: bool
-    status: str
-    labels: Mapping[str, str]
-    restart_count: int
-    exit_code: int
-    created: float  # unix time, nanosecond precision where the engine gives it
-    image_id: str = ""
-    """The id (sha256:...) of the image it runs, whatever tag it was created from."""
-    health: str | None = None
-    """Docker's own healthcheck status (starting, healthy, unhealthy), if it has one."""
-
-    @property
-    def managed(self) -> bool:
-        return self.labels.get(LABEL_MANAGED) == "true"
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """``docker build`` flags besides the context, Dockerfile, tag and build args."""
-
-    target: str | None = None
-    pull: bool = False
-    no_cache: bool = False
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: str
-    tags: list[str]
-    created: float
-
-
-@dataclass(frozen=True)
-class ContainerEvent:
-    """One engine event of a container: ``die``, ``start``, ``oom``, ``restart``..."""
-
-    action: str
-    container_id: str
-    time_nano: int
-    exit_code: int | None = None
-
-
-class Engine(Protocol):
-    """What steps need from a container engine."""
-
-    async def ping(self) -> None: ...
-    async def image_exists(self, ref: str) -> bool: ...
-    async def image_id(self, ref: str) -> str | None: ...
-    async def build_image(
-        self,
-        context: Path,
-        *,
-        dockerfile: str,
-        tag: str,
-        args: Mapping[str, str],
-        on_line: Callable[[str], None],
-        options: BuildOptions = BuildOptions(),
-    ) -> None: ...
-    async def remove_image(self, ref: str) -> None: ...
-    async def tag_image(self, source: str, target: str) -> None: ...
-    async def list_images(
-        self, labels: Mapping[str, str], *, reference: str | None = None
-    ) -> list[ImageInfo]: ...
-    async def claim_marker(self, name: str, labels: Mapping[str, str]) -> dict[str, str]: ...
-    async def read_marker(self, name: str) -> dict[str, str] | None: ...
-    async def remove_marker(self, name: str) -> None: ...
-    async def inspect(self, name_or_id: str) -> ContainerInfo | None: ...
-    async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None: ...
-    async def image_config(self, ref: str) -> dict[str, Any]: ...
-    async def list_ids(self, labels: Mapping[str, str]) -> list[str]: ...
-    async def create(self, spec: ContainerSpec) -> str: ...
-    async def start(self, container_id: str) -> None: ...
-    async def stop(self, container_id: str, *, grace: int) -> None: ...
-    async def remove(self, container_id: str) -> None: ...
-    async def rename(self, container_id: str, name: str) -> None: ...
-    async def wait(self, container_id: str) -> int: ...
-    async def follow_logs(
-        self,
-        container_id: str,
-        on_line: Callable[[str], Awaitable[None]],
-        *,
-        replay: bool = True,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None: ...
-    async def watch_memory(
-        self,
-        container_id: str,
-        on_sample: Callable[[int], Awaitable[None]],
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None: ...
-    async def watch_events(
-        self,
-        container_id: str,
-        since_nano: int,
-        on_event: Callable[[ContainerEvent], Awaitable[None]],
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None: ...
-
-
-def _parse_created(value: str) -> float:
-    # The engine gives RFC 3339 with nanoseconds; datetime takes microseconds.
-    head, _, frac = value.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
-    return seconds + (float("0." + frac) if frac else 0.0)
-
-
-def _info(data: Mapping[str, Any]) -> ContainerInfo:
-    state = data.get("State") or {}
-    return ContainerInfo(
-        id=data["Id"],
-        name=str(data.get("Name", "")).lstrip("/"),
-        image=str((data.get("Config") or {}).get("Image", "")),
-        running=bool(state.get("Running")),
-        status=str(state.get("Status", "")),
-        labels=dict((data.get("Config") or {}).get("Labels") or {}),
-        restart_count=int(data.get("RestartCount") or 0),
-        exit_code=int(state.get("ExitCode") or 0),
-        created=_parse_created(str(data.get("Created", "1970-01-01T00:00:00Z"))),
-        image_id=str(data.get("Image", "")),
-        health=(state.get("Health") or {}).get("Status"),
-    )
 
 
 class DockerEngine:
@@ -463,7 +286,7 @@ class DockerEngine:
             self._stream(path, params, method="POST", headers=headers) as response,
         ):
             async for raw in response.content:
-                _progress_line(raw, operation, ref, on_status)
+                progress_line(raw, operation, ref, on_status)
 
     async def run_once(
         self, spec: ContainerSpec, *, limit: float = MUTATION_LIMIT
@@ -557,7 +380,7 @@ class DockerEngine:
 
     async def inspect(self, name_or_id: str) -> ContainerInfo | None:
         raw = await self.inspect_raw(name_or_id)
-        return None if raw is None else _info(raw)
+        return None if raw is None else container_info(raw)
 
     async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None:
         """The engine's whole inspect answer for a container, or ``None``."""
@@ -742,118 +565,3 @@ class DockerEngine:
                 used = memory_in_use(raw)
                 if used is not None:
                     await on_sample(used)
-
-
-def split_reference(ref: str) -> tuple[str, str]:
-    """``registry:5000/repo:tag`` into ``("registry:5000/repo", "tag")`` (default latest)."""
-    name, sep, tag = ref.rpartition(":")
-    if not sep or "/" in tag:
-        return ref, "latest"
-    return name, tag
-
-
-def _progress_line(
-    raw: bytes, operation: str, ref: str, on_status: Callable[[str], None] | None
-) -> None:
-    """One line of a push or pull stream: its error raised, its status passed on."""
-    try:
-        chunk = json.loads(raw)
-    except ValueError:
-        return
-    if not isinstance(chunk, dict):
-        return
-    if "error" in chunk:
-        detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-        raise EngineError(operation, ref, 500, str(detail).strip())
-    status = chunk.get("status")
-    if on_status is not None and isinstance(status, str) and "progress" not in chunk:
-        on_status(f"{chunk.get('id', '')}: {status}".lstrip(": "))
-
-
-def build_output(raw: bytes, tag: str) -> list[str]:
-    """The printable lines of one line of the engine's build stream.
-
-    Raises :class:`BuildFailed` on the stream's own error object.
-    """
-    try:
-        chunk = json.loads(raw)
-    except ValueError:
-        return []
-    if not isinstance(chunk, dict):
-        return []
-    if "error" in chunk:
-        detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-        raise BuildFailed(f"build of {tag} failed: {str(detail).strip()}")
-    text = chunk.get("stream")
-    if not isinstance(text, str):
-        return []
-    return [line.rstrip() for line in text.splitlines() if line.strip()]
-
-
-def memory_in_use(raw: bytes) -> int | None:
-    """Memory in use from one stats sample, as ``docker stats`` counts it (without page cache)."""
-    try:
-        memory = json.loads(raw).get("memory_stats") or {}
-    except (ValueError, AttributeError):
-        return None
-    usage = memory.get("usage")
-    if not isinstance(usage, int):
-        return None
-    stats = memory.get("stats") or {}
-    # cgroup v1 names it total_inactive_file, v2 inactive_file.
-    cache = stats.get("total_inactive_file", stats.get("inactive_file", 0))
-    return usage - cache if isinstance(cache, int) and cache < usage else usage
-
-
-def parse_event(raw: bytes) -> ContainerEvent | None:
-    """One line of the engine's event stream; ``None`` for blank or foreign lines."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("Type") != "container":
-        return None
-    attributes = (data.get("Actor") or {}).get("Attributes") or {}
-    code = attributes.get("exitCode")
-    return ContainerEvent(
-        action=str(data.get("Action") or data.get("status") or "").split(":")[0],
-        container_id=str(data.get("id") or (data.get("Actor") or {}).get("ID") or ""),
-        time_nano=int(data.get("timeNano") or 0),
-        exit_code=int(code) if isinstance(code, str) and code.lstrip("-").isdigit() else None,
-    )
-
-
-class FrameDecoder:
-    """Splits Docker's multiplexed log stream (8-byte header per frame) into payloads."""
-
-    def __init__(self, *, raw: bool = False) -> None:
-        self._raw = raw
-        self._buffer = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        if self._raw:
-            return [chunk]
-        self._buffer += chunk
-        payloads = []
-        while len(self._buffer) >= 8:
-            size = int.from_bytes(self._buffer[4:8], "big")
-            if len(self._buffer) < 8 + size:
-                break
-            payloads.append(self._buffer[8 : 8 + size])
-            self._buffer = self._buffer[8 + size :]
-        return payloads
-
-
-class LineSplitter:
-    """Turns arbitrary byte chunks into complete, decoded lines."""
-
-    def __init__(self) -> None:
-        self._partial = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
-
-    def flush(self) -> list[str]:
-        rest, self._partial = self._partial, b""
-        return [rest.decode("utf-8", "replace")] if rest else []

@@ -37,7 +37,8 @@ from typing import Any, Protocol
 
 import anyio
 
-from rolling_update._engine.docker import LABEL_MANAGED, LABEL_ROLE, ContainerSpec, DockerEngine
+from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import LABEL_MANAGED, LABEL_ROLE, ContainerSpec
 from rolling_update._errors import EngineError, HandoffError
 
 MARK = 0x52550001

@@ -28,7 +28,8 @@ import structlog
 
 from rolling_update._config.settings import Config, parse_config
 from rolling_update._deploy.deploy import deploy, http_session
-from rolling_update._engine.docker import LABEL_SERVICE, ContainerSpec, DockerEngine
+from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import LABEL_SERVICE, ContainerSpec
 from rolling_update._errors import PreflightError, RollingUpdateError
 from rolling_update._observe.progress import Wait, waiting
 from rolling_update._state.mark import marker_name

@@ -32,7 +32,7 @@ from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
-from rolling_update._engine.docker import LABEL_ROLE, Engine
+from rolling_update._engine.model import LABEL_ROLE, Engine
 from rolling_update._errors import ConfigError, PreflightError
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff

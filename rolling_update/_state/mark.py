@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 
-from rolling_update._engine.docker import (
+from rolling_update._engine.model import (
     LABEL_DEPLOY,
     LABEL_IMAGE,
     LABEL_MARKER_HOST,

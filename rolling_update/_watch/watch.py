@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from rolling_update._config.settings import HealthConfig, ServiceConfig, VerifyConfig
 from rolling_update._deploy.context import DeployContext
-from rolling_update._engine.docker import ContainerEvent
+from rolling_update._engine.model import ContainerEvent
 from rolling_update._errors import ContainerFailure, RestoreFailed, RollingUpdateError
 from rolling_update._observe.logs import redactor
 from rolling_update._watch.probe import Answer, judge_health, judge_version, probe
