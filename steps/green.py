@@ -18,19 +18,14 @@ from rolling_update.toolkit import (
     LastProbe,
     RestoreFailed,
     ServiceConfig,
-    await_docker_healthy,
+    await_healthy,
     clear_name,
-    poll_until_healthy,
     port_in_use,
     redactor,
     remove_ours,
     run_actions,
     waiting,
-    watching,
 )
-
-# How often green is probed until it first answers, when actions wait for that.
-_ANSWER_POLL = 0.02
 
 
 class StartGreen:
@@ -100,40 +95,30 @@ class AwaitGreenHealthy:
         url = ctx.url(self.service.green_port, self.health.path)
         last = LastProbe()
         deadline = self.health.interval * self.health.attempts
+
+        async def answers() -> None:
+            await run_actions(ctx, "green-answers")
+
+        async def healthy() -> None:
+            await run_actions(ctx, "green-healthy")
+
         try:
             with anyio.fail_after(deadline), waiting("green to be healthy", deadline):
-                async with watching(
+                answer, watch = await await_healthy(
                     ctx,
                     container_id=ctx.green_id,
                     container_name=self.service.green_name,
                     since_nano=ctx.green_since_nano,
+                    url=url,
+                    rule=self.health,
+                    interval=self.health.interval,
+                    expect_version=ctx.version,
+                    last=last,
                     failure=GreenFailed,
-                    doing="waiting for health",
+                    on_first_answer=answers if ctx.config.actions_at("green-answers") else None,
+                    on_healthy=healthy,
                     **ctx.green_watch_args(),
-                ) as watch:
-                    if ctx.config.actions_at("green-answers"):
-                        # As soon as green answers at all (the Brain is "degraded" for
-                        # its first ~70 ms): e.g. drained before its first tick.
-                        await poll_until_healthy(
-                            ctx.http,
-                            url,
-                            self.health,
-                            interval=_ANSWER_POLL,
-                            expect_version=None,
-                            last=last,
-                            judge=lambda answer: answer.error if answer.status is None else None,
-                        )
-                        await run_actions(ctx, "green-answers")
-                    answer = await poll_until_healthy(
-                        ctx.http,
-                        url,
-                        self.health,
-                        interval=self.health.interval,
-                        expect_version=ctx.version,
-                        last=last,
-                    )
-                    await await_docker_healthy(ctx, ctx.green_id, self.health.interval)
-                    await run_actions(ctx, "green-healthy")
+                )
         except TimeoutError:
             raise HealthCheckFailed(
                 f"green not healthy within {deadline:g}s",

@@ -40,7 +40,7 @@ from rolling_update._observe.history import HistoryEntry, read
 from rolling_update._state.journal import Journal
 from rolling_update._state.lock import read_holder
 from rolling_update._state.mark import marker_name
-from rolling_update._watch.probe import judge_health, judge_version, probe
+from rolling_update._watch.probe import check_health
 
 
 def _lock_holder(cfg: Config) -> dict[str, Any] | None:
@@ -77,12 +77,8 @@ async def status(
         # Production's own listener, past a redirect to green that is in place.
         port = handoff.probe_port(svc.port, redirected=redirect_to is not None)
         if raw is not None and info is not None:
-            answer = await probe(http, svc.url(port, cfg.health.path), cfg.health)
-            health = judge_health(answer, cfg.health)
-            if health is None and cfg.health.version_path:
-                version_url = svc.url(port, cfg.health.version_path)
-                version_answer = await probe(http, version_url, cfg.health)
-                health = judge_version(version_answer, cfg.health, version_of(info))
+            url = svc.url(port, cfg.health.path)
+            _answer, health = await check_health(http, url, cfg.health, version_of(info))
             production = {
                 "container": info.id[:12],
                 "image": info.image,

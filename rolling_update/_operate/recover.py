@@ -51,8 +51,8 @@ from rolling_update._state.mark import (
     record_from_marker,
     refuse_marked,
 )
-from rolling_update._watch.probe import Answer, HealthBaseline
-from rolling_update._watch.watch import LastProbe, poll_until_healthy
+from rolling_update._watch.probe import HealthBaseline
+from rolling_update._watch.watch import await_serving
 
 
 @dataclass
@@ -298,25 +298,9 @@ async def _await_serving(
 ) -> None:
     """Production answers healthily on ``port``, or (blue brought back) as healthily as it
     was found."""
-    last = LastProbe()
     url = cfg.service.url(port, cfg.health.path)
-
-    def judge(answer: Answer) -> str | None:
-        assert baseline is not None
-        return baseline.judge(answer, cfg.health)
-
-    with anyio.move_on_after(cfg.verify.timeout):
-        await poll_until_healthy(
-            http,
-            url,
-            cfg.health,
-            interval=cfg.verify.interval,
-            expect_version=None,
-            last=last,
-            judge=judge if baseline is not None else None,
+    why = await await_serving(http, url, cfg.health, cfg.verify, baseline=baseline)
+    if why is not None:
+        raise RecoveryFailed(
+            f"{cfg.service.name} does not answer healthily within {cfg.verify.timeout:g}s: {why}"
         )
-        return
-    raise RecoveryFailed(
-        f"{cfg.service.name} does not answer healthily within {cfg.verify.timeout:g}s: "
-        f"{last.explain()}"
-    )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import anyio
@@ -241,3 +242,17 @@ def parse_tick(answer: Answer) -> TickStatus:
         next_tick=next_tick,
         loop_running=loop if isinstance(loop, bool) else None,
     )
+
+
+async def check_health(
+    http: aiohttp.ClientSession, url: str, rule: HealthConfig, expect_version: str | None
+) -> tuple[Answer, str | None]:
+    """One health check by ``rule``: the answer at ``url`` and ``None`` when it is healthy
+    (carrying ``expect_version``, read from the version endpoint where it has one of its own,
+    as the Brain's hardening status), else why not."""
+    answer = await probe(http, url, rule)
+    verdict = judge_health(answer, rule, expect_version)
+    if verdict is None and expect_version is not None and rule.version_path and rule.version_field:
+        version = await probe(http, urljoin(url, rule.version_path), rule)
+        verdict = judge_version(version, rule, expect_version)
+    return answer, verdict

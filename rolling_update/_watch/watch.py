@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
 
 import aiohttp
 import anyio
@@ -27,7 +26,12 @@ from rolling_update._deploy.context import DeployContext
 from rolling_update._engine.model import ContainerEvent
 from rolling_update._errors import ContainerFailure, RestoreFailed, RollingUpdateError
 from rolling_update._observe.logs import redactor
-from rolling_update._watch.probe import Answer, judge_health, judge_version, probe
+from rolling_update._watch.probe import (
+    Answer,
+    HealthBaseline,
+    check_health,
+    probe,
+)
 
 _FATAL_ACTIONS = {"die", "oom", "destroy"}
 # The container's state is read this often besides its events; a death the
@@ -35,6 +39,8 @@ _FATAL_ACTIONS = {"die", "oom", "destroy"}
 _STATE_CHECK_INTERVAL = 0.5
 _EVENT_RECONNECTS = 5
 _EVENT_RECONNECT_PAUSE = 0.2
+# How often a container is probed until it first answers, when something waits for that.
+_ANSWER_POLL = 0.02
 
 
 @dataclass
@@ -93,15 +99,12 @@ async def poll_until_healthy(
     """
     log = structlog.get_logger()
     verdict_before: str | None = "(none yet)"
-    # The version may live on an endpoint of its own (the Brain's hardening status).
-    version_url = None
-    if rule.version_path and rule.version_field and expect_version is not None and judge is None:
-        version_url = urljoin(url, rule.version_path)
     while True:
-        answer = await probe(http, url, rule)
-        verdict = judge(answer) if judge is not None else judge_health(answer, rule, expect_version)
-        if verdict is None and version_url is not None:
-            verdict = judge_version(await probe(http, version_url, rule), rule, expect_version)
+        if judge is None:
+            answer, verdict = await check_health(http, url, rule, expect_version)
+        else:
+            answer = await probe(http, url, rule)
+            verdict = judge(answer)
         last.answer, last.verdict = answer, verdict
         if verdict != verdict_before:
             # Only changes are logged: a 20 ms poll would flood the journal.
@@ -272,8 +275,15 @@ async def await_healthy(
     memory_limit: int | None = None,
     deadline: float | None = None,
     deadline_reason: str = "",
+    on_first_answer: Callable[[], Awaitable[None]] | None = None,
+    on_healthy: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[Answer, Watch]:
-    """Wait until ``url`` is healthy, watching the container (see :func:`watching`)."""
+    """Wait until ``url`` is healthy, watching the container (see :func:`watching`).
+
+    ``on_first_answer`` runs as soon as ``url`` answers at all, before it is healthy (the
+    Brain is "degraded" for its first ~70 ms: e.g. drained before its first tick);
+    ``on_healthy`` once it is healthy, the container still watched.
+    """
     async with watching(
         ctx,
         container_id=container_id,
@@ -285,11 +295,56 @@ async def await_healthy(
         deadline=deadline,
         deadline_reason=deadline_reason,
     ) as watch:
+        if on_first_answer is not None:
+            await poll_until_healthy(
+                ctx.http,
+                url,
+                rule,
+                interval=min(interval, _ANSWER_POLL),
+                expect_version=None,
+                last=last,
+                judge=answers_at_all,
+            )
+            await on_first_answer()
         answer = await poll_until_healthy(
             ctx.http, url, rule, interval=interval, expect_version=expect_version, last=last
         )
         await await_docker_healthy(ctx, container_id, interval)
+        if on_healthy is not None:
+            await on_healthy()
     return answer, watch
+
+
+def answers_at_all(answer: Answer) -> str | None:
+    """A judge for :func:`poll_until_healthy`: any HTTP answer will do."""
+    return answer.error if answer.status is None else None
+
+
+async def await_serving(
+    http: aiohttp.ClientSession,
+    url: str,
+    health: HealthConfig,
+    verify: VerifyConfig,
+    *,
+    baseline: HealthBaseline | None,
+    answering: bool = False,
+) -> str | None:
+    """The one wait until a service serves again after a change: ``url`` polled every
+    ``verify.interval`` for at most ``verify.timeout`` until it answers at all
+    (``answering``), as healthily as ``baseline`` (blue as the deploy found it), or
+    healthily. ``None`` once it serves, else what it answered last."""
+    judge: Callable[[Answer], str | None] | None = None  # poll_until_healthy's own: healthy
+    if answering:
+        judge = answers_at_all
+    elif baseline is not None:
+        judge = lambda answer: baseline.judge(answer, health)  # noqa: E731
+    last = LastProbe()
+    with anyio.move_on_after(verify.timeout):
+        await poll_until_healthy(
+            http, url, health, interval=verify.interval, expect_version=None, last=last, judge=judge
+        )
+        return None
+    return last.explain()
 
 
 async def restore_wait(
@@ -303,31 +358,16 @@ async def restore_wait(
     """Wait until blue, started again, is as healthy as the deploy found it (``answering``:
     until it answers HTTP at all)."""
     baseline = ctx.blue_health
-    judge: Callable[[Answer], str | None] | None = None  # poll_until_healthy's own: healthy
-    if answering:
-        judge = lambda answer: answer.error if answer.status is None else None  # noqa: E731
-    elif baseline is not None:
-        judge = lambda answer: baseline.judge(answer, health)  # noqa: E731
     url = ctx.url(service.port, health.path)
-    last = LastProbe()
-    with anyio.move_on_after(verify.timeout):
-        await poll_until_healthy(
-            ctx.http,
-            url,
-            health,
-            interval=verify.interval,
-            expect_version=None,
-            last=last,
-            judge=judge,
-        )
+    why = await await_serving(ctx.http, url, health, verify, baseline=baseline, answering=answering)
+    if why is None:
         return
     if answering:
         raise RestoreFailed(
-            f"blue is back as {service.name} but did not answer within "
-            f"{verify.timeout:g}s: {last.explain()}"
+            f"blue is back as {service.name} but did not answer within {verify.timeout:g}s: {why}"
         )
     found = f" (before the deploy it answered: {baseline.found})" if baseline else ""
     raise RestoreFailed(
         f"blue is back as {service.name} but not as healthy as it was within "
-        f"{verify.timeout:g}s: {last.explain()}{found}"
+        f"{verify.timeout:g}s: {why}{found}"
     )
