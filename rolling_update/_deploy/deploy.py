@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,10 +34,8 @@ from rolling_update._errors import (
 from rolling_update._handoff.measure import measure_handoff
 from rolling_update._handoff.nft import Firewall, LocalFirewall, can_mark, marked_socket
 from rolling_update._handoff.port import PortHandoff
-from rolling_update._observe.history import HistoryEntry, Kind, who
+from rolling_update._observe.history import Attempt, Kind
 from rolling_update._observe.history import append as history_append
-from rolling_update._observe.history import host as history_host
-from rolling_update._observe.history import now as history_now
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.metrics import write_metrics
 from rolling_update._observe.timeline import build as build_timeline
@@ -218,19 +216,6 @@ async def _handoff_possible(cfg: Config, twin: Twin | None, firewall: Firewall) 
     return True
 
 
-@dataclass
-class Attempt:
-    """What the audit log records of one deploy, filled in as it goes."""
-
-    id: str
-    kind: Kind
-    started_at: str = field(default_factory=history_now)
-    from_version: str | None = None
-    to_version: str | None = None
-    measured: dict[str, Any] = field(default_factory=dict)
-    timeline: dict[str, Any] | None = None
-
-
 def moments(ctx: DeployContext) -> dict[str, float | None]:
     """What the timeline marks, from what the steps noted (monotonic times)."""
     measured = ctx.measured
@@ -312,22 +297,8 @@ async def _after(
 ) -> None:
     """Audit log, then hooks and metrics: none of them may change how the deploy ended."""
     log = structlog.get_logger()
-    entry = HistoryEntry(
-        id=attempt.id,
-        kind=attempt.kind,
-        service=cfg.service.name,
-        started_at=attempt.started_at,
-        ended_at=history_now(),
-        user=who(),
-        host=history_host(),
-        from_version=attempt.from_version,
-        to_version=attempt.to_version,
-        result=result,
-        reason=None if error is None else redactor.scrub(str(error) or type(error).__name__),
-        seconds=round(seconds, 3),
-        measured=redactor.scrub(attempt.measured),
-        timeline=attempt.timeline,
-    )
+    reason = None if error is None else str(error) or type(error).__name__
+    entry = attempt.entry(cfg.service.name, result, reason=reason, seconds=seconds)
     try:
         history_append(cfg.state_dir, entry)
     except OSError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from rolling_update._deploy.outcome import Outcome
+from rolling_update._observe.logs import redactor
 
 Kind = Literal["deploy", "rollback", "recover"]
 
@@ -87,3 +89,37 @@ def read(service_dir: Path, limit: int | None = None) -> list[HistoryEntry]:
         except pydantic.ValidationError:
             continue
     return entries[-limit:] if limit else entries
+
+
+@dataclass
+class Attempt:
+    """What the audit log records of one deploy, filled in as it goes."""
+
+    id: str
+    kind: Kind
+    started_at: str = field(default_factory=now)
+    from_version: str | None = None
+    to_version: str | None = None
+    measured: dict[str, Any] = field(default_factory=dict)
+    timeline: dict[str, Any] | None = None
+
+    def entry(
+        self, service: str, result: Outcome, *, reason: str | None, seconds: float
+    ) -> HistoryEntry:
+        """The audit log's line for this run, ended now with ``result`` (secrets blanked)."""
+        return HistoryEntry(
+            id=self.id,
+            kind=self.kind,
+            service=service,
+            started_at=self.started_at,
+            ended_at=now(),
+            user=who(),
+            host=host(),
+            from_version=self.from_version,
+            to_version=self.to_version,
+            result=result,
+            reason=redactor.scrub(reason),
+            seconds=round(seconds, 3),
+            measured=redactor.scrub(self.measured),
+            timeline=self.timeline,
+        )

@@ -37,10 +37,8 @@ from rolling_update._engine.model import (
 from rolling_update._errors import EngineError, RecoveryFailed
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
-from rolling_update._observe.history import HistoryEntry, who
+from rolling_update._observe.history import Attempt
 from rolling_update._observe.history import append as history_append
-from rolling_update._observe.history import host as history_host
-from rolling_update._observe.history import now as history_now
 from rolling_update._observe.metrics import write_metrics
 from rolling_update._state.journal import Journal, JournalRecord
 from rolling_update._state.lock import service_lock
@@ -210,7 +208,7 @@ async def recover(
 
     Every run is written to the audit log.
     """
-    began, started_at = time.monotonic(), history_now()
+    began, attempt = time.monotonic(), Attempt(id=uuid.uuid4().hex[:12], kind="recover")
     report: RecoveryReport | None = None
     error: BaseException | None = None
     try:
@@ -220,18 +218,11 @@ async def recover(
         error = exc
         raise
     finally:
-        entry = HistoryEntry(
-            id=uuid.uuid4().hex[:12],
-            kind="recover",
-            service=cfg.service.name,
-            started_at=started_at,
-            ended_at=history_now(),
-            user=who(),
-            host=history_host(),
-            to_version=None,
-            result=Outcome.RECOVERED if error is None else Outcome.RECOVERY_FAILED,
+        entry = attempt.entry(
+            cfg.service.name,
+            Outcome.RECOVERED if error is None else Outcome.RECOVERY_FAILED,
             reason=report.outcome if report else str(error) if error else None,
-            seconds=round(time.monotonic() - began, 3),
+            seconds=time.monotonic() - began,
         )
         with contextlib.suppress(OSError):
             history_append(cfg.state_dir, entry)
