@@ -4,45 +4,35 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import anyio
 import structlog
 
 from rolling_update._config.settings import Config
-from rolling_update._deploy.compose import environment_keys
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.guard import ConfirmBlue
-from rolling_update._deploy.hooks import run_post_hook, run_pre_hook
+from rolling_update._deploy.hooks import run_pre_hook
 from rolling_update._deploy.judge import judge
-from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
-from rolling_update._deploy.policy import in_the_way
-from rolling_update._deploy.release import Release, prepare
+from rolling_update._deploy.preflight import already_serving, preflight, version_of
+from rolling_update._deploy.record import record_end, record_timeline
+from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
-from rolling_update._deploy.twin import Twin
-from rolling_update._engine.builder import choose_builder
-from rolling_update._engine.docker import DockerEngine
-from rolling_update._engine.model import LABEL_DEPLOY, LABEL_VERSION, ContainerInfo, Engine
+from rolling_update._deploy.session import http_session, open_engine
+from rolling_update._engine.model import LABEL_DEPLOY, Engine
 from rolling_update._errors import (
     PreflightError,
 )
 from rolling_update._handoff.measure import measure_handoff
-from rolling_update._handoff.nft import Firewall, LocalFirewall, can_mark, marked_socket
-from rolling_update._handoff.port import PortHandoff
+from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._observe.history import Attempt, Kind
-from rolling_update._observe.history import append as history_append
 from rolling_update._observe.logs import redactor
-from rolling_update._observe.metrics import write_metrics
-from rolling_update._observe.timeline import build as build_timeline
 from rolling_update._state.journal import Journal, refuse_unfinished
 from rolling_update._state.lock import service_lock
 from rolling_update._state.mark import MARK_LIMIT, marker_labels, marker_name, refuse_marked
-from rolling_update._watch.probe import HealthBaseline, port_in_use, probe
 from rolling_update._watch.watch import task_group
 
 
@@ -60,182 +50,6 @@ class DeployResult:
     steps: list[StepRecord]
     measured: dict[str, Any]
     health: Any
-
-
-@asynccontextmanager
-async def open_engine(engine: Engine | None) -> AsyncIterator[Engine]:
-    """The given engine, or a :class:`DockerEngine` opened (and closed) here."""
-    if engine is not None:
-        await engine.ping()
-        yield engine
-        return
-    async with DockerEngine() as docker:
-        yield docker
-
-
-def http_session() -> aiohttp.ClientSession:
-    """The tool's HTTP client: a fresh connection per probe (availability is what we
-    measure), each socket marked, where it can be, so that the handoff's redirect lets the
-    tool's own probes reach the real production port."""
-    connector = aiohttp.TCPConnector(
-        force_close=True, socket_factory=marked_socket if can_mark() else None
-    )
-    return aiohttp.ClientSession(connector=connector, trust_env=False)
-
-
-def version_of(container: ContainerInfo | None) -> str | None:
-    """The version a container runs: our label, else its image's tag."""
-    if container is None:
-        return None
-    label = container.labels.get(LABEL_VERSION)
-    if label:
-        return label
-    _, sep, tag = container.image.rpartition(":")
-    return tag if sep and "/" not in tag else None
-
-
-def already_serving(blue: ContainerInfo | None, version: str) -> str | None:
-    """Why deploying ``version`` would change nothing (production runs it), or ``None``."""
-    if blue is None or not blue.running or version_of(blue) != version:
-        return None
-    return f"version {version} is what production already runs ({blue.image})"
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """What the checks before the first change found."""
-
-    blue: ContainerInfo | None
-    blue_health: HealthBaseline | None
-    blue_raw: dict[str, Any] | None = None
-    twin: Twin | None = None
-    handoff: bool = False
-
-
-async def preflight(
-    cfg: Config,
-    docker: Engine,
-    http: aiohttp.ClientSession,
-    release: Release,
-    firewall: Firewall | None = None,
-    *,
-    image_arrives: bool = False,
-) -> Preflight:
-    """Check every name and port the deploy will need, and read blue; changes nothing.
-
-    Raises :class:`PreflightError`: exit 2, and truly nothing was changed.
-    The steps check names and ports again when they need them (the build
-    and migrations leave time for them to change), with a truthful message.
-    ``image_arrives``: the image is not built here but copied before the
-    deploy (a host after the canary), so its absence now is no reason to stop.
-    """
-    svc = cfg.service
-    missing = not image_arrives and not cfg.build.enabled
-    if missing and not await docker.image_exists(release.image):
-        raise PreflightError(f"image {release.image} does not exist and build is disabled")
-    if cfg.build.enabled and cfg.build.command is None:
-        # Imported here: the steps package imports this one. Raises when BuildKit is
-        # required (build.builder = "buildkit") and cannot be had.
-        await choose_builder(cfg.build)
-    blue = await docker.inspect(svc.name)
-    needed = [svc.green_name, svc.migrate_name] + ([svc.old_name] if blue is not None else [])
-    found = {name: await docker.inspect(name) for name in needed}
-    for info in found.values():
-        why = in_the_way(info, svc.name)
-        if why is not None:
-            raise PreflightError(f"{why}; remove or rename it, or run `rolling-update recover`")
-    stale_green = found[svc.green_name]
-    # A stale green of ours may hold the port itself; start-green removes it, then checks.
-    if (stale_green is None or not stale_green.running) and await port_in_use(
-        svc.host, svc.green_port
-    ):
-        raise PreflightError(
-            f"port {svc.green_port} (service.green_port) is already in use; green could not bind it"
-        )
-    log = structlog.get_logger()
-    blue_raw = await docker.inspect_raw(svc.name) if blue is not None else None
-    twin = None
-    if blue_raw is not None:
-        old_image = await docker.image_config(str(blue_raw.get("Image", "")))
-        blue_labels = (blue_raw.get("Config") or {}).get("Labels") or {}
-        compose_env, unread = environment_keys(blue_labels)
-        if unread is not None:
-            log.warning(
-                "twin.compose_file_unread",
-                why=f"blue was made by compose, but {unread}: the env file wins for every key",
-            )
-        twin = Twin.of(blue_raw, old_image, compose_env=compose_env)
-        conflicts = twin.conflicts(blue_raw, svc.port)
-        if conflicts:
-            raise PreflightError(
-                f"green, blue's twin, cannot run beside blue: {'; '.join(conflicts)}"
-            )
-        _, rewrite = twin.green_healthcheck(svc.port, svc.green_port)
-        if rewrite:
-            log.info("twin.green_healthcheck", port=svc.port, done=rewrite)
-        elif twin.network_mode == "host" and twin.healthcheck_names_port(old_image, svc.port):
-            log.warning(
-                "twin.healthcheck_names_production_port",
-                port=svc.port,
-                why="on the host network, green's Docker healthcheck (its image's) would "
-                "probe blue",
-            )
-    handoff = await _handoff_possible(cfg, twin, firewall or LocalFirewall())
-    baseline = None
-    if blue is not None and blue.running:
-        answer = await probe(http, svc.url(svc.port, cfg.health.path), cfg.health)
-        baseline = HealthBaseline.of(answer, cfg.health)
-        log.info("preflight.blue_health", healthy=baseline.healthy, answer=baseline.found)
-    return Preflight(blue=blue, blue_health=baseline, blue_raw=blue_raw, twin=twin, handoff=handoff)
-
-
-async def _handoff_possible(cfg: Config, twin: Twin | None, firewall: Firewall) -> bool:
-    """Whether switch.mode = handoff can be used; one log line saying why not, if not."""
-    if cfg.switch.mode != "handoff":
-        return False
-    handoff = PortHandoff.of(firewall, cfg.service)
-    if await handoff.any_table():
-        raise PreflightError(
-            f"an nftables redirect of an earlier deploy (table inet {handoff.table}) is in place; "
-            "run `rolling-update recover`"
-        )
-    if twin is None:
-        # No blue: nothing to hand over from (and a remote helper has no image yet).
-        return False
-    network = twin.network_mode if twin is not None else cfg.service.network
-    why = (
-        f"the service runs on network {network!r}, not the host network"
-        if network != "host"
-        else await firewall.unavailable()
-    )
-    if why is not None:
-        structlog.get_logger().warning(
-            "switch.mode", mode="restart", wanted="handoff", why=f"no kernel handoff: {why}"
-        )
-        return False
-    return True
-
-
-def moments(ctx: DeployContext) -> dict[str, float | None]:
-    """What the timeline marks, from what the steps noted (monotonic times)."""
-    measured = ctx.measured
-    stopped = (
-        ctx.switch_began + measured["blue_stop_s"]
-        if ctx.switch_began is not None and "blue_stop_s" in measured
-        else None
-    )
-    serving = (
-        ctx.switch_began + measured["switch_s"]
-        if ctx.switch_began is not None and "switch_s" in measured
-        else None
-    )
-    return {
-        "green started: two versions from here": ctx.green_started,
-        "traffic moved to green (the handoff)": ctx.handoff_began,
-        "blue stopped": stopped,
-        "the new production container serves": serving,
-        "traffic on the new production container": ctx.handoff_ended,
-    }
 
 
 async def deploy(
@@ -289,36 +103,7 @@ async def deploy(
         raise
     finally:
         with anyio.CancelScope(shield=True):
-            await _after(cfg, attempt, judge(error, progress), error, time.monotonic() - began)
-
-
-async def _after(
-    cfg: Config, attempt: Attempt, result: Outcome, error: BaseException | None, seconds: float
-) -> None:
-    """Audit log, then hooks and metrics: none of them may change how the deploy ended."""
-    log = structlog.get_logger()
-    reason = None if error is None else str(error) or type(error).__name__
-    entry = attempt.entry(cfg.service.name, result, reason=reason, seconds=seconds)
-    try:
-        history_append(cfg.state_dir, entry)
-    except OSError as exc:
-        log.warning("history.not_written", error=str(exc))
-    if result is Outcome.REFUSED:
-        return
-    hook = (
-        "post_deploy"
-        if result in (Outcome.DEPLOYED, Outcome.FAILED_AFTER_COMMIT)
-        else "post_rollback"
-    )
-    await run_post_hook(cfg, hook, entry)
-    write_metrics(cfg)
-
-
-def _timeline(attempt: Attempt, progress: SagaState, ctx: DeployContext, began: float) -> None:
-    attempt.timeline = build_timeline(
-        progress.phases, began, time.monotonic(), moments(ctx), ctx.measured
-    )
-    structlog.get_logger().info("deploy.timeline", timeline=attempt.timeline)
+            await record_end(cfg, attempt, judge(error, progress), error, time.monotonic() - began)
 
 
 async def _deploy(
@@ -419,7 +204,7 @@ async def _deploy(
                         )
                         tg.cancel_scope.cancel()
                 except BaseException as exc:
-                    _timeline(attempt, progress, ctx, began)
+                    record_timeline(attempt, progress, ctx, began)
                     # What was measured (the outage of a failed switch, memory) is
                     # worth as much on failure as on success.
                     log.warning(
@@ -435,7 +220,7 @@ async def _deploy(
                     after_commit_failure = progress.committed and isinstance(exc, Exception)
                     settled = not progress.failures and not after_commit_failure
                     raise
-                _timeline(attempt, progress, ctx, began)
+                record_timeline(attempt, progress, ctx, began)
                 settled = True
             finally:
                 if settled:

@@ -22,12 +22,14 @@ import anyio
 import structlog
 
 from rolling_update._config.settings import Config
-from rolling_update._deploy.deploy import deploy, http_session, preflight, version_of
+from rolling_update._deploy.deploy import deploy
 from rolling_update._deploy.judge import judge
 from rolling_update._deploy.outcome import HostOutcome, Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
+from rolling_update._deploy.preflight import preflight, version_of
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
+from rolling_update._deploy.session import http_session
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.registry import registry_auth
 from rolling_update._errors import EngineError, PreflightError, RolloutFailed

@@ -27,7 +27,8 @@ import anyio
 import structlog
 
 from rolling_update._config.settings import Config, parse_config
-from rolling_update._deploy.deploy import deploy, http_session
+from rolling_update._deploy.deploy import deploy
+from rolling_update._deploy.session import http_session
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.model import LABEL_SERVICE, ContainerSpec
 from rolling_update._errors import PreflightError, RollingUpdateError

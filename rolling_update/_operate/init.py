@@ -18,7 +18,7 @@ import aiohttp
 
 from rolling_update._config.settings import HealthConfig, load_config
 from rolling_update._deploy.compose import WORKING_DIR, made_by_compose, service_entries
-from rolling_update._deploy.deploy import http_session, open_engine
+from rolling_update._deploy.session import http_session, open_engine
 from rolling_update._engine.model import Engine, split_reference
 from rolling_update._errors import ConfigError, PreflightError
 from rolling_update._watch.probe import port_in_use, probe

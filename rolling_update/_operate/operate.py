@@ -16,20 +16,13 @@ import structlog
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.context import DeployContext
-from rolling_update._deploy.deploy import (
-    DeployResult,
-    already_serving,
-    deploy,
-    guarded,
-    http_session,
-    open_engine,
-    preflight,
-    version_of,
-)
+from rolling_update._deploy.deploy import DeployResult, deploy, guarded
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
+from rolling_update._deploy.preflight import already_serving, preflight, version_of
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState
+from rolling_update._deploy.session import http_session, open_engine
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.model import LABEL_ROLE, Engine

@@ -23,9 +23,9 @@ import anyio
 import structlog
 
 from rolling_update._config.settings import Config
-from rolling_update._deploy.deploy import http_session, open_engine
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.policy import in_the_way
+from rolling_update._deploy.session import http_session, open_engine
 from rolling_update._engine.model import (
     LABEL_DEPLOY,
     LABEL_MANAGED,

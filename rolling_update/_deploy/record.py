@@ -1,0 +1,70 @@
+"""What a deploy leaves behind when it ends: the audit log's entry, hooks, metrics, timeline."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from rolling_update._config.settings import Config
+from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.hooks import run_post_hook
+from rolling_update._deploy.outcome import Outcome
+from rolling_update._deploy.saga import SagaState
+from rolling_update._observe.history import Attempt
+from rolling_update._observe.history import append as history_append
+from rolling_update._observe.metrics import write_metrics
+from rolling_update._observe.timeline import build as build_timeline
+
+
+def moments(ctx: DeployContext) -> dict[str, float | None]:
+    """What the timeline marks, from what the steps noted (monotonic times)."""
+    measured = ctx.measured
+    stopped = (
+        ctx.switch_began + measured["blue_stop_s"]
+        if ctx.switch_began is not None and "blue_stop_s" in measured
+        else None
+    )
+    serving = (
+        ctx.switch_began + measured["switch_s"]
+        if ctx.switch_began is not None and "switch_s" in measured
+        else None
+    )
+    return {
+        "green started: two versions from here": ctx.green_started,
+        "traffic moved to green (the handoff)": ctx.handoff_began,
+        "blue stopped": stopped,
+        "the new production container serves": serving,
+        "traffic on the new production container": ctx.handoff_ended,
+    }
+
+
+async def record_end(
+    cfg: Config, attempt: Attempt, result: Outcome, error: BaseException | None, seconds: float
+) -> None:
+    """Audit log, then hooks and metrics: none of them may change how the deploy ended."""
+    log = structlog.get_logger()
+    reason = None if error is None else str(error) or type(error).__name__
+    entry = attempt.entry(cfg.service.name, result, reason=reason, seconds=seconds)
+    try:
+        history_append(cfg.state_dir, entry)
+    except OSError as exc:
+        log.warning("history.not_written", error=str(exc))
+    if result is Outcome.REFUSED:
+        return
+    hook = (
+        "post_deploy"
+        if result in (Outcome.DEPLOYED, Outcome.FAILED_AFTER_COMMIT)
+        else "post_rollback"
+    )
+    await run_post_hook(cfg, hook, entry)
+    write_metrics(cfg)
+
+
+def record_timeline(
+    attempt: Attempt, progress: SagaState, ctx: DeployContext, began: float
+) -> None:
+    attempt.timeline = build_timeline(
+        progress.phases, began, time.monotonic(), moments(ctx), ctx.measured
+    )
+    structlog.get_logger().info("deploy.timeline", timeline=attempt.timeline)

@@ -1,0 +1,33 @@
+"""What a deploy talks through: the engine (given, or Docker opened here) and its HTTP session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import Engine
+from rolling_update._handoff.nft import can_mark, marked_socket
+
+
+@asynccontextmanager
+async def open_engine(engine: Engine | None) -> AsyncIterator[Engine]:
+    """The given engine, or a :class:`DockerEngine` opened (and closed) here."""
+    if engine is not None:
+        await engine.ping()
+        yield engine
+        return
+    async with DockerEngine() as docker:
+        yield docker
+
+
+def http_session() -> aiohttp.ClientSession:
+    """The tool's HTTP client: a fresh connection per probe (availability is what we
+    measure), each socket marked, where it can be, so that the handoff's redirect lets the
+    tool's own probes reach the real production port."""
+    connector = aiohttp.TCPConnector(
+        force_close=True, socket_factory=marked_socket if can_mark() else None
+    )
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
