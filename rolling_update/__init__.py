@@ -43,8 +43,8 @@ from rolling_update._errors import (
 )
 from rolling_update._hosts.rollout import RolloutResult, rollout
 from rolling_update._observe.logs import configure as configure_logging
-from rolling_update._operate.operate import rollback
 from rolling_update._operate.recover import RecoveryReport, recover
+from rolling_update._operate.rollback import rollback
 
 __all__ = [
     "ActionFailed",

@@ -18,7 +18,8 @@ from rolling_update import (
     PreflightError,
     RollbackIncomplete,
 )
-from rolling_update._cli.main import Interrupt, _interruptible, outcome
+from rolling_update._cli.exits import outcome
+from rolling_update._cli.signals import Interrupt, interruptible
 from rolling_update._deploy.saga import SagaState
 
 
@@ -69,7 +70,7 @@ def test_other_outcomes_map_to_their_codes() -> None:
 
 @pytest.fixture
 def signal_mask() -> Iterator[None]:
-    """_interruptible blocks SIGINT/SIGTERM once settled; children must not inherit that."""
+    """interruptible blocks SIGINT/SIGTERM once settled; children must not inherit that."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     yield
     signal.pthread_sigmask(signal.SIG_SETMASK, before)
@@ -89,7 +90,7 @@ def test_a_sigint_racing_a_watch_failure_exits_130() -> None:
             raise GreenFailed("green exited with code 3", container="g")
 
     with pytest.raises(GreenFailed) as caught:
-        anyio.run(_interruptible, work, interrupt)
+        anyio.run(interruptible, work, interrupt)
     assert interrupt.signum == signal.SIGINT
     code, line = outcome(caught.value, state, interrupt.signum)
     assert code == 130 and line is not None and "interrupted by SIGINT during green-health" in line

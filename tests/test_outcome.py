@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from rolling_update._cli.main import EXIT_TABLE
+from rolling_update._cli.exits import EXIT_TABLE
 from rolling_update._deploy.judge import judge
 from rolling_update._deploy.outcome import Outcome, worst
 from rolling_update._deploy.saga import SagaState

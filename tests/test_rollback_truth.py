@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from rolling_update import Config, ContainerSpec, DeployContext, RestoreFailed
-from rolling_update._cli.main import outcome
+from rolling_update._cli.exits import outcome
 from rolling_update._config.settings import parse_config
 from rolling_update._deploy.guard import ConfirmBlue
 from rolling_update._deploy.saga import SagaState

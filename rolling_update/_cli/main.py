@@ -1,9 +1,7 @@
-"""Command line: ``python -m rolling_update deploy --config FILE``.
+"""Command line: ``python -m rolling_update deploy --config FILE`` and the other commands.
 
-Exit codes (:data:`EXIT_TABLE`, shown by ``deploy --help``, also in the README)
-follow what the host is left in. A first SIGINT/SIGTERM cancels the deploy and
-starts the rollback; further ones are reported and ignored, so the rollback is
-never abandoned half-way.
+Exit codes: :data:`rolling_update._cli.exits.EXIT_TABLE` (shown by ``deploy --help``,
+also in the README).
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,9 +18,10 @@ from typing import Any
 import anyio
 import structlog
 
+from rolling_update._cli.exits import EXIT_TABLE, describe, outcome
+from rolling_update._cli.signals import Interrupt, interruptible
 from rolling_update._config.settings import DEFAULT_CONFIG, Config, load_config
 from rolling_update._deploy.deploy import deploy
-from rolling_update._deploy.judge import judge
 from rolling_update._deploy.outcome import (
     EXIT_OK,
     EXIT_ROLLBACK_INCOMPLETE,
@@ -36,10 +34,6 @@ from rolling_update._deploy.outcome import (
 )
 from rolling_update._deploy.saga import SagaState
 from rolling_update._errors import (
-    ContainerFailure,
-    EngineError,
-    FailedAfterCommit,
-    RecoveryFailed,
     RollbackIncomplete,
     RollingUpdateError,
     RolloutFailed,
@@ -51,28 +45,11 @@ from rolling_update._observe.logs import configure, redactor
 from rolling_update._observe.timeline import render as render_timeline
 from rolling_update._operate.demo import Load, run_demo
 from rolling_update._operate.init import refuse_existing, survey, write_config
-from rolling_update._operate.operate import (
-    format_history,
-    format_plan,
-    format_status,
-    plan,
-    rollback,
-    status,
-)
+from rolling_update._operate.preview import plan
 from rolling_update._operate.recover import RecoveryReport, recover
-from rolling_update._watch.watch import task_group
-
-EXIT_TABLE = """\
-exit codes (what the host is left in):
-  0    deployed: the new version serves (recover: the host is consistent)
-  1    failed and rolled back: the old version serves, as healthy as it was found
-  2    nothing was changed: usage, config or preflight error, engine unreachable,
-       service locked, or the version asked for already serves (--force)
-  3    the rollback or recovery is incomplete: a human must act (the message says what)
-  4    the new version serves, but a step after the point of no return failed;
-       `recover` finishes what it left
-  130  interrupted by SIGINT, rolled back: the old version serves
-  143  interrupted by SIGTERM, rolled back: the old version serves"""
+from rolling_update._operate.render import format_history, format_plan, format_status
+from rolling_update._operate.rollback import rollback
+from rolling_update._operate.status import status
 
 _EXAMPLES = {
     "deploy": "example:\n  python -m rolling_update deploy --config rolling-update.toml",
@@ -87,63 +64,6 @@ _EXAMPLES = {
     "demo": "example (a Docker engine is all it needs):\n  python -m rolling_update demo",
     "init": "example:\n  python -m rolling_update init --from cecelia-node-brain --context brain",
 }
-
-
-def outcome(
-    exc: BaseException | None, state: SagaState | None = None, signum: int | None = None
-) -> tuple[int, str | None]:
-    """The exit code and the one line for the operator, from what the host is left in.
-
-    ``state`` is the runner's progress (``None``: no step could have begun),
-    ``signum`` the first SIGINT/SIGTERM received, if any.
-    """
-    result = judge(exc, state, signum)
-    code = result.exit_code(signum)
-    if result is Outcome.DEPLOYED:
-        return code, None
-    if result is Outcome.ROLLBACK_INCOMPLETE:
-        if isinstance(exc, RecoveryFailed):
-            return code, f"error: recovery incomplete: {exc}"
-        if isinstance(exc, RollbackIncomplete) or state is None:
-            return code, f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
-        undone = "; ".join(f"{step}: {why}" for step, why in state.failures)
-        return code, (
-            f"error: rollback incomplete: {undone}. Run `rolling-update recover`, "
-            "or check `docker ps -a`."
-        )
-    if result is Outcome.FAILED_AFTER_COMMIT:
-        return (
-            code,
-            f"error: {exc} (the new version serves; run `rolling-update recover` to finish)",
-        )
-    if result is Outcome.INTERRUPTED:
-        name = signal.Signals(signum).name if signum is not None else type(exc).__name__
-        # A failure racing the interrupt changes nothing: the rollback ran either way.
-        if state is None or state.current is None:
-            return code, f"interrupted by {name}: nothing was changed"
-        return code, (
-            f"interrupted by {name} during {state.current}: "
-            "rolled back, the previous version serves"
-        )
-    if result is Outcome.REFUSED:
-        return code, f"error: {exc} (nothing was changed)"
-    if isinstance(exc, EngineError):
-        return code, (
-            f"error: the Docker engine failed during the deploy: {exc} "
-            "(rolled back: the previous version serves)"
-        )
-    if isinstance(exc, RollingUpdateError):
-        return code, f"error: {exc} (rolled back: the previous version serves)"
-    return code, f"error: unexpected {type(exc).__name__}: {exc} (rolled back)"
-
-
-def describe(exc: BaseException, line: str) -> str:
-    """``line``, then the failing container's last log lines; secrets blanked."""
-    failure = exc.cause if isinstance(exc, RollbackIncomplete | FailedAfterCommit) else exc
-    if isinstance(failure, ContainerFailure) and failure.last_logs:
-        tail = "\n".join(f"  | {ln}" for ln in failure.last_logs[-15:])
-        line += f"\nlast log lines of {failure.container}:\n{tail}"
-    return str(redactor.scrub(line))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,44 +146,6 @@ def _version() -> str:
         return "(not installed)"
 
 
-@dataclass
-class Interrupt:
-    signum: int | None = None
-
-
-async def _interruptible(work: Callable[[], Awaitable[object]], interrupt: Interrupt) -> None:
-    """Run ``work``; the first SIGINT/SIGTERM cancels it (its rollback is shielded)."""
-    log = structlog.get_logger()
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with task_group() as tg:
-            scope = anyio.CancelScope()
-
-            async def on_signals() -> None:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if interrupt.signum is None:
-                        interrupt.signum = signum
-                        log.warning("deploy.interrupted", signal=name, action="rolling back")
-                        scope.cancel()
-                    else:
-                        log.warning(
-                            "deploy.interrupted",
-                            signal=name,
-                            action="ignored: the rollback finishes within its deadlines",
-                        )
-
-            tg.start_soon(on_signals)
-            try:
-                with scope:
-                    await work()
-            finally:
-                if interrupt.signum is not None:
-                    # The outcome is settled: a late repeat must not kill the
-                    # process while it reports. Held, it is dropped at exit.
-                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            tg.cancel_scope.cancel()
-
-
 def _rollout(cfg: Config, *, force: bool = False) -> int:
     """Every host, canary first; one line per host, then the exit code of the worst."""
     report: list[HostOutcome] = []
@@ -274,7 +156,7 @@ def _rollout(cfg: Config, *, force: bool = False) -> int:
         return await rollout(cfg, report=report, force=force)
 
     try:
-        anyio.run(_interruptible, work, interrupt)
+        anyio.run(interruptible, work, interrupt)
     except RolloutFailed as exc:
         error = exc
     except Exception as exc:
@@ -330,7 +212,7 @@ def _deploy(
         return await deploy(cfg, state=state, force=force)
 
     try:
-        anyio.run(_interruptible, work, interrupt)
+        anyio.run(interruptible, work, interrupt)
     except Exception as exc:
         error = exc
     if error is None and (interrupt.signum is None or state.finished):
@@ -371,7 +253,7 @@ def _recover(cfg: Config, host_name: str | None = None) -> int:
                 failed.append((host.name, exc))
 
     interrupt = Interrupt()
-    anyio.run(_interruptible, work, interrupt)
+    anyio.run(interruptible, work, interrupt)
     for name, report in reports:
         where = f"{name}: " if name else ""
         if report.unfinished:
@@ -489,7 +371,7 @@ def _demo(args: argparse.Namespace) -> int:
     async def work() -> None:
         found.append(await run_demo(args.base))
 
-    anyio.run(_interruptible, work, interrupt)
+    anyio.run(interruptible, work, interrupt)
     if interrupt.signum is not None:
         print("demo interrupted: everything it made is removed", file=sys.stderr)
         return EXIT_SIGNAL_BASE + interrupt.signum

@@ -36,7 +36,7 @@ from rolling_update._errors import EngineError, PreflightError, RolloutFailed
 from rolling_update._hosts.hosts import Connected, connect, hosts_of
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
-from rolling_update._operate.operate import rollback
+from rolling_update._operate.rollback import rollback
 from rolling_update._state.journal import refuse_unfinished
 from rolling_update._state.lock import service_lock
 from rolling_update._state.mark import marker_name, refuse_marked

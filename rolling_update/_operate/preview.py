@@ -1,0 +1,107 @@
+"""``plan``: what a deploy would do now (its steps, specs, diff against blue, rules);
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rolling_update._config.settings import Config
+from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.deploy import guarded
+from rolling_update._deploy.plan import PlanFactory, default_plan
+from rolling_update._deploy.preflight import already_serving, preflight, version_of
+from rolling_update._deploy.release import prepare
+from rolling_update._deploy.session import http_session, open_engine
+from rolling_update._deploy.twin import diff
+from rolling_update._engine.builder import choose_builder
+from rolling_update._engine.model import Engine
+from rolling_update._handoff.nft import Firewall
+from rolling_update._operate.render import public_body
+
+
+async def plan(
+    cfg: Config,
+    *,
+    engine: Engine | None = None,
+    firewall: Firewall | None = None,
+    copied_from: str | None = None,
+    plan: PlanFactory = default_plan,
+) -> dict[str, Any]:
+    """What a deploy would do now: its steps, specs, diff against blue, rules; changes nothing.
+
+    ``copied_from`` names the canary a host after it gets the image from.
+    """
+    release = prepare(cfg)
+    steps = guarded(cfg, plan(cfg))
+    async with open_engine(engine) as docker, http_session() as http:
+        found = await preflight(
+            cfg, docker, http, release, firewall, image_arrives=copied_from is not None
+        )
+        ctx = DeployContext(
+            config=cfg,
+            engine=docker,
+            http=http,
+            deploy_id="(plan)",
+            version=release.version,
+            image=release.image,
+            env=dict(release.env),
+            twin=found.twin,
+            blue_raw=found.blue_raw,
+            handoff=found.handoff,
+        )
+        svc = cfg.service
+        production = ctx.spec("production", svc.name, svc.port).to_api()
+        green = ctx.spec("green", svc.green_name, svc.green_port, overrides=cfg.green.env)
+        build: dict[str, Any] = {"enabled": cfg.build.enabled, "image": release.image}
+        if cfg.build.enabled and cfg.build.command is None:
+            builder, why = await choose_builder(cfg.build)
+            build.update(builder=builder, why=why, context=str(cfg.build.context))
+        elif cfg.build.command is not None:
+            build["command"] = cfg.build.command
+        if copied_from is not None:
+            via = cfg.rollout.distribute
+            build["copied_from"] = copied_from
+            build["via"] = "registry (push, pull)" if via == "registry" else "save into load"
+    return {
+        "service": svc.name,
+        "version": release.version,
+        "image": release.image,
+        "steps": [{"name": s.name, "title": s.title} for s in steps],
+        "switch": "handoff" if found.handoff else "restart",
+        "blue": None
+        if found.blue is None
+        else {"image": found.blue.image, "version": version_of(found.blue)},
+        "already_serving": already_serving(found.blue, release.version),
+        "diff_against_blue": diff(found.blue_raw, production, found.twin)
+        if found.blue_raw
+        else None,
+        "production_spec": public_body(production),
+        "green_spec": public_body(green.to_api()),
+        "health": cfg.health.model_dump(mode="json"),
+        "tick": cfg.tick.model_dump(mode="json"),
+        "build": build,
+        "migrations": cfg.migrate.commands,
+        "tags": cfg.image.tags,
+        "rollback_after_switch": rollback_after_switch(cfg, found.blue is not None),
+        "actions": [a.model_dump(mode="json") for a in cfg.actions],
+    }
+
+
+def rollback_after_switch(cfg: Config, has_blue: bool) -> str:
+    """What a rollback after the switch (blue stopped) can do, as the plan says it."""
+    check = " ".join(cfg.migrate.blue_check)
+    if not has_blue:
+        return "nothing to go back to (first deploy): the new container is removed"
+    if not cfg.migrate.commands:
+        return "restarts blue (no migrations run)"
+    if not check:
+        return (
+            "restarts blue; nothing checks that it boots on the schema the migrations "
+            "leave (migrate.blue_check is empty)"
+        )
+    return (
+        f"restarts blue only if `{check}` passes with blue's image after the migrations "
+        "(checked during the deploy, before the switch); if it fails, blue is not "
+        "restarted and the deploy ends with exit 3, the new version left as it is"
+    )

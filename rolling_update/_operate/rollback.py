@@ -1,0 +1,78 @@
+"""``rollback [VERSION]``: a deploy of an image the host still has, without build or migrations."""
+
+from __future__ import annotations
+
+import structlog
+
+from rolling_update._config.settings import Config
+from rolling_update._deploy.deploy import DeployResult, deploy
+from rolling_update._deploy.outcome import Outcome
+from rolling_update._deploy.plan import PlanFactory, default_plan
+from rolling_update._deploy.preflight import version_of
+from rolling_update._deploy.saga import SagaState
+from rolling_update._deploy.session import open_engine
+from rolling_update._engine.model import Engine
+from rolling_update._errors import ConfigError, PreflightError
+from rolling_update._handoff.nft import Firewall
+from rolling_update._observe.history import read
+
+
+async def known_versions(cfg: Config, docker: Engine) -> list[str]:
+    """Versions whose image exists for the image name template (newest first)."""
+    template = cfg.image.name
+    repository, _, tag = template.rpartition(":")
+    if tag != "{version}" or not repository:
+        return []
+    found = await docker.list_images({}, reference=repository)
+    versions = []
+    for image in found:
+        for ref in image.tags:
+            repo, _, version = ref.rpartition(":")
+            if repo == repository and version not in versions:
+                versions.append(version)
+    return versions
+
+
+async def rollback(
+    cfg: Config,
+    version: str | None,
+    *,
+    engine: Engine | None = None,
+    state: SagaState | None = None,
+    firewall: Firewall | None = None,
+    plan: PlanFactory = default_plan,
+) -> DeployResult:
+    """Deploy ``version`` (default: the one before what serves) with ``plan``'s steps less its
+    build and migrations."""
+    log = structlog.get_logger()
+    async with open_engine(engine) as docker:
+        known = await known_versions(cfg, docker)
+        current = version_of(await docker.inspect(cfg.service.name))
+    if version is None:
+        runs = [e for e in read(cfg.state_dir) if e.result == Outcome.DEPLOYED]
+        previous = [e.from_version for e in runs if e.to_version == current and e.from_version]
+        if not previous:
+            raise PreflightError(
+                f"no previous version of {cfg.service.name} is recorded in its history; "
+                f"name one: {', '.join(known) or 'no images found'}"
+            )
+        version = previous[-1]
+    if version not in known:
+        raise ConfigError(
+            f"no image for version {version!r}; known versions: {', '.join(known) or 'none'}",
+            key="rollback VERSION",
+        )
+    log.info(
+        "rollback.plan", to=version, current=current, skipped="build and migrations (the image "
+        "exists; migrations are not undone)",
+    )  # fmt: skip
+    steps = [s for s in plan(cfg) if s.name not in ("build", "migrate")]
+    return await deploy(
+        cfg,
+        steps=steps,
+        engine=engine,
+        state=state,
+        version=version,
+        kind="rollback",
+        firewall=firewall,
+    )
