@@ -67,6 +67,13 @@ from rolling_update._errors import (
 from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
+from rolling_update._watch.health import (
+    LastProbe,
+    await_docker_healthy,
+    await_healthy,
+    poll_until_healthy,
+    restore_wait,
+)
 from rolling_update._watch.probe import (
     Answer,
     judge_health,
@@ -75,16 +82,8 @@ from rolling_update._watch.probe import (
     probe,
     tick_state,
 )
-from rolling_update._watch.watch import (
-    LastProbe,
-    Watch,
-    await_docker_healthy,
-    await_healthy,
-    poll_until_healthy,
-    restore_wait,
-    task_group,
-    watching,
-)
+from rolling_update._watch.tasks import task_group
+from rolling_update._watch.watch import Watch, watching
 
 __all__ = [
     "CONFIG_HASH",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from rolling_update._watch.watch import task_group
+from rolling_update._watch.tasks import task_group
 
 
 @dataclass

@@ -33,7 +33,7 @@ from rolling_update._observe.logs import redactor
 from rolling_update._state.journal import Journal, refuse_unfinished
 from rolling_update._state.lock import service_lock
 from rolling_update._state.mark import MARK_LIMIT, marker_labels, marker_name, refuse_marked
-from rolling_update._watch.watch import task_group
+from rolling_update._watch.tasks import task_group
 
 
 def guarded(cfg: Config, plan: Sequence[Step[DeployContext]]) -> list[Step[DeployContext]]:

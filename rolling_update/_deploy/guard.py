@@ -7,7 +7,7 @@ import structlog
 from rolling_update._config.settings import HealthConfig, ServiceConfig, VerifyConfig
 from rolling_update._deploy.context import DeployContext
 from rolling_update._errors import RestoreFailed
-from rolling_update._watch.watch import restore_wait
+from rolling_update._watch.health import restore_wait
 
 
 class ConfirmBlue:

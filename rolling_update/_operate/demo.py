@@ -34,7 +34,8 @@ from rolling_update._engine.model import LABEL_SERVICE, ContainerSpec
 from rolling_update._errors import PreflightError, RollingUpdateError
 from rolling_update._observe.progress import Wait, waiting
 from rolling_update._state.mark import marker_name
-from rolling_update._watch.watch import LastProbe, poll_until_healthy, task_group
+from rolling_update._watch.health import LastProbe, poll_until_healthy
+from rolling_update._watch.tasks import task_group
 
 APP = Path(__file__).resolve().parent.parent / "demo" / "app.py"
 LABEL_DEMO = "io.rolling-update.demo"

@@ -49,8 +49,8 @@ from rolling_update._state.mark import (
     record_from_marker,
     refuse_marked,
 )
+from rolling_update._watch.health import await_serving
 from rolling_update._watch.probe import HealthBaseline
-from rolling_update._watch.watch import await_serving
 
 
 @dataclass
