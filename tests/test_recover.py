@@ -15,7 +15,8 @@ from aiohttp import web
 from rolling_update import Config, ContainerSpec, RecoveryFailed
 from rolling_update._config.settings import parse_config
 from rolling_update._engine.model import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
-from rolling_update._operate.recover import recover
+from rolling_update._handoff.nft import LocalFirewall
+from rolling_update._operate.recover import preview, recover
 from rolling_update._state.journal import Journal
 from rolling_update.testing import FakeEngine
 from tests.support import free_port
@@ -243,3 +244,28 @@ async def test_a_vanished_blue_fails_the_undo_with_its_own_error(tmp_path: Path,
         switch = Switch(cfg.service, cfg.tick, cfg.health, cfg.verify)
         with pytest.raises(RestoreFailed, match="no longer exists"):
             await switch.compensate(ctx)
+
+
+async def test_recover_decides_first_and_does_exactly_what_it_decided(
+    tmp_path: Path, port: int
+) -> None:
+    """The actions decided (what plan shows) change nothing, and recover then does just those."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    engine.add(ours("app", "production", "d2"), running=False)
+    engine.add(ours("app-green", "green", "d2"))
+    journal(cfg, step="switch", blue_id=blue.id, blue_was_running=True)
+    before = engine.names()
+    shown = await preview(cfg, engine, LocalFirewall())
+    assert engine.names() == before  # deciding changed nothing
+    assert shown is not None and shown["outcome"] == "the previous version serves"
+    assert shown["actions"] == [
+        "removed app (production of the unfinished deploy)",
+        "removed app-green (green of the unfinished deploy)",
+        "renamed app-old back to app",
+        "started app (the previous version)",
+    ]
+    report = await recover(cfg, engine=engine)
+    assert report.actions == shown["actions"]
+    assert await preview(cfg, engine, LocalFirewall()) is None

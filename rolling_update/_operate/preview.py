@@ -16,7 +16,8 @@ from rolling_update._deploy.session import http_session, open_engine
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.model import Engine
-from rolling_update._handoff.nft import Firewall
+from rolling_update._handoff.nft import Firewall, LocalFirewall
+from rolling_update._operate.recover import preview as preview_recover
 from rolling_update._operate.render import public_body
 
 
@@ -35,6 +36,7 @@ async def plan(
     release = prepare(cfg)
     steps = guarded(cfg, plan(cfg))
     async with open_engine(engine) as docker, http_session() as http:
+        finish = await preview_recover(cfg, docker, firewall or LocalFirewall())
         found = await preflight(
             cfg, docker, http, release, firewall, image_arrives=copied_from is not None
         )
@@ -65,6 +67,7 @@ async def plan(
             build["via"] = "registry (push, pull)" if via == "registry" else "save into load"
     return {
         "service": svc.name,
+        "recover": finish,
         "version": release.version,
         "image": release.image,
         "steps": [{"name": s.name, "title": s.title} for s in steps],

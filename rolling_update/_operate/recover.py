@@ -17,6 +17,7 @@ import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import aiohttp
 import anyio
@@ -60,59 +61,96 @@ class RecoveryReport:
     unfinished: str | None = None
 
 
-class _Recovery:
-    def __init__(
-        self, cfg: Config, engine: Engine, record: JournalRecord | None, *, defer_green: bool
-    ) -> None:
+Verb = Literal["remove", "rename", "start", "note"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing recover does to a container, with its reason: computed first, then done."""
+
+    verb: Verb
+    name: str
+    """The container's name when the action is decided."""
+    why: str
+    container_id: str = ""
+    new_name: str | None = None
+    last: bool = False
+    """Green behind a redirect: removed only once production answers and the redirect is gone."""
+
+    def describe(self) -> str:
+        if self.verb == "remove":
+            return f"removed {self.name} ({self.why})"
+        if self.verb == "rename":
+            return f"renamed {self.name} back to {self.new_name}"
+        if self.verb == "start":
+            return f"started {self.name} ({self.why})"
+        return self.why
+
+
+@dataclass
+class RecoveryPlan:
+    """What recover will do, decided from the journal (or the engine mark) and the engine."""
+
+    outcome: str
+    actions: list[Action] = field(default_factory=list)
+    baseline: HealthBaseline | None = None
+    """Set when blue is brought back: the health it must reach."""
+    redirected: bool = False
+    """Production's port is redirected to green: given back once production answers."""
+
+    def lines(self, port: int) -> list[str]:
+        """The actions in the order they are carried out, in words."""
+        first = [a.describe() for a in self.actions if not a.last]
+        release = [f"removed the redirect of port {port} to green"] if self.redirected else []
+        return first + release + [a.describe() for a in self.actions if a.last]
+
+
+class _Decision:
+    """Reads the engine once per container it asks about, and decides; changes nothing."""
+
+    def __init__(self, cfg: Config, engine: Engine, record: JournalRecord | None, redirected: bool):
         self.cfg = cfg
         self.engine = engine
         self.record = record
-        self.defer_green = defer_green
-        """A redirect sends production's port to green: green goes last, once
-        production answers and the redirect is removed."""
-        self.deferred: list[tuple[ContainerInfo, str]] = []
         self.name = cfg.service.name
         self.old_name = cfg.service.old_name
-        self.actions: list[str] = []
-        self.baseline: HealthBaseline | None = None
-        """Set when blue was brought back: the health it must reach."""
+        self.plan = RecoveryPlan(outcome="", redirected=redirected)
 
-    def act(self, what: str) -> None:
-        self.actions.append(what)
-        structlog.get_logger().info("recover.action", action=what)
+    def remove(self, info: ContainerInfo, why: str) -> None:
+        last = self.plan.redirected and info.labels.get(LABEL_ROLE) == "green"
+        self.plan.actions.append(Action("remove", info.name, why, info.id, last=last))
+
+    def removed(self, info: ContainerInfo | None) -> bool:
+        return info is not None and any(
+            a.verb == "remove" and a.container_id == info.id for a in self.plan.actions
+        )
+
+    def note(self, what: str) -> None:
+        self.plan.actions.append(Action("note", "", what))
+
+    def remove_unless_foreign(self, info: ContainerInfo, why: str) -> None:
+        """The one policy (``policy.in_the_way``) for a container the journal does not name."""
+        reason = in_the_way(info, self.name)
+        if reason is None:
+            self.remove(info, why)
+        else:
+            self.note(f"left {info.name} in place: {reason}; remove it by hand")
 
     async def ours(self) -> list[ContainerInfo]:
         ids = await self.engine.list_ids({LABEL_SERVICE: self.name, LABEL_MANAGED: "true"})
         infos = [await self.engine.inspect(i) for i in ids]
         return [i for i in infos if i is not None]
 
-    async def remove(self, info: ContainerInfo, why: str) -> None:
-        if self.defer_green and info.labels.get(LABEL_ROLE) == "green":
-            self.deferred.append((info, why))
-            return
-        await self.engine.stop(info.id, grace=self.cfg.service.stop_timeout)
-        await self.engine.remove(info.id)
-        self.act(f"removed {info.name} ({why})")
-
-    async def remove_unless_foreign(self, info: ContainerInfo, why: str) -> None:
-        """The one policy (``_policy.in_the_way``) for a container the journal does not name."""
-        reason = in_the_way(info, self.name)
-        if reason is None:
-            await self.remove(info, why)
-        else:
-            self.act(f"left {info.name} in place: {reason}; remove it by hand")
-
     async def keep_new(self, record: JournalRecord, prod: ContainerInfo) -> str:
         for info in await self.ours():
             if info.id != prod.id and info.labels.get(LABEL_ROLE) in ("green", "migrate"):
-                await self.remove(info, "leftover of the deploy")
+                self.remove(info, "leftover of the deploy")
         if record.blue_id and record.blue_id != prod.id:
             blue = await self.engine.inspect(record.blue_id)
             if blue is not None:
-                await self.remove(blue, "the previous version, replaced")
+                self.remove(blue, "the previous version, replaced")
         if not prod.running:
-            await self.engine.start(prod.id)
-            self.act(f"started {self.name} ({record.version})")
+            self.plan.actions.append(Action("start", self.name, record.version, prod.id))
         return f"the new version {record.version} serves"
 
     async def find_blue(self, record: JournalRecord | None) -> ContainerInfo | None:
@@ -129,7 +167,11 @@ class _Recovery:
             blue_id = old.id
         return None if blue_id is None else await self.engine.inspect(blue_id)
 
-    async def recover(self, record: JournalRecord | None) -> str:
+    async def decide(self) -> RecoveryPlan:
+        self.plan.outcome = await self._decide(self.record)
+        return self.plan
+
+    async def _decide(self, record: JournalRecord | None) -> str:
         prod = await self.engine.inspect(self.name)
         new = (
             prod
@@ -149,7 +191,7 @@ class _Recovery:
         if record is not None and record.blue_id and blue is None and new is not None:
             # Blue is gone (removed by hand, or by a cleanup cut short): the new
             # container is the only one that can serve. Keep it; never leave none.
-            self.act(f"blue ({record.blue_id[:12]}) no longer exists: kept the new version")
+            self.note(f"blue ({record.blue_id[:12]}) no longer exists: kept the new version")
             return await self.keep_new(record, new)
         if (
             record is not None
@@ -159,7 +201,7 @@ class _Recovery:
             and new is not None
         ):
             # Started again, blue would crash-loop on the schema the migrations left.
-            self.act(
+            self.note(
                 f"blue ({blue.id[:12]}) cannot boot on the migrated schema "
                 "(migrate.blue_check failed): kept the new version"
             )
@@ -172,10 +214,11 @@ class _Recovery:
             if blue is not None and info.id == blue.id:
                 continue
             if record is not None and info.labels.get(LABEL_DEPLOY) == record.deploy_id:
-                await self.remove(info, f"{role} of the unfinished deploy")
+                self.remove(info, f"{role} of the unfinished deploy")
             elif record is None and role in ("green", "migrate"):
-                await self.remove(info, f"stray {role}")
+                self.remove(info, f"stray {role}")
         current = await self.engine.inspect(self.name)
+        current = None if self.removed(current) else current
         if blue is not None:
             if blue.name != self.name:
                 if current is not None and current.id != blue.id:
@@ -183,22 +226,56 @@ class _Recovery:
                         f"{self.name} is taken by {current.id[:12]}, which this tool did not "
                         f"start in the unfinished deploy; blue waits as {blue.name}"
                     )
-                await self.engine.rename(blue.id, self.name)
-                self.act(f"renamed {blue.name} back to {self.name}")
+                self.plan.actions.append(
+                    Action("rename", blue.name, "", blue.id, new_name=self.name)
+                )
             was_running = record.blue_was_running if record and record.blue_id else True
             if was_running and not blue.running:
-                await self.engine.start(blue.id)
-                self.act(f"started {self.name} (the previous version)")
-            self.baseline = record.blue_health if record else None
+                self.plan.actions.append(
+                    Action("start", self.name, "the previous version", blue.id)
+                )
+            self.plan.baseline = record.blue_health if record else None
             return "the previous version serves"
         old = await self.engine.inspect(self.old_name)
+        old = None if self.removed(old) else old
         if current is not None and old is not None:
             if old.running:
                 raise RecoveryFailed(
                     f"both {self.name} and {self.old_name} are running; decide by hand"
                 )
-            await self.remove_unless_foreign(old, "leftover previous version")
+            self.remove_unless_foreign(old, "leftover previous version")
         return "the production container serves"
+
+
+async def decide(
+    cfg: Config, engine: Engine, record: JournalRecord | None, *, redirected: bool
+) -> RecoveryPlan:
+    """What recover would do now, with a reason for each action; changes nothing."""
+    return await _Decision(cfg, engine, record, redirected).decide()
+
+
+class _Carrying:
+    """Carries out a plan's actions in order, saying each as it is done."""
+
+    def __init__(self, cfg: Config, engine: Engine) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.done: list[str] = []
+
+    def said(self, what: str) -> None:
+        self.done.append(what)
+        structlog.get_logger().info("recover.action", action=what)
+
+    async def act(self, action: Action) -> None:
+        if action.verb == "remove":
+            await self.engine.stop(action.container_id, grace=self.cfg.service.stop_timeout)
+            await self.engine.remove(action.container_id)
+        elif action.verb == "rename":
+            assert action.new_name is not None
+            await self.engine.rename(action.container_id, action.new_name)
+        elif action.verb == "start":
+            await self.engine.start(action.container_id)
+        self.said(action.describe())
 
 
 async def recover(
@@ -229,20 +306,43 @@ async def recover(
         write_metrics(cfg)
 
 
+async def unfinished(cfg: Config, docker: Engine, journal: Journal | None) -> JournalRecord | None:
+    """The deploy that did not finish: its journal here, else the mark it left on the engine
+    (kept in another state directory); refused while that deploy's process still runs."""
+    service = cfg.service.name
+    record = journal.record if journal else None
+    mark = await docker.read_marker(marker_name(service))
+    if mark is not None and (record is None or mark.get(LABEL_DEPLOY) != record.deploy_id):
+        if marker_holder_alive(mark):
+            # A deploy from another checkout (another state dir) is running.
+            raise refuse_marked(mark, service)
+        if record is None:
+            record = record_from_marker(mark, service)
+    return record
+
+
+async def preview(cfg: Config, docker: Engine, firewall: Firewall) -> dict[str, Any] | None:
+    """What ``recover`` would do now where a deploy did not finish (``None``: none to finish)."""
+    journal = Journal.load(Journal.path_for(cfg.state_dir))
+    record = await unfinished(cfg, docker, journal)
+    if record is None:
+        return None
+    redirected = await PortHandoff.of(firewall, cfg.service).target() is not None
+    decided = await decide(cfg, docker, record, redirected=redirected)
+    return {
+        "unfinished": journal.describe() if journal else f"deploy {record.deploy_id}",
+        "actions": decided.lines(cfg.service.port),
+        "outcome": decided.outcome,
+    }
+
+
 async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> RecoveryReport:
     log = structlog.get_logger()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="recover", deploy_id="-"):
         journal = Journal.load(Journal.path_for(cfg.state_dir))
-        record = journal.record if journal else None
         async with open_engine(engine) as docker, http_session() as http:
-            mark = await docker.read_marker(marker_name(service))
-            if mark is not None and (record is None or mark.get(LABEL_DEPLOY) != record.deploy_id):
-                if marker_holder_alive(mark):
-                    # A deploy from another checkout (another state dir) is running.
-                    raise refuse_marked(mark, service)
-                if record is None:
-                    record = record_from_marker(mark, service)
+            record = await unfinished(cfg, docker, journal)
             if record is not None:
                 log.info(
                     "recover.unfinished",
@@ -250,34 +350,38 @@ async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> Re
                 )
             handoff = PortHandoff.of(firewall, cfg.service)
             redirected = await handoff.target() is not None
-            recovery = _Recovery(cfg, docker, record, defer_green=redirected)
+            plan = await decide(cfg, docker, record, redirected=redirected)
+            carrying = _Carrying(cfg, docker)
+            outcome = plan.outcome
             try:
-                outcome = await recovery.recover(record)
+                for action in plan.actions:
+                    if not action.last:
+                        await carrying.act(action)
                 if await docker.inspect(service) is None:
                     outcome = "no production container exists (there was none before this deploy)"
                 else:
                     # Probed past the redirect (the session's sockets are marked, or
                     # on a remote host, through the bypass port).
                     port = handoff.probe_port(cfg.service.port, redirected=redirected)
-                    await _await_serving(cfg, http, recovery.baseline, port)
+                    await _await_serving(cfg, http, plan.baseline, port)
                 if redirected:
                     # Only now: never remove the redirect while nothing else serves.
                     await handoff.release()
-                    recovery.act(f"removed the redirect of port {cfg.service.port} to green")
-                recovery.defer_green = False
-                for info, why in recovery.deferred:
-                    await recovery.remove(info, why)
+                    carrying.said(f"removed the redirect of port {cfg.service.port} to green")
+                for action in plan.actions:
+                    if action.last:
+                        await carrying.act(action)
             except EngineError as exc:
-                done = "; ".join(recovery.actions) or "nothing"
+                done = "; ".join(carrying.done) or "nothing"
                 raise RecoveryFailed(f"{exc} (done so far: {done})") from exc
             with anyio.move_on_after(MARK_LIMIT, shield=True):
                 await docker.remove_marker(marker_name(service))
         if journal is not None:
             journal.remove()
-    log.info("recover.done", outcome=outcome, actions=len(recovery.actions))
+    log.info("recover.done", outcome=outcome, actions=len(carrying.done))
     return RecoveryReport(
         outcome=outcome,
-        actions=recovery.actions,
+        actions=carrying.done,
         unfinished=(
             journal.describe() if journal else f"deploy {record.deploy_id}" if record else None
         ),

@@ -102,4 +102,12 @@ def format_plan(report: dict[str, Any]) -> str:
             ["(no blue)"] if diff is None else diff or ["nothing but the tool's labels"])),
         *(f"action: {a['moment']} {a['target']} {a['method']} {a['path']}" for a in actions),
     ]  # fmt: skip
+    finish = report.get("recover")
+    if finish:
+        lines[1:1] = [
+            f"unfinished: {finish['unfinished']}: deploy refuses until `recover` runs, "
+            "which would:",
+            *(f"  {line}" for line in finish["actions"] or ["(change no container)"]),
+            f"  then: {finish['outcome']}",
+        ]
     return "\n".join(lines)
