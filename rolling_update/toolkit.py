@@ -65,6 +65,7 @@ from rolling_update._errors import (
     VerificationFailed,
 )
 from rolling_update._handoff.port import PortHandoff
+from rolling_update._observe import measures
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._watch.health import (
@@ -131,6 +132,7 @@ __all__ = [
     "diff",
     "judge_health",
     "made_by_compose",
+    "measures",
     "parse_tick",
     "poll_until_healthy",
     "port_in_use",

@@ -24,6 +24,7 @@ from rolling_update.toolkit import (
     HealthConfig,
     RestoreFailed,
     ServiceConfig,
+    measures,
     probe,
 )
 
@@ -87,7 +88,7 @@ class Release:
         ctx.handoff_active = False
         ctx.handoff_ended = time.monotonic()
         if ctx.handoff_began is not None:
-            ctx.measured["handoff_s"] = round(ctx.handoff_ended - ctx.handoff_began, 3)
+            ctx.measured[measures.HANDOFF] = round(ctx.handoff_ended - ctx.handoff_began, 3)
         structlog.get_logger().info("handoff.released", port=self.service.port, to="production")
 
     async def compensate(self, ctx: DeployContext) -> None:

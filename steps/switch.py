@@ -30,6 +30,7 @@ from rolling_update.toolkit import (
     diff,
     judge_health,
     made_by_compose,
+    measures,
     probe,
     remove_ours,
     restore_wait,
@@ -94,9 +95,11 @@ class Switch:
             ctx.switch_began = time.monotonic()
             log.info("switch.stop_blue", container=self.service.name, id=blue.id[:12])
             await ctx.engine.stop(blue.id, grace=self.service.stop_timeout)
-            ctx.measured["blue_stop_s"] = round(time.monotonic() - ctx.switch_began, 3)
+            ctx.measured[measures.BLUE_STOP] = round(time.monotonic() - ctx.switch_began, 3)
             if ctx.green_started is not None:
-                ctx.measured["two_containers_s"] = round(time.monotonic() - ctx.green_started, 3)
+                ctx.measured[measures.TWO_CONTAINERS] = round(
+                    time.monotonic() - ctx.green_started, 3
+                )
         else:
             ctx.switch_began = time.monotonic()
         await ctx.engine.start(ctx.production_id)
@@ -150,7 +153,9 @@ class Switch:
             # undo has run, the rollback actions included (the guard step).
             await restore_wait(ctx, self.service, self.health, self.verify, answering=True)
             if ctx.switch_began is not None:
-                ctx.measured["rollback_outage_s"] = round(time.monotonic() - ctx.switch_began, 3)
+                ctx.measured[measures.ROLLBACK_OUTAGE] = round(
+                    time.monotonic() - ctx.switch_began, 3
+                )
             log.info("switch.blue_restored", seconds=round(time.monotonic() - began, 3))
 
 
@@ -215,10 +220,10 @@ class VerifyProduction(_ProductionStep):
             ) from None
         now = time.monotonic()
         if ctx.switch_began is not None:
-            ctx.measured["switch_s"] = round(now - ctx.switch_began, 3)
+            ctx.measured[measures.SWITCH] = round(now - ctx.switch_began, 3)
         if ctx.last_blue_ok is not None and not ctx.handoff:
             # With the handoff green serves meanwhile: there is no dark window to report.
-            ctx.measured["downtime_window_s"] = round(now - ctx.last_blue_ok, 3)
+            ctx.measured[measures.DOWNTIME_WINDOW] = round(now - ctx.last_blue_ok, 3)
         ctx.final_health = answer.body
 
 

@@ -29,6 +29,7 @@ from rolling_update._engine.model import (
 )
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
+from rolling_update._observe import measures
 from rolling_update._state.journal import Journal
 from rolling_update._watch.probe import HealthBaseline
 
@@ -234,8 +235,8 @@ class DeployContext:
     def note_green_memory(self, peak: int) -> None:
         if peak:
             mb = round(peak / 2**20, 1)
-            self.measured["green_memory_peak_mb"] = max(
-                mb, self.measured.get("green_memory_peak_mb", 0)
+            self.measured[measures.GREEN_MEMORY_PEAK] = max(
+                mb, self.measured.get(measures.GREEN_MEMORY_PEAK, 0)
             )
 
     def green_watch_args(self) -> dict[str, Any]:

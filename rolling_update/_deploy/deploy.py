@@ -28,6 +28,7 @@ from rolling_update._errors import (
 )
 from rolling_update._handoff.measure import measure_handoff
 from rolling_update._handoff.nft import Firewall, LocalFirewall
+from rolling_update._observe import measures
 from rolling_update._observe.history import Attempt, Kind
 from rolling_update._observe.logs import redactor
 from rolling_update._state.journal import Journal, refuse_unfinished
@@ -240,6 +241,6 @@ async def _deploy(
         version=release.version,
         image=release.image,
         steps=records,
-        measured={**ctx.measured, "total_s": round(seconds, 3)},
+        measured={**ctx.measured, measures.TOTAL: round(seconds, 3)},
         health=ctx.final_health,
     )

@@ -11,6 +11,7 @@ from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.hooks import run_post_hook
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.saga import SagaState
+from rolling_update._observe import measures
 from rolling_update._observe.history import Attempt
 from rolling_update._observe.history import append as history_append
 from rolling_update._observe.metrics import write_metrics
@@ -21,13 +22,13 @@ def moments(ctx: DeployContext) -> dict[str, float | None]:
     """What the timeline marks, from what the steps noted (monotonic times)."""
     measured = ctx.measured
     stopped = (
-        ctx.switch_began + measured["blue_stop_s"]
-        if ctx.switch_began is not None and "blue_stop_s" in measured
+        ctx.switch_began + measured[measures.BLUE_STOP]
+        if ctx.switch_began is not None and measures.BLUE_STOP in measured
         else None
     )
     serving = (
-        ctx.switch_began + measured["switch_s"]
-        if ctx.switch_began is not None and "switch_s" in measured
+        ctx.switch_began + measured[measures.SWITCH]
+        if ctx.switch_began is not None and measures.SWITCH in measured
         else None
     )
     return {

@@ -6,6 +6,7 @@ import aiohttp
 import anyio
 
 from rolling_update._deploy.context import DeployContext
+from rolling_update._observe import measures
 from rolling_update._watch.probe import probe
 
 
@@ -18,7 +19,9 @@ async def measure_handoff(ctx: DeployContext, *, interval: float = 0.05) -> None
         while True:  # cancelled with the deploy's task group
             if ctx.handoff_active:
                 answer = await probe(client, url, ctx.config.health)
-                ctx.measured["handoff_requests"] = ctx.measured.get("handoff_requests", 0) + 1
-                failed = ctx.measured.get("handoff_failed_requests", 0)
-                ctx.measured["handoff_failed_requests"] = failed + (answer.status is None)
+                ctx.measured[measures.HANDOFF_REQUESTS] = (
+                    ctx.measured.get(measures.HANDOFF_REQUESTS, 0) + 1
+                )
+                failed = ctx.measured.get(measures.HANDOFF_FAILED_REQUESTS, 0)
+                ctx.measured[measures.HANDOFF_FAILED_REQUESTS] = failed + (answer.status is None)
             await anyio.sleep(interval)

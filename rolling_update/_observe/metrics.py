@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.outcome import Outcome
+from rolling_update._observe import measures
 from rolling_update._observe.history import HistoryEntry, read
 
 
@@ -49,15 +50,18 @@ class _FromHistory(Collector):
                 "last_duration_seconds", "Wall time of the last deploy.", last.seconds
             )
             figures = {
-                "downtime_window_s": (
+                measures.DOWNTIME_WINDOW: (
                     "last_downtime_window_seconds",
                     "Blue's last answer to production's first, in the last deploy.",
                 ),
-                "handoff_failed_requests": (
+                measures.HANDOFF_FAILED_REQUESTS: (
                     "last_handoff_failed_requests",
                     "Requests the tool sent through the handoff that failed.",
                 ),
-                "green_memory_peak_mb": ("last_green_memory_peak_bytes", "Green's memory peak."),
+                measures.GREEN_MEMORY_PEAK: (
+                    "last_green_memory_peak_bytes",
+                    "Green's memory peak.",
+                ),
             }
             for key, (name, text) in figures.items():
                 value = last.measured.get(key)

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rolling_update._observe import measures
+
 
 @dataclass
 class Phase:
@@ -55,18 +57,18 @@ def build(
         {"at_s": seconds, "what": what}
         for seconds, what in sorted((at(moment), what) for what, moment in marks.items() if moment)
     ]
-    data: dict[str, Any] = {"total_s": at(ended), "phases": rows, "marks": found}
-    if "two_containers_s" in measured:
-        data["two_versions_s"] = measured["two_containers_s"]
-    if "handoff_failed_requests" in measured:
-        data["failed_requests"] = measured["handoff_failed_requests"]
-        data["requests"] = measured.get("handoff_requests", 0)
+    data: dict[str, Any] = {measures.TOTAL: at(ended), "phases": rows, "marks": found}
+    if measures.TWO_CONTAINERS in measured:
+        data["two_versions_s"] = measured[measures.TWO_CONTAINERS]
+    if measures.HANDOFF_FAILED_REQUESTS in measured:
+        data["failed_requests"] = measured[measures.HANDOFF_FAILED_REQUESTS]
+        data["requests"] = measured.get(measures.HANDOFF_REQUESTS, 0)
     return data
 
 
 def render(timeline: Mapping[str, Any], width: int = WIDTH) -> str:
     """The timeline as text, one bar a phase; ``▲`` under the bars marks each moment."""
-    total = max(float(timeline["total_s"]), 1e-3)
+    total = max(float(timeline[measures.TOTAL]), 1e-3)
 
     def column(seconds: float) -> int:
         return min(width - 1, int(seconds / total * width))

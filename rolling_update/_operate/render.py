@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rolling_update._deploy.outcome import Outcome
+from rolling_update._observe import measures
 from rolling_update._observe.history import HistoryEntry
 
 
@@ -27,7 +28,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append("last deploy  none recorded")
     else:
         figures = last["measured"]
-        shown = ("downtime_window_s", "handoff_s", "handoff_failed_requests")
+        shown = (measures.DOWNTIME_WINDOW, measures.HANDOFF, measures.HANDOFF_FAILED_REQUESTS)
         extra = [f"{k}={figures[k]}" for k in shown if k in figures]
         lines.append(
             f"last deploy  {last['id']} {last['kind']} {last['from_version']} -> "
