@@ -17,7 +17,11 @@ from rolling_update._deploy.guard import ConfirmBlue
 from rolling_update._deploy.hooks import run_pre_hook
 from rolling_update._deploy.judge import judge
 from rolling_update._deploy.plan import PlanFactory, default_plan
-from rolling_update._deploy.preflight import already_serving, preflight, version_of
+from rolling_update._deploy.preflight import (
+    already_serving,
+    refuse_or_preflight,
+    version_of,
+)
 from rolling_update._deploy.record import record_end, record_timeline
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
@@ -31,7 +35,7 @@ from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._observe import measures
 from rolling_update._observe.history import Attempt, Kind
 from rolling_update._observe.logs import redactor
-from rolling_update._state.journal import Journal, refuse_unfinished
+from rolling_update._state.journal import Journal
 from rolling_update._state.lock import service_lock
 from rolling_update._state.mark import MARK_LIMIT, marker_labels, marker_name, refuse_marked
 from rolling_update._watch.tasks import task_group
@@ -126,16 +130,8 @@ async def _deploy(
     began = time.monotonic()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="deploy", deploy_id=deploy_id):
-        refuse_unfinished(cfg.state_dir)
         async with open_engine(engine) as docker, http_session() as http:
-            # The engine-side mark: a deploy from another checkout (another
-            # state directory) of the same service on this engine sees it.
-            # Read first, so that the message names that deploy; claimed
-            # (atomically) once the preflight has passed.
-            held_before = await docker.read_marker(marker_name(service))
-            if held_before is not None:
-                raise refuse_marked(held_before, service)
-            found = await preflight(cfg, docker, http, release, firewall)
+            found = await refuse_or_preflight(cfg, docker, http, release, firewall)
             attempt.from_version = version_of(found.blue)
             same = already_serving(found.blue, release.version)
             if same is not None and not force:

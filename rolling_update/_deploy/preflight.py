@@ -25,6 +25,8 @@ from rolling_update._errors import (
 )
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
+from rolling_update._state.journal import refuse_unfinished
+from rolling_update._state.mark import marker_name, refuse_marked
 from rolling_update._watch.probe import HealthBaseline, port_in_use, probe
 
 
@@ -159,3 +161,24 @@ async def _handoff_possible(cfg: Config, twin: Twin | None, firewall: Firewall) 
         )
         return False
     return True
+
+
+async def refuse_or_preflight(
+    cfg: Config,
+    docker: Engine,
+    http: aiohttp.ClientSession,
+    release: Release,
+    firewall: Firewall | None,
+    *,
+    image_arrives: bool = False,
+) -> Preflight:
+    """The refusal sequence every deploy (and every host of a rollout) goes through before it
+    changes anything: a deploy here that did not finish, a deploy marked on the engine (from
+    another checkout), then the :func:`preflight`. Raises :class:`PreflightError`."""
+    refuse_unfinished(cfg.state_dir)
+    # Read first, so that the message names that deploy; a deploy claims the mark
+    # (atomically) only once the preflight has passed.
+    held = await docker.read_marker(marker_name(cfg.service.name))
+    if held is not None:
+        raise refuse_marked(held, cfg.service.name)
+    return await preflight(cfg, docker, http, release, firewall, image_arrives=image_arrives)

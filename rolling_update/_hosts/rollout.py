@@ -26,7 +26,7 @@ from rolling_update._deploy.deploy import deploy
 from rolling_update._deploy.judge import judge
 from rolling_update._deploy.outcome import HostOutcome, Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
-from rolling_update._deploy.preflight import preflight, version_of
+from rolling_update._deploy.preflight import refuse_or_preflight, version_of
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._deploy.session import http_session
@@ -37,9 +37,7 @@ from rolling_update._hosts.hosts import Connected, connect, hosts_of
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._operate.rollback import rollback
-from rolling_update._state.journal import refuse_unfinished
 from rolling_update._state.lock import service_lock
-from rolling_update._state.mark import marker_name, refuse_marked
 
 _PROGRESS_EVERY = 2.0
 
@@ -132,13 +130,8 @@ async def check_all(connected: list[Connected], release: Release) -> None:
     run. Raises :class:`PreflightError` naming the host (nothing was changed)."""
     async with http_session() as http:
         for i, host in enumerate(connected):
-            name = host.config.service.name
             try:
-                refuse_unfinished(host.config.state_dir)
-                held = await host.engine.read_marker(marker_name(name))
-                if held is not None:
-                    raise refuse_marked(held, name)
-                await preflight(
+                await refuse_or_preflight(
                     host.config, host.engine, http, release, host.firewall, image_arrives=i > 0
                 )
             except PreflightError as exc:
