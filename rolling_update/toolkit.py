@@ -35,6 +35,16 @@ from rolling_update._deploy.compose import CONFIG_HASH, config_hash, made_by_com
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.policy import clear_name, remove_ours
 from rolling_update._deploy.process import run_logged
+from rolling_update._deploy.records import (
+    BlueChecked,
+    BlueLastServed,
+    GreenStarted,
+    Preflight,
+    Redirected,
+    Switched,
+    Verified,
+)
+from rolling_update._deploy.release import Release
 from rolling_update._deploy.saga import Step
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
@@ -91,6 +101,8 @@ __all__ = [
     "LABEL_SERVICE",
     "ActionFailed",
     "Answer",
+    "BlueChecked",
+    "BlueLastServed",
     "BuildConfig",
     "BuildFailed",
     "BuildOptions",
@@ -105,6 +117,7 @@ __all__ = [
     "EngineError",
     "GreenConfig",
     "GreenFailed",
+    "GreenStarted",
     "HealthCheckFailed",
     "HealthConfig",
     "ImageConfig",
@@ -113,15 +126,20 @@ __all__ = [
     "MigrationFailed",
     "Moment",
     "PortHandoff",
+    "Preflight",
     "PreflightError",
     "ProductionFailed",
+    "Redirected",
+    "Release",
     "RestoreFailed",
     "RollingUpdateError",
     "ServiceConfig",
     "Step",
+    "Switched",
     "TickConfig",
     "TickWaitFailed",
     "VerificationFailed",
+    "Verified",
     "VerifyConfig",
     "Watch",
     "await_docker_healthy",

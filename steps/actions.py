@@ -26,7 +26,7 @@ class RunActions:
     async def compensate(self, ctx: DeployContext) -> None:
         if self.undo is None:
             return
-        if ctx.blue_serving is not None:
+        if ctx.found.blue_serving is not None:
             production = await ctx.engine.inspect(ctx.config.service.name)
             if not ctx.is_blue_serving(production):
                 # Blue was not brought back (it could not boot): nothing answers its calls.

@@ -7,7 +7,14 @@ import time
 import anyio
 import structlog
 
-from rolling_update.toolkit import LABEL_SERVICE, DeployContext, RollingUpdateError, ServiceConfig
+from rolling_update.toolkit import (
+    LABEL_SERVICE,
+    DeployContext,
+    Redirected,
+    RollingUpdateError,
+    ServiceConfig,
+    Switched,
+)
 
 
 class RemoveOld:
@@ -30,9 +37,10 @@ class RemoveOld:
             await self._remove(ctx)
 
     async def _remove(self, ctx: DeployContext) -> None:
-        if ctx.handoff_ended is not None:
+        redirected = ctx.find(Redirected)
+        if redirected is not None and redirected.ended is not None:
             # Green keeps serving the connections it took during the handoff, a while.
-            left = ctx.config.switch.drain - (time.monotonic() - ctx.handoff_ended)
+            left = ctx.config.switch.drain - (time.monotonic() - redirected.ended)
             if left > 0:
                 structlog.get_logger().info("handoff.green_draining", seconds=round(left, 2))
                 await anyio.sleep(left)
@@ -46,7 +54,7 @@ class RemoveOld:
         keep = ctx.config.build.keep
         serving = await ctx.engine.image_id(ctx.image)
         # The version production ran before: what `rollback` goes back to.
-        previous = None if ctx.blue_raw is None else ctx.blue_raw.get("Image")
+        previous = None if ctx.found.blue_raw is None else ctx.found.blue_raw.get("Image")
         try:
             images = await ctx.engine.list_images({LABEL_SERVICE: self.service.name})
         except RollingUpdateError as exc:
@@ -66,7 +74,8 @@ class RemoveOld:
 
     async def _remove_containers(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
-        for label, container_id in (("green", ctx.green_id), ("old", ctx.blue_id)):
+        switched = ctx.find(Switched) or Switched()
+        for label, container_id in (("green", ctx.green_id), ("old", switched.blue_id)):
             if container_id is None:
                 continue
             try:

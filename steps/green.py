@@ -13,6 +13,7 @@ from rolling_update.toolkit import (
     DeployContext,
     GreenConfig,
     GreenFailed,
+    GreenStarted,
     HealthCheckFailed,
     HealthConfig,
     LastProbe,
@@ -33,6 +34,7 @@ class StartGreen:
 
     name = "start-green"
     title = "Starting green container"
+    gives = (GreenStarted,)
 
     def __init__(self, service: ServiceConfig, green: GreenConfig) -> None:
         self.service = service
@@ -52,17 +54,17 @@ class StartGreen:
                 f"port {self.service.green_port} (service.green_port) was taken after the "
                 "preflight found it free; green could not bind it"
             )
-        ctx.green_id = await ctx.engine.create(self.spec(ctx))
-        await ctx.engine.start(ctx.green_id)
-        ctx.green_started = time.monotonic()
-        info = await ctx.engine.inspect(ctx.green_id)
-        if info is not None:
-            # A second early: the engine's clock and ours may disagree.
-            ctx.green_since_nano = int((info.created - 1) * 1e9)
+        green_id = await ctx.engine.create(self.spec(ctx))
+        await ctx.engine.start(green_id)
+        started = time.monotonic()
+        info = await ctx.engine.inspect(green_id)
+        # A second early: the engine's clock and ours may disagree.
+        since_nano = 0 if info is None else int((info.created - 1) * 1e9)
+        ctx.give(GreenStarted(id=green_id, started=started, since_nano=since_nano))
         structlog.get_logger().info(
             "green.started",
             container=self.service.green_name,
-            id=ctx.green_id[:12],
+            id=green_id[:12],
             port=self.service.green_port,
         )
 
@@ -85,13 +87,14 @@ class AwaitGreenHealthy:
 
     name = "green-health"
     title = "Waiting for green to be healthy"
+    needs = (GreenStarted,)
 
     def __init__(self, service: ServiceConfig, health: HealthConfig) -> None:
         self.service = service
         self.health = health
 
     async def run(self, ctx: DeployContext) -> None:
-        assert ctx.green_id is not None, "StartGreen must run first"
+        green = ctx.get(GreenStarted)
         url = ctx.url(self.service.green_port, self.health.path)
         last = LastProbe()
         deadline = self.health.interval * self.health.attempts
@@ -106,9 +109,9 @@ class AwaitGreenHealthy:
             with anyio.fail_after(deadline), waiting("green to be healthy", deadline):
                 answer, watch = await await_healthy(
                     ctx,
-                    container_id=ctx.green_id,
+                    container_id=green.id,
                     container_name=self.service.green_name,
-                    since_nano=ctx.green_since_nano,
+                    since_nano=green.since_nano,
                     url=url,
                     rule=self.health,
                     interval=self.health.interval,

@@ -16,12 +16,14 @@ fallback) both steps do nothing.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import structlog
 
 from rolling_update.toolkit import (
     DeployContext,
     HealthConfig,
+    Redirected,
     RestoreFailed,
     ServiceConfig,
     measures,
@@ -34,21 +36,20 @@ class Redirect:
 
     name = "handoff"
     title = "Handing production's port to green"
+    gives = (Redirected,)
 
     def __init__(self, service: ServiceConfig, health: HealthConfig) -> None:
         self.service = service
         self.health = health
 
     async def run(self, ctx: DeployContext) -> None:
-        if not ctx.handoff or ctx.blue_raw is None:
-            # Nothing to hand over from on a first deploy.
-            ctx.handoff = False
+        if not ctx.handoff:
+            # switch.mode = restart, the fallback, or a first deploy (nothing to hand over).
             return
         # Recorded first: a kill between the two leaves recover a table to look for.
         ctx.record(redirect=True)
         await ctx.port_handoff.to_green()
-        ctx.handoff_active = True
-        ctx.handoff_began = time.monotonic()
+        ctx.give(Redirected(active=True, began=time.monotonic()))
         structlog.get_logger().info(
             "handoff.redirect", port=self.service.port, to=self.service.green_port
         )
@@ -67,7 +68,7 @@ class Redirect:
             )
         await ctx.port_handoff.release()
         ctx.record(redirect=False)
-        ctx.handoff_active = False
+        ctx.give(replace(ctx.find(Redirected) or Redirected(active=False), active=False))
         structlog.get_logger().info("handoff.released", port=self.service.port, to="blue")
 
 
@@ -85,14 +86,15 @@ class Release:
             return
         await ctx.port_handoff.release()
         ctx.record(redirect=False)
-        ctx.handoff_active = False
-        ctx.handoff_ended = time.monotonic()
-        if ctx.handoff_began is not None:
-            ctx.measured[measures.HANDOFF] = round(ctx.handoff_ended - ctx.handoff_began, 3)
+        redirected = replace(ctx.get(Redirected), active=False, ended=time.monotonic())
+        ctx.give(redirected)
+        if redirected.began is not None and redirected.ended is not None:
+            ctx.measured[measures.HANDOFF] = round(redirected.ended - redirected.began, 3)
         structlog.get_logger().info("handoff.released", port=self.service.port, to="production")
 
     async def compensate(self, ctx: DeployContext) -> None:
-        if not ctx.handoff or ctx.handoff_ended is None or ctx.green_id is None:
+        redirected = ctx.find(Redirected)
+        if not ctx.handoff or redirected is None or redirected.ended is None or not ctx.green_id:
             return
         green = await ctx.engine.inspect(ctx.green_id)
         if green is None or not green.running:
@@ -100,8 +102,7 @@ class Release:
         # Behind green again while blue is brought back.
         ctx.record(redirect=True)
         await ctx.port_handoff.to_green()
-        ctx.handoff_active = True
-        ctx.handoff_ended = None
+        ctx.give(replace(redirected, active=True, ended=None))
         structlog.get_logger().info(
             "handoff.redirect", port=self.service.port, to=self.service.green_port
         )

@@ -11,6 +11,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from rolling_update.toolkit import (
+    BlueChecked,
     ConflictError,
     ContainerSpec,
     DeployContext,
@@ -60,7 +61,8 @@ class RunMigrations:
         for command in self.cfg.commands:
             log.info("migrate.command", command=command)
             await self._one_off(ctx, command)
-        blue_image = None if ctx.blue_raw is None else ctx.blue_raw.get("Image")
+        blue_raw = ctx.found.blue_raw
+        blue_image = None if blue_raw is None else blue_raw.get("Image")
         if self.cfg.blue_check and blue_image:
             await self._check_blue(ctx, str(blue_image))
 
@@ -81,7 +83,7 @@ class RunMigrations:
         try:
             await self._one_off(ctx, check, image)
         except MigrationFailed as exc:
-            ctx.blue_bootable = False
+            bootable = False
             log.warning(
                 "migrate.blue_check",
                 command=check,
@@ -91,15 +93,16 @@ class RunMigrations:
                 "failure after the switch ends with exit 3, the new version left as it is",
             )
         else:
-            ctx.blue_bootable = True
+            bootable = True
             log.info(
                 "migrate.blue_check",
                 command=check,
                 passed=True,
                 rollback_after_switch="restarts blue",
             )
-        ctx.measured["blue_bootable"] = ctx.blue_bootable
-        ctx.record(blue_bootable=ctx.blue_bootable)
+        ctx.give(BlueChecked(bootable=bootable))
+        ctx.measured["blue_bootable"] = bootable
+        ctx.record(blue_bootable=bootable)
 
     async def _stop(self, ctx: DeployContext, container_id: str, command: list[str]) -> None:
         # A migration cut short (interrupt, deadline) gets SIGTERM and its grace

@@ -11,18 +11,23 @@ import structlog
 
 from rolling_update.toolkit import (
     CONFIG_HASH,
+    BlueChecked,
+    BlueLastServed,
     ConflictError,
     ContainerInfo,
     ContainerSpec,
     DeployContext,
+    GreenStarted,
     HealthConfig,
     LastProbe,
     ProductionFailed,
     RestoreFailed,
     ServiceConfig,
+    Switched,
     TickConfig,
     TickWaitFailed,
     VerificationFailed,
+    Verified,
     VerifyConfig,
     await_healthy,
     clear_name,
@@ -51,6 +56,7 @@ class Switch:
 
     name = "switch"
     title = "Switching production to the new version"
+    gives = (Switched,)
 
     def __init__(
         self, service: ServiceConfig, tick: TickConfig, health: HealthConfig, verify: VerifyConfig
@@ -68,17 +74,20 @@ class Switch:
         blue = await ctx.engine.inspect(self.service.name)
         if blue is not None:
             await clear_name(ctx.engine, ctx.old_name, self.service.name, ConflictError)
-            ctx.blue_id, ctx.blue_was_running = blue.id, blue.running
+            ctx.give(Switched(blue_id=blue.id, blue_was_running=blue.running))
             ctx.record(blue_id=blue.id, blue_was_running=blue.running)
             await ctx.engine.rename(blue.id, ctx.old_name)
         spec = await self._compose_labelled(ctx, self.spec(ctx))
-        if ctx.blue_raw is not None:
+        if ctx.found.blue_raw is not None:
             log.info(
                 "twin.diff",
                 against=self.service.name,
-                changes=diff(ctx.blue_raw, spec.to_api(), ctx.twin),
+                changes=diff(ctx.found.blue_raw, spec.to_api(), ctx.found.twin),
             )
-        ctx.production_id = await ctx.engine.create(spec)
+        switched = ctx.find(Switched) or Switched()
+        production_id = await ctx.engine.create(spec)
+        switched = replace(switched, production_id=production_id)
+        ctx.give(switched)
         if blue is not None and blue.running:
             if self.tick.enabled:
                 # Checked again right before SIGTERM: a tick may have begun
@@ -92,18 +101,19 @@ class Switch:
                     raise TickWaitFailed(
                         f"blue's tick did not reach a safe boundary within {bound} (tick.timeout)"
                     ) from None
-            ctx.switch_began = time.monotonic()
+            switched = replace(switched, began=time.monotonic())
+            ctx.give(switched)
             log.info("switch.stop_blue", container=self.service.name, id=blue.id[:12])
             await ctx.engine.stop(blue.id, grace=self.service.stop_timeout)
-            ctx.measured[measures.BLUE_STOP] = round(time.monotonic() - ctx.switch_began, 3)
-            if ctx.green_started is not None:
-                ctx.measured[measures.TWO_CONTAINERS] = round(
-                    time.monotonic() - ctx.green_started, 3
-                )
+            assert switched.began is not None
+            ctx.measured[measures.BLUE_STOP] = round(time.monotonic() - switched.began, 3)
+            green = ctx.find(GreenStarted)
+            if green is not None:
+                ctx.measured[measures.TWO_CONTAINERS] = round(time.monotonic() - green.started, 3)
         else:
-            ctx.switch_began = time.monotonic()
-        await ctx.engine.start(ctx.production_id)
-        log.info("switch.started", container=self.service.name, id=ctx.production_id[:12])
+            ctx.give(replace(switched, began=time.monotonic()))
+        await ctx.engine.start(production_id)
+        log.info("switch.started", container=self.service.name, id=production_id[:12])
 
     async def _compose_labelled(self, ctx: DeployContext, spec: ContainerSpec) -> ContainerSpec:
         """``spec`` with the config hash compose now computes, for a blue compose made."""
@@ -124,8 +134,11 @@ class Switch:
     async def compensate(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
         began = time.monotonic()
-        if ctx.blue_id is not None and ctx.blue_was_running and ctx.blue_bootable is False:
-            blue = await ctx.engine.inspect(ctx.blue_id)
+        switched = ctx.find(Switched) or Switched()
+        checked = ctx.find(BlueChecked)
+        bootable = None if checked is None else checked.bootable
+        if switched.blue_id is not None and switched.blue_was_running and bootable is False:
+            blue = await ctx.engine.inspect(switched.blue_id)
             if blue is not None and not blue.running:
                 # Started again, blue would crash-loop on the schema the migrations
                 # left; whatever the new version still does beats a dead port.
@@ -140,27 +153,28 @@ class Switch:
         await remove_ours(
             ctx.engine, self.service.name, ctx.deploy_id, grace=self.service.stop_timeout
         )
-        if ctx.blue_id is None:
+        if switched.blue_id is None:
             return
-        blue = await ctx.engine.inspect(ctx.blue_id)
+        blue = await ctx.engine.inspect(switched.blue_id)
         if blue is None:
-            raise RestoreFailed(f"blue ({ctx.blue_id[:12]}) no longer exists")
+            raise RestoreFailed(f"blue ({switched.blue_id[:12]}) no longer exists")
         if blue.name != self.service.name:
-            await ctx.engine.rename(ctx.blue_id, self.service.name)
-        if ctx.blue_was_running and not blue.running:
-            await ctx.engine.start(ctx.blue_id)
+            await ctx.engine.rename(switched.blue_id, self.service.name)
+        if switched.blue_was_running and not blue.running:
+            await ctx.engine.start(switched.blue_id)
             # Serving is enough here: "as healthy as it was found" is judged once every
             # undo has run, the rollback actions included (the guard step).
             await restore_wait(ctx, self.service, self.health, self.verify, answering=True)
-            if ctx.switch_began is not None:
-                ctx.measured[measures.ROLLBACK_OUTAGE] = round(
-                    time.monotonic() - ctx.switch_began, 3
-                )
+            if switched.began is not None:
+                ctx.measured[measures.ROLLBACK_OUTAGE] = round(time.monotonic() - switched.began, 3)
             log.info("switch.blue_restored", seconds=round(time.monotonic() - began, 3))
 
 
 class _ProductionStep:
     """A step that watches the new production container the switch started."""
+
+    needs: tuple[type, ...] = (Switched,)
+    gives: tuple[type, ...] = (Verified,)
 
     def __init__(self, service: ServiceConfig, health: HealthConfig, verify: VerifyConfig) -> None:
         self.service = service
@@ -168,8 +182,8 @@ class _ProductionStep:
         self.verify = verify
 
     async def production(self, ctx: DeployContext) -> ContainerInfo:
-        assert ctx.production_id is not None, "Switch must run first"
-        info = await ctx.engine.inspect(ctx.production_id)
+        production_id = ctx.get(Switched).production_id
+        info = None if production_id is None else await ctx.engine.inspect(production_id)
         if info is None:
             raise ProductionFailed("production container vanished", container=self.service.name)
         return info
@@ -219,12 +233,14 @@ class VerifyProduction(_ProductionStep):
                 why=last.explain(),
             ) from None
         now = time.monotonic()
-        if ctx.switch_began is not None:
-            ctx.measured[measures.SWITCH] = round(now - ctx.switch_began, 3)
-        if ctx.last_blue_ok is not None and not ctx.handoff:
+        began = ctx.get(Switched).began
+        if began is not None:
+            ctx.measured[measures.SWITCH] = round(now - began, 3)
+        served = ctx.find(BlueLastServed)
+        if served is not None and not ctx.handoff:
             # With the handoff green serves meanwhile: there is no dark window to report.
-            ctx.measured[measures.DOWNTIME_WINDOW] = round(now - ctx.last_blue_ok, 3)
-        ctx.final_health = answer.body
+            ctx.measured[measures.DOWNTIME_WINDOW] = round(now - served.at, 3)
+        ctx.give(Verified(health=answer.body))
 
 
 class Soak(_ProductionStep):
@@ -265,6 +281,6 @@ class Soak(_ProductionStep):
                             url=url,
                             why=why,
                         )
-                    ctx.final_health = answer.body
+                    ctx.give(Verified(health=answer.body))
                     await anyio.sleep(self.verify.soak_interval)
         structlog.get_logger().info("soak.done", seconds=self.verify.soak)

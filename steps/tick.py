@@ -10,8 +10,10 @@ import anyio
 import structlog
 
 from rolling_update.toolkit import (
+    BlueLastServed,
     DeployContext,
     GreenFailed,
+    GreenStarted,
     HealthConfig,
     ServiceConfig,
     TickConfig,
@@ -70,7 +72,7 @@ async def wait_for_tick_boundary(
             state, pause = "settling", settle
             settled = True
         elif state == "idle":
-            ctx.last_blue_ok = time.monotonic()
+            ctx.give(BlueLastServed(at=time.monotonic()))
             log.info("tick.boundary", next_tick_in=None if due_in is None else round(due_in, 1))
             return
         if state != state_before:
@@ -105,15 +107,16 @@ class AwaitTickBoundary:
         limit, bound = ctx.wait_limit(self.cfg.timeout)
         try:
             async with AsyncExitStack() as stack:
-                if ctx.green_id is not None:
+                green = ctx.find(GreenStarted)
+                if green is not None:
                     # Green keeps being watched (death, memory, two-container
                     # deadline) while it waits for blue's tick.
                     watch = await stack.enter_async_context(
                         watching(
                             ctx,
-                            container_id=ctx.green_id,
+                            container_id=green.id,
                             container_name=self.service.green_name,
-                            since_nano=ctx.green_since_nano,
+                            since_nano=green.since_nano,
                             failure=GreenFailed,
                             doing="waiting for blue's tick",
                             replay_logs=False,

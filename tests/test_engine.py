@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from rolling_update import ContainerInfo, ContainerSpec, DockerEngine
+from rolling_update._deploy.release import Release
 from rolling_update._engine.model import ContainerEvent
 from rolling_update._engine.parse import FrameDecoder, LineSplitter, memory_in_use, parse_event
 from tests.support import BASE_IMAGE, docker, require_engine
@@ -247,7 +248,11 @@ async def test_a_death_past_the_engines_event_replay_is_still_seen(
         )
         async with aiohttp.ClientSession() as http:
             ctx = DeployContext(
-                config=cfg, engine=engine, http=http, deploy_id="d", version="1", image="x", env={}
+                config=cfg,
+                engine=engine,
+                http=http,
+                deploy_id="d",
+                release=Release(version="1", image="x", env={}),
             )
             with anyio.fail_after(10), pytest.raises(GreenFailed, match="exited"):
                 async with watching(

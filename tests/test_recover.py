@@ -14,6 +14,8 @@ from aiohttp import web
 
 from rolling_update import Config, ContainerSpec, RecoveryFailed
 from rolling_update._config.settings import parse_config
+from rolling_update._deploy.records import Switched
+from rolling_update._deploy.release import Release
 from rolling_update._engine.model import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
 from rolling_update._handoff.nft import LocalFirewall
 from rolling_update._operate.recover import preview, recover
@@ -238,9 +240,13 @@ async def test_a_vanished_blue_fails_the_undo_with_its_own_error(tmp_path: Path,
     engine = FakeEngine()
     async with aiohttp.ClientSession() as http:
         ctx = DeployContext(
-            config=cfg, engine=engine, http=http, deploy_id="d2", version="2", image="a:2", env={}
+            config=cfg,
+            engine=engine,
+            http=http,
+            deploy_id="d2",
+            release=Release(version="2", image="a:2", env={}),
         )
-        ctx.blue_id = "e" * 64
+        ctx.give(Switched(blue_id="e" * 64, blue_was_running=True))
         switch = Switch(cfg.service, cfg.tick, cfg.health, cfg.verify)
         with pytest.raises(RestoreFailed, match="no longer exists"):
             await switch.compensate(ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from rolling_update import Config, ContainerSpec, DeployContext, RestoreFailed
 from rolling_update._cli.exits import outcome
 from rolling_update._config.settings import parse_config
 from rolling_update._deploy.guard import ConfirmBlue
+from rolling_update._deploy.records import BlueChecked, GreenStarted, Preflight, Switched
+from rolling_update._deploy.release import Release
 from rolling_update._deploy.saga import SagaState
 from rolling_update._watch.probe import Answer, HealthBaseline
 from rolling_update.testing import FakeEngine
@@ -60,9 +63,16 @@ def config(tmp_path: Path, port: int, **sections: Any) -> Config:
     return parse_config(data, base_dir=tmp_path, environ={}, source="t.toml")
 
 
-def context(cfg: Config, engine: FakeEngine, http: aiohttp.ClientSession) -> DeployContext:
+def context(
+    cfg: Config, engine: FakeEngine, http: aiohttp.ClientSession, found: Preflight | None = None
+) -> DeployContext:
     return DeployContext(
-        config=cfg, engine=engine, http=http, deploy_id="d2", version="2", image="app:2", env={}
+        config=cfg,
+        engine=engine,
+        http=http,
+        deploy_id="d2",
+        release=Release(version="2", image="app:2", env={}),
+        found=found or Preflight(blue=None, blue_health=None),
     )
 
 
@@ -76,8 +86,8 @@ async def test_a_blue_left_degraded_is_not_rolled_back(tmp_path: Path, health: H
     engine = FakeEngine()
     blue = engine.add(ContainerSpec(name="app", image="app:1"))
     async with aiohttp.ClientSession() as http:
-        ctx = context(cfg, engine, http)
-        ctx.blue_serving, ctx.blue_health = blue.id, healthy_baseline(cfg)
+        found = Preflight(blue=await engine.inspect(blue.id), blue_health=healthy_baseline(cfg))
+        ctx = context(cfg, engine, http, found)
         guard = ConfirmBlue(cfg.service, cfg.health, cfg.verify)
         await guard.compensate(ctx)
         health.status = "degraded"
@@ -94,8 +104,10 @@ async def test_another_container_under_blues_name_is_not_blue(
     blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
     engine.add(ContainerSpec(name="app", image="app:2"))
     async with aiohttp.ClientSession() as http:
-        ctx = context(cfg, engine, http)
-        ctx.blue_serving = blue.id
+        stopped = await engine.inspect(blue.id)
+        assert stopped is not None
+        running = replace(stopped, running=True)  # as the preflight found it, serving
+        ctx = context(cfg, engine, http, Preflight(blue=running, blue_health=None))
         with pytest.raises(RestoreFailed, match="is not the running app"):
             await ConfirmBlue(cfg.service, cfg.health, cfg.verify).compensate(ctx)
 
@@ -108,7 +120,8 @@ async def test_a_blue_that_cannot_boot_is_not_restarted(tmp_path: Path, health: 
     production = engine.add(ContainerSpec(name="app", image="app:2"))
     async with aiohttp.ClientSession() as http:
         ctx = context(cfg, engine, http)
-        ctx.blue_id, ctx.blue_was_running, ctx.blue_bootable = blue.id, True, False
+        ctx.give(Switched(blue_id=blue.id, blue_was_running=True))
+        ctx.give(BlueChecked(bootable=False))
         switch = Switch(cfg.service, cfg.tick, cfg.health, cfg.verify)
         with pytest.raises(RestoreFailed, match="cannot boot on the schema"):
             await switch.compensate(ctx)
@@ -149,12 +162,12 @@ async def test_waits_before_the_switch_share_the_dual_run_budget(tmp_path: Path)
     async with aiohttp.ClientSession() as http:
         ctx = context(cfg, FakeEngine(), http)
         assert ctx.wait_limit(300) == (300, "300s")
-        ctx.green_started = time.monotonic() - 80
+        ctx.give(GreenStarted(id="g", started=time.monotonic() - 80, since_nano=0))
         limit, bound = ctx.wait_limit(300)
         # 100 s budget, 80 s gone, blue's stop (service.stop_timeout = 10 s) set aside.
         assert 9 < limit <= 10 and "limits.two_containers = 100s" in bound
         assert ctx.wait_limit(5) == (5, "5s")
-        ctx.green_started = time.monotonic() - 200
+        ctx.give(GreenStarted(id="g", started=time.monotonic() - 200, since_nano=0))
         assert ctx.wait_limit(300)[0] == 0
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from rolling_update._deploy.records import Preflight
+from rolling_update._deploy.release import Release
 from rolling_update._deploy.twin import Twin, diff
 
 OLD_IMAGE: dict[str, Any] = {
@@ -139,10 +141,8 @@ def twin_context(tmp_path: Any, twin: Twin, merged: dict[str, str], **tables: An
         engine=FakeEngine(),
         http=http,
         deploy_id="d",
-        version="2",
-        image="app:2",
-        env=merged,
-        twin=twin,
+        release=Release(version="2", image="app:2", env=merged),
+        found=Preflight(blue=None, blue_health=None, twin=twin),
     )
 
 

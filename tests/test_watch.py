@@ -10,6 +10,7 @@ import pytest
 
 from rolling_update import ContainerSpec, DeployContext, GreenFailed
 from rolling_update._config.settings import parse_config
+from rolling_update._deploy.release import Release
 from rolling_update._watch.watch import watching
 from rolling_update.testing import FakeContainer, FakeEngine
 
@@ -27,7 +28,11 @@ def context(tmp_path: Path, engine: FakeEngine, http: aiohttp.ClientSession) -> 
         source="t.toml",
     )
     return DeployContext(
-        config=cfg, engine=engine, http=http, deploy_id="d", version="2", image="app:2", env={}
+        config=cfg,
+        engine=engine,
+        http=http,
+        deploy_id="d",
+        release=Release(version="2", image="app:2", env={}),
     )
 
 

@@ -1,21 +1,25 @@
-"""What the steps of one deploy share: the engine, an HTTP session, and facts.
+"""What the steps of one deploy share: the engine, an HTTP session, and frozen records.
 
-Each step reads the facts earlier steps recorded (the image, green's id, the
-renamed blue) and records its own, so that its ``compensate()`` undoes exactly
-what its ``run()`` did, and later steps can build on it.
+The deploy starts with the release and what the preflight found; each step gives
+the records it produces (``ctx.give``) and gets the ones earlier steps gave
+(``ctx.get``), so that its ``compensate()`` undoes exactly what its ``run()`` did,
+and later steps can build on it (see :mod:`rolling_update._deploy.records`).
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiohttp
 
 from rolling_update._config.settings import Config
-from rolling_update._deploy.twin import COMPOSE_LABELS, Twin
+from rolling_update._deploy.records import GreenStarted, Preflight, Redirected
+from rolling_update._deploy.release import Release
+from rolling_update._deploy.twin import COMPOSE_LABELS
 from rolling_update._engine.model import (
     LABEL_CONFIG_ENV,
     LABEL_DEPLOY,
@@ -27,11 +31,13 @@ from rolling_update._engine.model import (
     ContainerSpec,
     Engine,
 )
+from rolling_update._errors import PreflightError
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe import measures
 from rolling_update._state.journal import Journal
-from rolling_update._watch.probe import HealthBaseline
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -40,55 +46,71 @@ class DeployContext:
     engine: Engine
     http: aiohttp.ClientSession
     deploy_id: str
-    version: str
-    image: str
-    env: dict[str, str] = field(repr=False)
-    """Env of every container: the env-file, then ``[env]`` on top."""
-
-    green_id: str | None = None
-    green_started: float | None = None
-    """Monotonic time green started: the two-container window opens."""
-    green_since_nano: int = 0
-    """Engine time (ns) just before green was created: where its events begin."""
-    blue_id: str | None = None
-    """The production container found when the switch began, if any."""
-    blue_was_running: bool = False
-    blue_health: HealthBaseline | None = None
-    """Blue's health as the preflight found it: what a rollback must bring back."""
-    handoff: bool = False
-    """The switch hands production's port over in the kernel (see _handoff)."""
-    handoff_active: bool = False
-    """The redirect to green is in place now (a client's view is measured meanwhile)."""
-    handoff_began: float | None = None
-    handoff_ended: float | None = None
-    """Monotonic time the redirect to green was removed: green's connections drain from then."""
+    release: Release
+    """What is deployed: version, image, env (frozen)."""
+    found: Preflight = field(default_factory=lambda: Preflight(blue=None, blue_health=None))
+    """What the preflight found (frozen)."""
     firewall: Firewall = field(default_factory=LocalFirewall)
     """Where the handoff's redirect is applied: this machine, or the engine's host."""
-    twin: Twin | None = None
-    """What the operator set on blue, for green and the new production container."""
-    blue_raw: dict[str, Any] | None = field(default=None, repr=False)
-    """Blue's inspect as the preflight found it (for the diff in the log)."""
-    production_id: str | None = None
-    blue_bootable: bool | None = None
-    """Whether blue's image passed ``migrate.blue_check`` after the migrations (``None``:
-    not checked): a rollback after the switch restarts blue only if it could boot."""
-    blue_serving: str | None = None
-    """Id of the blue the preflight found running: a rollback must leave it serving."""
-    last_blue_ok: float | None = None
-    """Monotonic time of blue's last good answer before it was stopped."""
-    switch_began: float | None = None
-    final_health: Any = None
     measured: dict[str, Any] = field(default_factory=dict)
     """Figures reported at the end of the deploy (seconds, bytes, counts)."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Free space for custom steps to pass facts along."""
     journal: Journal | None = None
     """The durable record ``recover`` reads if this process dies mid-deploy."""
+    given: dict[type, Any] = field(default_factory=dict, repr=False)
+    """The records steps gave, by their type (see :mod:`rolling_update._deploy.records`)."""
+
+    def give(self, record: object) -> None:
+        """Hand ``record`` on to later steps (and this step's undo); replaces one of its kind."""
+        self.given[type(record)] = record
+
+    def get(self, kind: type[R]) -> R:
+        """The record of ``kind`` an earlier step gave; the plan check makes sure one did."""
+        found = self.given.get(kind)
+        if found is None:
+            raise PreflightError(f"no step gave {kind.__name__} before it was needed")
+        return cast(R, found)
+
+    def find(self, kind: type[R]) -> R | None:
+        """The record of ``kind``, if a step gave one (a step that may run without it)."""
+        return cast(R | None, self.given.get(kind))
+
+    @property
+    def version(self) -> str:
+        return self.release.version
+
+    @property
+    def image(self) -> str:
+        return self.release.image
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """Env of every container: the env-file, then ``[env]`` on top."""
+        return self.release.env
+
+    @property
+    def handoff(self) -> bool:
+        """The switch hands production's port over in the kernel (see _handoff)."""
+        return self.found.handoff
+
+    @property
+    def handoff_active(self) -> bool:
+        """The redirect to green is in place now."""
+        redirected = self.find(Redirected)
+        return redirected is not None and redirected.active
+
+    @property
+    def green_id(self) -> str | None:
+        green = self.find(GreenStarted)
+        return None if green is None else green.id
 
     def is_blue_serving(self, production: ContainerInfo | None) -> bool:
         """Whether ``production`` (what now carries the service's name) is the blue the
         preflight found running, running again."""
-        return production is not None and production.id == self.blue_serving and production.running
+        return (
+            production is not None
+            and production.id == self.found.blue_serving
+            and production.running
+        )
 
     def record(self, **facts: Any) -> None:
         """Persist facts a recovery needs, *before* the action they describe."""
@@ -144,7 +166,7 @@ class DeployContext:
         """
         svc = self.config.service
         config_env = self.container_env(port, overrides)
-        twin = self.twin
+        twin = self.found.twin
         # Compose's environment: beats its env_file; the tool's own [env], port env and
         # green overrides still beat both.
         kept = (
@@ -206,9 +228,10 @@ class DeployContext:
     @property
     def two_container_deadline(self) -> float | None:
         """Monotonic time by which blue must be stopped (``limits.two_containers``)."""
-        if self.green_started is None:
+        green = self.find(GreenStarted)
+        if green is None:
             return None
-        return self.green_started + self.config.limits.two_containers
+        return green.started + self.config.limits.two_containers
 
     def wait_limit(self, own: float) -> tuple[float, str]:
         """The deadline of a wait before the switch, and how to name it: its own, or what

@@ -23,6 +23,7 @@ from rolling_update._deploy.preflight import (
     version_of,
 )
 from rolling_update._deploy.record import record_end, record_timeline
+from rolling_update._deploy.records import Verified, check_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
 from rolling_update._deploy.session import http_session, open_engine
@@ -92,9 +93,11 @@ async def deploy(
         with structlog.contextvars.bound_contextvars(
             deploy_id=attempt.id, service=cfg.service.name
         ):
+            chosen = list(steps) if steps is not None else list(plan(cfg))
+            check_plan(guarded(cfg, chosen))
             return await _deploy(
                 cfg,
-                list(steps) if steps is not None else list(plan(cfg)),
+                chosen,
                 engine,
                 environ,
                 progress,
@@ -164,17 +167,11 @@ async def _deploy(
                     engine=docker,
                     http=http,
                     deploy_id=deploy_id,
-                    version=release.version,
-                    image=release.image,
-                    env=dict(release.env),
+                    release=release,
+                    found=found,
                     journal=journal,
-                    blue_health=found.blue_health,
                     measured=attempt.measured,
-                    twin=found.twin,
-                    blue_raw=found.blue_raw,
-                    handoff=found.handoff,
                     firewall=firewall,
-                    blue_serving=found.blue.id if found.blue and found.blue.running else None,
                 )
                 plan = guarded(cfg, steps)
                 log.info(
@@ -225,12 +222,14 @@ async def _deploy(
                         journal.remove()
                         await docker.remove_marker(marker_name(service))
     seconds = time.monotonic() - began
+    verified = ctx.find(Verified)
+    final_health = None if verified is None else verified.health
     log.info(
         "deploy.done",
         image=release.image,
         seconds=round(seconds, 3),
         measured=ctx.measured,
-        health=redactor.scrub(ctx.final_health),
+        health=redactor.scrub(final_health),
     )
     return DeployResult(
         deploy_id=deploy_id,
@@ -238,5 +237,5 @@ async def _deploy(
         image=release.image,
         steps=records,
         measured={**ctx.measured, measures.TOTAL: round(seconds, 3)},
-        health=ctx.final_health,
+        health=final_health,
     )

@@ -30,13 +30,14 @@ class ConfirmBlue:
         pass
 
     async def compensate(self, ctx: DeployContext) -> None:
-        if ctx.blue_serving is None:
+        serving = ctx.found.blue_serving
+        if serving is None:
             return
         blue = await ctx.engine.inspect(self.service.name)
         if not ctx.is_blue_serving(blue):
             now = "nothing" if blue is None else f"{blue.id[:12]} (running: {blue.running})"
             raise RestoreFailed(
-                f"blue ({ctx.blue_serving[:12]}) is not the running {self.service.name}: {now} is"
+                f"blue ({serving[:12]}) is not the running {self.service.name}: {now} is"
             )
         await restore_wait(ctx, self.service, self.health, self.verify)
         structlog.get_logger().info("rollback.blue_confirmed", container=self.service.name)

@@ -7,15 +7,13 @@ handed to the deploy as a frozen :class:`Preflight`; a problem refuses the deplo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import aiohttp
 import structlog
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.compose import environment_keys
 from rolling_update._deploy.policy import in_the_way
+from rolling_update._deploy.records import Preflight
 from rolling_update._deploy.release import Release
 from rolling_update._deploy.twin import Twin
 from rolling_update._engine.builder import choose_builder
@@ -46,17 +44,6 @@ def already_serving(blue: ContainerInfo | None, version: str) -> str | None:
     if blue is None or not blue.running or version_of(blue) != version:
         return None
     return f"version {version} is what production already runs ({blue.image})"
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """What the checks before the first change found."""
-
-    blue: ContainerInfo | None
-    blue_health: HealthBaseline | None
-    blue_raw: dict[str, Any] | None = None
-    twin: Twin | None = None
-    handoff: bool = False
 
 
 async def preflight(

@@ -10,6 +10,7 @@ from rolling_update._config.settings import Config
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.hooks import run_post_hook
 from rolling_update._deploy.outcome import Outcome
+from rolling_update._deploy.records import GreenStarted, Redirected, Switched
 from rolling_update._deploy.saga import SagaState
 from rolling_update._observe import measures
 from rolling_update._observe.history import Attempt
@@ -21,22 +22,25 @@ from rolling_update._observe.timeline import build as build_timeline
 def moments(ctx: DeployContext) -> dict[str, float | None]:
     """What the timeline marks, from what the steps noted (monotonic times)."""
     measured = ctx.measured
+    began = (ctx.find(Switched) or Switched()).began
+    green = ctx.find(GreenStarted)
+    redirected = ctx.find(Redirected) or Redirected(active=False)
     stopped = (
-        ctx.switch_began + measured[measures.BLUE_STOP]
-        if ctx.switch_began is not None and measures.BLUE_STOP in measured
+        began + measured[measures.BLUE_STOP]
+        if began is not None and measures.BLUE_STOP in measured
         else None
     )
     serving = (
-        ctx.switch_began + measured[measures.SWITCH]
-        if ctx.switch_began is not None and measures.SWITCH in measured
+        began + measured[measures.SWITCH]
+        if began is not None and measures.SWITCH in measured
         else None
     )
     return {
-        "green started: two versions from here": ctx.green_started,
-        "traffic moved to green (the handoff)": ctx.handoff_began,
+        "green started: two versions from here": None if green is None else green.started,
+        "traffic moved to green (the handoff)": redirected.began,
         "blue stopped": stopped,
         "the new production container serves": serving,
-        "traffic on the new production container": ctx.handoff_ended,
+        "traffic on the new production container": redirected.ended,
     }
 
 

@@ -11,6 +11,7 @@ from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.deploy import guarded
 from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.preflight import already_serving, preflight, version_of
+from rolling_update._deploy.records import check_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.session import http_session, open_engine
 from rolling_update._deploy.twin import diff
@@ -35,6 +36,7 @@ async def plan(
     """
     release = prepare(cfg)
     steps = guarded(cfg, plan(cfg))
+    check_plan(steps)
     async with open_engine(engine) as docker, http_session() as http:
         finish = await preview_recover(cfg, docker, firewall or LocalFirewall())
         found = await preflight(
@@ -45,12 +47,8 @@ async def plan(
             engine=docker,
             http=http,
             deploy_id="(plan)",
-            version=release.version,
-            image=release.image,
-            env=dict(release.env),
-            twin=found.twin,
-            blue_raw=found.blue_raw,
-            handoff=found.handoff,
+            release=release,
+            found=found,
         )
         svc = cfg.service
         production = ctx.spec("production", svc.name, svc.port).to_api()

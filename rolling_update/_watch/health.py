@@ -188,7 +188,7 @@ async def restore_wait(
 ) -> None:
     """Wait until blue, started again, is as healthy as the deploy found it (``answering``:
     until it answers HTTP at all)."""
-    baseline = ctx.blue_health
+    baseline = ctx.found.blue_health
     url = ctx.url(service.port, health.path)
     why = await await_serving(ctx.http, url, health, verify, baseline=baseline, answering=answering)
     if why is None:
