@@ -74,6 +74,7 @@ from rolling_update._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
+from rolling_update._handoff.connections import Held, until_closed
 from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe import measures
 from rolling_update._observe.logs import redactor
@@ -120,6 +121,7 @@ __all__ = [
     "GreenStarted",
     "HealthCheckFailed",
     "HealthConfig",
+    "Held",
     "ImageConfig",
     "LastProbe",
     "MigrateConfig",
@@ -163,6 +165,7 @@ __all__ = [
     "split_reference",
     "task_group",
     "tick_state",
+    "until_closed",
     "waiting",
     "watching",
 ]

@@ -19,6 +19,7 @@ from rolling_update.toolkit import (
     DeployContext,
     GreenStarted,
     HealthConfig,
+    Held,
     LastProbe,
     ProductionFailed,
     RestoreFailed,
@@ -39,10 +40,15 @@ from rolling_update.toolkit import (
     probe,
     remove_ours,
     restore_wait,
+    until_closed,
+    waiting,
     watching,
 )
 
 from .tick import wait_for_tick_boundary
+
+# How often blue's connections are counted while they close.
+_DRAIN_POLL = 0.05
 
 
 class Switch:
@@ -89,6 +95,8 @@ class Switch:
         switched = replace(switched, production_id=production_id)
         ctx.give(switched)
         if blue is not None and blue.running:
+            if ctx.handoff_active:
+                await self._drain(ctx, blue.id)
             if self.tick.enabled:
                 # Checked again right before SIGTERM: a tick may have begun
                 # since the tick step returned.
@@ -114,6 +122,33 @@ class Switch:
             ctx.give(replace(switched, began=time.monotonic()))
         await ctx.engine.start(production_id)
         log.info("switch.started", container=self.service.name, id=production_id[:12])
+
+    async def _drain(self, ctx: DeployContext, blue_id: str) -> None:
+        """Until blue holds no connection on production's port (new ones reach green): requests
+        in flight finish and idle keep-alive connections are closed by blue itself, not cut by
+        its SIGTERM. Bounded by ``switch.drain_timeout`` and the two-container budget."""
+        log = structlog.get_logger()
+        own = ctx.config.switch.drain_timeout
+        raw = await ctx.engine.inspect_raw(blue_id) if own > 0 else None
+        pid = int(((raw or {}).get("State") or {}).get("Pid") or 0)
+        if own <= 0 or not ctx.firewall.local or not pid:
+            why = "switch.drain_timeout = 0" if own <= 0 else "blue's process is not on this host"
+            log.info("switch.blue_connections", counted=False, why=why)
+            return
+        limit, bound = ctx.wait_limit(own)
+        began, held = time.monotonic(), Held()
+        with anyio.move_on_after(limit), waiting("blue's connections to close", limit):
+            await until_closed(pid, self.service.port, held, interval=_DRAIN_POLL)
+        seconds = round(time.monotonic() - began, 3)
+        ctx.measured[measures.BLUE_DRAIN] = seconds
+        ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = held.count or 0
+        if held.count:
+            log.warning(
+                "switch.blue_drained", seconds=seconds, left=held.count, bound=bound,
+                consequence="these connections end with blue's SIGTERM",
+            )  # fmt: skip
+        else:
+            log.info("switch.blue_drained", seconds=seconds, left=0)
 
     async def _compose_labelled(self, ctx: DeployContext, spec: ContainerSpec) -> ContainerSpec:
         """``spec`` with the config hash compose now computes, for a blue compose made."""

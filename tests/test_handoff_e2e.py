@@ -119,3 +119,27 @@ def test_sigkill_during_the_handoff_then_recover_fails_no_request(service: Servi
     assert recovered.code == 0, recovered.stderr
     assert "removed the redirect" in recovered.stderr
     assert_clean(service, "1.0.0", *probers)
+
+
+def test_slow_requests_in_flight_on_blue_at_the_switch_all_finish(service: Service) -> None:
+    """2 s requests in flight on blue finish: the switch waits for blue's connections before
+    its SIGTERM, which the stand-in, like the Brain, answers by exiting at once."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config()
+    slow = service.url(None, "/__standin/sleep?s=2")
+    with (
+        Prober(slow) as a,
+        Prober(slow) as b,
+        Prober(slow) as c,
+        Prober(service.version_url()) as v,
+    ):
+        run = service.deploy()
+    assert run.code == 0, run.stderr
+    assert_clean(service, "2.0.0", v)
+    for prober in (a, b, c):
+        assert prober.failures == 0, prober.errors
+        assert "1.0.0" in prober.versions and prober.versions[-1] == "2.0.0"
+    (drained,) = run.event("switch.blue_drained")
+    # The switch waited for requests that were still running on blue, and none was cut.
+    assert drained["left"] == 0 and drained["seconds"] > 0.1

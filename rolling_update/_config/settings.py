@@ -274,6 +274,13 @@ class SwitchConfig(_Section):
         description="Seconds green keeps serving the connections it took, after the handoff "
         "ends, before it is stopped.",
     )
+    drain_timeout: Seconds = Field(
+        6.0,
+        description="With the handoff, seconds to wait before blue's SIGTERM until blue holds no "
+        "established connection on the production port (requests in flight finish, idle "
+        "keep-alive connections are closed by the server's own timeout: Node's is 5 s); "
+        "0: stop blue at once.",
+    )
 
 
 class LimitsConfig(_Section):

@@ -144,6 +144,8 @@ class Firewall(Protocol):
 
     bypass_port: int | None
     """Port the tool probes production through while redirected; None: marked sockets."""
+    local: bool
+    """The table is on this machine (its processes' ``/proc`` is this machine's)."""
 
     async def unavailable(self) -> str | None: ...
     async def redirect(self, table: str, port: int, to_port: int) -> None: ...
@@ -155,6 +157,7 @@ class LocalFirewall:
     """The handoff on this machine, through its ``nft`` command."""
 
     bypass_port: int | None = None
+    local = True
 
     async def unavailable(self) -> str | None:
         return await unavailable()
@@ -187,6 +190,7 @@ class EngineFirewall:
         self.image = image
         self.bypass_port: int | None = bypass_port
         self.own_nft = own_nft
+        self.local = False
 
     async def _nft(self, *args: str) -> str:
         host_config: dict[str, Any] = {

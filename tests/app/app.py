@@ -96,6 +96,9 @@ SIGTERM_MODE=graceful  not the real way: after SIGTERM answers say Connection: c
                      flight finish (at most 2 s) and exits 0
 MEMORY_MB=n          hold n MiB of memory
 ECHO_ENV=NAME        print NAME=value at start (to prove logs redact secrets)
+
+Not the Brain's, for tests only: GET /__standin/sleep?s=N answers {"version": ...} after N
+seconds (a slow route in flight when blue is replaced).
 REPORT_URL=url       POST a JSON line per event there: start, tick_start, tick_end,
                      dispatch, task_done (by the dispatching process, if it still runs),
                      drain, drain_completed, drain_cancel, tick_enabled,
@@ -754,6 +757,9 @@ class Handler(BaseHTTPRequestHandler):
     # Keep-alive, as Node's server does. In SIGTERM_MODE=graceful each answer after
     # SIGTERM closes its connection, so that keep-alive clients reconnect.
     protocol_version = "HTTP/1.1"
+    # server.js keeps Node's default http.Server: an idle keep-alive connection is closed
+    # after keepAliveTimeout, 5 s (Node 20).
+    timeout = 5
 
     def log_message(self, *args):
         pass
@@ -815,6 +821,10 @@ class Handler(BaseHTTPRequestHandler):
         if path in GET_ROUTES:
             what, call = GET_ROUTES[path]
             return self.route(what, call)
+        if path == "/__standin/sleep":
+            seconds = float(self.path.partition("s=")[2] or 1)
+            time.sleep(seconds)
+            return self.answer(200, {"version": VERSION, "slept": seconds})
         self.answer(404, {"error": "not found"})
 
     def do_POST(self):
