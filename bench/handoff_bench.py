@@ -10,8 +10,11 @@ image on the production port), all in the same run on the same images.
 
 Load, through every deploy, bounded and on this machine only: 4 clients
 opening a new connection per request and 2 keep-alive clients on 127.0.0.1,
-about 50 requests/s each, plus one client in a container on the default
-bridge reaching the host's docker0 address. Load starts 1 s before the
+about 50 requests/s each, 2 clients whose requests take 2 s each (the
+stand-in's slow route, a new connection each), plus one client in a container on
+the default bridge reaching the host's docker0 address. The instant-boot case also
+runs the handoff with `switch.drain_timeout = 0` (blue stopped without waiting for
+its connections), to show what that wait is for. Load starts 1 s before the
 deploy and ends 1 s after it. Prints one table; asserts nothing.
 """
 
@@ -34,6 +37,7 @@ import anyio
 from tests.support import BASE_IMAGE, Service, docker
 
 PATH = "/api/brain/hardening/status"
+SLOW = "/__standin/sleep?s=2"
 # Runs until SIGTERM (at most its argv[2] seconds), then prints "ok failed".
 BRIDGE_CLIENT = """
 import signal, sys, time, urllib.request
@@ -63,6 +67,8 @@ class Sample:
 class Client(threading.Thread):
     port: int
     keep_alive: bool
+    path: str = PATH
+    timeout: float = 1.0
     samples: list[Sample] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -75,9 +81,9 @@ class Client(threading.Thread):
             began = time.monotonic()
             try:
                 if conn is None or not self.keep_alive:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
                 headers = {} if self.keep_alive else {"Connection": "close"}
-                conn.request("GET", PATH, headers=headers)
+                conn.request("GET", self.path, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
@@ -110,6 +116,8 @@ def under_load(service: Service, action: Callable[[], int]) -> dict[str, Any]:
     """Run ``action`` (a deploy) with the load around it; returns what the clients saw."""
     clients = [Client(service.port, keep_alive=False) for _ in range(4)]
     clients += [Client(service.port, keep_alive=True) for _ in range(2)]
+    slow = [Client(service.port, keep_alive=False, path=SLOW, timeout=4) for _ in range(2)]
+    clients += slow
     url = f"http://{docker0()}:{service.port}{PATH}"
     bridge = docker("run", "-d", BASE_IMAGE, "python3", "-c", BRIDGE_CLIENT, url, "120")
     for client in clients:
@@ -125,8 +133,9 @@ def under_load(service: Service, action: Callable[[], int]) -> dict[str, Any]:
     docker("stop", "-t", "5", bridge, check=False)
     bridge_ok, bridge_failed = (int(n) for n in docker("logs", bridge).split()[:2])
     docker("rm", "-f", bridge, check=False)
-    new = [s for c in clients if not c.keep_alive for s in c.samples]
+    new = [s for c in clients if not c.keep_alive and c not in slow for s in c.samples]
     kept = [s for c in clients if c.keep_alive for s in c.samples]
+    slowed = [s for c in slow for s in c.samples]
     every = new + kept
     during = [s.seconds for s in every if began <= s.at <= ended and s.ok]
     outside = [s.seconds for s in every if not began <= s.at <= ended and s.ok]
@@ -136,6 +145,7 @@ def under_load(service: Service, action: Callable[[], int]) -> dict[str, Any]:
         "rps": round(len(every) / (ended - began + 2)),
         "failed_new": sum(not s.ok for s in new),
         "failed_keepalive": sum(not s.ok for s in kept),
+        "slow": f"{sum(not s.ok for s in slowed)} of {len(slowed)}",
         "bridge": f"{bridge_failed} of {bridge_ok + bridge_failed}",
         "p50_outside_ms": percentile(outside, 0.5) * 1000,
         "p99_outside_ms": percentile(outside, 0.99) * 1000,
@@ -155,8 +165,11 @@ def run_case(case: str, mode: str) -> dict[str, Any]:
             if case == "rollback":
                 knobs["FAIL_ON_PORT"] = service.port
             service.write_app("2.0.0", knobs=knobs)
-            switch = "restart" if mode != "handoff" else "handoff"
-            service.config(verify="timeout = 5\nsoak = 1\n", extra=f'[switch]\nmode = "{switch}"\n')
+            switch = "handoff" if mode.startswith("handoff") else "restart"
+            drain = "drain_timeout = 0\n" if mode == "handoff-no-drain" else ""
+            service.config(
+                verify="timeout = 5\nsoak = 1\n", extra=f'[switch]\nmode = "{switch}"\n{drain}'
+            )
             if mode == "bash":
                 docker(
                     "build", "-q", "--build-arg", f"BASE={BASE_IMAGE}",
@@ -234,17 +247,20 @@ def main() -> None:
     rows = []
     for case in ("instant-boot", "2s-boot", "rollback"):
         modes = ["handoff", "restart"] + ([] if case == "rollback" else ["bash"])
+        if case == "instant-boot":
+            modes.insert(1, "handoff-no-drain")
         for mode in modes:
             rows.append((case, mode, run_case(case, mode)))
     print(
         "| case | mode | exit | requests (≈rps) | failed, new connections | failed, keep-alive "
-        "| failed, bridge client | p50 / p99 outside (ms) | p50 / p99 during (ms) | deploy (s) |"
+        "| failed, 2 s requests | failed, bridge client | p50 / p99 outside (ms) "
+        "| p50 / p99 during (ms) | deploy (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case, mode, r in rows:
         print(
             f"| {case} | {mode} | {r['exit']} | {r['requests']} ({r['rps']}) | {r['failed_new']} "
-            f"| {r['failed_keepalive']} | {r['bridge']} "
+            f"| {r['failed_keepalive']} | {r['slow']} | {r['bridge']} "
             f"| {r['p50_outside_ms']:.1f} / {r['p99_outside_ms']:.1f} "
             f"| {r['p50_during_ms']:.1f} / {r['p99_during_ms']:.1f} | {r['deploy_s']:.1f} |"
         )
