@@ -27,6 +27,7 @@ import structlog
 
 from rolling_update._config.settings import Config, HostConfig
 from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError, EngineUnavailable
 from rolling_update._handoff.nft import EngineFirewall, Firewall, LocalFirewall
 from rolling_update._watch.probe import unprobeable_ports
@@ -114,7 +115,7 @@ class Connected:
 
     host: HostConfig
     config: Config
-    engine: DockerEngine
+    engine: Engine
     firewall: Firewall
 
 

@@ -30,7 +30,7 @@ from rolling_update._deploy.preflight import refuse_or_preflight, version_of
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._deploy.session import http_session
-from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import Engine
 from rolling_update._engine.registry import registry_auth
 from rolling_update._errors import EngineError, PreflightError, RolloutFailed
 from rolling_update._hosts.hosts import Connected, connect, hosts_of
@@ -55,8 +55,8 @@ def summary(outcomes: list[HostOutcome]) -> str:
 
 
 async def copy_image(
-    source: DockerEngine,
-    target: DockerEngine,
+    source: Engine,
+    target: Engine,
     image: str,
     *,
     host: str,
@@ -97,7 +97,7 @@ async def copy_image(
     return {"copied_bytes": sent, "copy_s": seconds}
 
 
-async def _stream(source: DockerEngine, target: DockerEngine, image: str, *, host: str) -> int:
+async def _stream(source: Engine, target: Engine, image: str, *, host: str) -> int:
     """``docker save`` on ``source`` into ``docker load`` on ``target``; the bytes sent."""
     log = structlog.get_logger()
     began = last = time.monotonic()
