@@ -149,6 +149,7 @@ async def rollout(
     report: list[HostOutcome] | None = None,
     force: bool = False,
     plan: PlanFactory = default_plan,
+    engines: Mapping[str, Engine] | None = None,
     http: aiohttp.ClientSession | None = None,
 ) -> RolloutResult:
     """Deploy ``cfg``'s release to every host in ``cfg.hosts``, canary first.
@@ -158,12 +159,18 @@ async def rollout(
     flight, applies ``on_failure`` to the rest, and propagates. ``report``, if
     given, receives every host's outcome however the rollout ends. ``plan`` makes
     each host's steps from that host's config, and its rollback's under rollback-all.
-    ``http`` is the client that probes every host (default: the tool's own).
+    ``engines``, if given, holds an open engine for every host, by name, used instead of
+    reaching its address (:func:`connect`); ``http`` is the client that probes every host
+    (default: the tool's own).
     """
     log = structlog.get_logger()
     began = time.monotonic()
     release = prepare(cfg, environ)
     hosts = hosts_of(cfg)
+    if engines is not None:
+        missing = [h.name for h in hosts if h.name not in engines]
+        if missing:
+            raise ValueError(f"no engine given for host {', '.join(missing)}")
     outcomes = {h.name: HostOutcome(host=h.name, to_version=release.version) for h in hosts}
     states = progress if progress is not None else {}
     stopped = False
@@ -249,7 +256,14 @@ async def rollout(
         # Every host is reached before anything changes: an unreachable one refuses the
         # rollout with nothing touched.
         connected = [
-            await stack.enter_async_context(connect(cfg, host, image=release.image))
+            await stack.enter_async_context(
+                connect(
+                    cfg,
+                    host,
+                    image=release.image,
+                    engine=None if engines is None else engines[host.name],
+                )
+            )
             for host in hosts
         ]
         await check_all(connected, release, http)
