@@ -1,9 +1,11 @@
 """Test helpers for plans and custom steps, shipped the way httpx ships MockTransport.
 
-:class:`FakeEngine` implements :class:`rolling_update.Engine` in memory: names,
-labels, running state, images, and the 404/409 answers a real engine gives.
-It is a fake at our own seam, for fast tests of step logic and recovery; the
-real behaviour is proven on a real engine by the end-to-end tests.
+:class:`FakeEngine` implements the whole :class:`rolling_update.Engine` protocol in
+memory: names, labels, running state, images (exported and loaded, pushed to and
+pulled from a registry that is a dict), one-off runs, and the 404/409 answers a real
+engine gives. It is a fake at our own seam, for fast tests of step logic, recovery
+and whole rollouts; the real behaviour is proven on a real engine by the end-to-end
+tests.
 """
 
 from __future__ import annotations
