@@ -1,17 +1,20 @@
 """Test helpers for plans and custom steps, shipped the way httpx ships MockTransport.
 
-:class:`FakeEngine` implements :class:`rolling_update.Engine` in memory: names,
-labels, running state, images, and the 404/409 answers a real engine gives.
-It is a fake at our own seam, for fast tests of step logic and recovery; the
-real behaviour is proven on a real engine by the end-to-end tests.
+:class:`FakeEngine` implements the whole :class:`rolling_update.Engine` protocol in
+memory: names, labels, running state, images (exported and loaded, pushed to and
+pulled from a registry that is a dict), one-off runs, and the 404/409 answers a real
+engine gives. It is a fake at our own seam, for fast tests of step logic, recovery
+and whole rollouts; the real behaviour is proven on a real engine by the end-to-end
+tests.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,13 +68,24 @@ class FakeContainer:
 
 
 class FakeEngine:
-    """An in-memory container engine; ``calls`` records every change, in order."""
+    """An in-memory container engine; ``calls`` records every change, in order.
 
-    def __init__(self, images: set[str] | None = None) -> None:
+    ``registry`` is where ``push_image`` puts an image and ``pull_image`` finds it
+    (reference → the image): give two engines the same dict to share a registry.
+    """
+
+    def __init__(
+        self, images: set[str] | None = None, *, registry: dict[str, str] | None = None
+    ) -> None:
         self.containers: dict[str, FakeContainer] = {}
         self.images: set[str] = set(images or ())
         self.aliases: dict[str, str] = {}
-        """A tag made by ``tag_image``: the reference it points at."""
+        """A tag made by ``tag_image`` (or loaded, or pulled): the reference it points at."""
+        self.registry: dict[str, str] = registry if registry is not None else {}
+        self.runs: list[ContainerSpec] = []
+        """Every one-off container run (``run_once``), in order: its command is in ``command``."""
+        self.run_answer: Callable[[ContainerSpec], tuple[int, str]] = lambda spec: (0, "")
+        """What a one-off run ends with: its exit code and output."""
         self.markers: dict[str, dict[str, str]] = {}
         self.calls: list[str] = []
         self.event_stream_ends = False
@@ -145,6 +159,69 @@ class FakeEngine:
     async def remove_image(self, ref: str) -> None:
         self.images.discard(ref)
         self.aliases.pop(ref, None)
+
+    def _source(self, operation: str, ref: str) -> str:
+        """The reference ``ref`` points at (itself, unless a tag), or a 404."""
+        if ref not in self.images:
+            raise EngineError(operation, ref, 404, f"No such image: {ref}")
+        return self.aliases.get(ref, ref)
+
+    def _arrived(self, ref: str, source: str) -> None:
+        """``ref`` is here now, the same image (id) as ``source`` wherever it came from."""
+        self.images.add(ref)
+        if source == ref:
+            self.aliases.pop(ref, None)
+        else:
+            self.aliases[ref] = source
+
+    async def export_image(self, ref: str) -> AsyncGenerator[bytes, None]:
+        """The image as bytes (JSON, not a tar), in two chunks: ``load_image`` reads them."""
+        self._check("export_image")
+        payload = json.dumps({"ref": ref, "source": self._source("image save", ref)}).encode()
+        self.calls.append(f"export {ref}")
+        half = len(payload) // 2
+        yield payload[:half]
+        yield payload[half:]
+
+    async def load_image(self, chunks: AsyncIterator[bytes]) -> None:
+        self._check("load_image")
+        data = b"".join([chunk async for chunk in chunks])
+        try:
+            image = json.loads(data)
+            ref, source = str(image["ref"]), str(image["source"])
+        except (ValueError, KeyError, TypeError):
+            raise EngineError("image load", "stream", 500, "not an exported image") from None
+        self.calls.append(f"load {ref}")
+        self._arrived(ref, source)
+
+    async def push_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        self._check("push_image")
+        self.registry[ref] = self._source("push", ref)
+        self.calls.append(f"push {ref}")
+        if on_status is not None:
+            on_status(f"{ref}: Pushed")
+
+    async def pull_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        self._check("pull_image")
+        if ref not in self.registry:
+            raise EngineError("pull", ref, 404, f"manifest for {ref} not found")
+        self.calls.append(f"pull {ref}")
+        self._arrived(ref, self.registry[ref])
+        if on_status is not None:
+            on_status(f"Status: Downloaded newer image for {ref}")
+
+    async def run_once(self, spec: ContainerSpec, *, limit: float = 15.0) -> tuple[int, str]:
+        """Records ``spec`` in ``runs`` and answers ``run_answer(spec)``; no container stays."""
+        self._check("run_once")
+        if spec.image not in self.images:
+            raise EngineError("create", spec.name, 404, f"No such image: {spec.image}")
+        self.calls.append(f"run {spec.image}")
+        self.runs.append(spec)
+        return self.run_answer(spec)
 
     async def tag_image(self, source: str, target: str) -> None:
         self.calls.append(f"tag {target}")

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anyio
 import structlog
 
@@ -26,7 +27,7 @@ from rolling_update._deploy.record import record_end, record_timeline
 from rolling_update._deploy.records import Verified, check_plan
 from rolling_update._deploy.release import prepare
 from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
-from rolling_update._deploy.session import http_session, open_engine
+from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import LABEL_DEPLOY, Engine
 from rolling_update._errors import (
     PreflightError,
@@ -70,6 +71,7 @@ async def deploy(
     kind: Kind = "deploy",
     firewall: Firewall | None = None,
     force: bool = False,
+    http: aiohttp.ClientSession | None = None,
 ) -> DeployResult:
     """Deploy the release ``cfg`` describes with ``steps`` (default: ``plan(cfg)``, and
     ``plan`` defaults to :func:`default_plan`).
@@ -83,7 +85,8 @@ async def deploy(
     version file (``rollback``). Every run ends up in the audit log; the
     hooks and the metrics file follow it. ``firewall`` is where the handoff's
     redirect goes (default: this machine's nftables). A deploy of the version
-    production already runs is refused (exit 2) unless ``force``.
+    production already runs is refused (exit 2) unless ``force``. ``http`` is the
+    client that probes the service (default: the tool's own, opened here).
     """
     attempt = Attempt(id=uuid.uuid4().hex[:12], kind=kind)
     progress = state if state is not None else SagaState()
@@ -105,6 +108,7 @@ async def deploy(
                 attempt,
                 firewall or LocalFirewall(),
                 force=force or kind != "deploy",
+                given_http=http,
             )
     except BaseException as exc:
         error = exc
@@ -125,6 +129,7 @@ async def _deploy(
     firewall: Firewall,
     *,
     force: bool,
+    given_http: aiohttp.ClientSession | None,
 ) -> DeployResult:
     deploy_id = attempt.id
     log = structlog.get_logger()
@@ -133,7 +138,7 @@ async def _deploy(
     began = time.monotonic()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="deploy", deploy_id=deploy_id):
-        async with open_engine(engine) as docker, http_session() as http:
+        async with open_engine(engine) as docker, open_http(given_http) as http:
             found = await refuse_or_preflight(cfg, docker, http, release, firewall)
             attempt.from_version = version_of(found.blue)
             same = already_serving(found.blue, release.version)

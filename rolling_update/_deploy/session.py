@@ -1,4 +1,4 @@
-"""What a deploy talks through: the engine (given, or Docker opened here) and its HTTP session."""
+"""What a deploy talks through: the engine and the HTTP client, each given or opened here."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def http_session() -> aiohttp.ClientSession:
         force_close=True, socket_factory=marked_socket if can_mark() else None
     )
     return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
+@asynccontextmanager
+async def open_http(http: aiohttp.ClientSession | None) -> AsyncIterator[aiohttp.ClientSession]:
+    """The given HTTP client (left open: it is the caller's), or :func:`http_session`, closed
+    here. A client given should, like ours, open a fresh connection per request."""
+    if http is not None:
+        yield http
+        return
+    async with http_session() as own:
+        yield own

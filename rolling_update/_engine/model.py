@@ -10,7 +10,7 @@ by their labels, never by parsing names.
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,7 +149,9 @@ class ContainerEvent:
 
 
 class Engine(Protocol):
-    """What steps need from a container engine."""
+    """Everything the tool asks of a container engine: the steps, the preflight and
+    ``recover``, the image copy of a rollout (export into load, or push and pull), and the
+    one-off helper containers of the remote handoff."""
 
     async def ping(self) -> None: ...
     async def image_exists(self, ref: str) -> bool: ...
@@ -165,6 +167,18 @@ class Engine(Protocol):
         options: BuildOptions = BuildOptions(),
     ) -> None: ...
     async def remove_image(self, ref: str) -> None: ...
+    # A rollout's image copy: save into load, or push once and pull on each host.
+    def export_image(self, ref: str) -> AsyncGenerator[bytes, None]: ...
+    async def load_image(self, chunks: AsyncIterator[bytes]) -> None: ...
+    async def push_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None: ...
+    async def pull_image(
+        self, ref: str, *, auth: str, on_status: Callable[[str], None] | None = None
+    ) -> None: ...
+    # A short-lived container run to its end (the remote handoff's nft helper): exit code
+    # and output, the container removed after.
+    async def run_once(self, spec: ContainerSpec, *, limit: float = ...) -> tuple[int, str]: ...
     async def tag_image(self, source: str, target: str) -> None: ...
     async def list_images(
         self, labels: Mapping[str, str], *, reference: str | None = None

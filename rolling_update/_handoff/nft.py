@@ -37,8 +37,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from rolling_update._engine.docker import DockerEngine
-from rolling_update._engine.model import LABEL_MANAGED, LABEL_ROLE, ContainerSpec
+from rolling_update._engine.model import LABEL_MANAGED, LABEL_ROLE, ContainerSpec, Engine
 from rolling_update._errors import EngineError, HandoffError
 
 MARK = 0x52550001
@@ -184,7 +183,7 @@ class EngineFirewall:
     """
 
     def __init__(
-        self, engine: DockerEngine, image: str, *, bypass_port: int, own_nft: bool = False
+        self, engine: Engine, image: str, *, bypass_port: int, own_nft: bool = False
     ) -> None:
         self.engine = engine
         self.image = image

@@ -27,6 +27,7 @@ import structlog
 
 from rolling_update._config.settings import Config, HostConfig
 from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError, EngineUnavailable
 from rolling_update._handoff.nft import EngineFirewall, Firewall, LocalFirewall
 from rolling_update._watch.probe import unprobeable_ports
@@ -114,7 +115,7 @@ class Connected:
 
     host: HostConfig
     config: Config
-    engine: DockerEngine
+    engine: Engine
     firewall: Firewall
 
 
@@ -182,11 +183,16 @@ async def _ssh(
 
 
 @asynccontextmanager
-async def connect(cfg: Config, host: HostConfig, *, image: str = "") -> AsyncIterator[Connected]:
+async def connect(
+    cfg: Config, host: HostConfig, *, image: str = "", engine: Engine | None = None
+) -> AsyncIterator[Connected]:
     """Reach ``host``'s engine (and, for SSH probes, its ports); closed on exit.
 
     ``image``: what the remote handoff's helper runs when no container of the
-    service is there to lend its image (see :func:`_settle_helper`).
+    service is there to lend its image (see :func:`_settle_helper`). ``engine``:
+    the host's engine, already open (say a :class:`~rolling_update.testing.FakeEngine`),
+    used instead of reaching the host's ``engine`` address (nothing is forwarded then,
+    and it is left open); the firewall is chosen from that address as ever.
     """
     log = structlog.get_logger()
     limit = cfg.rollout.connect_timeout
@@ -194,21 +200,11 @@ async def connect(cfg: Config, host: HostConfig, *, image: str = "") -> AsyncIte
     host_cfg = for_host(cfg, host, first=index == 0)
     bypass = bypass_port(cfg, host)
     async with AsyncExitStack() as stack:
-        url: str | None = host.engine
-        ssl_context = None
-        if not cfg.hosts:
-            url = None  # DOCKER_HOST, or the default socket, as before hosts existed
-        elif host.engine.startswith("ssh://"):
-            svc = host_cfg.service
-            ports = [svc.port, svc.green_port, bypass]
-            url, address = await _ssh(stack, host, ports, index, limit)
-            if address is not None:
-                svc = svc.model_copy(update={"host": address})
-                host_cfg = host_cfg.model_copy(update={"service": svc})
-        elif host.engine.startswith("tcp://"):
-            ssl_context = _tls(host)
-        with anyio.fail_after(limit):
-            engine = await stack.enter_async_context(DockerEngine(url, ssl_context=ssl_context))
+        if engine is None:
+            engine, host_cfg = await _reach(stack, cfg, host, host_cfg, bypass, index)
+        else:
+            with anyio.fail_after(limit):
+                await engine.ping()
         firewall: Firewall = (
             LocalFirewall()
             if host.local
@@ -226,6 +222,35 @@ async def connect(cfg: Config, host: HostConfig, *, image: str = "") -> AsyncIte
         connected = Connected(host=host, config=host_cfg, engine=engine, firewall=firewall)
         await _settle_helper(connected, image)
         yield connected
+
+
+async def _reach(
+    stack: AsyncExitStack,
+    cfg: Config,
+    host: HostConfig,
+    host_cfg: Config,
+    bypass: int,
+    index: int,
+) -> tuple[Engine, Config]:
+    """A :class:`DockerEngine` at ``host``'s address (over SSH, TLS or a socket), closed with
+    ``stack``; and ``host_cfg`` with the probe address SSH forwarding gave, if any."""
+    limit = cfg.rollout.connect_timeout
+    url: str | None = host.engine
+    ssl_context = None
+    if not cfg.hosts:
+        url = None  # DOCKER_HOST, or the default socket, as before hosts existed
+    elif host.engine.startswith("ssh://"):
+        svc = host_cfg.service
+        ports = [svc.port, svc.green_port, bypass]
+        url, address = await _ssh(stack, host, ports, index, limit)
+        if address is not None:
+            svc = svc.model_copy(update={"host": address})
+            host_cfg = host_cfg.model_copy(update={"service": svc})
+    elif host.engine.startswith("tcp://"):
+        ssl_context = _tls(host)
+    with anyio.fail_after(limit):
+        engine = await stack.enter_async_context(DockerEngine(url, ssl_context=ssl_context))
+    return engine, host_cfg
 
 
 async def _settle_helper(connected: Connected, image: str) -> None:

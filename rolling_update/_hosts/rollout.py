@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack, aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import aiohttp
 import anyio
 import structlog
 
@@ -29,8 +30,8 @@ from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.preflight import refuse_or_preflight, version_of
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
-from rolling_update._deploy.session import http_session
-from rolling_update._engine.docker import DockerEngine
+from rolling_update._deploy.session import open_http
+from rolling_update._engine.model import Engine
 from rolling_update._engine.registry import registry_auth
 from rolling_update._errors import EngineError, PreflightError, RolloutFailed
 from rolling_update._hosts.hosts import Connected, connect, hosts_of
@@ -55,8 +56,8 @@ def summary(outcomes: list[HostOutcome]) -> str:
 
 
 async def copy_image(
-    source: DockerEngine,
-    target: DockerEngine,
+    source: Engine,
+    target: Engine,
     image: str,
     *,
     host: str,
@@ -97,7 +98,7 @@ async def copy_image(
     return {"copied_bytes": sent, "copy_s": seconds}
 
 
-async def _stream(source: DockerEngine, target: DockerEngine, image: str, *, host: str) -> int:
+async def _stream(source: Engine, target: Engine, image: str, *, host: str) -> int:
     """``docker save`` on ``source`` into ``docker load`` on ``target``; the bytes sent."""
     log = structlog.get_logger()
     began = last = time.monotonic()
@@ -124,11 +125,13 @@ async def _stream(source: DockerEngine, target: DockerEngine, image: str, *, hos
     return sent
 
 
-async def check_all(connected: list[Connected], release: Release) -> None:
+async def check_all(
+    connected: list[Connected], release: Release, http: aiohttp.ClientSession | None = None
+) -> None:
     """Every host's preflight before the canary changes anything: an unfinished deploy, a
     deploy marked on its engine, a container in the way, a port taken, a twin that cannot
     run. Raises :class:`PreflightError` naming the host (nothing was changed)."""
-    async with http_session() as http:
+    async with open_http(http) as http:
         for i, host in enumerate(connected):
             try:
                 await refuse_or_preflight(
@@ -146,6 +149,8 @@ async def rollout(
     report: list[HostOutcome] | None = None,
     force: bool = False,
     plan: PlanFactory = default_plan,
+    engines: Mapping[str, Engine] | None = None,
+    http: aiohttp.ClientSession | None = None,
 ) -> RolloutResult:
     """Deploy ``cfg``'s release to every host in ``cfg.hosts``, canary first.
 
@@ -154,11 +159,18 @@ async def rollout(
     flight, applies ``on_failure`` to the rest, and propagates. ``report``, if
     given, receives every host's outcome however the rollout ends. ``plan`` makes
     each host's steps from that host's config, and its rollback's under rollback-all.
+    ``engines``, if given, holds an open engine for every host, by name, used instead of
+    reaching its address (:func:`connect`); ``http`` is the client that probes every host
+    (default: the tool's own).
     """
     log = structlog.get_logger()
     began = time.monotonic()
     release = prepare(cfg, environ)
     hosts = hosts_of(cfg)
+    if engines is not None:
+        missing = [h.name for h in hosts if h.name not in engines]
+        if missing:
+            raise ValueError(f"no engine given for host {', '.join(missing)}")
     outcomes = {h.name: HostOutcome(host=h.name, to_version=release.version) for h in hosts}
     states = progress if progress is not None else {}
     stopped = False
@@ -219,6 +231,7 @@ async def rollout(
                     state=state,
                     force=force,
                     plan=plan,
+                    http=http,
                 )
                 outcome.measured.update(result.measured)
         except BaseException as exc:
@@ -243,10 +256,17 @@ async def rollout(
         # Every host is reached before anything changes: an unreachable one refuses the
         # rollout with nothing touched.
         connected = [
-            await stack.enter_async_context(connect(cfg, host, image=release.image))
+            await stack.enter_async_context(
+                connect(
+                    cfg,
+                    host,
+                    image=release.image,
+                    engine=None if engines is None else engines[host.name],
+                )
+            )
             for host in hosts
         ]
-        await check_all(connected, release)
+        await check_all(connected, release, http)
         log.info(
             "rollout.started",
             version=release.version,
@@ -279,7 +299,7 @@ async def rollout(
             )
             if failed and cfg.rollout.on_failure == "rollback-all":
                 with anyio.CancelScope(shield=True):
-                    await _revert(cfg, connected, outcomes, plan)
+                    await _revert(cfg, connected, outcomes, plan, http)
             log.info("rollout.summary", hosts=[asdict(o) for o in outcomes.values()])
             if report is not None:
                 report[:] = [outcomes[h.name] for h in hosts]
@@ -299,6 +319,7 @@ async def _revert(
     connected: list[Connected],
     outcomes: dict[str, HostOutcome],
     plan: PlanFactory,
+    http: aiohttp.ClientSession | None,
 ) -> None:
     """rollback-all: the hosts that took the new version get their previous one back."""
     log = structlog.get_logger()
@@ -321,6 +342,7 @@ async def _revert(
                     engine=host.engine,
                     firewall=host.firewall,
                     plan=plan,
+                    http=http,
                 )
         except Exception as exc:
             outcome.result = Outcome.REVERT_FAILED

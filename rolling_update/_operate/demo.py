@@ -30,7 +30,7 @@ from rolling_update._config.settings import Config, parse_config
 from rolling_update._deploy.deploy import deploy
 from rolling_update._deploy.session import http_session
 from rolling_update._engine.docker import DockerEngine
-from rolling_update._engine.model import LABEL_SERVICE, ContainerSpec
+from rolling_update._engine.model import LABEL_SERVICE, ContainerSpec, Engine
 from rolling_update._errors import PreflightError, RollingUpdateError
 from rolling_update._observe.progress import Wait, waiting
 from rolling_update._state.mark import marker_name
@@ -69,7 +69,7 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-async def _has_python(engine: DockerEngine, image: str) -> bool:
+async def _has_python(engine: Engine, image: str) -> bool:
     spec = ContainerSpec(
         name=f"rolling-update-demo-probe-{uuid.uuid4().hex[:6]}",
         image=image,
@@ -84,7 +84,7 @@ async def _has_python(engine: DockerEngine, image: str) -> bool:
     return code == 0
 
 
-async def pick_base(engine: DockerEngine, wanted: str | None) -> str:
+async def pick_base(engine: Engine, wanted: str | None) -> str:
     """``wanted``, or an image the engine has with python3, else python:3.12-slim pulled."""
     if wanted:
         if not await engine.image_exists(wanted):
@@ -170,7 +170,7 @@ async def _requests(
         await anyio.sleep(interval)
 
 
-async def _cleanup(engine: DockerEngine, name: str) -> None:
+async def _cleanup(engine: Engine, name: str) -> None:
     with anyio.move_on_after(_CLEANUP_LIMIT, shield=True):
         for label in ({LABEL_DEMO: name}, {LABEL_SERVICE: name}):
             for container_id in await engine.list_ids(label):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+
 from rolling_update._config.settings import Config
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.deploy import guarded
@@ -13,7 +15,7 @@ from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.preflight import already_serving, preflight, version_of
 from rolling_update._deploy.records import check_plan
 from rolling_update._deploy.release import prepare
-from rolling_update._deploy.session import http_session, open_engine
+from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.model import Engine
@@ -29,6 +31,7 @@ async def plan(
     firewall: Firewall | None = None,
     copied_from: str | None = None,
     plan: PlanFactory = default_plan,
+    http: aiohttp.ClientSession | None = None,
 ) -> dict[str, Any]:
     """What a deploy would do now: its steps, specs, diff against blue, rules; changes nothing.
 
@@ -37,7 +40,7 @@ async def plan(
     release = prepare(cfg)
     steps = guarded(cfg, plan(cfg))
     check_plan(steps)
-    async with open_engine(engine) as docker, http_session() as http:
+    async with open_engine(engine) as docker, open_http(http) as http:
         finish = await preview_recover(cfg, docker, firewall or LocalFirewall())
         found = await preflight(
             cfg, docker, http, release, firewall, image_arrives=copied_from is not None

@@ -26,7 +26,7 @@ import structlog
 from rolling_update._config.settings import Config
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.policy import in_the_way
-from rolling_update._deploy.session import http_session, open_engine
+from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import (
     LABEL_DEPLOY,
     LABEL_MANAGED,
@@ -279,7 +279,11 @@ class _Carrying:
 
 
 async def recover(
-    cfg: Config, *, engine: Engine | None = None, firewall: Firewall | None = None
+    cfg: Config,
+    *,
+    engine: Engine | None = None,
+    firewall: Firewall | None = None,
+    http: aiohttp.ClientSession | None = None,
 ) -> RecoveryReport:
     """Bring the service to one healthy production container and no leftovers.
 
@@ -289,7 +293,7 @@ async def recover(
     report: RecoveryReport | None = None
     error: BaseException | None = None
     try:
-        report = await _recover(cfg, engine, firewall or LocalFirewall())
+        report = await _recover(cfg, engine, firewall or LocalFirewall(), http)
         return report
     except BaseException as exc:
         error = exc
@@ -336,12 +340,14 @@ async def preview(cfg: Config, docker: Engine, firewall: Firewall) -> dict[str, 
     }
 
 
-async def _recover(cfg: Config, engine: Engine | None, firewall: Firewall) -> RecoveryReport:
+async def _recover(
+    cfg: Config, engine: Engine | None, firewall: Firewall, http: aiohttp.ClientSession | None
+) -> RecoveryReport:
     log = structlog.get_logger()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="recover", deploy_id="-"):
         journal = Journal.load(Journal.path_for(cfg.state_dir))
-        async with open_engine(engine) as docker, http_session() as http:
+        async with open_engine(engine) as docker, open_http(http) as http:
             record = await unfinished(cfg, docker, journal)
             if record is not None:
                 log.info(

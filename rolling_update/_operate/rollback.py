@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import structlog
 
 from rolling_update._config.settings import Config
@@ -41,9 +42,10 @@ async def rollback(
     state: SagaState | None = None,
     firewall: Firewall | None = None,
     plan: PlanFactory = default_plan,
+    http: aiohttp.ClientSession | None = None,
 ) -> DeployResult:
     """Deploy ``version`` (default: the one before what serves) with ``plan``'s steps less its
-    build and migrations."""
+    build and migrations; ``http`` as for :func:`deploy`."""
     log = structlog.get_logger()
     async with open_engine(engine) as docker:
         known = await known_versions(cfg, docker)
@@ -75,4 +77,5 @@ async def rollback(
         version=version,
         kind="rollback",
         firewall=firewall,
+        http=http,
     )

@@ -10,9 +10,11 @@ import fcntl
 import os
 from typing import Any
 
+import aiohttp
+
 from rolling_update._config.settings import Config
 from rolling_update._deploy.preflight import version_of
-from rolling_update._deploy.session import http_session, open_engine
+from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import LABEL_ROLE, Engine
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
@@ -42,13 +44,17 @@ def lock_holder(cfg: Config) -> dict[str, Any] | None:
 
 
 async def status(
-    cfg: Config, *, engine: Engine | None = None, firewall: Firewall | None = None
+    cfg: Config,
+    *,
+    engine: Engine | None = None,
+    firewall: Firewall | None = None,
+    http: aiohttp.ClientSession | None = None,
 ) -> dict[str, Any]:
     """What serves, since when, how healthy now, the last deploy, and anything unfinished."""
     svc = cfg.service
     firewall = firewall or LocalFirewall()
     report: dict[str, Any] = {"service": svc.name}
-    async with open_engine(engine) as docker, http_session() as http:
+    async with open_engine(engine) as docker, open_http(http) as http:
         raw = await docker.inspect_raw(svc.name)
         info = await docker.inspect(svc.name)
         production: dict[str, Any] | None = None
