@@ -90,6 +90,136 @@ def until(check: Callable[[], Any], what: str, timeout: float = 10, interval: fl
     return result
 
 
+def cli_environ(
+    environ: Mapping[str, str] | None = None, unset: Sequence[str] = ("ENV_REGION",)
+) -> dict[str, str]:
+    """The environment a test runs the CLI in: this one without ``unset`` (ENV_REGION: the
+    configs' ``${ENV_REGION:-us}`` default applies), plus ``environ``."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(environ or {})
+    return env
+
+
+class Cli:
+    """``python -m rolling_update ARGS`` as a user runs it, its output read as it comes.
+
+    The one way tests drive the CLI: :meth:`until_event` reads the JSON log up to an
+    event (the barrier a test acts at: the log says the step has started),
+    :meth:`signal` signals the CLI, :meth:`finish` waits for its exit and returns the
+    whole :class:`Run`. Past ``timeout`` s it is killed and the test fails; leaving the
+    ``with`` block ends it too, so a failed test leaves no deploy running.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        environ: Mapping[str, str] | None = None,
+        unset: Sequence[str] = ("ENV_REGION",),
+        cwd: Path = ROOT,
+        merge_stderr: bool = False,
+        timeout: float = 180,
+    ) -> None:
+        self.args = list(args)
+        self.timeout = timeout
+        self.began = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rolling_update", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            text=True,
+            env=cli_environ(environ, unset),
+            cwd=cwd,
+        )
+        self.out: list[str] = []
+        self._err: list[str] = []
+        # stderr is read all along: a full pipe would block the CLI mid-run.
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.timed_out = False
+        self._watchdog = threading.Timer(timeout, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read_stderr(self) -> None:
+        if self.process.stderr is not None:
+            self._err.append(self.process.stderr.read())
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    def lines(self) -> Iterator[str]:
+        """Each further line of its stdout (kept in ``out``), until it closes."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.out.append(line)
+            yield line
+
+    def until(self, what: str, matches: Callable[[str], bool]) -> str:
+        """Read up to the first line that ``matches``; fail, saying ``what``, if none comes."""
+        for line in self.lines():
+            if matches(line):
+                return line
+        run = self.finish()
+        pytest.fail(f"{self.args[0]} ended (exit {run.code}) before {what}: {run.tail()}")
+
+    def until_event(self, event: str, **fields: object) -> dict[str, Any]:
+        """Read the JSON log up to the first ``event`` with these ``fields``, and return it."""
+        found: dict[str, Any] = {}
+
+        def matches(line: str) -> bool:
+            if not line.startswith("{"):
+                return False
+            record = json.loads(line)
+            if record.get("event") != event or any(record.get(k) != v for k, v in fields.items()):
+                return False
+            found.update(record)
+            return True
+
+        shown = ", ".join(f"{k}={v}" for k, v in fields.items())
+        self.until(f"{event} ({shown})" if shown else event, matches)
+        return found
+
+    def signal(self, signum: int, *, repeat: int = 0, interval: float = 0.05) -> None:
+        """Send ``signum``, and ``repeat`` more ``interval`` s apart."""
+        for i in range(repeat + 1):
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+            if i < repeat:
+                time.sleep(interval)
+
+    def finish(self) -> Run:
+        """Read the rest of its output and wait for its exit."""
+        for _ in self.lines():
+            pass
+        code = self.process.wait()
+        self._watchdog.cancel()
+        self._reader.join()
+        run = Run(code, "".join(self.out), "".join(self._err), time.monotonic() - self.began)
+        if self.timed_out:
+            pytest.fail(f"{self.args[0]} ran past {self.timeout:g}s: {run.tail()}")
+        return run
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchdog.cancel()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def json_type(value: object) -> str:
     """The JSON type of a parsed value, as JSON names it (for comparing answers' shapes)."""
     if value is None:
@@ -181,7 +311,6 @@ class Service:
 
     workdir: Path
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    output_so_far: str = ""
     port: int = field(default_factory=free_port)
     green_port: int = field(default_factory=free_port)
 
@@ -306,17 +435,28 @@ class Service:
         path.write_text(text)
         return path
 
-    def command(self, verb: str = "deploy") -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "rolling_update",
-            verb,
-            "--config",
-            str(self.workdir / "rolling-update.toml"),
-            "--log-format",
-            "json",
-        ]
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "rolling-update.toml"
+
+    def cli(
+        self,
+        verb: str,
+        *args: str,
+        config: Path | None = None,
+        log_format: str | None = "json",
+        **options: Any,
+    ) -> Cli:
+        """``python -m rolling_update VERB --config ... ARGS`` started (see :class:`Cli`)."""
+        command = [verb, "--config", str(config or self.config_path), *args]
+        if log_format is not None:
+            command += ["--log-format", log_format]
+        return Cli(command, **options)
+
+    def run(self, verb: str, *args: str, timeout: float = 180, **options: Any) -> Run:
+        """The CLI run to its end (``options`` as for :meth:`cli`)."""
+        with self.cli(verb, *args, timeout=timeout, **options) as cli:
+            return cli.finish()
 
     def deploy(
         self,
@@ -326,64 +466,33 @@ class Service:
         verb: str = "deploy",
     ) -> Run:
         """Run ``python -m rolling_update deploy`` with JSON logs, as a user would."""
-        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-        env.update(environ or {})
-        began = time.monotonic()
-        result = subprocess.run(
-            self.command(verb),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=ROOT,
-            check=False,
-        )
-        return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - began)
+        return self.run(verb, environ=environ, timeout=timeout)
 
     def recover(self) -> Run:
-        return self.deploy(verb="recover")
+        return self.run("recover")
 
     def deploy_interrupted(
         self,
         step: str | None,
         signum: int,
         *,
+        host: str | None = None,
         after: str | None = None,
         repeat: int = 0,
         timeout: float = 180,
     ) -> Run:
-        """Deploy, sending ``signum`` when ``step`` starts (and ``repeat`` more, 50 ms apart);
-        with ``after``, when the step after that one in the deploy's own plan starts."""
-        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-        began = time.monotonic()
-        out: list[str] = []
-        target = step
-        with subprocess.Popen(
-            self.command(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        ) as process:
-            assert process.stdout is not None and process.stderr is not None
-            sent = False
-            for line in process.stdout:
-                out.append(line)
-                if after is not None and '"deploy.started"' in line:
-                    steps = json.loads(line)["steps"]
-                    target = steps[steps.index(after) + 1]
-                if not sent and '"deploy.step.started"' in line and f'"step": "{target}"' in line:
-                    sent = True
-                    for i in range(repeat + 1):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(process.pid, signum)
-                        if i < repeat:
-                            time.sleep(0.05)
-            code = process.wait(timeout)
-            err = process.stderr.read()
-        assert sent, f"{target} never started: {err}"
-        return Run(code, "".join(out), err, time.monotonic() - began)
+        """Deploy, sending ``signum`` once the JSON log shows ``step`` started (on ``host``,
+        if given), and ``repeat`` more 50 ms apart; with ``after``, the step after that one
+        in the deploy's own plan."""
+        with self.cli("deploy", timeout=timeout) as cli:
+            target = step
+            if after is not None:
+                steps = cli.until_event("deploy.started")["steps"]
+                target = steps[steps.index(after) + 1]
+            where = {} if host is None else {"host": host}
+            cli.until_event("deploy.step.started", step=target, **where)
+            cli.signal(signum, repeat=repeat)
+            return cli.finish()
 
     @property
     def journal(self) -> Path:
@@ -426,22 +535,6 @@ class Service:
         """Names of containers of this service the engine created since ``since`` (unix time)."""
         names = self.events_since(since, "create", "{{.Actor.Attributes.name}}")
         return [n for n in names if n.startswith(self.name)]
-
-    def deploy_reaching(self, step: str) -> subprocess.Popen[str]:
-        """A deploy running in the background, returned once ``step`` has started.
-
-        The lines read until then are kept in ``self.output_so_far``.
-        """
-        process = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
-        )
-        assert process.stdout is not None
-        self.output_so_far = ""
-        for line in process.stdout:
-            self.output_so_far += line
-            if f'"step": "{step}"' in line:
-                break
-        return process
 
     def cleanup(self) -> None:
         names = docker("ps", "-aq", "--filter", f"name={self.name}").split()
@@ -506,6 +599,10 @@ class Run:
 
     def event(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == name]
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of its output, for a failure's message."""
+        return f"{self.stdout[-chars:]}{self.stderr[-chars:]}"
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, Service, docker
+from tests.support import Service, docker
 
 pytestmark = pytest.mark.docker
 
@@ -79,18 +79,18 @@ def test_a_version_that_dies_after_its_first_healthy_answer_is_rolled_back(
     assert service.containers() == [service.name]
 
 
-def _second_checkout(service: Service) -> list[str]:
-    """A copy of the service's checkout elsewhere; a state dir of its own if the first has one."""
+def _second_checkout(service: Service) -> Path:
+    """A copy of the service's checkout elsewhere, and its config's path; a state dir of its
+    own if the first has one."""
     other = service.workdir / "other-checkout"
     other.mkdir()
     shutil.copytree(service.workdir / "brain", other / "brain")
     shutil.copy(service.workdir / ".env.docker", other / ".env.docker")
-    text = (service.workdir / "rolling-update.toml").read_text()
+    text = service.config_path.read_text()
     text = text.replace(str(service.workdir / "state"), str(other / "state"))
-    (other / "rolling-update.toml").write_text(text)
-    command = service.command()
-    command[command.index("--config") + 1] = str(other / "rolling-update.toml")
-    return command
+    path = other / service.config_path.name
+    path.write_text(text)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -115,16 +115,15 @@ def test_two_checkouts_cannot_deploy_one_service_at_once(
     else:
         service.config(tick=tick, state="")
     second = _second_checkout(service)
-    first = service.deploy_reaching("tick-boundary")
-    began = time.time()
-    refused = subprocess.run(
-        second, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False
-    )
-    rest = first.communicate(timeout=120)
-    assert refused.returncode == 2, refused.stderr
+    with service.cli("deploy") as first:
+        first.until_event("deploy.step.started", step="tick-boundary")
+        began = time.time()
+        refused = service.run("deploy", config=second, timeout=60)
+        rest = first.finish()
+    assert refused.code == 2, refused.stderr
     assert message in refused.stderr and "nothing was changed" in refused.stderr
     assert f"(pid {first.pid} on " in refused.stderr
-    assert first.returncode == 0, rest[1]
+    assert rest.code == 0, rest.stderr
     assert service.serving() == "2.0.0"
     assert [n for n in service.created_since(began) if n != service.name] == []
 

@@ -8,14 +8,12 @@ this file's outcome.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from tests.support import ROOT, Service
+from tests.support import Service
 
 pytestmark = pytest.mark.docker
 
@@ -115,13 +113,14 @@ def test_second_deploy_is_locked_out_and_says_by_whom(service: Service) -> None:
     """A deploy while another runs exits 2 naming the holder's deploy id, pid and start time."""
     prepared(service)
     service.config(tick="settle = 4\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
-    first = service.deploy_reaching("tick-boundary")
-    second = service.deploy()
-    rest = first.communicate(timeout=120)
+    with service.cli("deploy") as first:
+        first.until_event("deploy.step.started", step="tick-boundary")
+        second = service.deploy()
+        rest = first.finish()
     assert second.code == 2
     assert f"{service.name} is locked by deploy" in second.stderr
     assert f"(pid {first.pid} on " in second.stderr and "since 20" in second.stderr
-    assert first.returncode == 0, rest[1]
+    assert rest.code == 0, rest.stderr
     assert service.serving() == "2.0.0"
 
 
@@ -226,17 +225,8 @@ def test_secrets_never_reach_console_output_or_errors(service: Service) -> None:
     service.start_blue("1.0.0")
     service.write_app("2.0.0", knobs={"MIGRATE_FAIL": 1, "ECHO_ENV": "DB_PASSWORD"})
     path = service.config(env={"API_KEY": "k3y-from-config-77"})
-    env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-    result = subprocess.run(
-        [*service.command()[:-2], "--log-format", "console"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert path.exists() and result.returncode == 1
+    result = service.run("deploy", log_format="console", timeout=120)
+    assert path.exists() and result.code == 1
     output = result.stdout + result.stderr
     assert "DB_PASSWORD=***" in output  # the line is there, the value is not
     assert SECRET not in output and "k3y-from-config-77" not in output

@@ -12,6 +12,7 @@ import pytest
 
 import rolling_update
 from rolling_update import _errors, toolkit
+from tests.support import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("rolling_update", "steps")
@@ -199,15 +200,9 @@ def test_a_users_own_steps_in_the_working_directory_is_never_imported(
         (tmp_path / "steps" / "__init__.py").write_text("raise SystemExit('user steps imported')\n")
     else:
         (tmp_path / "steps.py").write_text("raise SystemExit('user steps imported')\n")
-    plan = subprocess.run(
-        [sys.executable, "-m", "rolling_update", "--version"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert plan.returncode == 0 and plan.stdout.startswith("rolling-update "), plan.stderr
+    with Cli(["--version"], cwd=tmp_path, timeout=60) as cli:
+        plan = cli.finish()
+    assert plan.code == 0 and plan.stdout.startswith("rolling-update "), plan.stderr
     which = subprocess.run(
         [sys.executable, "-c", "import rolling_update, steps; print(steps.__file__)"],
         cwd=tmp_path,
