@@ -28,7 +28,11 @@ from typing import Any, Self
 
 import pytest
 
+from rolling_update._config.settings import Config, load_config, parse_config
+from rolling_update._errors import ConfigError
 from rolling_update._handoff.nft import table_name
+from rolling_update._state.journal import Journal
+from rolling_update._state.mark import marker_name
 
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
 BASE_IMAGE = os.environ.get("RU_TEST_BASE", "rolling-update-test-base:bookworm")
@@ -98,6 +102,16 @@ def cli_environ(
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(environ or {})
     return env
+
+
+def host_state_dir(service: str) -> Path:
+    """The per-host state directory of ``service`` when its config names none, as the
+    tool computes it."""
+    data = {
+        "service": {"name": service, "green_name": f"{service}-g", "port": 1, "green_port": 2},
+        "image": {"name": "x:{version}", "version_file": "p.json"},
+    }
+    return parse_config(data, base_dir=ROOT, environ=cli_environ(), source="-").state_dir
 
 
 class Cli:
@@ -439,6 +453,21 @@ class Service:
     def config_path(self) -> Path:
         return self.workdir / "rolling-update.toml"
 
+    def settings(self) -> Config:
+        """The config as the tool reads it: names and directories come from here, never
+        rebuilt by hand (a naming drift must not make a check of them pass vacuously)."""
+        return load_config(self.config_path, environ=cli_environ())
+
+    @property
+    def old_name(self) -> str:
+        """The name blue carries between the switch and its removal."""
+        return self.settings().service.old_name
+
+    @property
+    def migrate_name(self) -> str:
+        """The name of the one-off migration container."""
+        return self.settings().service.migrate_name
+
     def cli(
         self,
         verb: str,
@@ -496,12 +525,13 @@ class Service:
 
     @property
     def journal(self) -> Path:
-        return self.workdir / "state" / self.name / "journal.json"
+        """Where the tool keeps this service's journal (its own path, from the config)."""
+        return Journal.path_for(self.settings().state_dir)
 
     @property
     def marker(self) -> str:
         """The volume that marks a deploy under way on the engine."""
-        return f"rolling-update.{self.name}.deploy"
+        return marker_name(self.name)
 
     def redirected(self) -> bool:
         """Whether the handoff's nftables table of this service exists."""
@@ -513,7 +543,9 @@ class Service:
         return found.returncode == 0
 
     def marked(self) -> bool:
-        return bool(docker("volume", "ls", "-q", "--filter", f"name={self.marker}"))
+        """Whether the engine carries this service's mark of a deploy under way."""
+        found = docker("volume", "ls", "-q", "--filter", f"name={self.marker}")
+        return self.marker in found.split()
 
     def containers(self) -> list[str]:
         # Name filters match substrings: keep exact-prefix matches only.
@@ -549,8 +581,11 @@ class Service:
             capture_output=True,
             check=False,
         )
-        # A test that uses the per-host default state directory.
-        shutil.rmtree(Path("/var/lib/rolling-update") / self.name, ignore_errors=True)
+        # The state directory the config names, and the per-host default one, which a
+        # test may use (both as the tool computes them).
+        with contextlib.suppress(ConfigError):
+            shutil.rmtree(self.settings().state_dir, ignore_errors=True)
+        shutil.rmtree(host_state_dir(self.name), ignore_errors=True)
 
 
 class Collector:

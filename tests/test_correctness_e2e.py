@@ -24,7 +24,7 @@ def test_recover_keeps_the_new_version_when_blue_was_removed_by_hand(service: Se
     service.write_app("2.0.0")
     service.config()
     assert service.deploy_interrupted("verify", signal.SIGKILL).code == -signal.SIGKILL
-    docker("rm", "-f", f"{service.name}-old")
+    docker("rm", "-f", service.old_name)
     run = service.recover()
     assert run.code == 0, run.stderr
     assert "no longer exists: kept the new version" in run.stderr
@@ -139,7 +139,7 @@ def test_an_interrupted_migration_gets_sigterm_and_its_grace(service: Service) -
     assert "ran past 1s" in run.stderr
     assert run.event("migrate.interrupted")
     codes = service.events_since(
-        began, "die", "{{.Actor.Attributes.exitCode}}", f"container={service.name}-migrate"
+        began, "die", "{{.Actor.Attributes.exitCode}}", f"container={service.migrate_name}"
     )
     assert codes == ["42"]
     assert service.serving() == "1.0.0"

@@ -261,7 +261,7 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
     """The nft helper redirects a remote port; the bypass port still reaches production."""
     two_hosts.start_blue2("1.0.0")
     docker2(
-        "run", "-d", "--name", f"{service.name}-green", "--network", "host",
+        "run", "-d", "--name", service.green, "--network", "host",
         "-e", f"PORT={HOST2_GREEN}", f"{service.repo}:1.0.0",
     )  # fmt: skip
     image = nft_image() if own_nft else f"{service.repo}:1.0.0"
