@@ -31,7 +31,7 @@ import pytest
 from rolling_update._config.settings import Config, load_config, parse_config
 from rolling_update._errors import ConfigError
 from rolling_update._handoff.nft import table_name
-from rolling_update._state.journal import Journal
+from rolling_update._state.journal import Journal, JournalRecord
 from rolling_update._state.mark import marker_name
 
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
@@ -527,6 +527,11 @@ class Service:
     def journal(self) -> Path:
         """Where the tool keeps this service's journal (its own path, from the config)."""
         return Journal.path_for(self.settings().state_dir)
+
+    def journal_left(self) -> JournalRecord | None:
+        """The journal an unfinished deploy left, as the tool reads it, if any."""
+        found = Journal.load(self.journal)
+        return None if found is None else found.record
 
     @property
     def marker(self) -> str:

@@ -33,12 +33,15 @@ STEPS = [
 SECRET = "pa55w0rd-4c1d-9e8f"
 
 
+TICK = "settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
+
+
 def prepared(service: Service) -> None:
     """Blue v1 serving; v2 to deploy; a 1 s settle gives the tick step some length."""
     service.write_env_file({"DB_PASSWORD": SECRET})
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
-    service.config(tick="settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
+    service.config(tick=TICK)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -63,20 +66,24 @@ def test_interrupt_at_each_step_leaves_one_serving_version(
 @pytest.mark.parametrize("step", STEPS)
 def test_sigkill_at_each_step_is_recovered(service: Service, step: str) -> None:
     """After SIGKILL at any step, `recover` leaves exactly one healthy production container."""
+    # The kill is sent once the log says the step started. Green drains for 60 s before the
+    # cleanup stops it, so the deploy still runs when the kill lands, in the cleanup too; a
+    # 3 s soak keeps a kill sent before the cleanup ahead of the point of no return.
     prepared(service)
+    service.config(tick=TICK, verify="timeout = 10\nsoak = 3\n", switch="drain = 60\n")
     killed = service.deploy_interrupted(step, signal.SIGKILL)
-    if killed.code == 0:
-        pytest.skip("the deploy finished before the kill landed")  # pragma: no cover
     assert killed.code == -signal.SIGKILL
+    # What the host is left in says what recover must bring back: the journal and the mark
+    # of the unfinished deploy, committed (the new version stays) only from the cleanup on.
+    left = service.journal_left()
+    assert left is not None and service.marked()
+    assert left.committed == (step == "cleanup")
     recovered = service.recover()
     assert recovered.code == 0, recovered.stderr
     assert "consistent:" in recovered.stderr
-    version = service.serving()
-    # Before the point of no return the old version comes back; after it the new one stays.
-    verified = "new version 2.0.0 serves" in recovered.stderr
-    assert version == ("2.0.0" if verified else "1.0.0")
+    assert service.serving() == ("2.0.0" if left.committed else "1.0.0")
     assert service.containers() == [service.name]
-    assert not service.journal.exists() and not service.redirected()
+    assert not service.journal.exists() and not service.redirected() and not service.marked()
     assert service.recover().code == 0  # idempotent
     assert service.containers() == [service.name]
 
