@@ -234,6 +234,63 @@ class Cli:
                 stream.close()
 
 
+class Barrier:
+    """A point a process waits at until the test lets it go: a GET of :attr:`url` is
+    answered only after :meth:`release`. A container on the host network reaches it too.
+
+    ``command`` prints a line and waits there: as a migration command, it holds a deploy
+    in its migrate step (the lock held, the engine marked) for as long as the test needs.
+    """
+
+    LINE = "waiting at the test's barrier"
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        barrier = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                barrier.released.wait()
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def command(self) -> list[str]:
+        code = (
+            f"import sys, urllib.request; print({self.LINE!r}, flush=True); "
+            "urllib.request.urlopen(sys.argv[1], timeout=600).read()"
+        )
+        return ["python3", "-c", code, self.url]
+
+    def migration(self) -> str:
+        """A ``[migrate]`` table whose first command waits here, then the app's migration."""
+        commands = [self.command, ["python3", "/app/app.py", "migrate"]]
+        return f"commands = {json.dumps(commands)}\ntimeout = 60\n"
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def barrier() -> Iterator[Barrier]:
+    b = Barrier()
+    yield b
+    b.close()
+
+
 def json_type(value: object) -> str:
     """The JSON type of a parsed value, as JSON names it (for comparing answers' shapes)."""
     if value is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Service, docker
+from tests.support import Barrier, Service, docker
 
 pytestmark = pytest.mark.docker
 
@@ -104,28 +104,30 @@ def _second_checkout(service: Service) -> Path:
     ids=["default-state-dir", "separate-state-dirs"],
 )
 def test_two_checkouts_cannot_deploy_one_service_at_once(
-    service: Service, state: str, message: str
+    service: Service, barrier: Barrier, state: str, message: str
 ) -> None:
     """A deploy from a second checkout of the same config exits 2 while the first runs."""
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
-    tick = "settle = 4\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
     if state:
-        service.config(tick=tick)
+        service.config(migrate=barrier.migration())
     else:
-        service.config(tick=tick, state="")
+        service.config(migrate=barrier.migration(), state="")
     second = _second_checkout(service)
     with service.cli("deploy") as first:
-        first.until_event("deploy.step.started", step="tick-boundary")
+        # The first deploy waits at the barrier in its migrate step: locked and marked.
+        first.until_event("container.log", line=Barrier.LINE)
         began = time.time()
         refused = service.run("deploy", config=second, timeout=60)
+        created = service.created_since(began)
+        barrier.release()
         rest = first.finish()
     assert refused.code == 2, refused.stderr
     assert message in refused.stderr and "nothing was changed" in refused.stderr
     assert f"(pid {first.pid} on " in refused.stderr
+    assert created == []
     assert rest.code == 0, rest.stderr
     assert service.serving() == "2.0.0"
-    assert [n for n in service.created_since(began) if n != service.name] == []
 
 
 def test_an_interrupted_migration_gets_sigterm_and_its_grace(service: Service) -> None:

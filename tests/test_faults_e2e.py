@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support import Service
+from tests.support import Barrier, Service
 
 pytestmark = pytest.mark.docker
 
@@ -116,17 +116,19 @@ def test_repeated_interrupts_do_not_abandon_the_rollback(service: Service) -> No
     assert any(e.get("action", "").startswith("ignored") for e in run.event("deploy.interrupted"))
 
 
-def test_second_deploy_is_locked_out_and_says_by_whom(service: Service) -> None:
+def test_second_deploy_is_locked_out_and_says_by_whom(service: Service, barrier: Barrier) -> None:
     """A deploy while another runs exits 2 naming the holder's deploy id, pid and start time."""
     prepared(service)
-    service.config(tick="settle = 4\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
+    service.config(tick=TICK, migrate=barrier.migration())
     with service.cli("deploy") as first:
-        first.until_event("deploy.step.started", step="tick-boundary")
+        # The first deploy waits at the barrier in its migrate step, holding the lock.
+        held = first.until_event("container.log", line=Barrier.LINE)
         second = service.deploy()
+        barrier.release()
         rest = first.finish()
     assert second.code == 2
-    assert f"{service.name} is locked by deploy" in second.stderr
-    assert f"(pid {first.pid} on " in second.stderr and "since 20" in second.stderr
+    holder = f"{service.name} is locked by deploy {held['deploy_id']} (pid {first.pid} on "
+    assert holder in second.stderr and ") since 20" in second.stderr
     assert rest.code == 0, rest.stderr
     assert service.serving() == "2.0.0"
 
