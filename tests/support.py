@@ -28,7 +28,11 @@ from typing import Any, Self
 
 import pytest
 
+from rolling_update._config.settings import Config, load_config, parse_config
+from rolling_update._errors import ConfigError
 from rolling_update._handoff.nft import table_name
+from rolling_update._state.journal import Journal, JournalRecord
+from rolling_update._state.mark import marker_name
 
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
 BASE_IMAGE = os.environ.get("RU_TEST_BASE", "rolling-update-test-base:bookworm")
@@ -88,6 +92,203 @@ def until(check: Callable[[], Any], what: str, timeout: float = 10, interval: fl
             pytest.fail(f"not within {timeout}s: {what}")
         time.sleep(interval)
     return result
+
+
+def cli_environ(
+    environ: Mapping[str, str] | None = None, unset: Sequence[str] = ("ENV_REGION",)
+) -> dict[str, str]:
+    """The environment a test runs the CLI in: this one without ``unset`` (ENV_REGION: the
+    configs' ``${ENV_REGION:-us}`` default applies), plus ``environ``."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(environ or {})
+    return env
+
+
+def host_state_dir(service: str) -> Path:
+    """The per-host state directory of ``service`` when its config names none, as the
+    tool computes it."""
+    data = {
+        "service": {"name": service, "green_name": f"{service}-g", "port": 1, "green_port": 2},
+        "image": {"name": "x:{version}", "version_file": "p.json"},
+    }
+    return parse_config(data, base_dir=ROOT, environ=cli_environ(), source="-").state_dir
+
+
+class Cli:
+    """``python -m rolling_update ARGS`` as a user runs it, its output read as it comes.
+
+    The one way tests drive the CLI: :meth:`until_event` reads the JSON log up to an
+    event (the barrier a test acts at: the log says the step has started),
+    :meth:`signal` signals the CLI, :meth:`finish` waits for its exit and returns the
+    whole :class:`Run`. Past ``timeout`` s it is killed and the test fails; leaving the
+    ``with`` block ends it too, so a failed test leaves no deploy running.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        environ: Mapping[str, str] | None = None,
+        unset: Sequence[str] = ("ENV_REGION",),
+        cwd: Path = ROOT,
+        merge_stderr: bool = False,
+        timeout: float = 180,
+    ) -> None:
+        self.args = list(args)
+        self.timeout = timeout
+        self.began = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rolling_update", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            text=True,
+            env=cli_environ(environ, unset),
+            cwd=cwd,
+        )
+        self.out: list[str] = []
+        self._err: list[str] = []
+        # stderr is read all along: a full pipe would block the CLI mid-run.
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.timed_out = False
+        self._watchdog = threading.Timer(timeout, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read_stderr(self) -> None:
+        if self.process.stderr is not None:
+            self._err.append(self.process.stderr.read())
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    def lines(self) -> Iterator[str]:
+        """Each further line of its stdout (kept in ``out``), until it closes."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.out.append(line)
+            yield line
+
+    def until(self, what: str, matches: Callable[[str], bool]) -> str:
+        """Read up to the first line that ``matches``; fail, saying ``what``, if none comes."""
+        for line in self.lines():
+            if matches(line):
+                return line
+        run = self.finish()
+        pytest.fail(f"{self.args[0]} ended (exit {run.code}) before {what}: {run.tail()}")
+
+    def until_event(self, event: str, **fields: object) -> dict[str, Any]:
+        """Read the JSON log up to the first ``event`` with these ``fields``, and return it."""
+        found: dict[str, Any] = {}
+
+        def matches(line: str) -> bool:
+            if not line.startswith("{"):
+                return False
+            record = json.loads(line)
+            if record.get("event") != event or any(record.get(k) != v for k, v in fields.items()):
+                return False
+            found.update(record)
+            return True
+
+        shown = ", ".join(f"{k}={v}" for k, v in fields.items())
+        self.until(f"{event} ({shown})" if shown else event, matches)
+        return found
+
+    def signal(self, signum: int, *, repeat: int = 0, interval: float = 0.05) -> None:
+        """Send ``signum``, and ``repeat`` more ``interval`` s apart."""
+        for i in range(repeat + 1):
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+            if i < repeat:
+                time.sleep(interval)
+
+    def finish(self) -> Run:
+        """Read the rest of its output and wait for its exit."""
+        for _ in self.lines():
+            pass
+        code = self.process.wait()
+        self._watchdog.cancel()
+        self._reader.join()
+        run = Run(code, "".join(self.out), "".join(self._err), time.monotonic() - self.began)
+        if self.timed_out:
+            pytest.fail(f"{self.args[0]} ran past {self.timeout:g}s: {run.tail()}")
+        return run
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchdog.cancel()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class Barrier:
+    """A point a process waits at until the test lets it go: a GET of :attr:`url` is
+    answered only after :meth:`release`. A container on the host network reaches it too.
+
+    ``command`` prints a line and waits there: as a migration command, it holds a deploy
+    in its migrate step (the lock held, the engine marked) for as long as the test needs.
+    """
+
+    LINE = "waiting at the test's barrier"
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        barrier = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                barrier.released.wait()
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def command(self) -> list[str]:
+        code = (
+            f"import sys, urllib.request; print({self.LINE!r}, flush=True); "
+            "urllib.request.urlopen(sys.argv[1], timeout=600).read()"
+        )
+        return ["python3", "-c", code, self.url]
+
+    def migration(self) -> str:
+        """A ``[migrate]`` table whose first command waits here, then the app's migration."""
+        commands = [self.command, ["python3", "/app/app.py", "migrate"]]
+        return f"commands = {json.dumps(commands)}\ntimeout = 60\n"
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def barrier() -> Iterator[Barrier]:
+    b = Barrier()
+    yield b
+    b.close()
 
 
 def json_type(value: object) -> str:
@@ -181,7 +382,6 @@ class Service:
 
     workdir: Path
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    output_so_far: str = ""
     port: int = field(default_factory=free_port)
     green_port: int = field(default_factory=free_port)
 
@@ -306,17 +506,43 @@ class Service:
         path.write_text(text)
         return path
 
-    def command(self, verb: str = "deploy") -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "rolling_update",
-            verb,
-            "--config",
-            str(self.workdir / "rolling-update.toml"),
-            "--log-format",
-            "json",
-        ]
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "rolling-update.toml"
+
+    def settings(self) -> Config:
+        """The config as the tool reads it: names and directories come from here, never
+        rebuilt by hand (a naming drift must not make a check of them pass vacuously)."""
+        return load_config(self.config_path, environ=cli_environ())
+
+    @property
+    def old_name(self) -> str:
+        """The name blue carries between the switch and its removal."""
+        return self.settings().service.old_name
+
+    @property
+    def migrate_name(self) -> str:
+        """The name of the one-off migration container."""
+        return self.settings().service.migrate_name
+
+    def cli(
+        self,
+        verb: str,
+        *args: str,
+        config: Path | None = None,
+        log_format: str | None = "json",
+        **options: Any,
+    ) -> Cli:
+        """``python -m rolling_update VERB --config ... ARGS`` started (see :class:`Cli`)."""
+        command = [verb, "--config", str(config or self.config_path), *args]
+        if log_format is not None:
+            command += ["--log-format", log_format]
+        return Cli(command, **options)
+
+    def run(self, verb: str, *args: str, timeout: float = 180, **options: Any) -> Run:
+        """The CLI run to its end (``options`` as for :meth:`cli`)."""
+        with self.cli(verb, *args, timeout=timeout, **options) as cli:
+            return cli.finish()
 
     def deploy(
         self,
@@ -326,73 +552,48 @@ class Service:
         verb: str = "deploy",
     ) -> Run:
         """Run ``python -m rolling_update deploy`` with JSON logs, as a user would."""
-        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-        env.update(environ or {})
-        began = time.monotonic()
-        result = subprocess.run(
-            self.command(verb),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=ROOT,
-            check=False,
-        )
-        return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - began)
+        return self.run(verb, environ=environ, timeout=timeout)
 
     def recover(self) -> Run:
-        return self.deploy(verb="recover")
+        return self.run("recover")
 
     def deploy_interrupted(
         self,
         step: str | None,
         signum: int,
         *,
+        host: str | None = None,
         after: str | None = None,
         repeat: int = 0,
         timeout: float = 180,
     ) -> Run:
-        """Deploy, sending ``signum`` when ``step`` starts (and ``repeat`` more, 50 ms apart);
-        with ``after``, when the step after that one in the deploy's own plan starts."""
-        env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-        began = time.monotonic()
-        out: list[str] = []
-        target = step
-        with subprocess.Popen(
-            self.command(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        ) as process:
-            assert process.stdout is not None and process.stderr is not None
-            sent = False
-            for line in process.stdout:
-                out.append(line)
-                if after is not None and '"deploy.started"' in line:
-                    steps = json.loads(line)["steps"]
-                    target = steps[steps.index(after) + 1]
-                if not sent and '"deploy.step.started"' in line and f'"step": "{target}"' in line:
-                    sent = True
-                    for i in range(repeat + 1):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(process.pid, signum)
-                        if i < repeat:
-                            time.sleep(0.05)
-            code = process.wait(timeout)
-            err = process.stderr.read()
-        assert sent, f"{target} never started: {err}"
-        return Run(code, "".join(out), err, time.monotonic() - began)
+        """Deploy, sending ``signum`` once the JSON log shows ``step`` started (on ``host``,
+        if given), and ``repeat`` more 50 ms apart; with ``after``, the step after that one
+        in the deploy's own plan."""
+        with self.cli("deploy", timeout=timeout) as cli:
+            target = step
+            if after is not None:
+                steps = cli.until_event("deploy.started")["steps"]
+                target = steps[steps.index(after) + 1]
+            where = {} if host is None else {"host": host}
+            cli.until_event("deploy.step.started", step=target, **where)
+            cli.signal(signum, repeat=repeat)
+            return cli.finish()
 
     @property
     def journal(self) -> Path:
-        return self.workdir / "state" / self.name / "journal.json"
+        """Where the tool keeps this service's journal (its own path, from the config)."""
+        return Journal.path_for(self.settings().state_dir)
+
+    def journal_left(self) -> JournalRecord | None:
+        """The journal an unfinished deploy left, as the tool reads it, if any."""
+        found = Journal.load(self.journal)
+        return None if found is None else found.record
 
     @property
     def marker(self) -> str:
         """The volume that marks a deploy under way on the engine."""
-        return f"rolling-update.{self.name}.deploy"
+        return marker_name(self.name)
 
     def redirected(self) -> bool:
         """Whether the handoff's nftables table of this service exists."""
@@ -404,7 +605,9 @@ class Service:
         return found.returncode == 0
 
     def marked(self) -> bool:
-        return bool(docker("volume", "ls", "-q", "--filter", f"name={self.marker}"))
+        """Whether the engine carries this service's mark of a deploy under way."""
+        found = docker("volume", "ls", "-q", "--filter", f"name={self.marker}")
+        return self.marker in found.split()
 
     def containers(self) -> list[str]:
         # Name filters match substrings: keep exact-prefix matches only.
@@ -427,22 +630,6 @@ class Service:
         names = self.events_since(since, "create", "{{.Actor.Attributes.name}}")
         return [n for n in names if n.startswith(self.name)]
 
-    def deploy_reaching(self, step: str) -> subprocess.Popen[str]:
-        """A deploy running in the background, returned once ``step`` has started.
-
-        The lines read until then are kept in ``self.output_so_far``.
-        """
-        process = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
-        )
-        assert process.stdout is not None
-        self.output_so_far = ""
-        for line in process.stdout:
-            self.output_so_far += line
-            if f'"step": "{step}"' in line:
-                break
-        return process
-
     def cleanup(self) -> None:
         names = docker("ps", "-aq", "--filter", f"name={self.name}").split()
         if names:
@@ -456,8 +643,11 @@ class Service:
             capture_output=True,
             check=False,
         )
-        # A test that uses the per-host default state directory.
-        shutil.rmtree(Path("/var/lib/rolling-update") / self.name, ignore_errors=True)
+        # The state directory the config names, and the per-host default one, which a
+        # test may use (both as the tool computes them).
+        with contextlib.suppress(ConfigError):
+            shutil.rmtree(self.settings().state_dir, ignore_errors=True)
+        shutil.rmtree(host_state_dir(self.name), ignore_errors=True)
 
 
 class Collector:
@@ -506,6 +696,10 @@ class Run:
 
     def event(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == name]
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of its output, for a failure's message."""
+        return f"{self.stdout[-chars:]}{self.stderr[-chars:]}"
 
 
 @pytest.fixture

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import re
 import string
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rolling_update import ConfigError, load_config
+from rolling_update import Config, ConfigError, load_config
 from rolling_update._config.settings import expand, parse_config, read_env_file, read_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,18 +211,46 @@ toml_values = st.recursive(
 )
 
 
+REQUIRED = ("service", "image")
+"""The tables a document cannot leave out."""
+
+
+def named_key(error: ConfigError, document: dict[str, Any], source: str) -> str:
+    """The key the error names first, after the file; it must be one of ``document``'s
+    tables, or one it lacks and needs, or the document as a whole."""
+    where = re.match(rf"{re.escape(source)}: ([^:;]+): ", str(error))
+    assert where is not None, f"no file and key in {error}"
+    table = where.group(1).split(".")[0]
+    assert table in document or table in REQUIRED or table == "(top level)", str(error)
+    return where.group(1)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
+    st.booleans(),
     st.dictionaries(
         st.sampled_from(["service", "image", "build", "env", "health", "tick", "junk"]),
         toml_values,
         max_size=5,
-    )
+    ),
 )
-def test_arbitrary_documents_fail_only_with_config_error(data: dict[str, Any]) -> None:
-    """Any parsed document either validates or raises ConfigError — never another exception."""
-    with contextlib.suppress(ConfigError):
-        parse(data)
+def test_arbitrary_documents_fail_only_with_config_error(
+    on_minimal: bool, tables: dict[str, Any]
+) -> None:
+    """Any document validates, keeping its values and defaults, or fails naming file and key."""
+    data = {**(minimal() if on_minimal else {}), **tables}
+    before = copy.deepcopy(data)
+    try:
+        cfg = parse(data)
+    except ConfigError as exc:
+        named_key(exc, data, "t.toml")
+    else:
+        assert cfg.service.name == data["service"]["name"]
+        assert cfg.image.name == data["image"]["name"]
+        defaults = parse(minimal())
+        for table in set(type(cfg).model_fields) - set(data):
+            assert getattr(cfg, table) == getattr(defaults, table), table
+    assert data == before  # the document is read, never changed
 
 
 @settings(max_examples=200, deadline=None)
@@ -229,11 +258,36 @@ def test_arbitrary_documents_fail_only_with_config_error(data: dict[str, Any]) -
 def test_arbitrary_bytes_fail_only_with_config_error(
     tmp_path_factory: pytest.TempPathFactory, raw: bytes
 ) -> None:
-    """Any file content either loads or raises ConfigError."""
+    """A file loads as its TOML parses, or fails naming the file and its encoding, TOML or key."""
     path = tmp_path_factory.mktemp("cfg") / "c.toml"
     path.write_bytes(raw)
-    with contextlib.suppress(ConfigError):
-        load_config(path, environ={})
+    data: dict[str, Any] | None = None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        why = "config is not UTF-8 text"
+    except tomllib.TOMLDecodeError:
+        why = "invalid TOML"
+    loaded = config_or_error(lambda: load_config(path, environ={}))
+    if data is None:
+        assert isinstance(loaded, ConfigError) and loaded.source == str(path)
+        assert str(loaded).startswith(f"{path}: {why}"), str(loaded)
+        return
+    parsed = config_or_error(
+        lambda: parse_config(data, base_dir=path.resolve().parent, environ={}, source=str(path))
+    )
+    if isinstance(parsed, ConfigError):
+        assert isinstance(loaded, ConfigError) and str(loaded) == str(parsed)
+        named_key(loaded, data, str(path))
+    else:
+        assert loaded == parsed
+
+
+def config_or_error(load: Callable[[], Config]) -> Config | ConfigError:
+    try:
+        return load()
+    except ConfigError as exc:
+        return exc
 
 
 def test_example_documents_every_key_with_a_comment() -> None:

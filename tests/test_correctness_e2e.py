@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, Service, docker
+from tests.support import Barrier, Service, docker
 
 pytestmark = pytest.mark.docker
 
@@ -24,7 +24,7 @@ def test_recover_keeps_the_new_version_when_blue_was_removed_by_hand(service: Se
     service.write_app("2.0.0")
     service.config()
     assert service.deploy_interrupted("verify", signal.SIGKILL).code == -signal.SIGKILL
-    docker("rm", "-f", f"{service.name}-old")
+    docker("rm", "-f", service.old_name)
     run = service.recover()
     assert run.code == 0, run.stderr
     assert "no longer exists: kept the new version" in run.stderr
@@ -79,18 +79,18 @@ def test_a_version_that_dies_after_its_first_healthy_answer_is_rolled_back(
     assert service.containers() == [service.name]
 
 
-def _second_checkout(service: Service) -> list[str]:
-    """A copy of the service's checkout elsewhere; a state dir of its own if the first has one."""
+def _second_checkout(service: Service) -> Path:
+    """A copy of the service's checkout elsewhere, and its config's path; a state dir of its
+    own if the first has one."""
     other = service.workdir / "other-checkout"
     other.mkdir()
     shutil.copytree(service.workdir / "brain", other / "brain")
     shutil.copy(service.workdir / ".env.docker", other / ".env.docker")
-    text = (service.workdir / "rolling-update.toml").read_text()
+    text = service.config_path.read_text()
     text = text.replace(str(service.workdir / "state"), str(other / "state"))
-    (other / "rolling-update.toml").write_text(text)
-    command = service.command()
-    command[command.index("--config") + 1] = str(other / "rolling-update.toml")
-    return command
+    path = other / service.config_path.name
+    path.write_text(text)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -104,29 +104,30 @@ def _second_checkout(service: Service) -> list[str]:
     ids=["default-state-dir", "separate-state-dirs"],
 )
 def test_two_checkouts_cannot_deploy_one_service_at_once(
-    service: Service, state: str, message: str
+    service: Service, barrier: Barrier, state: str, message: str
 ) -> None:
     """A deploy from a second checkout of the same config exits 2 while the first runs."""
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
-    tick = "settle = 4\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
     if state:
-        service.config(tick=tick)
+        service.config(migrate=barrier.migration())
     else:
-        service.config(tick=tick, state="")
+        service.config(migrate=barrier.migration(), state="")
     second = _second_checkout(service)
-    first = service.deploy_reaching("tick-boundary")
-    began = time.time()
-    refused = subprocess.run(
-        second, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False
-    )
-    rest = first.communicate(timeout=120)
-    assert refused.returncode == 2, refused.stderr
+    with service.cli("deploy") as first:
+        # The first deploy waits at the barrier in its migrate step: locked and marked.
+        first.until_event("container.log", line=Barrier.LINE)
+        began = time.time()
+        refused = service.run("deploy", config=second, timeout=60)
+        created = service.created_since(began)
+        barrier.release()
+        rest = first.finish()
+    assert refused.code == 2, refused.stderr
     assert message in refused.stderr and "nothing was changed" in refused.stderr
     assert f"(pid {first.pid} on " in refused.stderr
-    assert first.returncode == 0, rest[1]
+    assert created == []
+    assert rest.code == 0, rest.stderr
     assert service.serving() == "2.0.0"
-    assert [n for n in service.created_since(began) if n != service.name] == []
 
 
 def test_an_interrupted_migration_gets_sigterm_and_its_grace(service: Service) -> None:
@@ -140,7 +141,7 @@ def test_an_interrupted_migration_gets_sigterm_and_its_grace(service: Service) -
     assert "ran past 1s" in run.stderr
     assert run.event("migrate.interrupted")
     codes = service.events_since(
-        began, "die", "{{.Actor.Attributes.exitCode}}", f"container={service.name}-migrate"
+        began, "die", "{{.Actor.Attributes.exitCode}}", f"container={service.migrate_name}"
     )
     assert codes == ["42"]
     assert service.serving() == "1.0.0"

@@ -5,12 +5,10 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.support import BASE_IMAGE, ROOT, docker
+from tests.support import BASE_IMAGE, Cli, docker
 
 pytestmark = pytest.mark.docker
 
@@ -31,20 +29,19 @@ def engine_state() -> dict[str, list[str]]:
     }
 
 
-def demo(*args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "rolling_update", "demo", "--base", BASE_IMAGE, *args]
-    return subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+def demo() -> Cli:
+    """``python -m rolling_update demo`` on the test base image, its output in one stream."""
+    return Cli(["demo", "--base", BASE_IMAGE], merge_stderr=True, timeout=120)
 
 
 def test_demo_deploys_rolls_back_with_no_failed_request_and_leaves_nothing() -> None:
     """2.0.0 deploys, the broken 3.0.0 rolls back, 0 failed requests, the engine as before."""
     before = engine_state()
     assert before == {"containers": [], "images": [], "volumes": [], "tables": []}
-    run = demo()
-    out, _ = run.communicate(timeout=120)
-    assert run.returncode == 0, out
+    with demo() as cli:
+        run = cli.finish()
+    out = run.stdout
+    assert run.code == 0, out
     assert "2.0.0 deployed, broken 3.0.0 rolled back" in out
     assert "failed 0; nothing left behind" in out
     assert "timeline," in out and "Rolled back" in out
@@ -54,17 +51,11 @@ def test_demo_deploys_rolls_back_with_no_failed_request_and_leaves_nothing() -> 
 def test_an_interrupted_demo_removes_what_it_made() -> None:
     """SIGINT during the first deploy: exit 130 and nothing of the demo is left on the engine."""
     before = engine_state()
-    run = demo()
-    assert run.stdout is not None
-    lines = []
-    deadline = time.monotonic() + 60
-    for line in run.stdout:
-        lines.append(line)
-        if "Starting green container" in line:
-            run.send_signal(signal.SIGINT)
-            break
-        assert time.monotonic() < deadline, "".join(lines)
-    out, _ = run.communicate(timeout=120)
-    assert run.returncode == 130, "".join(lines) + out
+    with demo() as cli:
+        cli.until("green's start", lambda line: "Starting green container" in line)
+        cli.signal(signal.SIGINT)
+        run = cli.finish()
+    out = run.stdout
+    assert run.code == 130, out
     assert "everything it made is removed" in out
     assert engine_state() == before

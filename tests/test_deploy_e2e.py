@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from rolling_update._engine.model import LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, LABEL_VERSION
 from tests.support import BASE_IMAGE, DOCKER, Prober, Service, docker
 
 pytestmark = pytest.mark.docker
@@ -40,7 +41,7 @@ def test_happy_path_switches_to_the_new_version(service: Service) -> None:
     assert env["ENV_REGION"] == "us"
     assert env["SECRET_TOKEN"] == SECRET  # from --env-file
     assert "GREEN_ONLY" not in env  # [green.env] is green's alone
-    assert prod["Config"]["Labels"]["io.rolling-update.version"] == "2.0.0"
+    assert prod["Config"]["Labels"][LABEL_VERSION] == "2.0.0"
     assert prober.versions == ["1.0.0", "2.0.0"]
     done = run.event("deploy.done")[0]
     assert done["health"]["status"] == "healthy"
@@ -110,7 +111,7 @@ def test_failed_migration_blocks_the_deploy_before_green_exists(service: Service
         run = service.deploy()
     assert run.code == 1
     assert "exited with code 1" in run.stderr and "relation already exists" in run.stderr
-    assert service.created_since(began) == [f"{service.name}-migrate"]
+    assert service.created_since(began) == [service.migrate_name]
     assert service.containers() == [service.name]
     assert service.inspect(service.name)["Id"] == blue_id
     assert prober.failures == 0 and prober.versions == ["1.0.0"]
@@ -185,11 +186,11 @@ def test_stale_green_from_an_earlier_run_is_replaced(service: Service) -> None:
         "--network",
         "host",
         "--label",
-        "io.rolling-update.managed=true",
+        f"{LABEL_MANAGED}=true",
         "--label",
-        f"io.rolling-update.service={service.name}",
+        f"{LABEL_SERVICE}={service.name}",
         "--label",
-        "io.rolling-update.role=green",
+        f"{LABEL_ROLE}=green",
         "-e",
         f"PORT={service.green_port}",
         f"{service.repo}:1.0.0",

@@ -8,14 +8,12 @@ this file's outcome.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from tests.support import ROOT, Service
+from tests.support import Barrier, Service
 
 pytestmark = pytest.mark.docker
 
@@ -35,12 +33,15 @@ STEPS = [
 SECRET = "pa55w0rd-4c1d-9e8f"
 
 
+TICK = "settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
+
+
 def prepared(service: Service) -> None:
     """Blue v1 serving; v2 to deploy; a 1 s settle gives the tick step some length."""
     service.write_env_file({"DB_PASSWORD": SECRET})
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
-    service.config(tick="settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
+    service.config(tick=TICK)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -65,20 +66,24 @@ def test_interrupt_at_each_step_leaves_one_serving_version(
 @pytest.mark.parametrize("step", STEPS)
 def test_sigkill_at_each_step_is_recovered(service: Service, step: str) -> None:
     """After SIGKILL at any step, `recover` leaves exactly one healthy production container."""
+    # The kill is sent once the log says the step started. Green drains for 60 s before the
+    # cleanup stops it, so the deploy still runs when the kill lands, in the cleanup too; a
+    # 3 s soak keeps a kill sent before the cleanup ahead of the point of no return.
     prepared(service)
+    service.config(tick=TICK, verify="timeout = 10\nsoak = 3\n", switch="drain = 60\n")
     killed = service.deploy_interrupted(step, signal.SIGKILL)
-    if killed.code == 0:
-        pytest.skip("the deploy finished before the kill landed")  # pragma: no cover
     assert killed.code == -signal.SIGKILL
+    # What the host is left in says what recover must bring back: the journal and the mark
+    # of the unfinished deploy, committed (the new version stays) only from the cleanup on.
+    left = service.journal_left()
+    assert left is not None and service.marked()
+    assert left.committed == (step == "cleanup")
     recovered = service.recover()
     assert recovered.code == 0, recovered.stderr
     assert "consistent:" in recovered.stderr
-    version = service.serving()
-    # Before the point of no return the old version comes back; after it the new one stays.
-    verified = "new version 2.0.0 serves" in recovered.stderr
-    assert version == ("2.0.0" if verified else "1.0.0")
+    assert service.serving() == ("2.0.0" if left.committed else "1.0.0")
     assert service.containers() == [service.name]
-    assert not service.journal.exists() and not service.redirected()
+    assert not service.journal.exists() and not service.redirected() and not service.marked()
     assert service.recover().code == 0  # idempotent
     assert service.containers() == [service.name]
 
@@ -111,17 +116,20 @@ def test_repeated_interrupts_do_not_abandon_the_rollback(service: Service) -> No
     assert any(e.get("action", "").startswith("ignored") for e in run.event("deploy.interrupted"))
 
 
-def test_second_deploy_is_locked_out_and_says_by_whom(service: Service) -> None:
+def test_second_deploy_is_locked_out_and_says_by_whom(service: Service, barrier: Barrier) -> None:
     """A deploy while another runs exits 2 naming the holder's deploy id, pid and start time."""
     prepared(service)
-    service.config(tick="settle = 4\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
-    first = service.deploy_reaching("tick-boundary")
-    second = service.deploy()
-    rest = first.communicate(timeout=120)
+    service.config(tick=TICK, migrate=barrier.migration())
+    with service.cli("deploy") as first:
+        # The first deploy waits at the barrier in its migrate step, holding the lock.
+        held = first.until_event("container.log", line=Barrier.LINE)
+        second = service.deploy()
+        barrier.release()
+        rest = first.finish()
     assert second.code == 2
-    assert f"{service.name} is locked by deploy" in second.stderr
-    assert f"(pid {first.pid} on " in second.stderr and "since 20" in second.stderr
-    assert first.returncode == 0, rest[1]
+    holder = f"{service.name} is locked by deploy {held['deploy_id']} (pid {first.pid} on "
+    assert holder in second.stderr and ") since 20" in second.stderr
+    assert rest.code == 0, rest.stderr
     assert service.serving() == "2.0.0"
 
 
@@ -226,17 +234,8 @@ def test_secrets_never_reach_console_output_or_errors(service: Service) -> None:
     service.start_blue("1.0.0")
     service.write_app("2.0.0", knobs={"MIGRATE_FAIL": 1, "ECHO_ENV": "DB_PASSWORD"})
     path = service.config(env={"API_KEY": "k3y-from-config-77"})
-    env = {k: v for k, v in os.environ.items() if k != "ENV_REGION"}
-    result = subprocess.run(
-        [*service.command()[:-2], "--log-format", "console"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert path.exists() and result.returncode == 1
+    result = service.run("deploy", log_format="console", timeout=120)
+    assert path.exists() and result.code == 1
     output = result.stdout + result.stderr
     assert "DB_PASSWORD=***" in output  # the line is there, the value is not
     assert SECRET not in output and "k3y-from-config-77" not in output

@@ -27,7 +27,7 @@ from tests.hosts import (
     nft_image,
     two_hosts,
 )
-from tests.support import BASE_IMAGE, ROOT, Run, Service, docker, free_port, get_json, swapped
+from tests.support import BASE_IMAGE, ROOT, Service, docker, free_port, get_json, swapped
 
 __all__ = ["two_hosts"]
 
@@ -95,27 +95,6 @@ def test_readme_two_host_example_deploys_canary_first(
     assert regions == {"us": "ENV_REGION=us", "hk": "ENV_REGION=hk"}
 
 
-def _signal_when(service: Service, host: str, step: str, signum: int) -> Run:
-    """A deploy sent ``signum`` when ``host``'s deploy starts ``step``."""
-    began = time.monotonic()
-    out: list[str] = []
-    with subprocess.Popen(
-        service.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
-    ) as process:
-        assert process.stdout is not None and process.stderr is not None
-        sent = False
-        for line in process.stdout:
-            out.append(line)
-            started = '"deploy.step.started"' in line and f'"step": "{step}"' in line
-            if not sent and started and f'"host": "{host}"' in line:
-                sent = True
-                os.kill(process.pid, signum)
-        code = process.wait(120)
-        err = process.stderr.read()
-    assert sent, "".join(out)[-3000:]
-    return Run(code, "".join(out), err, time.monotonic() - began)
-
-
 def test_canary_failure_stops_before_the_second_host(service: Service, two_hosts: TwoHosts) -> None:
     """A canary failure rolls the canary back and leaves the second host untouched (exit 1)."""
     two_hosts.start_blues("1.0.0")
@@ -171,7 +150,7 @@ def test_sigint_mid_rollout_rolls_back_the_host_in_flight(
     two_hosts.start_blues("1.0.0")
     two_hosts.config()
     service.write_app("2.0.0")
-    run = _signal_when(service, "h2", "green-health", signal.SIGINT)
+    run = service.deploy_interrupted("green-health", signal.SIGINT, host="h2", timeout=120)
     assert run.code == 130, run.stderr
     assert service.serving() == "2.0.0"
     assert two_hosts.serving2() == "1.0.0"
@@ -187,7 +166,7 @@ def test_sigint_with_rollback_all_takes_the_updated_canary_back(
     two_hosts.start_blues("1.0.0")
     two_hosts.config(extra='[rollout]\non_failure = "rollback-all"\n')
     service.write_app("2.0.0")
-    run = _signal_when(service, "h2", "green-health", signal.SIGINT)
+    run = service.deploy_interrupted("green-health", signal.SIGINT, host="h2", timeout=120)
     assert run.code == 130, run.stderr
     assert (service.serving(), two_hosts.serving2()) == ("1.0.0", "1.0.0")
     assert "local            reverted" in run.stderr
@@ -202,7 +181,7 @@ def test_sigkill_then_recover_on_both_hosts(service: Service, two_hosts: TwoHost
     # The second host's helper brings its own nft (helper_image), through deploy and recover.
     two_hosts.config(h2_extra=f'helper_image = "{nft_image()}"\n')
     service.write_app("2.0.0")
-    run = _signal_when(service, "h2", "switch", signal.SIGKILL)
+    run = service.deploy_interrupted("switch", signal.SIGKILL, host="h2", timeout=120)
     assert run.code == -signal.SIGKILL
     assert two_hosts.redirected2()
     fixed = service.recover()
@@ -217,11 +196,6 @@ def test_sigkill_then_recover_on_both_hosts(service: Service, two_hosts: TwoHost
     assert not service.marked()
 
 
-def _cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [*service.command(args[0]), *args[1:]]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
-
-
 def test_tcp_tls_host_deploys_and_status_history_show_every_host(
     service: Service, two_hosts: TwoHosts
 ) -> None:
@@ -232,23 +206,24 @@ def test_tcp_tls_host_deploys_and_status_history_show_every_host(
     run = service.deploy(timeout=300)
     assert run.code == 0, run.stderr
     assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "2.0.0")
-    status = json.loads(_cli(service, "status", "--json").stdout)["hosts"]
+    status = json.loads(service.run("status", "--json", timeout=120).stdout)["hosts"]
     assert sorted(status) == ["h2", "local"]
     assert all(s["production"]["version"] == "2.0.0" for s in status.values())
     assert status["h2"]["production"]["healthy"] and status["h2"]["redirect_to"] is None
-    history = json.loads(_cli(service, "history", "--json", "--host", "h2").stdout)["hosts"]
+    shown = service.run("history", "--json", "--host", "h2", timeout=120)
+    history = json.loads(shown.stdout)["hosts"]
     assert [(e["from_version"], e["to_version"], e["result"]) for e in history["h2"]] == [
         ("1.0.0", "2.0.0", "deployed")
     ]
-    human = _cli(service, "status").stdout
+    human = service.run("status", timeout=120).stdout
     assert "== host local" in human and "== host h2" in human
     service.write_app("3.0.0")
-    plan = json.loads(_cli(service, "plan", "--json").stdout)["hosts"]
+    plan = json.loads(service.run("plan", "--json", timeout=120).stdout)["hosts"]
     assert [s["name"] for s in plan["local"]["steps"]][:3] == ["guard", "build", "migrate"]
     assert "build" not in [s["name"] for s in plan["h2"]["steps"]]
     assert plan["h2"]["build"]["copied_from"] == "local"
-    back = _cli(service, "rollback", "--host", "h2")
-    assert back.returncode == 0, back.stderr
+    back = service.run("rollback", "--host", "h2", timeout=120)
+    assert back.code == 0, back.stderr
     assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "1.0.0")
 
 
@@ -286,7 +261,7 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
     """The nft helper redirects a remote port; the bypass port still reaches production."""
     two_hosts.start_blue2("1.0.0")
     docker2(
-        "run", "-d", "--name", f"{service.name}-green", "--network", "host",
+        "run", "-d", "--name", service.green, "--network", "host",
         "-e", f"PORT={HOST2_GREEN}", f"{service.repo}:1.0.0",
     )  # fmt: skip
     image = nft_image() if own_nft else f"{service.repo}:1.0.0"
@@ -370,8 +345,8 @@ def test_unreachable_or_untrusted_host_refuses_the_rollout_touching_nothing(
     assert run.code == 2, run.stderr
     assert "unreachable" in run.stderr and "nothing was changed" in run.stderr
     assert service.serving() == "1.0.0" and service.created_since(began) == []
-    shown = _cli(service, "status", "--json")
-    assert shown.returncode == 1
+    shown = service.run("status", "--json", timeout=120)
+    assert shown.code == 1
     hosts = json.loads(shown.stdout)["hosts"]
     assert hosts["local"]["production"]["version"] == "1.0.0"
     assert "unreachable" in hosts["h2"]["error"]
@@ -414,13 +389,12 @@ def test_ssh_host_is_reached_with_the_key_in_the_users_agent(
         env = {**os.environ, "SSH_AUTH_SOCK": socket_path}
         key = str(HOSTS_ROOT / "ssh" / "id_ed25519")
         subprocess.run(["ssh-add", "-q", key], env=env, check=True, capture_output=True)
-        command = [*service.command("status"), "--json", "--host", "h2"]
-        shown = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-        assert shown.returncode == 0, shown.stderr
+        status = ("status", "--json", "--host", "h2")
+        shown = service.run(*status, environ={"SSH_AUTH_SOCK": socket_path})
+        assert shown.code == 0, shown.stderr
         assert json.loads(shown.stdout)["hosts"]["h2"]["production"] is None
-        without = {k: v for k, v in env.items() if k != "SSH_AUTH_SOCK"}
-        refused = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=without)
-        assert refused.returncode == 1
+        refused = service.run(*status, unset=("ENV_REGION", "SSH_AUTH_SOCK"))
+        assert refused.code == 1
         assert "Permission denied" in json.loads(refused.stdout)["hosts"]["h2"]["error"]
     finally:
         agent.terminate()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rolling_update._config.settings import HealthConfig
-from rolling_update._watch.probe import Answer, judge_health, parse_tick, probe
+from rolling_update._watch.probe import Answer, TickStatus, judge_health, parse_tick, probe
 
 RULE = HealthConfig(expect_json={"status": "healthy"}, version_field="version")
 
@@ -79,14 +79,59 @@ def test_unusable_tick_status_is_a_value_error(body: Any) -> None:
         parse_tick(answer(body))
 
 
+# Health and tick answers of the reference shape, some of them wrong in a field or another.
+health_bodies = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["healthy", "degraded"]) | st.booleans(),
+        "version": st.sampled_from(["1", "2"]) | st.integers(0, 2),
+    },
+    optional={"uptime": st.integers()},
+)
+tick_bodies = st.fixed_dictionaries(
+    {"tick_running": st.booleans() | st.none() | st.integers(0, 1)},
+    optional={
+        "next_tick": st.none()
+        | st.text(max_size=8)
+        | st.datetimes(timezones=st.none() | st.just(UTC)).map(datetime.isoformat),
+        "loop_running": st.none() | st.booleans() | st.integers(0, 1),
+    },
+)
+
+
+def tick_or_error(got: Answer) -> TickStatus | ValueError:
+    try:
+        return parse_tick(got)
+    except ValueError as exc:
+        return exc
+
+
 @settings(max_examples=500)
-@given(json_values, st.integers(100, 599))
+@given(json_values | health_bodies | tick_bodies, st.just(200) | st.integers(100, 599))
 def test_parsers_never_crash_on_any_json(body: Any, status: int) -> None:
-    """Any JSON body and status gives a verdict (health) or a ValueError (tick), nothing else."""
+    """Any JSON: no verdict exactly when healthy; a tick status true to it, or a ValueError."""
     verdict = judge_health(answer(body, status), RULE, "1")
-    assert verdict is None or isinstance(verdict, str)
-    with contextlib.suppress(ValueError):
-        parse_tick(answer(body, status))
+    fields = body if isinstance(body, dict) else {}
+    healthy = (
+        status == 200
+        and isinstance(body, dict)
+        and fields.get("status") == "healthy"
+        and fields.get("version") == "1"
+    )
+    assert (verdict is None) == healthy
+    assert verdict is None or (isinstance(verdict, str) and verdict)
+    usable = status == 200 and isinstance(fields.get("tick_running"), bool)
+    raw = fields.get("next_tick")
+    timed = isinstance(raw, str) and raw != ""
+    tick = tick_or_error(answer(body, status))
+    if isinstance(tick, ValueError):
+        # A usable body fails only on the text of its next_tick.
+        assert not usable or (timed and "next_tick" in str(tick)), tick
+    else:
+        assert usable and tick.tick_running is fields["tick_running"]
+        loop = fields.get("loop_running")
+        assert tick.loop_running == (loop if isinstance(loop, bool) else None)
+        assert (tick.next_tick is not None) == timed
+        assert tick.next_tick is None or tick.next_tick.utcoffset() is not None
 
 
 @pytest.fixture

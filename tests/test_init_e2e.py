@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BASE_IMAGE, ROOT, Service, docker
+from tests.support import BASE_IMAGE, Cli, Run, Service, docker
 
 pytestmark = pytest.mark.docker
 
@@ -50,22 +50,17 @@ def compose_blue(service: Service) -> Path:
     return compose
 
 
-def init(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*service.command("init")[:3], *args],
-        capture_output=True,
-        text=True,
-        cwd=service.workdir,
-        timeout=60,
-        check=False,
-    )
+def init(service: Service, *args: str) -> Run:
+    """``python -m rolling_update ARGS`` run in the service's directory, as init is."""
+    with Cli(args, cwd=service.workdir, timeout=60) as cli:
+        return cli.finish()
 
 
 def test_init_from_a_compose_made_blue_writes_a_config_that_deploys(service: Service) -> None:
     """init reads name, port, env file and health from blue; plan accepts it; it deploys 2.0.0."""
     compose_blue(service)
     made = init(service, "init", "--from", service.name, "--context", "brain")
-    assert made.returncode == 0, made.stderr
+    assert made.code == 0, made.stderr
     assert "found by probing" in made.stderr and "from the compose file's env_file" in made.stderr
     path = service.workdir / "rolling-update.toml"
     text = path.read_text()
@@ -76,15 +71,13 @@ def test_init_from_a_compose_made_blue_writes_a_config_that_deploys(service: Ser
     assert data["health"]["version_path"] == "/api/brain/hardening/status"
     assert all("#" in line for line in text.splitlines() if "=" in line and line[0] != "#")
     again = init(service, "init", "--from", service.name)
-    assert again.returncode == 2 and "--force" in again.stderr
+    assert again.code == 2 and "--force" in again.stderr
     assert path.read_text() == text
     # The state directory is per host by default; this test's own keeps it apart.
     path.write_text(text + f'\n[state]\ndir = "{service.workdir / "state"}"  # per test\n')
     service.write_app("2.0.0")
-    plan = subprocess.run(
-        [*service.command("plan")], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
-    assert plan.returncode == 0, plan.stderr
+    plan = service.run("plan", timeout=60)
+    assert plan.code == 0, plan.stderr
     assert "1.0.0 -> 2.0.0" in plan.stdout
     run = service.deploy()
     assert run.code == 0, run.stderr
@@ -97,5 +90,5 @@ def test_init_names_what_it_could_not_find(service: Service) -> None:
     """A health path that does not answer 200 is refused, naming it; nothing is written."""
     compose_blue(service)
     made = init(service, "init", "--from", service.name, "--health", "/nope")
-    assert made.returncode == 2 and "/nope did not answer 200" in made.stderr
+    assert made.code == 2 and "/nope did not answer 200" in made.stderr
     assert not (service.workdir / "rolling-update.toml").exists()

@@ -9,20 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, Run, Service
+from tests.support import ROOT, Service
 
 pytestmark = pytest.mark.docker
 
 
-def cli(service: Service, verb: str, *args: str) -> Run:
-    command = [*service.command(verb)[:-2], *args]
-    began = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
-    return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - began)
-
-
 def report(service: Service, verb: str) -> Any:
-    run = cli(service, verb, "--json")
+    run = service.run(verb, "--json", log_format=None, timeout=120)
     assert run.code == 0, run.stderr
     return json.loads(run.stdout)
 
@@ -54,7 +47,7 @@ def test_status_and_history_tell_what_serves_and_what_happened(deployed_twice: S
         ("2.0.0", "3.0.0", "deployed"),
     ]
     assert all(e["user"] and e["host"] and e["seconds"] > 0 for e in history)
-    human = cli(service, "status")
+    human = service.run("status", log_format=None, timeout=120)
     assert "production" in human.stdout and "(version 3.0.0)" in human.stdout
     metrics = (service.workdir / "ru.prom").read_text()
     assert (
@@ -76,7 +69,7 @@ def test_plan_shows_the_deploy_and_changes_nothing(deployed_twice: Service) -> N
     assert all(item.endswith("=…") for item in plan["production_spec"]["Env"])
     assert service.created_since(began) == []
     assert service.serving() == "3.0.0"
-    human = cli(service, "plan").stdout
+    human = service.run("plan", log_format=None, timeout=120).stdout
     assert "3.0.0 -> 4.0.0" in human and "warning" not in human
 
 
@@ -84,12 +77,12 @@ def test_the_version_already_serving_is_refused_unless_forced(deployed_twice: Se
     """plan warns and deploy exits 2 touching nothing when 3.0.0 already serves; --force deploys."""
     service = deployed_twice
     began = time.time()
-    human = cli(service, "plan").stdout
+    human = service.run("plan", log_format=None, timeout=120).stdout
     assert "warning: version 3.0.0 is what production already runs" in human
     refused = service.deploy()
     assert refused.code == 2 and "--force" in refused.stderr, refused.stderr
     assert service.created_since(began) == []
-    forced = cli(service, "deploy", "--force", "--log-format", "json")
+    forced = service.run("deploy", "--force", timeout=120)
     assert forced.code == 0, forced.stderr
     assert service.serving() == "3.0.0" and service.created_since(began) != []
 
@@ -97,14 +90,14 @@ def test_the_version_already_serving_is_refused_unless_forced(deployed_twice: Se
 def test_rollback_goes_back_without_build_or_migrations(deployed_twice: Service) -> None:
     """rollback: 3.0.0 -> 2.0.0 through the safe flow, skipping build and migrate; recorded."""
     service = deployed_twice
-    run = cli(service, "rollback", "--log-format", "json")
+    run = service.run("rollback", timeout=120)
     assert run.code == 0, run.stderr
     started = [e["step"] for e in run.event("deploy.step.started")]
     assert "build" not in started and "migrate" not in started and "verify" in started
     assert run.event("rollback.plan")[0]["to"] == "2.0.0"
     assert service.serving() == "2.0.0"
     assert report(service, "history")[-1]["kind"] == "rollback"
-    unknown = cli(service, "rollback", "9.9.9")
+    unknown = service.run("rollback", "9.9.9", log_format=None, timeout=120)
     assert unknown.code == 2
     assert "no image for version '9.9.9'; known versions:" in unknown.stderr
     assert "3.0.0" in unknown.stderr and "2.0.0" in unknown.stderr
@@ -179,11 +172,11 @@ def test_the_timeline_is_the_deploys_own_log_drawn(service: Service) -> None:
     assert timeline["two_versions_s"] == measured["two_containers_s"]
     assert timeline["failed_requests"] == measured["handoff_failed_requests"] == 0
     deploy_id = run.event("deploy.started")[0]["deploy_id"]
-    shown = cli(service, "history", "--show", deploy_id[:8])
+    shown = service.run("history", "--show", deploy_id[:8], log_format=None, timeout=120)
     assert shown.code == 0, shown.stderr
     assert "timeline," in shown.stdout and all(p["name"] in shown.stdout for p in phases)
     service.write_app("3.0.0")
-    console = cli(service, "deploy")
+    console = service.run("deploy", log_format=None, timeout=120)
     assert console.code == 0, console.stderr
     drawn = console.stdout + console.stderr
     assert "timeline," in drawn and "▲" in drawn and "two versions ran side by side" in drawn

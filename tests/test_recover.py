@@ -16,10 +16,17 @@ from rolling_update import Config, ContainerSpec, RecoveryFailed
 from rolling_update._config.settings import parse_config
 from rolling_update._deploy.records import Switched
 from rolling_update._deploy.release import Release
-from rolling_update._engine.model import LABEL_DEPLOY, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
+from rolling_update._engine.model import (
+    LABEL_DEPLOY,
+    LABEL_MANAGED,
+    LABEL_MARKER_PID,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+)
 from rolling_update._handoff.nft import LocalFirewall
 from rolling_update._operate.recover import preview, recover
 from rolling_update._state.journal import Journal
+from rolling_update._state.mark import marker_labels, marker_name
 from rolling_update.testing import FakeEngine
 from tests.support import free_port
 
@@ -73,9 +80,9 @@ async def test_kill_mid_switch_restores_blue(tmp_path: Path, port: int) -> None:
     """Blue renamed and stopped, new production created: blue gets its name back and runs."""
     cfg = config(tmp_path, port)
     engine = FakeEngine()
-    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     engine.add(ours("app", "production", "d2"), running=False)
-    engine.add(ours("app-green", "green", "d2"))
+    engine.add(ours(cfg.service.green_name, "green", "d2"))
     journal(cfg, step="switch", blue_id=blue.id, blue_was_running=True)
     report = await recover(cfg, engine=engine)
     assert engine.names() == ["app"]
@@ -88,9 +95,9 @@ async def test_kill_after_verification_keeps_the_new_version(tmp_path: Path, por
     """A verified deploy killed in cleanup: green and old blue go, the new production stays."""
     cfg = config(tmp_path, port)
     engine = FakeEngine()
-    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     new = engine.add(ours("app", "production", "d2"))
-    engine.add(ours("app-green", "green", "d2"))
+    engine.add(ours(cfg.service.green_name, "green", "d2"))
     journal(cfg, step="cleanup", blue_id=blue.id, committed=True)
     report = await recover(cfg, engine=engine)
     assert engine.names() == ["app"] and engine.containers[new.id].name == "app"
@@ -104,20 +111,21 @@ async def test_kill_before_the_switch_only_removes_the_deploys_own_containers(
     cfg = config(tmp_path, port)
     engine = FakeEngine()
     blue = engine.add(ours("app", "production", "d1", image="app:1"))
-    engine.add(ours("app-green", "green", "d2"))
-    engine.add(ours("app-migrate", "migrate", "d2"), running=False)
+    engine.add(ours(cfg.service.green_name, "green", "d2"))
+    engine.add(ours(cfg.service.migrate_name, "migrate", "d2"), running=False)
     journal(cfg, step="green-health")
     await recover(cfg, engine=engine)
     assert engine.names() == ["app"] and blue.id in engine.containers
-    assert engine.calls == ["stop app-green", "rm app-green", "rm app-migrate"]
+    green, migrate = cfg.service.green_name, cfg.service.migrate_name
+    assert engine.calls == [f"stop {green}", f"rm {green}", f"rm {migrate}"]
 
 
 async def test_without_a_journal_a_renamed_blue_is_still_found(tmp_path: Path, port: int) -> None:
     """No journal (killed before writing it): production missing and X-old present is undone."""
     cfg = config(tmp_path, port)
     engine = FakeEngine()
-    engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
-    engine.add(ours("app-green", "green", "d9"))
+    engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
+    engine.add(ours(cfg.service.green_name, "green", "d9"))
     await recover(cfg, engine=engine)
     assert engine.names() == ["app"]
     assert engine.containers[next(iter(engine.containers))].running
@@ -129,12 +137,12 @@ async def test_foreign_container_on_the_production_name_is_not_touched(
     """If someone else's container holds the production name, recovery stops and says so."""
     cfg = config(tmp_path, port)
     engine = FakeEngine()
-    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     engine.add(ContainerSpec(name="app", image="other:1"))
     journal(cfg, step="switch", blue_id=blue.id, blue_was_running=True)
     with pytest.raises(RecoveryFailed, match="app is taken by"):
         await recover(cfg, engine=engine)
-    assert engine.names() == ["app", "app-old"]
+    assert engine.names() == ["app", cfg.service.old_name]
     assert Journal.path_for(cfg.state_dir).exists()
 
 
@@ -152,7 +160,7 @@ async def test_blue_gone_keeps_the_new_container_instead_of_none(tmp_path: Path,
     cfg = config(tmp_path, port)
     engine = FakeEngine()
     new = engine.add(ours("app", "production", "d2"), running=False)
-    engine.add(ours("app-green", "green", "d2"))
+    engine.add(ours(cfg.service.green_name, "green", "d2"))
     journal(cfg, step="verify", blue_id="f" * 64, blue_was_running=True)
     report = await recover(cfg, engine=engine)
     assert engine.names() == ["app"] and engine.containers[new.id].running
@@ -167,20 +175,19 @@ async def test_an_unmanaged_old_container_is_left_to_the_operator(
     cfg = config(tmp_path, port)
     engine = FakeEngine()
     engine.add(ours("app", "production", "d1"))
-    engine.add(ContainerSpec(name="app-old", image="app:0"), running=False)
+    engine.add(ContainerSpec(name=cfg.service.old_name, image="app:0"), running=False)
     report = await recover(cfg, engine=engine)
-    assert engine.names() == ["app", "app-old"]
+    assert engine.names() == ["app", cfg.service.old_name]
+    old = cfg.service.old_name
     assert report.actions == [
-        "left app-old in place: a container named app-old exists and was not made by "
+        f"left {old} in place: a container named {old} exists and was not made by "
         "rolling_update for app; remove it by hand"
     ]
 
 
 def marker(pid: int) -> dict[str, str]:
-    from rolling_update._state.mark import marker_labels
-
     labels = marker_labels(service="app", deploy_id="d7", image="app:2", version="2")
-    return {**labels, "io.rolling-update.pid": str(pid)}
+    return {**labels, LABEL_MARKER_PID: str(pid)}
 
 
 async def test_a_deploy_marked_on_the_engine_is_recovered_without_its_journal(
@@ -189,9 +196,9 @@ async def test_a_deploy_marked_on_the_engine_is_recovered_without_its_journal(
     """Killed deploy whose journal is in another checkout's state dir: the engine mark suffices."""
     cfg = config(tmp_path, port)
     engine = FakeEngine()
-    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     engine.add(ours("app", "production", "d7"), running=False)
-    engine.markers["rolling-update.app.deploy"] = marker(pid=2**22 + 1)  # no such process
+    engine.markers[marker_name("app")] = marker(pid=2**22 + 1)  # no such process
     report = await recover(cfg, engine=engine)
     assert engine.names() == ["app"] and engine.containers[blue.id].running
     assert engine.markers == {}
@@ -209,7 +216,7 @@ async def test_a_live_deploy_from_another_checkout_blocks_recover(
     cfg = config(tmp_path, port)
     engine = FakeEngine()
     engine.add(ours("app", "production", "d1"))
-    engine.markers["rolling-update.app.deploy"] = marker(pid=os.getpid())
+    engine.markers[marker_name("app")] = marker(pid=os.getpid())
     with pytest.raises(DeployLocked, match="marked on the Docker engine"):
         await recover(cfg, engine=engine)
     assert engine.calls == []
@@ -221,7 +228,7 @@ async def test_a_blue_that_cannot_boot_is_not_restarted_by_recover(
     """Killed mid-switch after a failed blue_check: recover keeps the new version, not blue."""
     cfg = config(tmp_path, port)
     engine = FakeEngine()
-    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     new = engine.add(ours("app", "production", "d2"), running=False)
     journal(cfg, step="switch", blue_id=blue.id, blue_was_running=True, blue_bootable=False)
     report = await recover(cfg, engine=engine)

@@ -101,7 +101,7 @@ async def test_another_container_under_blues_name_is_not_blue(
     """A healthy answer from something else under production's name is not blue restored."""
     cfg = config(tmp_path, health.port)
     engine = FakeEngine()
-    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     engine.add(ContainerSpec(name="app", image="app:2"))
     async with aiohttp.ClientSession() as http:
         stopped = await engine.inspect(blue.id)
@@ -116,7 +116,7 @@ async def test_a_blue_that_cannot_boot_is_not_restarted(tmp_path: Path, health: 
     """After a failed blue_check, the undo of the switch leaves both containers and says why."""
     cfg = config(tmp_path, health.port, migrate={"blue_check": ["node", "src/selfcheck.js"]})
     engine = FakeEngine()
-    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     production = engine.add(ContainerSpec(name="app", image="app:2"))
     async with aiohttp.ClientSession() as http:
         ctx = context(cfg, engine, http)
@@ -126,7 +126,10 @@ async def test_a_blue_that_cannot_boot_is_not_restarted(tmp_path: Path, health: 
         with pytest.raises(RestoreFailed, match="cannot boot on the schema"):
             await switch.compensate(ctx)
     assert not engine.containers[blue.id].running
-    assert engine.containers[production.id].running and engine.names() == ["app", "app-old"]
+    assert engine.containers[production.id].running and engine.names() == [
+        "app",
+        cfg.service.old_name,
+    ]
 
 
 async def test_extra_tags_follow_the_deploy_and_go_back_on_rollback(tmp_path: Path) -> None:

@@ -18,18 +18,21 @@ from rolling_update._state.lock import service_lock
 
 def test_second_holder_is_refused_with_the_first_ones_details(tmp_path: Path) -> None:
     """While one process holds the lock, another gets DeployLocked naming pid, deploy and time."""
+    # A barrier: the holder says when it holds the lock, and holds it until its stdin
+    # closes (here it is killed first: a dead holder's lock must be free at once).
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+            "import sys; sys.path.insert(0, sys.argv[1])\n"
             "from pathlib import Path\n"
             "from rolling_update._state.lock import service_lock\n"
             "with service_lock(Path(sys.argv[2]), 'svc', purpose='deploy', deploy_id='abc123'):\n"
-            "    print('held', flush=True); time.sleep(30)",
+            "    print('held', flush=True); sys.stdin.read()",
             str(Path(__file__).resolve().parent.parent),
             str(tmp_path),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -45,7 +48,8 @@ def test_second_holder_is_refused_with_the_first_ones_details(tmp_path: Path) ->
     finally:
         holder.kill()
         holder.wait()
-        assert holder.stdout is not None
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
         holder.stdout.close()
     # The kernel dropped the dead holder's lock: it can be taken now.
     with service_lock(tmp_path, "svc", purpose="deploy", deploy_id="y"):

@@ -9,6 +9,7 @@ import pytest
 from rolling_update._deploy.records import Preflight
 from rolling_update._deploy.release import Release
 from rolling_update._deploy.twin import Twin, diff
+from rolling_update._engine.model import LABEL_CONFIG_ENV, LABEL_ROLE
 
 OLD_IMAGE: dict[str, Any] = {
     "Env": ["PATH=/usr/bin", "APP_VERSION=1.0.0"],
@@ -29,8 +30,8 @@ def blue(**overrides: Any) -> dict[str, Any]:
         "Labels": {
             "org.example.release": "1.0.0",
             "com.docker.compose.service": "brain",
-            "io.rolling-update.role": "production",
-            "io.rolling-update.config-env": "ENV_REGION,PORT",
+            LABEL_ROLE: "production",
+            LABEL_CONFIG_ENV: "ENV_REGION,PORT",
         },
         "StopTimeout": 7,
     }
@@ -187,7 +188,7 @@ def test_compose_environment_wins_over_the_env_file_as_in_compose(tmp_path: Any)
     }
     keys, why = environment_keys(labels)
     assert keys == {"TZ", "ENV_REGION", "PORT"} and why is None
-    made = blue(Labels={**labels, "io.rolling-update.config-env": "TZ,DB_HOST"})
+    made = blue(Labels={**labels, LABEL_CONFIG_ENV: "TZ,DB_HOST"})
     ctx = twin_context(
         tmp_path,
         Twin.of(made, OLD_IMAGE, compose_env=keys),
@@ -199,7 +200,7 @@ def test_compose_environment_wins_over_the_env_file_as_in_compose(tmp_path: Any)
     assert spec.env["DB_HOST"] == "db" and spec.env["ENV_REGION"] == "hk"
     assert spec.env["PORT"] == "5221"
     # Not named as the tool's own: the next deploy keeps compose's value again.
-    assert "TZ" not in spec.labels["io.rolling-update.config-env"].split(",")
+    assert "TZ" not in spec.labels[LABEL_CONFIG_ENV].split(",")
     unreadable = {**labels, "com.docker.compose.project.config_files": str(tmp_path / "gone.yml")}
     assert environment_keys(unreadable)[0] == frozenset()
     assert "cannot read" in str(environment_keys(unreadable)[1])

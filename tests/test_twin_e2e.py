@@ -90,11 +90,12 @@ def assert_twin(blue: dict[str, Any], new: dict[str, Any], *, port: int) -> None
 def deploy_inspecting_green(service: Service) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Deploy, inspecting green while it runs; returns green, production and the JSON log."""
     service.config(tick="settle = 2\nguard = 1\ninterval = 0.1\ntimeout = 30\n")
-    deploy = service.deploy_reaching("tick-boundary")
-    green = service.inspect(service.green)
-    out, err = deploy.communicate(timeout=120)
-    assert deploy.returncode == 0, err
-    return green, service.inspect(service.name), service.output_so_far + out
+    with service.cli("deploy", timeout=120) as deploy:
+        deploy.until_event("deploy.step.started", step="tick-boundary")
+        green = service.inspect(service.green)
+        run = deploy.finish()
+    assert run.code == 0, run.stderr
+    return green, service.inspect(service.name), run.stdout
 
 
 def compose_labels(inspect: dict[str, Any]) -> dict[str, str]:
