@@ -74,7 +74,7 @@ from rolling_update._errors import (
     TickWaitFailed,
     VerificationFailed,
 )
-from rolling_update._handoff.connections import Held, until_closed
+from rolling_update._handoff.connections import drained
 from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe import measures
 from rolling_update._observe.logs import redactor
@@ -121,7 +121,6 @@ __all__ = [
     "GreenStarted",
     "HealthCheckFailed",
     "HealthConfig",
-    "Held",
     "ImageConfig",
     "LastProbe",
     "MigrateConfig",
@@ -150,6 +149,7 @@ __all__ = [
     "clear_name",
     "config_hash",
     "diff",
+    "drained",
     "judge_health",
     "made_by_compose",
     "measures",
@@ -165,7 +165,6 @@ __all__ = [
     "split_reference",
     "task_group",
     "tick_state",
-    "until_closed",
     "waiting",
     "watching",
 ]

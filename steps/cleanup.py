@@ -10,10 +10,12 @@ import structlog
 from rolling_update.toolkit import (
     LABEL_SERVICE,
     DeployContext,
+    GreenStarted,
     Redirected,
     RollingUpdateError,
     ServiceConfig,
     Switched,
+    drained,
 )
 
 
@@ -38,12 +40,15 @@ class RemoveOld:
 
     async def _remove(self, ctx: DeployContext) -> None:
         redirected = ctx.find(Redirected)
-        if redirected is not None and redirected.ended is not None:
-            # Green keeps serving the connections it took during the handoff, a while.
+        green = ctx.find(GreenStarted)
+        if redirected is not None and redirected.ended is not None and green is not None:
+            # Green keeps serving the connections it took during the handoff, until they
+            # close (at most switch.drain after the handoff ended).
             left = ctx.config.switch.drain - (time.monotonic() - redirected.ended)
-            if left > 0:
-                structlog.get_logger().info("handoff.green_draining", seconds=round(left, 2))
-                await anyio.sleep(left)
+            seconds, connections = await drained(
+                ctx.engine, green.id, self.service.green_port, local=ctx.firewall.local, limit=left
+            )
+            structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=connections)
         await self._remove_containers(ctx)
         if ctx.config.build.enabled and ctx.config.build.keep:
             await self._prune_images(ctx)

@@ -17,10 +17,12 @@ from rolling_update.toolkit import (
     HealthCheckFailed,
     HealthConfig,
     LastProbe,
+    Redirected,
     RestoreFailed,
     ServiceConfig,
     await_healthy,
     clear_name,
+    drained,
     port_in_use,
     redactor,
     remove_ours,
@@ -76,6 +78,18 @@ class StartGreen:
                 f"{self.service.green_name} is kept: production's port {self.service.port} "
                 f"is still redirected to it (port {self.service.green_port})"
             )
+        redirected, green = ctx.find(Redirected), ctx.find(GreenStarted)
+        if redirected is not None and redirected.began is not None and green is not None:
+            # Green took connections through the redirect: they finish, and close, before
+            # green's SIGTERM (at most switch.drain), as in a deploy's cleanup.
+            seconds, left = await drained(
+                ctx.engine,
+                green.id,
+                self.service.green_port,
+                local=ctx.firewall.local,
+                limit=ctx.config.switch.drain,
+            )
+            structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=left)
         # Gracefully: during a handoff green serves real traffic until the last moment.
         await remove_ours(
             ctx.engine, self.service.green_name, ctx.deploy_id, grace=self.service.stop_timeout

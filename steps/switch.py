@@ -19,7 +19,6 @@ from rolling_update.toolkit import (
     DeployContext,
     GreenStarted,
     HealthConfig,
-    Held,
     LastProbe,
     ProductionFailed,
     RestoreFailed,
@@ -34,21 +33,18 @@ from rolling_update.toolkit import (
     clear_name,
     config_hash,
     diff,
+    drained,
     judge_health,
     made_by_compose,
     measures,
     probe,
     remove_ours,
     restore_wait,
-    until_closed,
     waiting,
     watching,
 )
 
 from .tick import wait_for_tick_boundary
-
-# How often blue's connections are counted while they close.
-_DRAIN_POLL = 0.05
 
 
 class Switch:
@@ -129,22 +125,20 @@ class Switch:
         its SIGTERM. Bounded by ``switch.drain_timeout`` and the two-container budget."""
         log = structlog.get_logger()
         own = ctx.config.switch.drain_timeout
-        raw = await ctx.engine.inspect_raw(blue_id) if own > 0 else None
-        pid = int(((raw or {}).get("State") or {}).get("Pid") or 0)
-        if own <= 0 or not ctx.firewall.local or not pid:
+        if own <= 0 or not ctx.firewall.local:
             why = "switch.drain_timeout = 0" if own <= 0 else "blue's process is not on this host"
             log.info("switch.blue_connections", counted=False, why=why)
             return
         limit, bound = ctx.wait_limit(own)
-        began, held = time.monotonic(), Held()
-        with anyio.move_on_after(limit), waiting("blue's connections to close", limit):
-            await until_closed(pid, self.service.port, held, interval=_DRAIN_POLL)
-        seconds = round(time.monotonic() - began, 3)
+        with waiting("blue's connections to close", limit):
+            seconds, left = await drained(
+                ctx.engine, blue_id, self.service.port, local=True, limit=limit
+            )
         ctx.measured[measures.BLUE_DRAIN] = seconds
-        ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = held.count or 0
-        if held.count:
+        ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = left or 0
+        if left:
             log.warning(
-                "switch.blue_drained", seconds=seconds, left=held.count, bound=bound,
+                "switch.blue_drained", seconds=seconds, left=left, bound=bound,
                 consequence="these connections end with blue's SIGTERM",
             )  # fmt: skip
         else:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support import Barrier, Service
+from tests.support import Barrier, Prober, Service
 
 pytestmark = pytest.mark.docker
 
@@ -65,20 +65,26 @@ def test_interrupt_at_each_step_leaves_one_serving_version(
 
 @pytest.mark.parametrize("step", STEPS)
 def test_sigkill_at_each_step_is_recovered(service: Service, step: str) -> None:
-    """After SIGKILL at any step, `recover` leaves exactly one healthy production container."""
+    """After SIGKILL at any step, `recover` leaves exactly one healthy production container,
+    and a client on 127.0.0.1 (IPv4, a new connection each request) sees no failed request
+    through the kill and the recovery: recover hands the port over as a deploy does."""
     # The kill is sent once the log says the step started. Green drains for 60 s before the
     # cleanup stops it, so the deploy still runs when the kill lands, in the cleanup too; a
     # 3 s soak keeps a kill sent before the cleanup ahead of the point of no return.
     prepared(service)
     service.config(tick=TICK, verify="timeout = 10\nsoak = 3\n", switch="drain = 60\n")
-    killed = service.deploy_interrupted(step, signal.SIGKILL)
-    assert killed.code == -signal.SIGKILL
-    # What the host is left in says what recover must bring back: the journal and the mark
-    # of the unfinished deploy, committed (the new version stays) only from the cleanup on.
-    left = service.journal_left()
-    assert left is not None and service.marked()
-    assert left.committed == (step == "cleanup")
-    recovered = service.recover()
+    with Prober(service.version_url()) as prober:
+        killed = service.deploy_interrupted(step, signal.SIGKILL)
+        assert killed.code == -signal.SIGKILL
+        # What the host is left in says what recover must bring back: the journal and the
+        # mark of the unfinished deploy, committed (the new version stays) only from the
+        # cleanup on.
+        left = service.journal_left()
+        assert left is not None and service.marked()
+        assert left.committed == (step == "cleanup")
+        recovered = service.recover()
+    assert prober.failures == 0, prober.errors
+    assert len(prober.samples) > 20
     assert recovered.code == 0, recovered.stderr
     assert "consistent:" in recovered.stderr
     assert service.serving() == ("2.0.0" if left.committed else "1.0.0")

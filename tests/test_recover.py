@@ -33,9 +33,8 @@ from tests.support import free_port
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def port() -> AsyncIterator[int]:
-    """A healthy stand-in answering on production's port: the engine is fake, HTTP is not."""
+async def healthy_server() -> AsyncIterator[int]:
+    """A healthy stand-in on a port of its own: the engine is fake, HTTP is not."""
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "healthy", "version": "x"})
@@ -50,9 +49,53 @@ async def port() -> AsyncIterator[int]:
     await runner.cleanup()
 
 
-def config(tmp_path: Path, port: int) -> Config:
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    """Production's port, answered healthily."""
+    async for number in healthy_server():
+        yield number
+
+
+@pytest.fixture
+async def green_port() -> AsyncIterator[int]:
+    """Green's port, answered healthily."""
+    async for number in healthy_server():
+        yield number
+
+
+class Firewall:
+    """Records the handoff's redirects instead of changing this machine's nftables."""
+
+    bypass_port: int | None = None
+    local = True
+
+    def __init__(self) -> None:
+        self.table: tuple[int, int] | None = None
+        self.changes: list[str] = []
+
+    async def unavailable(self) -> str | None:
+        return None
+
+    async def redirect(self, table: str, port: int, to_port: int) -> None:
+        self.table = (port, to_port)
+        self.changes.append(f"redirect {port} -> {to_port}")
+
+    async def remove(self, table: str) -> None:
+        self.table = None
+        self.changes.append("remove")
+
+    async def target(self, table: str, port: int | None = None) -> int | None:
+        return None if self.table is None else self.table[1]
+
+
+def config(tmp_path: Path, port: int, green_port: int = 1) -> Config:
     data = {
-        "service": {"name": "app", "green_name": "app-green", "port": port, "green_port": 1},
+        "service": {
+            "name": "app",
+            "green_name": "app-green",
+            "port": port,
+            "green_port": green_port,
+        },
         "image": {"name": "app:{version}", "version_file": "p.json"},
         "health": {"path": "/health"},
         "verify": {"timeout": 2},
@@ -282,3 +325,35 @@ async def test_recover_decides_first_and_does_exactly_what_it_decided(
     report = await recover(cfg, engine=engine)
     assert report.actions == shown["actions"]
     assert await preview(cfg, engine, LocalFirewall()) is None
+
+
+async def test_recover_hands_the_port_to_green_before_it_removes_a_serving_container(
+    tmp_path: Path, port: int, green_port: int
+) -> None:
+    """Killed in the soak: production's port goes to green before the new container goes, and
+    comes back only once blue answers; green goes last."""
+    cfg = config(tmp_path, port, green_port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name="app-old", image="app:1"), running=False)
+    new = engine.add(ours("app", "production", "d2"))
+    engine.add(ours("app-green", "green", "d2"))
+    journal(cfg, step="soak", blue_id=blue.id, blue_was_running=True)
+    firewall = Firewall()
+    shown = await preview(cfg, engine, firewall)
+    assert shown is not None and shown["actions"][0].startswith("redirected port")
+    report = await recover(cfg, engine=engine, firewall=firewall)
+    assert (
+        report.actions
+        == shown["actions"]
+        == [
+            f"redirected port {port} to green while production is replaced",
+            "removed app (production of the unfinished deploy)",
+            "renamed app-old back to app",
+            "started app (the previous version)",
+            f"removed the redirect of port {port} to green",
+            "removed app-green (green of the unfinished deploy)",
+        ]
+    )
+    assert firewall.changes == [f"redirect {port} -> {green_port}", "remove"]
+    assert new.id not in engine.containers and engine.names() == ["app"]
+    assert engine.containers[blue.id].running

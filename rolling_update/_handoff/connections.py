@@ -14,12 +14,17 @@ their local port (the redirect rewrites the destination), so they are not counte
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
+from rolling_update._engine.model import Engine
+
 ESTABLISHED = "01"
+# How often the connections are counted while they close.
+_POLL = 0.05
 
 
 def parse_established(table: str, port: int, ignore: frozenset[str] = frozenset()) -> int:
@@ -102,3 +107,22 @@ async def until_closed(pid: int, port: int, held: Held, *, interval: float) -> N
         if not held.count:
             return
         await anyio.sleep(interval)
+
+
+async def drained(
+    engine: Engine, container_id: str, port: int, *, local: bool, limit: float
+) -> tuple[float, int | None]:
+    """Wait at most ``limit`` s until the container holds no established connection on
+    ``port`` (its clients' requests finish, idle keep-alive connections close). Returns the
+    seconds waited and the connections left; ``None`` left when they cannot be counted
+    (another host's container, or one not running), and then it waits the whole ``limit``,
+    which is what a fixed drain did before the kernel was asked."""
+    raw = await engine.inspect_raw(container_id) if local else None
+    pid = int(((raw or {}).get("State") or {}).get("Pid") or 0)
+    began, held = time.monotonic(), Held()
+    if not pid:
+        await anyio.sleep(max(0.0, limit))
+        return round(time.monotonic() - began, 3), None
+    with anyio.move_on_after(max(0.0, limit)):
+        await until_closed(pid, port, held, interval=_POLL)
+    return round(time.monotonic() - began, 3), held.count or 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
@@ -51,7 +51,7 @@ from rolling_update._state.mark import (
     refuse_marked,
 )
 from rolling_update._watch.health import await_serving
-from rolling_update._watch.probe import HealthBaseline
+from rolling_update._watch.probe import HealthBaseline, probe
 
 
 @dataclass
@@ -97,10 +97,14 @@ class RecoveryPlan:
     """Set when blue is brought back: the health it must reach."""
     redirected: bool = False
     """Production's port is redirected to green: given back once production answers."""
+    hand_over: bool = False
+    """The running production container goes: production's port is redirected to a running
+    green first, as a deploy's handoff does, so that the port never goes dark."""
 
     def lines(self, port: int) -> list[str]:
         """The actions in the order they are carried out, in words."""
-        first = [a.describe() for a in self.actions if not a.last]
+        first = [handed_over(port)] if self.hand_over else []
+        first += [a.describe() for a in self.actions if not a.last]
         release = [f"removed the redirect of port {port} to green"] if self.redirected else []
         return first + release + [a.describe() for a in self.actions if a.last]
 
@@ -169,7 +173,27 @@ class _Decision:
 
     async def decide(self) -> RecoveryPlan:
         self.plan.outcome = await self._decide(self.record)
+        if not self.plan.redirected and self.cfg.switch.mode == "handoff":
+            await self._hand_over()
         return self.plan
+
+    async def _hand_over(self) -> None:
+        """The running production container is to go: production's port goes to a running
+        green first, and green goes last, once production answers again."""
+        prod = await self.engine.inspect(self.name)
+        if prod is None or not prod.running or not self.removed(prod):
+            return
+        greens = {
+            i.id
+            for i in await self.ours()
+            if i.labels.get(LABEL_ROLE) == "green" and i.running and i.id != prod.id
+        }
+        if not greens:
+            return
+        self.plan.hand_over = self.plan.redirected = True
+        self.plan.actions = [
+            replace(a, last=True) if a.container_id in greens else a for a in self.plan.actions
+        ]
 
     async def _decide(self, record: JournalRecord | None) -> str:
         prod = await self.engine.inspect(self.name)
@@ -359,6 +383,9 @@ async def _recover(
             plan = await decide(cfg, docker, record, redirected=redirected)
             carrying = _Carrying(cfg, docker)
             outcome = plan.outcome
+            if plan.hand_over:
+                await _hand_over(cfg, http, handoff, plan, carrying)
+            redirected = plan.redirected
             try:
                 for action in plan.actions:
                     if not action.last:
@@ -392,6 +419,33 @@ async def _recover(
             journal.describe() if journal else f"deploy {record.deploy_id}" if record else None
         ),
     )
+
+
+def handed_over(port: int) -> str:
+    return f"redirected port {port} to green while production is replaced"
+
+
+async def _hand_over(
+    cfg: Config,
+    http: aiohttp.ClientSession,
+    handoff: PortHandoff,
+    plan: RecoveryPlan,
+    carrying: _Carrying,
+) -> None:
+    """Production's port to green before the running production container goes, where the
+    firewall can and green answers; else the plan goes on without it, saying why."""
+    why = await handoff.firewall.unavailable()
+    if why is None:
+        answer = await probe(
+            http, cfg.service.url(cfg.service.green_port, cfg.health.path), cfg.health
+        )
+        why = None if answer.status is not None else f"green does not answer ({answer.describe()})"
+    if why is not None:
+        structlog.get_logger().warning("recover.no_handoff", why=why)
+        plan.hand_over = plan.redirected = False
+        return
+    await handoff.to_green()
+    carrying.said(handed_over(cfg.service.port))
 
 
 async def _await_serving(
