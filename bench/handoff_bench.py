@@ -9,9 +9,11 @@ first two also runs the PRD's bash flow (stop blue, `docker run` the new
 image on the production port), all in the same run on the same images.
 
 Load, through every deploy, bounded and on this machine only: 4 clients
-opening a new connection per request and 2 keep-alive clients on 127.0.0.1,
-about 50 requests/s each, 2 clients whose requests take 2 s each (the
-stand-in's slow route, a new connection each), plus one client in a container on
+opening a new connection per request, 2 keep-alive clients that never retry and
+2 that retry a failed GET once on a new connection (as common clients do for
+idempotent requests) on 127.0.0.1, about 50 requests/s each, 2 clients whose
+requests take 2 s each (the stand-in's slow route, a new connection each), plus
+one client in a container on
 the default bridge reaching the host's docker0 address. The instant-boot case also
 runs the handoff with `switch.drain_timeout = 0` (blue stopped without waiting for
 its connections), to show what that wait is for. Load starts 1 s before the
@@ -69,6 +71,10 @@ class Client(threading.Thread):
     keep_alive: bool
     path: str = PATH
     timeout: float = 1.0
+    retry: bool = False
+    """On a failure of a reused keep-alive connection, send the GET again once on a new
+    connection, as common HTTP clients do for idempotent requests (urllib3, aiohttp)."""
+    conn: http.client.HTTPConnection | None = None
     samples: list[Sample] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -76,26 +82,32 @@ class Client(threading.Thread):
         super().__init__(daemon=True)
 
     def run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
         while not self.stop.is_set():
             began = time.monotonic()
-            try:
-                if conn is None or not self.keep_alive:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-                headers = {} if self.keep_alive else {"Connection": "close"}
-                conn.request("GET", self.path, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                ok = response.status == 200
-                if not self.keep_alive:
-                    conn.close()
-            except (OSError, http.client.HTTPException):
-                ok = False
-                if conn is not None:
-                    conn.close()
-                conn = None
+            reused = self.conn is not None
+            ok = self.get()
+            if not ok and reused and self.retry:
+                ok = self.get()
             self.samples.append(Sample(began, time.monotonic() - began, ok))
             self.stop.wait(0.02)
+
+    def get(self) -> bool:
+        try:
+            if self.conn is None or not self.keep_alive:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            headers = {} if self.keep_alive else {"Connection": "close"}
+            self.conn.request("GET", self.path, headers=headers)
+            response = self.conn.getresponse()
+            response.read()
+            if not self.keep_alive:
+                self.conn.close()
+                self.conn = None
+            return response.status == 200
+        except (OSError, http.client.HTTPException):
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            return False
 
 
 def docker0() -> str:
@@ -116,6 +128,8 @@ def under_load(service: Service, action: Callable[[], int]) -> dict[str, Any]:
     """Run ``action`` (a deploy) with the load around it; returns what the clients saw."""
     clients = [Client(service.port, keep_alive=False) for _ in range(4)]
     clients += [Client(service.port, keep_alive=True) for _ in range(2)]
+    retrying = [Client(service.port, keep_alive=True, retry=True) for _ in range(2)]
+    clients += retrying
     slow = [Client(service.port, keep_alive=False, path=SLOW, timeout=4) for _ in range(2)]
     clients += slow
     url = f"http://{docker0()}:{service.port}{PATH}"
@@ -134,9 +148,10 @@ def under_load(service: Service, action: Callable[[], int]) -> dict[str, Any]:
     bridge_ok, bridge_failed = (int(n) for n in docker("logs", bridge).split()[:2])
     docker("rm", "-f", bridge, check=False)
     new = [s for c in clients if not c.keep_alive and c not in slow for s in c.samples]
-    kept = [s for c in clients if c.keep_alive for s in c.samples]
+    kept = [s for c in clients if c.keep_alive and not c.retry for s in c.samples]
+    retried = [s for c in retrying for s in c.samples]
     slowed = [s for c in slow for s in c.samples]
-    every = new + kept
+    every = new + kept + retried
     during = [s.seconds for s in every if began <= s.at <= ended and s.ok]
     outside = [s.seconds for s in every if not began <= s.at <= ended and s.ok]
     return {
@@ -145,6 +160,7 @@ def under_load(service: Service, action: Callable[[], int]) -> dict[str, Any]:
         "rps": round(len(every) / (ended - began + 2)),
         "failed_new": sum(not s.ok for s in new),
         "failed_keepalive": sum(not s.ok for s in kept),
+        "failed_retrying": sum(not s.ok for s in retried),
         "slow": f"{sum(not s.ok for s in slowed)} of {len(slowed)}",
         "bridge": f"{bridge_failed} of {bridge_ok + bridge_failed}",
         "p50_outside_ms": percentile(outside, 0.5) * 1000,
@@ -253,14 +269,14 @@ def main() -> None:
             rows.append((case, mode, run_case(case, mode)))
     print(
         "| case | mode | exit | requests (≈rps) | failed, new connections | failed, keep-alive "
-        "| failed, 2 s requests | failed, bridge client | p50 / p99 outside (ms) "
-        "| p50 / p99 during (ms) | deploy (s) |"
+        "| failed, keep-alive retrying | failed, 2 s requests | failed, bridge client "
+        "| p50 / p99 outside (ms) | p50 / p99 during (ms) | deploy (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for case, mode, r in rows:
         print(
             f"| {case} | {mode} | {r['exit']} | {r['requests']} ({r['rps']}) | {r['failed_new']} "
-            f"| {r['failed_keepalive']} | {r['slow']} | {r['bridge']} "
+            f"| {r['failed_keepalive']} | {r['failed_retrying']} | {r['slow']} | {r['bridge']} "
             f"| {r['p50_outside_ms']:.1f} / {r['p99_outside_ms']:.1f} "
             f"| {r['p50_during_ms']:.1f} / {r['p99_during_ms']:.1f} | {r['deploy_s']:.1f} |"
         )
