@@ -76,6 +76,18 @@ def imports(name: str, path: Path) -> Iterator[tuple[str, ast.stmt, bool]]:
     yield from walk(ast.parse(path.read_text()).body, True)
 
 
+def python(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` run by this interpreter in a process of its own, in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def first_party(module: str) -> bool:
     return module.split(".")[0] in PACKAGES
 
@@ -186,14 +198,7 @@ def test_every_entry_module_imports_first_in_a_fresh_interpreter() -> None:
     """Importing any step module, steps, the toolkit or the package first works."""
     # One interpreter: the first-party modules are forgotten before each import, so each
     # one is imported first; third-party ones stay loaded (they cannot close a cycle).
-    run = subprocess.run(
-        [sys.executable, "-c", FIRST, *ENTRY_MODULES],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = python(FIRST, *ENTRY_MODULES, cwd=ROOT)
     assert len(ENTRY_MODULES) >= 13
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "{}", run.stdout
@@ -210,27 +215,13 @@ def test_a_users_own_steps_in_the_working_directory_is_never_imported(
         (tmp_path / "steps" / "__init__.py").write_text("raise SystemExit('user steps imported')\n")
     else:
         (tmp_path / "steps.py").write_text("raise SystemExit('user steps imported')\n")
-    which = subprocess.run(
-        [sys.executable, "-c", "import rolling_update, steps; print(steps.__file__)"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    which = python("import rolling_update, steps; print(steps.__file__)", cwd=tmp_path)
     assert which.stdout.strip() == str(ROOT / "steps" / "__init__.py"), which.stderr
 
 
 def test_a_users_steps_imported_first_is_refused_by_name(tmp_path: Path) -> None:
     """A different steps already imported makes rolling_update's import fail saying so."""
     (tmp_path / "steps.py").write_text("")
-    run = subprocess.run(
-        [sys.executable, "-c", "import steps, rolling_update"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = python("import steps, rolling_update", cwd=tmp_path)
     assert run.returncode == 1
     assert "a module named 'steps'" in run.stderr and "rename yours" in run.stderr
