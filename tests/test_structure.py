@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("rolling_update", "steps")
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
     """Every first-party module by its dotted name (the demo app runs in a container, alone)."""
     found: dict[str, Path] = {}

@@ -114,15 +114,17 @@ async def drained(
 ) -> tuple[float, int | None]:
     """Wait at most ``limit`` s until the container holds no established connection on
     ``port`` (its clients' requests finish, idle keep-alive connections close). Returns the
-    seconds waited and the connections left; ``None`` left when they cannot be counted
-    (another host's container, or one not running), and then it waits the whole ``limit``,
-    which is what a fixed drain did before the kernel was asked."""
-    raw = await engine.inspect_raw(container_id) if local else None
-    pid = int(((raw or {}).get("State") or {}).get("Pid") or 0)
+    seconds waited and the connections left. A container that does not run holds none: no
+    wait. Another host's container cannot be counted (``None`` left): it gets the whole
+    ``limit``, which is what a fixed drain did before the kernel was asked."""
     began, held = time.monotonic(), Held()
-    if not pid:
+    if not local:
         await anyio.sleep(max(0.0, limit))
         return round(time.monotonic() - began, 3), None
+    raw = await engine.inspect_raw(container_id)
+    pid = int(((raw or {}).get("State") or {}).get("Pid") or 0)
+    if not pid:
+        return 0.0, 0
     with anyio.move_on_after(max(0.0, limit)):
         await until_closed(pid, port, held, interval=_POLL)
     return round(time.monotonic() - began, 3), held.count or 0
