@@ -130,10 +130,11 @@ class Switch:
             log.info("switch.blue_connections", counted=False, why=why)
             return
         limit, bound = ctx.wait_limit(own)
+        twin = ctx.found.twin
+        # Counted inside blue's network namespace: on a bridge, the port it publishes from.
+        port = self.service.port if twin is None else twin.container_port(self.service.port)
         with waiting("blue's connections to close", limit):
-            seconds, left = await drained(
-                ctx.engine, blue_id, self.service.port, local=True, limit=limit
-            )
+            seconds, left = await drained(ctx.engine, blue_id, port, local=True, limit=limit)
         ctx.measured[measures.BLUE_DRAIN] = seconds
         ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = left or 0
         if left:

@@ -6,7 +6,12 @@ import os
 import socket
 from pathlib import Path
 
-from rolling_update._handoff.connections import established, own_endpoints, parse_established
+from rolling_update._handoff.connections import (
+    established,
+    listening,
+    own_endpoints,
+    parse_established,
+)
 
 TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -40,3 +45,11 @@ def test_a_live_connection_is_counted_until_it_closes(tmp_path: Path) -> None:
         client.close()
         assert established(os.getpid(), port) == 0
     assert established(2**22 + 7, port, proc=tmp_path) is None  # not readable: no such process
+
+
+def test_a_listener_on_the_port_is_seen_and_none_after_it_closes() -> None:
+    """A socket listening on the port in this namespace (docker-proxy's, for a published port)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert listening(port)
+    assert not listening(port)

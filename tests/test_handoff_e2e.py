@@ -13,6 +13,7 @@ import contextlib
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -50,38 +51,80 @@ def assert_clean(service: Service, version: str, *probers: Prober) -> None:
     assert not service.redirected()
 
 
+@dataclass
+class BridgeClient:
+    """What the client in a container on the default bridge saw, once it ended."""
+
+    ok: int = 0
+    failed: int = 0
+    first: str = ""
+
+
+def docker0_address() -> str:
+    """The host's address on the default bridge (docker0), as a container reaches the host."""
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True
+    )
+    return shown.stdout.split()[3].split("/")[0]
+
+
+@contextlib.contextmanager
+def bridge_client(service: Service, seconds: float = 25) -> Iterator[BridgeClient]:
+    """A client on the default bridge GETting production's port on the host's address every
+    20 ms (the prerouting path); its counts are filled in once the block has run."""
+    url = f"http://{docker0_address()}:{service.port}/api/brain/hardening/status"
+    seen = BridgeClient()
+    client = docker("run", "-d", BASE_IMAGE, "python3", "-c", BRIDGE_CLIENT, url, str(seconds))
+    try:
+        yield seen
+        docker("wait", client, timeout=seconds + 35)
+        ok_text, failed_text, *first = docker("logs", client).split(maxsplit=2)
+        seen.ok, seen.failed, seen.first = int(ok_text), int(failed_text), " ".join(first)
+    finally:
+        docker("rm", "-f", client, check=False)
+
+
 @pytest.mark.parametrize("boot", [0, 2], ids=["instant-boot", "2s-boot"])
 def test_a_deploy_fails_no_request(service: Service, boot: float) -> None:
     """Blue to green to production: not one request fails, from loopback or a bridge."""
     service.start_blue("1.0.0", knobs={"BOOT_DELAY": boot})
     service.write_app("2.0.0", knobs={"BOOT_DELAY": boot})
     service.config()
-    # The host's address on the default bridge (docker0), as a container reaches the host.
-    gateway = (
-        subprocess.run(
-            ["ip", "-4", "-o", "addr", "show", "docker0"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.split()[3]
-        .split("/")[0]
-    )
-    url = f"http://{gateway}:{service.port}/api/brain/hardening/status"
-    bridge = docker("run", "-d", BASE_IMAGE, "python3", "-c", BRIDGE_CLIENT, url, "25")
-    try:
+    with bridge_client(service) as bridged:
         with clients(service) as probers:
             run = service.deploy()
         assert run.code == 0, run.stderr
-        docker("wait", bridge, timeout=60)
-        ok_text, failed_text, *first = docker("logs", bridge).split(maxsplit=2)
-        ok, failed = int(ok_text), int(failed_text)
-    finally:
-        docker("rm", "-f", bridge, check=False)
     assert run.event("handoff.redirect") and run.event("handoff.released")
     assert_clean(service, "2.0.0", *probers)
     assert probers[0].versions == ["1.0.0", "2.0.0"]
-    assert failed == 0 and ok > 100, first
+    assert bridged.failed == 0 and bridged.ok > 100, bridged.first
+
+
+@pytest.mark.parametrize("case", ["deploy", "rollback"])
+def test_a_service_publishing_its_port_on_a_bridge_fails_no_request(
+    service: Service, case: str
+) -> None:
+    """Blue on the default bridge publishing production's port (``-p 5221:5221``): the port
+    is handed to green's published port and back, and neither a loopback client (through
+    docker-proxy) nor one on the bridge (Docker's own chains untouched) sees a failure."""
+    flags = ["--restart", "unless-stopped", "-p", f"{service.port}:{service.port}"]
+    service.start_blue("1.0.0", args=flags)
+    knobs = {"FAIL_ON_PORT": service.port} if case == "rollback" else {}
+    service.write_app("2.0.0", knobs=knobs)
+    service.config(verify="timeout = 2\nsoak = 1\n")
+    with bridge_client(service) as bridged:
+        with clients(service) as probers:
+            run = service.deploy()
+        assert run.code == (0 if case == "deploy" else 1), run.stderr
+    assert not run.event("switch.mode"), "fell back to a restart"
+    assert run.event("handoff.redirect") and run.event("handoff.released")
+    version = "2.0.0" if case == "deploy" else "1.0.0"
+    assert_clean(service, version, *probers)
+    assert bridged.failed == 0 and bridged.ok > 100, bridged.first
+    production = service.inspect(service.name)
+    assert production["HostConfig"]["NetworkMode"] in ("default", "bridge")
+    published = production["HostConfig"]["PortBindings"]
+    assert [b["HostPort"] for b in published[f"{service.port}/tcp"]] == [str(service.port)]
 
 
 def test_a_rollback_after_the_switch_fails_no_request(service: Service) -> None:

@@ -87,6 +87,36 @@ def test_fixed_host_ports_other_than_productions_conflict(
         assert twin.bindings_for(5221, 5222) == {"5222/tcp": [{"HostIp": "", "HostPort": "5222"}]}
 
 
+@pytest.mark.parametrize(
+    ("network", "published", "obstacle"),
+    [
+        ("host", {}, None),
+        ("bridge", {"5221/tcp": [{"HostIp": "", "HostPort": "5221"}]}, None),
+        ("bridge", {"3000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "5221"}]}, None),
+        ("bridge", {}, "does not publish port 5221"),
+        ("net", {"5221/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5221"}]}, None),
+        ("net", {"5221/tcp": [{"HostIp": "10.0.0.5", "HostPort": "5221"}]}, "10.0.0.5 only"),
+    ],
+)
+def test_only_a_port_published_on_every_host_address_can_be_handed_over(
+    network: str, published: dict[str, Any], obstacle: str | None
+) -> None:
+    """On the host network, or publishing production's port on all addresses or loopback: the
+    redirect moves its clients; unpublished, or bound to one other address: named as cause."""
+    data = blue()
+    data["HostConfig"].update(NetworkMode=network, PortBindings=published)
+    found = Twin.of(data, OLD_IMAGE).handoff_obstacle(5221)
+    assert (obstacle is None and found is None) or (obstacle or "?") in (found or "")
+
+
+def test_the_drain_counts_the_port_inside_the_container() -> None:
+    """Published 5221 -> 3000: blue's clients are on 3000 in its namespace; unpublished: itself."""
+    data = blue()
+    data["HostConfig"]["PortBindings"] = {"3000/tcp": [{"HostIp": "", "HostPort": "5221"}]}
+    assert Twin.of(data, OLD_IMAGE).container_port(5221) == 3000
+    assert Twin.of(blue(), OLD_IMAGE).container_port(5221) == 5221
+
+
 def test_a_healthcheck_naming_productions_port_is_spotted() -> None:
     """The image's healthcheck curls 5221: on host network green's check would probe blue."""
     twin = Twin.of(blue(), OLD_IMAGE)

@@ -267,7 +267,8 @@ class SwitchConfig(_Section):
         "handoff",
         description="handoff: nftables moves production's port to green while blue is "
         "replaced (zero failed requests; falls back to restart, saying why, without root "
-        "and nftables or off the host network); restart: stop blue, start the new one.",
+        "and nftables, or off the host network without production's port published); "
+        "restart: stop blue, start the new one.",
     )
     drain: Seconds = Field(
         2.0,

@@ -21,6 +21,7 @@ from rolling_update._engine.model import LABEL_VERSION, ContainerInfo, Engine
 from rolling_update._errors import (
     PreflightError,
 )
+from rolling_update._handoff.connections import listening
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
 from rolling_update._state.journal import refuse_unfinished
@@ -114,7 +115,9 @@ async def preflight(
                 why="on the host network, green's Docker healthcheck (its image's) would "
                 "probe blue",
             )
-    handoff = await _handoff_possible(cfg, twin, firewall or LocalFirewall())
+    handoff = await _handoff_possible(
+        cfg, twin, firewall or LocalFirewall(), serving=blue is not None and blue.running
+    )
     baseline = None
     if blue is not None and blue.running:
         answer = await probe(http, svc.url(svc.port, cfg.health.path), cfg.health)
@@ -123,8 +126,11 @@ async def preflight(
     return Preflight(blue=blue, blue_health=baseline, blue_raw=blue_raw, twin=twin, handoff=handoff)
 
 
-async def _handoff_possible(cfg: Config, twin: Twin | None, firewall: Firewall) -> bool:
-    """Whether switch.mode = handoff can be used; one log line saying why not, if not."""
+async def _handoff_possible(
+    cfg: Config, twin: Twin | None, firewall: Firewall, *, serving: bool
+) -> bool:
+    """Whether switch.mode = handoff can be used; one log line saying why not, if not.
+    ``serving``: blue runs (its published port then has the engine's listener)."""
     if cfg.switch.mode != "handoff":
         return False
     handoff = PortHandoff.of(firewall, cfg.service)
@@ -136,12 +142,14 @@ async def _handoff_possible(cfg: Config, twin: Twin | None, firewall: Firewall) 
     if twin is None:
         # No blue: nothing to hand over from (and a remote helper has no image yet).
         return False
-    network = twin.network_mode if twin is not None else cfg.service.network
-    why = (
-        f"the service runs on network {network!r}, not the host network"
-        if network != "host"
-        else await firewall.unavailable()
-    )
+    why = twin.handoff_obstacle(cfg.service.port) or await firewall.unavailable()
+    local_bridge = twin.network_mode != "host" and firewall.local and serving
+    if why is None and local_bridge and not listening(cfg.service.port):
+        why = (
+            f"nothing on this host listens on blue's published port {cfg.service.port}: "
+            "the engine publishes ports without docker-proxy (userland-proxy false), "
+            "so a redirect cannot reach green's published port"
+        )
     if why is not None:
         structlog.get_logger().warning(
             "switch.mode", mode="restart", wanted="handoff", why=f"no kernel handoff: {why}"

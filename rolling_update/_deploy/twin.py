@@ -51,6 +51,9 @@ _IMAGE_DEFAULTS = (
 _OPERATOR_ONLY = ("StopTimeout", "Tty", "OpenStdin", "StdinOnce", "Domainname", "MacAddress")
 COMPOSE_LABELS = "com.docker.compose."
 _SHARED_MODES = ("host", "none", "bridge", "default")
+# Host addresses a redirect keeps a connection on: every address of the host, or
+# loopback (the output hook redirects to it, and nothing comes in from outside).
+_REDIRECTABLE = frozenset({"", "0.0.0.0", "::", "127.0.0.1", "::1"})
 
 
 def _env(items: Sequence[str] | None) -> dict[str, str]:
@@ -155,6 +158,45 @@ class Twin:
         if self.body.get("MacAddress"):
             found.append("Config.MacAddress (two containers cannot share it)")
         return found
+
+    def production_bindings(self, port: int) -> list[dict[str, str]]:
+        """Blue's bindings of host ``port`` (any container port)."""
+        return [
+            binding
+            for bindings in self.published.values()
+            for binding in bindings or []
+            if binding.get("HostPort") == str(port)
+        ]
+
+    def container_port(self, port: int) -> int:
+        """The port inside the container that host ``port`` reaches (``port`` itself on
+        the host network, or where nothing publishes it)."""
+        for container_port, bindings in self.published.items():
+            if any(b.get("HostPort") == str(port) for b in bindings or []):
+                number, _, _ = container_port.partition("/")
+                return int(number)
+        return port
+
+    def handoff_obstacle(self, port: int) -> str | None:
+        """Why a redirect of the host's ``port`` would not move this service's clients, or
+        ``None``: on the host network it is the service's own port; off it, only a port
+        blue publishes on every host address (or loopback) is the host's to redirect."""
+        if self.network_mode == "host":
+            return None
+        bindings = self.production_bindings(port)
+        if not bindings:
+            return (
+                f"the service runs on network {self.network_mode!r} and blue does not publish "
+                f"port {port} on the host (its clients reach it over that network)"
+            )
+        bound = sorted({b.get("HostIp") or "" for b in bindings} - _REDIRECTABLE)
+        if bound:
+            return (
+                f"blue publishes port {port} on {', '.join(bound)} only (a redirect sends a "
+                "connection to the main address of the interface it came in on, or to "
+                "loopback, where green's published port may not be)"
+            )
+        return None
 
     def healthcheck_names_port(self, image: Mapping[str, Any], port: int) -> bool:
         """Whether the healthcheck green runs hard-codes ``port`` (on host network it then

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,27 +24,45 @@ import anyio
 from rolling_update._engine.model import Engine
 
 ESTABLISHED = "01"
+LISTEN = "0A"
 # How often the connections are counted while they close.
 _POLL = 0.05
+
+
+def _rows(table: str) -> Iterator[tuple[int, str, str]]:
+    """(local port, remote end, state) of each row of a ``/proc/net/tcp``-format table."""
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        _, _, hex_port = fields[1].rpartition(":")
+        try:
+            yield int(hex_port, 16), fields[2], fields[3]
+        except ValueError:
+            continue
 
 
 def parse_established(table: str, port: int, ignore: frozenset[str] = frozenset()) -> int:
     """How many rows of a ``/proc/net/tcp``-format ``table`` are established on ``port``,
     leaving out those whose remote end is in ``ignore`` (``ADDR:PORT`` as the table has it)."""
-    count = 0
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        local, remote, state = fields[1], fields[2], fields[3]
-        _, _, hex_port = local.rpartition(":")
+    return sum(
+        1
+        for local, remote, state in _rows(table)
+        if local == port and state == ESTABLISHED and remote not in ignore
+    )
+
+
+def listening(port: int, *, proc: Path = Path("/proc")) -> bool:
+    """Whether a socket in this process's network namespace listens on TCP ``port``
+    (IPv4 or IPv6): on a bridge network, the engine's docker-proxy for a published port."""
+    for name in ("tcp", "tcp6"):
         try:
-            ours = int(hex_port, 16) == port and state == ESTABLISHED
-        except ValueError:
+            table = (proc / "self" / "net" / name).read_text()
+        except OSError:
             continue
-        if ours and remote not in ignore:
-            count += 1
-    return count
+        if any(local == port and state == LISTEN for local, _, state in _rows(table)):
+            return True
+    return False
 
 
 def own_endpoints(proc: Path = Path("/proc")) -> frozenset[str]:

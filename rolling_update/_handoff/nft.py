@@ -3,9 +3,11 @@
 While blue is replaced, a ``nat`` table of the tool's own (``inet
 rolling_update_<service>``) redirects *new* TCP connections for the production
 port to green's port, for local clients (``output``) and remote ones
-(``prerouting``), IPv4 and IPv6. Connections already established stay where
-they are (conntrack keeps their translation). Every change is one atomic
-``nft -f`` transaction.
+(``prerouting``), IPv4 and IPv6. On a bridge network the ports are the host's
+published ones: the redirect reaches green's through the engine's listener for
+it (docker-proxy), and Docker's own chains are left alone. Connections already
+established stay where they are (conntrack keeps their translation). Every
+change is one atomic ``nft -f`` transaction.
 
 The tool's own HTTP traffic (probes of blue's tick, blue's drain, the
 verification of the new production container) must reach the real
@@ -43,6 +45,11 @@ from rolling_update._errors import EngineError, HandoffError
 MARK = 0x52550001
 """Firewall mark of the tool's own sockets: the redirect leaves them alone."""
 _NFT_LIMIT = 10.0
+# Before Docker's own nat chains (dstnat, -100): for a service publishing its port
+# on a bridge network, a connection's first nat rule wins, so a new connection to
+# production's host port meets the redirect to green's published port before
+# Docker's DNAT to blue; on the host network Docker has no rule for these ports.
+_PRIORITY = -110
 _SO_MARK = getattr(socket, "SO_MARK", 36)
 
 
@@ -113,7 +120,7 @@ def _ruleset(table: str, port: int, to_port: int, bypass_port: int | None = None
     chains = "".join(
         f"""
     chain {hook} {{
-        type nat hook {hook} priority -100; policy accept;
+        type nat hook {hook} priority {_PRIORITY}; policy accept;
         meta mark {MARK:#x} return{bypass}
         fib daddr type local tcp dport {port} redirect to :{to_port}
     }}"""
