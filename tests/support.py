@@ -114,6 +114,31 @@ def host_state_dir(service: str) -> Path:
     return parse_config(data, base_dir=ROOT, environ=cli_environ(), source="-").state_dir
 
 
+class RecordingFirewall:
+    """Records the handoff's redirects instead of changing this machine's nftables."""
+
+    bypass_port: int | None = None
+    local = True
+
+    def __init__(self) -> None:
+        self.table: tuple[int, int] | None = None
+        self.changes: list[str] = []
+
+    async def unavailable(self) -> str | None:
+        return None
+
+    async def redirect(self, table: str, port: int, to_port: int) -> None:
+        self.table = (port, to_port)
+        self.changes.append(f"redirect {port} -> {to_port}")
+
+    async def remove(self, table: str) -> None:
+        self.table = None
+        self.changes.append("remove")
+
+    async def target(self, table: str, port: int | None = None) -> int | None:
+        return None if self.table is None else self.table[1]
+
+
 class Cli:
     """``python -m rolling_update ARGS`` as a user runs it, its output read as it comes.
 

@@ -28,7 +28,7 @@ from rolling_update._operate.recover import preview, recover
 from rolling_update._state.journal import Journal
 from rolling_update._state.mark import marker_labels, marker_name
 from rolling_update.testing import FakeEngine
-from tests.support import free_port
+from tests.support import RecordingFirewall, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -61,31 +61,6 @@ async def green_port() -> AsyncIterator[int]:
     """Green's port, answered healthily."""
     async for number in healthy_server():
         yield number
-
-
-class Firewall:
-    """Records the handoff's redirects instead of changing this machine's nftables."""
-
-    bypass_port: int | None = None
-    local = True
-
-    def __init__(self) -> None:
-        self.table: tuple[int, int] | None = None
-        self.changes: list[str] = []
-
-    async def unavailable(self) -> str | None:
-        return None
-
-    async def redirect(self, table: str, port: int, to_port: int) -> None:
-        self.table = (port, to_port)
-        self.changes.append(f"redirect {port} -> {to_port}")
-
-    async def remove(self, table: str) -> None:
-        self.table = None
-        self.changes.append("remove")
-
-    async def target(self, table: str, port: int | None = None) -> int | None:
-        return None if self.table is None else self.table[1]
 
 
 def config(tmp_path: Path, port: int, green_port: int = 1) -> Config:
@@ -338,7 +313,7 @@ async def test_recover_hands_the_port_to_green_before_it_removes_a_serving_conta
     new = engine.add(ours("app", "production", "d2"))
     engine.add(ours("app-green", "green", "d2"))
     journal(cfg, step="soak", blue_id=blue.id, blue_was_running=True)
-    firewall = Firewall()
+    firewall = RecordingFirewall()
     shown = await preview(cfg, engine, firewall)
     assert shown is not None and shown["actions"][0].startswith("redirected port")
     report = await recover(cfg, engine=engine, firewall=firewall)

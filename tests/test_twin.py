@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from rolling_update._config.settings import parse_config
+from rolling_update._deploy.preflight import _handoff_possible
 from rolling_update._deploy.records import Preflight
 from rolling_update._deploy.release import Release
 from rolling_update._deploy.twin import Twin, diff
 from rolling_update._engine.model import LABEL_CONFIG_ENV, LABEL_ROLE
+from tests.support import RecordingFirewall, free_port
 
 OLD_IMAGE: dict[str, Any] = {
     "Env": ["PATH=/usr/bin", "APP_VERSION=1.0.0"],
@@ -234,3 +238,28 @@ def test_compose_environment_wins_over_the_env_file_as_in_compose(tmp_path: Any)
     unreadable = {**labels, "com.docker.compose.project.config_files": str(tmp_path / "gone.yml")}
     assert environment_keys(unreadable)[0] == frozenset()
     assert "cannot read" in str(environment_keys(unreadable)[1])
+
+
+@pytest.mark.anyio
+async def test_a_bridge_service_falls_back_where_no_proxy_listens(tmp_path: Any) -> None:
+    """Blue publishes production's port but nothing listens on it on this host (an engine
+    with ``userland-proxy: false``): the restart switch, one log line naming the cause."""
+    port = free_port()
+    data = blue()
+    data["HostConfig"].update(
+        NetworkMode="bridge", PortBindings={f"{port}/tcp": [{"HostIp": "", "HostPort": str(port)}]}
+    )
+    service = {"name": "app", "green_name": "app-green", "port": port, "green_port": port + 1}
+    cfg = parse_config(
+        {"service": service, "image": {"name": "app:{version}", "version_file": "p.json"}},
+        base_dir=tmp_path,
+        environ={},
+        source="t.toml",
+    )
+    twin = Twin.of(data, OLD_IMAGE)
+    with capture_logs() as logs:
+        assert not await _handoff_possible(cfg, twin, RecordingFirewall(), serving=True)
+        # Blue not running: nothing to tell from its port, and nothing served to keep.
+        assert await _handoff_possible(cfg, twin, RecordingFirewall(), serving=False)
+    (line,) = [entry for entry in logs if entry["event"] == "switch.mode"]
+    assert "docker-proxy" in line["why"] and str(port) in line["why"]
