@@ -227,3 +227,35 @@ def test_a_users_steps_imported_first_is_refused_by_name(tmp_path: Path) -> None
     run = python("import steps, rolling_update", cwd=tmp_path)
     assert run.returncode == 1
     assert "a module named 'steps'" in run.stderr and "rename yours" in run.stderr
+
+
+# Where the wall clock is read, and why: timestamps a human reads, and the Brain's own
+# `next_tick` (a wall-clock time from the same host, so a clock step moves both sides).
+WALL_CLOCK_READERS = {
+    "rolling_update._state.journal": "the journal's timestamps",
+    "rolling_update._observe.history": "the audit log's timestamps",
+    "steps.tick": "blue's next_tick is a wall-clock time",
+}
+
+
+_WALL_CLOCK = {("time", "time"), ("time", "time_ns"), ("datetime", "now"), ("datetime", "utcnow")}
+
+
+def wall_clock_calls(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            name = owner.id if isinstance(owner, ast.Name) else ""
+            if (name, node.func.attr) in _WALL_CLOCK:
+                yield f"{name}.{node.func.attr}() on line {node.lineno}"
+
+
+def test_no_deadline_reads_the_wall_clock() -> None:
+    """Every deadline and duration runs on the monotonic clock (anyio's, time.monotonic): an
+    NTP step moves no deadline. The wall clock is read only where a human's time is wanted."""
+    found = {
+        name: calls
+        for name, path in modules().items()
+        if name not in WALL_CLOCK_READERS and (calls := list(wall_clock_calls(path)))
+    }
+    assert found == {}
