@@ -20,7 +20,7 @@ once, where they enter, with ``raise ... from exc``::
     ├── TickWaitFailed         blue's tick never reached a safe boundary
     ├── ActionFailed           a lifecycle HTTP action failed
     ├── RestoreFailed          blue could not be brought back
-    ├── HandoffError           an nftables change of the handoff failed
+    ├── HandoffError           an nftables change (or connection count) of the handoff failed
     ├── RollbackIncomplete     a compensation failed: a human must act
     ├── FailedAfterCommit      a step after the point of no return failed
     ├── RecoveryFailed         recover could not reach a consistent state
@@ -177,7 +177,8 @@ class RecoveryFailed(RollingUpdateError):
 
 
 class HandoffError(RollingUpdateError):
-    """An nftables change of the handoff failed (here, or through a remote helper)."""
+    """An nftables change of the handoff failed (here, or through a remote helper), or the
+    connections of a container could not be counted."""
 
 
 class RolloutFailed(RollingUpdateError):

@@ -50,6 +50,9 @@ class FakeContainer:
     memory: int = 10 * 2**20
     restart_count: int = 0
     health: str | None = None
+    tcp: str = ""
+    """Its network namespace's TCP tables (``/proc/net/tcp`` format), as a helper container
+    joining it prints them: the connections it holds (none by default)."""
 
     def info(self) -> ContainerInfo:
         return ContainerInfo(
@@ -215,12 +218,22 @@ class FakeEngine:
             on_status(f"Status: Downloaded newer image for {ref}")
 
     async def run_once(self, spec: ContainerSpec, *, limit: float = 15.0) -> tuple[int, str]:
-        """Records ``spec`` in ``runs`` and answers ``run_answer(spec)``; no container stays."""
+        """Records ``spec`` in ``runs`` and answers ``run_answer(spec)``; no container stays.
+        A run in a container's network namespace (``container:<id>``, the count of its
+        connections) prints that container's ``tcp``, and cannot start if it does not run."""
         self._check("run_once")
         if spec.image not in self.images:
             raise EngineError("create", spec.name, 404, f"No such image: {spec.image}")
         self.calls.append(f"run {spec.image}")
         self.runs.append(spec)
+        joined = spec.network.removeprefix("container:")
+        if joined != spec.network:
+            target = self._get("start", joined)
+            if not target.running:
+                raise EngineError(
+                    "start", spec.name, 409, "cannot join network of a non running container"
+                )
+            return 0, target.tcp
         return self.run_answer(spec)
 
     async def tag_image(self, source: str, target: str) -> None:

@@ -46,7 +46,7 @@ class RemoveOld:
             # close (at most switch.drain after the handoff ended).
             left = ctx.config.switch.drain - (time.monotonic() - redirected.ended)
             seconds, connections = await drained(
-                ctx.engine, green.id, self.service.green_port, local=ctx.firewall.local, limit=left
+                ctx.engine, green.id, self.service.green_port, firewall=ctx.firewall, limit=left
             )
             structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=connections)
         await self._remove_containers(ctx)

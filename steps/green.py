@@ -86,7 +86,7 @@ class StartGreen:
                 ctx.engine,
                 green.id,
                 self.service.green_port,
-                local=ctx.firewall.local,
+                firewall=ctx.firewall,
                 limit=ctx.config.switch.drain,
             )
             structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=left)

@@ -125,25 +125,27 @@ class Switch:
         its SIGTERM. Bounded by ``switch.drain_timeout`` and the two-container budget."""
         log = structlog.get_logger()
         own = ctx.config.switch.drain_timeout
-        if own <= 0 or not ctx.firewall.local:
-            why = "switch.drain_timeout = 0" if own <= 0 else "blue's process is not on this host"
-            log.info("switch.blue_connections", counted=False, why=why)
+        if own <= 0:
+            log.info("switch.blue_connections", counted=False, why="switch.drain_timeout = 0")
             return
         limit, bound = ctx.wait_limit(own)
         twin = ctx.found.twin
         # Counted inside blue's network namespace: on a bridge, the port it publishes from.
         port = self.service.port if twin is None else twin.container_port(self.service.port)
         with waiting("blue's connections to close", limit):
-            seconds, left = await drained(ctx.engine, blue_id, port, local=True, limit=limit)
+            seconds, left = await drained(
+                ctx.engine, blue_id, port, firewall=ctx.firewall, limit=limit
+            )
         ctx.measured[measures.BLUE_DRAIN] = seconds
-        ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = left or 0
+        if left is not None:
+            ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = left
         if left:
             log.warning(
                 "switch.blue_drained", seconds=seconds, left=left, bound=bound,
                 consequence="these connections end with blue's SIGTERM",
             )  # fmt: skip
         else:
-            log.info("switch.blue_drained", seconds=seconds, left=0)
+            log.info("switch.blue_drained", seconds=seconds, left=left)
 
     async def _compose_labelled(self, ctx: DeployContext, spec: ContainerSpec) -> ContainerSpec:
         """``spec`` with the config hash compose now computes, for a blue compose made."""

@@ -53,18 +53,21 @@ def require_host2() -> None:
         pytest.fail(f"needs the second host: run `bash scripts/test-hosts.sh` first ({exc})")
 
 
-NFT_IMAGE = "rolling-update-test-nft:1"
+NFT_IMAGE = "rolling-update-test-nft:2"
 
 
 def nft_image() -> str:
-    """An image of nft alone (this machine's binary and the libraries it links), loaded into
-    ru-host2 once: a helper image that brings its own nft."""
+    """An image of nft and cat alone (this machine's binaries and the libraries they link),
+    loaded into ru-host2 once: a helper image that brings its own tools."""
     with contextlib.suppress(RuntimeError):
         docker2("image", "inspect", NFT_IMAGE)
         return NFT_IMAGE
-    nft = shutil.which("nft") or "/usr/sbin/nft"
-    linked = subprocess.run(["ldd", nft], capture_output=True, text=True, check=True).stdout
-    files = [nft, *re.findall(r"(/\S+) \(0x", linked)]
+    files: list[str] = []
+    for tool in ("nft", "cat"):
+        binary = shutil.which(tool) or f"/usr/sbin/{tool}"
+        linked = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True)
+        files += [binary, *re.findall(r"(/\S+) \(0x", linked.stdout)]
+    files = sorted(set(files))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in files:

@@ -118,10 +118,10 @@ class RecordingFirewall:
     """Records the handoff's redirects instead of changing this machine's nftables."""
 
     bypass_port: int | None = None
-    local = True
 
-    def __init__(self) -> None:
+    def __init__(self, host_tables: str = "") -> None:
         self.table: tuple[int, int] | None = None
+        self.host = host_tables
         self.changes: list[str] = []
 
     async def unavailable(self) -> str | None:
@@ -137,6 +137,12 @@ class RecordingFirewall:
 
     async def target(self, table: str, port: int | None = None) -> int | None:
         return None if self.table is None else self.table[1]
+
+    async def tcp_tables(self, container_id: str, pid: int) -> str:
+        return ""  # no connection to wait for
+
+    async def host_tables(self) -> str:
+        return self.host
 
 
 class Cli:

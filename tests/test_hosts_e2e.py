@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import anyio
 import pytest
 
 from rolling_update._engine.docker import DockerEngine
+from rolling_update._handoff.connections import drained, own_endpoints, parse_established
 from rolling_update._handoff.nft import EngineFirewall, table_name
 from tests.hosts import (
     HOST2,
@@ -286,6 +290,109 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
             assert helpers == ""
 
     anyio.run(main)
+
+
+@pytest.mark.parametrize("own_nft", [False, True], ids=["host-cat-by-chroot", "helper-image-cat"])
+def test_remote_connection_count_sees_blues_clients_and_knows_the_tools_own(
+    service: Service, two_hosts: TwoHosts, own_nft: bool
+) -> None:
+    """A helper in blue's network namespace on ru-host2 counts a connection of ours that came
+    in through the bypass port, recognises it as the tool's own, and the drain ends once it
+    closed; no helper is left."""
+    two_hosts.start_blue2("1.0.0")
+    image = nft_image() if own_nft else f"{service.repo}:1.0.0"
+
+    async def count(firewall: EngineFirewall, blue: str, *, ignore: frozenset[str]) -> int:
+        return parse_established(await firewall.tcp_tables(blue, 0), HOST2_PORT, ignore)
+
+    async def main() -> None:
+        async with DockerEngine(f"unix://{HOST2_SOCKET}") as engine:
+            blue = docker2("inspect", "-f", "{{.Id}}", service.name)
+            firewall = EngineFirewall(engine, image, bypass_port=15221, own_nft=own_nft)
+            table = table_name(service.name)
+            await firewall.redirect(table, HOST2_PORT, HOST2_GREEN)
+            try:
+                client = await anyio.to_thread.run_sync(socket.create_connection, (HOST2, 15221))
+                with client:
+                    assert await count(firewall, blue, ignore=frozenset()) == 1
+                    # Seen from ru-host2, our end is the same address: the redirect of the
+                    # bypass port changed the destination only.
+                    assert await count(firewall, blue, ignore=own_endpoints()) == 0
+                _, left = await drained(engine, blue, HOST2_PORT, firewall=firewall, limit=30)
+                assert left == 0
+            finally:
+                await firewall.remove(table)
+        assert docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=cat") == ""
+
+    anyio.run(main)
+
+
+class KeptAlive(threading.Thread):
+    """One keep-alive connection: the version asked every second (never idle as long as the
+    server's 5 s keep-alive timeout) until :meth:`finish` sends ``path`` on it; then closed.
+    ``answers`` are (local port, status, body): one local port is one connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(daemon=True)
+        self.conn = http.client.HTTPConnection(host, port, timeout=30)
+        self.answers: list[tuple[int, int, Any]] = []
+        self.error: str | None = None
+        self._last = threading.Event()
+        self._path = ""
+
+    def get(self, path: str) -> None:
+        self.conn.request("GET", path)
+        response = self.conn.getresponse()
+        body = json.loads(response.read())
+        assert self.conn.sock is not None
+        self.answers.append((self.conn.sock.getsockname()[1], response.status, body))
+
+    def run(self) -> None:
+        version = "/api/brain/hardening/status"
+        try:
+            self.get(version)
+            while not self._last.wait(1):
+                self.get(version)
+            self.get(self._path)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.error = repr(exc)
+        finally:
+            self.conn.close()
+
+    def finish(self, path: str) -> None:
+        self._path = path
+        self._last.set()
+
+
+def test_remote_switch_waits_until_blues_connections_close(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """On ru-host2 the switch counts blue's connections through a helper container: a 3 s
+    request sent on a client's kept-alive connection once the switch began is answered by
+    blue (its SIGTERM, which the stand-in answers by exiting at once, waited for it), and the
+    drain ends with no connection left, before its limit."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(extra="[switch]\ndrain_timeout = 30\n")
+    service.write_app("2.0.0")
+    client = KeptAlive(HOST2, HOST2_PORT)
+    client.start()
+    try:
+        with service.cli("deploy", timeout=300) as cli:
+            cli.until_event("deploy.step.started", step="switch", host="h2")
+            client.finish("/__standin/sleep?s=3")
+            run = cli.finish()
+    finally:
+        client.finish("/api/brain/hardening/status")
+        client.join(30)
+    assert run.code == 0, run.stderr
+    assert client.error is None
+    assert len({port for port, _, _ in client.answers}) == 1, "one connection throughout"
+    *_, (_, status, body) = client.answers
+    assert (status, body.get("version")) == (200, "1.0.0")
+    (drain,) = [e for e in run.event("switch.blue_drained") if e["host"] == "h2"]
+    assert drain["left"] == 0 and drain["seconds"] < 30
+    assert not run.event("handoff.connections_uncounted")
+    assert two_hosts.serving2() == "2.0.0"
 
 
 REGISTRY = "10.231.2.1:5000"

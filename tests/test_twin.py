@@ -240,10 +240,18 @@ def test_compose_environment_wins_over_the_env_file_as_in_compose(tmp_path: Any)
     assert "cannot read" in str(environment_keys(unreadable)[1])
 
 
+TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt\n"
+
+
+def listener(port: int) -> str:
+    return f"   0: 00000000:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 0 0 0 1\n"
+
+
 @pytest.mark.anyio
 async def test_a_bridge_service_falls_back_where_no_proxy_listens(tmp_path: Any) -> None:
-    """Blue publishes production's port but nothing listens on it on this host (an engine
-    with ``userland-proxy: false``): the restart switch, one log line naming the cause."""
+    """Blue publishes production's port: handed over where the host's tables show the engine's
+    listener on it; where none listens (``userland-proxy: false``), the restart switch, one
+    log line naming the cause."""
     port = free_port()
     data = blue()
     data["HostConfig"].update(
@@ -257,6 +265,8 @@ async def test_a_bridge_service_falls_back_where_no_proxy_listens(tmp_path: Any)
         source="t.toml",
     )
     twin = Twin.of(data, OLD_IMAGE)
+    proxied = RecordingFirewall(TCP_HEADER + listener(port))
+    assert await _handoff_possible(cfg, twin, proxied, serving=True)
     with capture_logs() as logs:
         assert not await _handoff_possible(cfg, twin, RecordingFirewall(), serving=True)
         # Blue not running: nothing to tell from its port, and nothing served to keep.

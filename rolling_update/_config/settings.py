@@ -392,9 +392,9 @@ class HostConfig(_Section):
     )
     helper_image: str | None = Field(
         None,
-        description="Remote handoff: an image with nft for the helper container, which then "
-        "runs its own nft without the host's root mounted; default: blue's image, running "
-        "the host's nft through chroot.",
+        description="Remote handoff: an image with nft (and cat, to count blue's connections "
+        "before its SIGTERM) for the helper containers, which then run its own tools without "
+        "the host's root mounted; default: blue's image, running the host's through chroot.",
     )
 
     @field_validator("name")

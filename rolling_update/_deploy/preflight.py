@@ -18,9 +18,7 @@ from rolling_update._deploy.release import Release
 from rolling_update._deploy.twin import Twin
 from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.model import LABEL_VERSION, ContainerInfo, Engine
-from rolling_update._errors import (
-    PreflightError,
-)
+from rolling_update._errors import HandoffError, PreflightError
 from rolling_update._handoff.connections import listening
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
@@ -143,19 +141,31 @@ async def _handoff_possible(
         # No blue: nothing to hand over from (and a remote helper has no image yet).
         return False
     why = twin.handoff_obstacle(cfg.service.port) or await firewall.unavailable()
-    local_bridge = twin.network_mode != "host" and firewall.local and serving
-    if why is None and local_bridge and not listening(cfg.service.port):
-        why = (
-            f"nothing on this host listens on blue's published port {cfg.service.port}: "
-            "the engine publishes ports without docker-proxy (userland-proxy false), "
-            "so a redirect cannot reach green's published port"
-        )
+    if why is None and twin.network_mode != "host" and serving:
+        why = await _no_proxy(firewall, cfg.service.port)
     if why is not None:
         structlog.get_logger().warning(
             "switch.mode", mode="restart", wanted="handoff", why=f"no kernel handoff: {why}"
         )
         return False
     return True
+
+
+async def _no_proxy(firewall: Firewall, port: int) -> str | None:
+    """Why a redirect of a published ``port`` would reach no listener, or ``None``: the
+    redirect needs the engine's listener for green's published port (docker-proxy, or a
+    rootless engine's port driver), which blue's published port shows."""
+    try:
+        tables = await firewall.host_tables()
+    except HandoffError as exc:
+        return f"cannot tell whether the engine's docker-proxy listens on port {port}: {exc}"
+    if listening(tables, port):
+        return None
+    return (
+        f"nothing on the host listens on blue's published port {port}: the engine publishes "
+        "ports without docker-proxy (userland-proxy false), so a redirect cannot reach "
+        "green's published port"
+    )
 
 
 async def refuse_or_preflight(

@@ -39,8 +39,10 @@ from typing import Any, Protocol
 
 import anyio
 
-from rolling_update._engine.model import LABEL_MANAGED, LABEL_ROLE, ContainerSpec, Engine
-from rolling_update._errors import EngineError, HandoffError
+from rolling_update._engine.model import Engine
+from rolling_update._errors import HandoffError
+from rolling_update._handoff.connections import Sockets, helper_tables, proc_tables
+from rolling_update._handoff.helper import Helper
 
 MARK = 0x52550001
 """Firewall mark of the tool's own sockets: the redirect leaves them alone."""
@@ -145,13 +147,12 @@ def _target_in(text: str, port: int | None = None) -> int | None:
     return list(targets.values())[-1] if targets else None
 
 
-class Firewall(Protocol):
-    """Where the handoff's nftables table lives: this host, or a remote engine's host."""
+class Firewall(Sockets, Protocol):
+    """Where the handoff's nftables table lives: this host, or a remote engine's host; and
+    how the connections of a container there are read (:meth:`tcp_tables`)."""
 
     bypass_port: int | None
     """Port the tool probes production through while redirected; None: marked sockets."""
-    local: bool
-    """The table is on this machine (its processes' ``/proc`` is this machine's)."""
 
     async def unavailable(self) -> str | None: ...
     async def redirect(self, table: str, port: int, to_port: int) -> None: ...
@@ -163,7 +164,6 @@ class LocalFirewall:
     """The handoff on this machine, through its ``nft`` command."""
 
     bypass_port: int | None = None
-    local = True
 
     async def unavailable(self) -> str | None:
         return await unavailable()
@@ -177,59 +177,41 @@ class LocalFirewall:
     async def target(self, table: str, port: int | None = None) -> int | None:
         return await target(table, port)
 
+    async def tcp_tables(self, container_id: str, pid: int) -> str:
+        return proc_tables(pid)
+
+    async def host_tables(self) -> str:
+        return proc_tables(os.getpid())
+
 
 class EngineFirewall:
-    """The handoff on an engine's host, through a helper container and the engine API.
+    """The handoff on an engine's host, through helper containers and the engine API.
 
-    The helper runs on the host network with CAP_NET_ADMIN only, and is removed
-    when it ends. By default (``own_nft`` false) it runs ``image``, any image
-    with ``chroot`` (blue's will do), with the host's root mounted read-only at
-    ``/host``, and runs ``chroot /host nft ...``: the host's own nft, so no image
-    needs to carry it. With ``own_nft``, ``image`` carries nft itself and the
-    host's root is not mounted at all (stricter, and fit for SELinux hosts).
+    The nft helper runs on the host network with CAP_NET_ADMIN only; the connection
+    count (:meth:`tcp_tables`) joins the container's network namespace, with no
+    capability. Both are a :class:`~rolling_update._handoff.helper.Helper`: by default
+    (``own_nft`` false) ``image``, any image with ``chroot`` (blue's will do), runs the
+    host's own ``nft`` and ``cat`` from its root mounted read-only; with ``own_nft``,
+    ``image`` carries nft (and cat) itself and the host's root is not mounted at all.
     """
 
     def __init__(
         self, engine: Engine, image: str, *, bypass_port: int, own_nft: bool = False
     ) -> None:
-        self.engine = engine
-        self.image = image
+        self.helper = Helper(engine, image, own_tools=own_nft)
         self.bypass_port: int | None = bypass_port
-        self.own_nft = own_nft
-        self.local = False
 
     async def _nft(self, *args: str) -> str:
-        host_config: dict[str, Any] = {
-            "CapAdd": ["NET_ADMIN"],
-            "LogConfig": {"Type": "json-file", "Config": {}},
-        }
-        if not self.own_nft:
-            host_config["Binds"] = ["/:/host:ro"]
-        spec = ContainerSpec(
-            name=f"rolling-update-nft-{os.urandom(4).hex()}",
-            image=self.image,
-            env={},
-            command=list(args),
-            network="host",
-            restart="no",
-            labels={LABEL_MANAGED: "true", LABEL_ROLE: "nft"},
-            stop_timeout=None,
-            base={
-                "Entrypoint": ["nft"] if self.own_nft else ["chroot", "/host", "nft"],
-                "User": "0",
-                "HostConfig": host_config,
-            },
-        )
-        try:
-            with anyio.fail_after(_NFT_LIMIT * 2, shield=True):
-                code, output = await self.engine.run_once(spec, limit=_NFT_LIMIT)
-        except TimeoutError:
-            raise HandoffError(f"the nft helper did not end within {_NFT_LIMIT * 2:g}s") from None
-        except EngineError as exc:
-            raise HandoffError(f"the nft helper could not run: {exc}") from None
+        code, output = await self.helper.run("nft", *args, caps=["NET_ADMIN"])
         if code != 0:
             raise HandoffError(f"nft failed on the engine's host: {output.strip()}")
         return output
+
+    async def tcp_tables(self, container_id: str, pid: int) -> str:
+        return await helper_tables(self.helper, f"container:{container_id}")
+
+    async def host_tables(self) -> str:
+        return await helper_tables(self.helper, "host")
 
     async def unavailable(self) -> str | None:
         try:

@@ -254,7 +254,7 @@ async def _reach(
 
 
 async def _settle_helper(connected: Connected, image: str) -> None:
-    """The remote nft helper runs blue's image unless one is configured (or, blue gone,
+    """The remote handoff's helpers run blue's image unless one is configured (or, blue gone,
     the image of any container of the service, else ``image``)."""
     firewall = connected.firewall
     if isinstance(firewall, EngineFirewall) and not connected.host.helper_image:
@@ -262,6 +262,6 @@ async def _settle_helper(connected: Connected, image: str) -> None:
         for name in (svc.name, svc.old_name, svc.green_name):
             found = await connected.engine.inspect(name)
             if found is not None:
-                firewall.image = found.image
+                firewall.helper.image = found.image
                 return
-        firewall.image = image
+        firewall.helper.image = image
