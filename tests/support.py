@@ -8,6 +8,7 @@ reference user's bash script does it: with the docker CLI.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -405,6 +406,64 @@ class Prober(Sampler):
                     gap = max(gap, t - last_ok)
                 last_ok = t
         return gap
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request of a :class:`KeepAliveProber`: when it was sent (unix time), on which of
+    its connections, and the version that answered (``None``: it failed)."""
+
+    sent: float
+    connection: int
+    version: str | None
+
+
+class KeepAliveProber(Sampler):
+    """GETs ``path`` every 20 ms on one keep-alive connection to ``host``:``port`` and never
+    retries: a request that fails is lost, and the next one opens a new connection."""
+
+    def __init__(self, host: str, port: int, path: str, interval: float = 0.02) -> None:
+        netloc = f"[{host}]" if ":" in host else host
+        super().__init__(f"http://{netloc}:{port}{path}", interval)
+        self.host, self.port, self.path = host, port, path
+        self.exchanges: list[Exchange] = []
+        self.errors: list[str] = []
+        self._conn: http.client.HTTPConnection | None = None
+        self._opened = 0
+
+    def sample(self) -> None:
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=3.0)
+            self._opened += 1
+        sent = time.time()
+        try:
+            self._conn.request("GET", self.path)
+            body = json.loads(self._conn.getresponse().read())
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            body = None
+            self.errors.append(f"{sent:.3f} {exc!r}")
+            self._conn.close()
+            self._conn = None
+        version = body.get("version") if isinstance(body, dict) else None
+        self.exchanges.append(Exchange(sent, self._opened, version))
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self._conn is not None:
+            self._conn.close()
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for e in self.exchanges if e.version is None)
+
+    def answered_across(self, moment: float) -> bool:
+        """Whether a connection opened before ``moment`` (unix time) answered a request sent
+        after it: that connection was not cut at ``moment``."""
+        before = {e.connection for e in self.exchanges if e.sent < moment}
+        return any(
+            e.connection in before and e.sent > moment and e.version is not None
+            for e in self.exchanges
+        )
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""The kernel handoff itself, on loopback: nftables moves new connections, not old ones."""
+"""The kernel handoff itself, on loopback: nftables moves new connections, not old ones.
+
+IPv4 and IPv6 alike: a connection open when the redirect goes in stays on production, one
+opened while it is in place stays on green when it goes (the tool's conntrack table)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from rolling_update._handoff.nft import marked_socket, redirect, remove, table_name, target
+from rolling_update._handoff.nft import (
+    TRACK_TABLE,
+    _nft,
+    marked_socket,
+    redirect,
+    remove,
+    table_name,
+    target,
+)
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +59,7 @@ async def who(session: aiohttp.ClientSession, host: str, port: int) -> str:
 async def test_new_connections_move_marked_and_established_ones_stay(
     ports: tuple[str, int, int],
 ) -> None:
-    """Redirected: new connections reach green, marked ones production; IPv4 flows stay put."""
+    """Redirected: new connections reach green, marked ones production, open ones stay put."""
     host, prod, green = ports
     table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
     fresh = aiohttp.TCPConnector(force_close=True)
@@ -65,14 +76,43 @@ async def test_new_connections_move_marked_and_established_ones_stay(
             assert await target(table) == green
             assert await who(plain, host, prod) == "green"
             assert await who(tool, host, prod) == "production"
-            stayed = await who(keepalive, host, prod)
-            # IPv4 keeps an established connection where it was (conntrack). On this
-            # machine's kernel an established IPv6 flow may not be kept: it is reset and
-            # the client reconnects, to green (README, "What clients see").
-            assert (
-                stayed == "production" if host == "127.0.0.1" else stayed in ("production", "green")
-            )
+            assert await who(keepalive, host, prod) == "production"
         finally:
             await remove(table)
         assert await target(table) is None
         assert await who(plain, host, prod) == "production"
+
+
+async def test_a_connection_redirected_to_green_stays_on_green_when_the_redirect_goes(
+    ports: tuple[str, int, int],
+) -> None:
+    """Released: a connection opened while redirected still reaches green, new ones production."""
+    host, prod, green = ports
+    table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
+    kept = aiohttp.TCPConnector(limit=1)
+    fresh = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=kept) as keepalive,
+        aiohttp.ClientSession(connector=fresh) as plain,
+    ):
+        try:
+            await redirect(table, prod, green)
+            assert await who(keepalive, host, prod) == "green"
+        finally:
+            await remove(table)
+        assert await who(plain, host, prod) == "production"
+        assert await who(keepalive, host, prod) == "green"
+
+
+async def test_the_conntrack_table_stays_one_rule_and_is_no_redirect() -> None:
+    """Every redirect installs the tracking table, idempotently; release and target ignore it."""
+    table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
+    try:
+        await redirect(table, free_port(), free_port())
+        await redirect(table, free_port(), free_port())
+    finally:
+        await remove(table)
+    assert await target(table) is None
+    listed = await _nft(None, "list", "table", "inet", TRACK_TABLE)
+    assert listed.count("ct state new") == 1
+    assert "redirect" not in listed

@@ -2,9 +2,8 @@
 
 Clients: one on 127.0.0.1 (every 20 ms, a new connection each time) and, in
 the plain deploy, a container on the default bridge that reaches the host's
-address (the prerouting path). IPv6 (::1) is proven on the kernel path by
-tests/test_handoff.py. After each case the tool's nftables table is gone and
-exactly one production container serves.
+address (the prerouting path); IPv6 (::1) clients in their own case. After each case
+the tool's nftables table is gone and exactly one production container serves.
 """
 
 from __future__ import annotations
@@ -14,10 +13,12 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import pytest
 
-from tests.support import BASE_IMAGE, Prober, Service, docker
+from tests.support import BASE_IMAGE, KeepAliveProber, Prober, Service, docker
 
 pytestmark = pytest.mark.docker
 
@@ -125,6 +126,36 @@ def test_a_service_publishing_its_port_on_a_bridge_fails_no_request(
     assert production["HostConfig"]["NetworkMode"] in ("default", "bridge")
     published = production["HostConfig"]["PortBindings"]
     assert [b["HostPort"] for b in published[f"{service.port}/tcp"]] == [str(service.port)]
+
+
+def logged_at(event: dict[str, Any]) -> float:
+    """When the tool logged ``event`` (unix time): what it did was done by then."""
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def test_ipv6_connections_survive_the_redirect_going_in_and_out(service: Service) -> None:
+    """IPv6 on ::1: new connections never fail, and a keep-alive connection is cut only by a
+    container that stops under it, never by the redirect going in or out (the tool keeps
+    conntrack running in its own table and redirects only a connection's first packet)."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config(switch="drain_timeout = 1\n")
+    path = "/api/brain/hardening/status"
+    with (
+        Prober(f"http://[::1]:{service.port}{path}") as fresh,
+        KeepAliveProber("::1", service.port, path) as kept,
+    ):
+        run = service.deploy()
+    assert run.code == 0, run.stderr
+    assert_clean(service, "2.0.0", fresh)
+    (redirected,) = run.event("handoff.redirect")
+    (released,) = run.event("handoff.released")
+    # Blue's connection answers behind the redirect (until blue is drained and stopped);
+    # the one opened behind it, to green, answers after the release (until green stops).
+    assert kept.answered_across(logged_at(redirected)), kept.errors
+    assert kept.answered_across(logged_at(released)), kept.errors
+    # A request is lost only where a container ended under its connection: blue, green.
+    assert kept.failures <= 2, kept.errors
 
 
 def test_a_rollback_after_the_switch_fails_no_request(service: Service) -> None:

@@ -9,6 +9,16 @@ it (docker-proxy), and Docker's own chains are left alone. Connections already
 established stay where they are (conntrack keeps their translation). Every
 change is one atomic ``nft -f`` transaction.
 
+That holds only while conntrack follows a flow from before the redirect goes in
+until after it is gone, and the kernel tracks a family only while some rule needs
+it. IPv4 flows are tracked on a Docker host (Docker's rules use conntrack); IPv6
+ones were tracked only while the redirect table existed: a flow opened before it was
+taken up mid-stream as a new one and redirected (reset), one redirected to green
+lost its translation when the table went (reset). So the redirect takes only a
+connection's first packet, and :data:`TRACK_TABLE`, which the tool adds with every
+redirect and never removes, keeps conntrack and the NAT hooks running for both
+families between handoffs (README, "What clients see").
+
 The tool's own HTTP traffic (probes of blue's tick, blue's drain, the
 verification of the new production container) must reach the real
 production port, not green: its sockets carry a firewall mark (``SO_MARK``,
@@ -52,6 +62,11 @@ _NFT_LIMIT = 10.0
 # production's host port meets the redirect to green's published port before
 # Docker's DNAT to blue; on the host network Docker has no rule for these ports.
 _PRIORITY = -110
+TRACK_TABLE = "rolling-update-conntrack"
+"""The persistent table (family ``inet``) that keeps conntrack and NAT running between
+handoffs; a service's table name (:func:`table_name`) never has a ``-``, so never this."""
+_FIRST_PACKET = "tcp flags & (syn | ack) == syn"
+"""A connection's first packet: a flow conntrack takes up mid-stream is not redirected."""
 _SO_MARK = getattr(socket, "SO_MARK", 36)
 
 
@@ -124,11 +139,30 @@ def _ruleset(table: str, port: int, to_port: int, bypass_port: int | None = None
     chain {hook} {{
         type nat hook {hook} priority {_PRIORITY}; policy accept;
         meta mark {MARK:#x} return{bypass}
-        fib daddr type local tcp dport {port} redirect to :{to_port}
+        fib daddr type local {_FIRST_PACKET} tcp dport {port} redirect to :{to_port}
     }}"""
         for hook in ("output", "prerouting")
     )
     return f"table inet {table} {{{chains}\n}}\n"
+
+
+def _tracking() -> str:
+    # The ct rule holds conntrack on for both families, the (empty) nat chain the
+    # NAT hooks that keep established translations. Adding is idempotent; the
+    # flush keeps the one rule however often this runs.
+    return (
+        f"add table inet {TRACK_TABLE}\n"
+        f"add chain inet {TRACK_TABLE} keep "
+        "{ type nat hook output priority 100; policy accept; }\n"
+        f"flush chain inet {TRACK_TABLE} keep\n"
+        f"add rule inet {TRACK_TABLE} keep ct state new\n"
+    )
+
+
+def _redirect_script(table: str, port: int, to_port: int, bypass_port: int | None) -> str:
+    # The tracking comes with the redirect, in its transaction: every handoff
+    # (deploy, rollback, recover, on any host) installs it before its first flow moves.
+    return _replace(table, _ruleset(table, port, to_port, bypass_port)) + _tracking()
 
 
 def _replace(table: str, ruleset: str) -> str:
@@ -222,7 +256,7 @@ class EngineFirewall:
 
     async def redirect(self, table: str, port: int, to_port: int) -> None:
         # nft reads a whole script from one argument, as one transaction.
-        await self._nft(_replace(table, _ruleset(table, port, to_port, self.bypass_port)))
+        await self._nft(_redirect_script(table, port, to_port, self.bypass_port))
 
     async def remove(self, table: str) -> None:
         await self._nft(_replace(table, ""))
@@ -237,11 +271,11 @@ class EngineFirewall:
 
 async def redirect(table: str, port: int, to_port: int) -> None:
     """Send new connections for ``port`` to ``to_port``, replacing any rule before (atomic)."""
-    await _nft(_replace(table, _ruleset(table, port, to_port)))
+    await _nft(_redirect_script(table, port, to_port, None))
 
 
 async def remove(table: str) -> None:
-    """Drop the redirect, if there is one (atomic, idempotent)."""
+    """Drop the redirect, if there is one (atomic, idempotent); :data:`TRACK_TABLE` stays."""
     await _nft(_replace(table, ""))
 
 
