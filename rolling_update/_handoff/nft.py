@@ -66,7 +66,10 @@ TRACK_TABLE = "rolling-update-conntrack"
 """The persistent table (family ``inet``) that keeps conntrack and NAT running between
 handoffs; a service's table name (:func:`table_name`) never has a ``-``, so never this."""
 _FIRST_PACKET = "tcp flags & (syn | ack) == syn"
-"""A connection's first packet: a flow conntrack takes up mid-stream is not redirected."""
+"""A connection's first packet: an IPv6 flow conntrack takes up mid-stream (one opened
+before :data:`TRACK_TABLE` existed) is not redirected. IPv6 only: on IPv4, always tracked
+on a Docker host, the same match made clients on a bridge reaching the host's address
+see resets and lost SYNs (283 of 364 requests failed with it, 0 of 484 without)."""
 _SO_MARK = getattr(socket, "SO_MARK", 36)
 
 
@@ -139,7 +142,9 @@ def _ruleset(table: str, port: int, to_port: int, bypass_port: int | None = None
     chain {hook} {{
         type nat hook {hook} priority {_PRIORITY}; policy accept;
         meta mark {MARK:#x} return{bypass}
-        fib daddr type local {_FIRST_PACKET} tcp dport {port} redirect to :{to_port}
+        meta nfproto ipv4 fib daddr type local tcp dport {port} redirect to :{to_port}
+        meta nfproto ipv6 fib daddr type local {_FIRST_PACKET} tcp dport {port} \
+redirect to :{to_port}
     }}"""
         for hook in ("output", "prerouting")
     )
