@@ -259,6 +259,16 @@ def test_unknown_paths_answer_404(brains: Brains, db: Path) -> None:
     assert brain.call("POST", "/tick/nothing")[:2] == (404, {"error": "not found"})
 
 
+def test_it_queues_connections_as_nodes_listen_does(brains: Brains, db: Path) -> None:
+    """The listening socket's backlog is Node's default, 511 (socketserver's 5 drops SYNs)."""
+    brain = brains.start(db)
+    listening = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{brain.port}"], capture_output=True, text=True, check=True
+    ).stdout
+    # For a listening socket, ss shows the backlog as Send-Q (the third column).
+    assert [line.split()[2] for line in listening.splitlines()] == ["511"]
+
+
 # ---------------------------------------------------------------- drain
 
 

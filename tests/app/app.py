@@ -837,7 +837,14 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(404, {"error": "not found"})
 
 
-class DualStackServer(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
+    # server.js listens with Node's default backlog, 511; socketserver's 5 overflows
+    # (the SYN is dropped, the client waits 1 s to resend) at a few hundred new
+    # connections a second.
+    request_queue_size = 511
+
+
+class DualStackServer(Server):
     """IPv6 and IPv4 (mapped) on one socket, so that ::1 and 127.0.0.1 both reach it."""
 
     address_family = socket.AF_INET6
@@ -912,7 +919,7 @@ def serve():
     try:
         server = DualStackServer(("::", PORT), Handler)
     except OSError:  # a container without IPv6
-        server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
+        server = Server(("0.0.0.0", PORT), Handler)
     server.daemon_threads = True
     print(f"Cecelia Brain running on http://localhost:{PORT}", flush=True)
     threading.Thread(target=init_tick_loop, daemon=True).start()
