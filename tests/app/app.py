@@ -817,7 +817,10 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             idle[self] = time.monotonic()
         try:
-            ready = select.select([self.connection], [], [], self.timeout)[0]
+            # poll, not select: select() refuses descriptors past 1023 (a heavy load).
+            waiting = select.poll()
+            waiting.register(self.connection, select.POLLIN)
+            ready = waiting.poll(self.timeout * 1000)
         finally:
             with lock:
                 idle.pop(self, None)
