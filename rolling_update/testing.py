@@ -303,6 +303,13 @@ class FakeEngine:
             self.calls.append(f"stop {container.name}")
             container.running = False
 
+    async def kill(self, container_id: str, signal: str) -> None:
+        self._check("kill")
+        container = self._get("kill", container_id)
+        if not container.running:
+            raise EngineError("kill", container_id[:12], 409, f"{container.name} is not running")
+        self.calls.append(f"kill {container.name} {signal}")
+
     async def remove(self, container_id: str) -> None:
         container = self._find(container_id)
         if container is not None:

@@ -30,7 +30,7 @@ from rolling_update._config.settings import (
     TickConfig,
     VerifyConfig,
 )
-from rolling_update._deploy.actions import run_actions
+from rolling_update._deploy.actions import ask_to_stop_accepting, run_actions
 from rolling_update._deploy.compose import CONFIG_HASH, config_hash, made_by_compose
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.policy import clear_name, remove_ours
@@ -143,6 +143,7 @@ __all__ = [
     "Verified",
     "VerifyConfig",
     "Watch",
+    "ask_to_stop_accepting",
     "await_docker_healthy",
     "await_healthy",
     "choose_builder",

@@ -29,6 +29,7 @@ from rolling_update.toolkit import (
     VerificationFailed,
     Verified,
     VerifyConfig,
+    ask_to_stop_accepting,
     await_healthy,
     clear_name,
     config_hash,
@@ -93,6 +94,7 @@ class Switch:
         if blue is not None and blue.running:
             if ctx.handoff_active:
                 await self._drain(ctx, blue.id)
+                switched = ctx.get(Switched)
             if self.tick.enabled:
                 # Checked again right before SIGTERM: a tick may have begun
                 # since the tick step returned.
@@ -122,9 +124,12 @@ class Switch:
     async def _drain(self, ctx: DeployContext, blue_id: str) -> None:
         """Until blue holds no connection on production's port (new ones reach green): requests
         in flight finish and idle keep-alive connections are closed by blue itself, not cut by
-        its SIGTERM. Bounded by ``switch.drain_timeout`` and the two-container budget."""
+        its SIGTERM; first, if configured, blue is asked to close them (``switch.drain_signal``,
+        ``drain_request``). Bounded, the ask included, by ``switch.drain_timeout`` and the
+        two-container budget."""
         log = structlog.get_logger()
-        own = ctx.config.switch.drain_timeout
+        cfg = ctx.config.switch
+        own = cfg.drain_timeout
         if own <= 0:
             log.info("switch.blue_connections", counted=False, why="switch.drain_timeout = 0")
             return
@@ -132,10 +137,22 @@ class Switch:
         twin = ctx.found.twin
         # Counted inside blue's network namespace: on a bridge, the port it publishes from.
         port = self.service.port if twin is None else twin.container_port(self.service.port)
+        began = time.monotonic()
         with waiting("blue's connections to close", limit):
-            seconds, left = await drained(
-                ctx.engine, blue_id, port, firewall=ctx.firewall, limit=limit
-            )
+            if cfg.drain_signal is not None or cfg.drain_request is not None:
+                # Before the ask: cut short anywhere in it, the undo (or recover) still
+                # restarts blue.
+                ctx.record(blue_told_to_drain=True)
+                ctx.give(replace(ctx.get(Switched), told_to_drain=True))
+                with anyio.move_on_after(limit) as asked:
+                    await ask_to_stop_accepting(ctx, blue_id)
+                if asked.cancelled_caught:
+                    log.warning("switch.drain_ask_unanswered", bound=bound)
+            _, left = await drained(
+                ctx.engine, blue_id, port, firewall=ctx.firewall,
+                limit=limit - (time.monotonic() - began),
+            )  # fmt: skip
+        seconds = round(time.monotonic() - began, 3)
         ctx.measured[measures.BLUE_DRAIN] = seconds
         if left is not None:
             ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = left
@@ -192,6 +209,19 @@ class Switch:
             raise RestoreFailed(f"blue ({switched.blue_id[:12]}) no longer exists")
         if blue.name != self.service.name:
             await ctx.engine.rename(switched.blue_id, self.service.name)
+        if switched.told_to_drain and blue.running:
+            if bootable is False:
+                log.warning(
+                    "switch.blue_kept_drained",
+                    why="blue cannot boot on the migrated schema (migrate.blue_check): it is "
+                    "kept running as it is, after switch.drain_signal or drain_request",
+                )
+            else:
+                # Asked to stop accepting, blue would go on closing its connections (or
+                # refusing them) as production: a new process serves as blue did.
+                log.info("switch.blue_restart", why="it was asked to drain before its stop")
+                await ctx.engine.stop(blue.id, grace=self.service.stop_timeout)
+                blue = replace(blue, running=False)
         if switched.blue_was_running and not blue.running:
             await ctx.engine.start(switched.blue_id)
             # Serving is enough here: "as healthy as it was found" is judged once every

@@ -319,10 +319,18 @@ def test_example_documents_every_key_with_a_comment() -> None:
         assert isinstance(model, type) and issubclass(model, BaseModel)
         missing = set(model.model_fields) - set(data[section])
         # build.command is the alternative to build.context, state.dir defaults per user,
-        # build.target has no default: shown commented out.
-        assert missing <= {"command", "dir", "target", "textfile"}, (
-            f"[{section}] lacks {sorted(missing)}"
-        )
+        # build.target has no default, the Brain has no drain signal or request: shown
+        # commented out.
+        assert missing <= {
+            "command",
+            "dir",
+            "target",
+            "textfile",
+            "drain_signal",
+            "drain_request",
+        }, f"[{section}] lacks {sorted(missing)}"
+        for key in missing:
+            assert re.search(rf"(?m)^# {key} = ", text), f"{section}.{key} is not shown"
     key_lines = [ln for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#")]
     assert [ln for ln in key_lines if "#" not in ln] == []
 

@@ -9,7 +9,10 @@ the tool's nftables table is gone and exactly one production container serves.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import BASE_IMAGE, KeepAliveProber, Prober, Service, docker
+from tests.support import BASE_IMAGE, KeepAliveProber, Prober, Sampler, Service, docker
 
 pytestmark = pytest.mark.docker
 
@@ -217,3 +220,97 @@ def test_slow_requests_in_flight_on_blue_at_the_switch_all_finish(service: Servi
     (drained,) = run.event("switch.blue_drained")
     # The switch waited for requests that were still running on blue, and none was cut.
     assert drained["left"] == 0 and drained["seconds"] > 0.1
+
+
+@dataclass(frozen=True)
+class Answer:
+    version: str | None
+    close: bool
+    """The answer said ``Connection: close``."""
+    retried: bool
+    """Sent again on a new connection after the reused one failed."""
+
+
+class KeepAlive(Sampler):
+    """One keep-alive connection, a GET every 20 ms, a new connection only when the server
+    said ``Connection: close`` or closed it; a failure on a reused connection is sent again
+    once on a new one, as common clients do for idempotent requests (urllib3, aiohttp)."""
+
+    def __init__(self, port: int, path: str) -> None:
+        super().__init__(path, 0.02)
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        self.answers: list[Answer] = []
+
+    def get(self) -> tuple[str | None, bool]:
+        try:
+            self.conn.request("GET", self.url)
+            response = self.conn.getresponse()
+            body = json.loads(response.read())
+            return body.get("version"), response.getheader("Connection") == "close"
+        except (OSError, ValueError, http.client.HTTPException):
+            self.conn.close()
+            return None, False
+
+    def sample(self) -> None:
+        reused = self.conn.sock is not None
+        version, close = self.get()
+        retried = version is None and reused
+        if retried:
+            version, close = self.get()
+        self.answers.append(Answer(version, close, retried))
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.conn.close()
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for a in self.answers if a.version is None)
+
+
+@pytest.mark.parametrize("ask", ["drain_signal", "drain_request", None])
+def test_blue_asked_to_drain_closes_its_keep_alive_connections(
+    service: Service, ask: str | None
+) -> None:
+    """With switch.drain_signal or drain_request, blue (the stand-in's test-only drain) tells
+    a busy keep-alive client Connection: close, which reconnects to green with 0 failed
+    requests, and closes an idle one: blue's drain ends with none left, though its idle
+    timeout (60 s) is past switch.drain_timeout. Without the ask the idle one is left."""
+    knobs = {"STANDIN_DRAIN_SIGNAL": "SIGUSR2", "KEEPALIVE_TIMEOUT": 60}
+    service.start_blue("1.0.0", knobs=knobs)
+    service.write_app("2.0.0", knobs=knobs)
+    line = {
+        "drain_signal": 'drain_signal = "SIGUSR2"\n',
+        "drain_request": 'drain_request = "POST /__standin/drain"\n',
+        None: "",
+    }[ask]
+    service.config(switch=f"drain_timeout = {20 if ask else 2}\n{line}")
+    idle = socket.create_connection(("127.0.0.1", service.port), timeout=5)
+    try:
+        idle.sendall(b"GET /api/brain/health HTTP/1.1\r\nHost: blue\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        with KeepAlive(service.port, "/api/brain/hardening/status") as busy:
+            run = service.deploy()
+    finally:
+        idle.close()
+    assert run.code == 0, run.stderr
+    assert busy.failures == 0, busy.answers
+    assert service.serving() == "2.0.0" and not service.redirected()
+    (drained,) = run.event("switch.blue_drained")
+    told = [a for a in busy.answers if a.close]
+    if ask is None:
+        # The control: nothing closes the idle connection before blue's SIGTERM.
+        assert drained["left"] >= 1 and not told
+        return
+    assert drained["left"] == 0, drained
+    # Blue, and only blue (green and production never did), said Connection: close; the
+    # next request, on a new connection and not a retry, reached green.
+    assert [a.version for a in told] == ["1.0.0"], busy.answers
+    after = busy.answers[busy.answers.index(told[0]) + 1]
+    assert after.version == "2.0.0" and not after.retried
+    if ask == "drain_signal":
+        assert [e["signal"] for e in run.event("switch.drain_signal")] == ["SIGUSR2"]
+    else:
+        done = [e["action"] for e in run.event("action.done")]
+        assert done == ["switch.drain_request"]

@@ -254,6 +254,34 @@ async def test_a_blue_that_cannot_boot_is_not_restarted_by_recover(
     assert report.outcome == "the new version 2 serves"
 
 
+async def test_a_blue_asked_to_drain_is_restarted_behind_the_redirect(
+    tmp_path: Path, port: int, green_port: int
+) -> None:
+    """Killed between blue's drain ask and its stop: blue, still running but draining, is
+    restarted while green holds the port, which comes back once blue answers."""
+    cfg = config(tmp_path, port, green_port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name="app-old", image="app:1"))
+    engine.add(ours("app", "production", "d2"), running=False)
+    engine.add(ours("app-green", "green", "d2"))
+    journal(
+        cfg, step="switch", blue_id=blue.id, blue_was_running=True, redirect=True,
+        blue_told_to_drain=True,
+    )  # fmt: skip
+    firewall = RecordingFirewall()
+    await firewall.redirect("t", port, green_port)
+    report = await recover(cfg, engine=engine, firewall=firewall)
+    assert report.actions == [
+        "removed app (production of the unfinished deploy)",
+        "renamed app-old back to app",
+        "restarted app (it was asked to drain)",
+        f"removed the redirect of port {port} to green",
+        "removed app-green (green of the unfinished deploy)",
+    ]
+    assert engine.calls[-6:-2] == ["rm app", "rename app-old app", "stop app", "start app"]
+    assert engine.names() == ["app"] and engine.containers[blue.id].running
+
+
 async def test_a_vanished_blue_fails_the_undo_with_its_own_error(tmp_path: Path, port: int) -> None:
     """Switch.compensate raises RestoreFailed (not a bare RollingUpdateError) when blue is gone."""
     import aiohttp

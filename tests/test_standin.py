@@ -536,6 +536,37 @@ def test_sigterm_graceful_mode_closes_connections_and_exits_0(brains: Brains, db
     assert "bye" in brain.output()
 
 
+@pytest.mark.parametrize("ask", ["signal", "request"])
+def test_a_drain_closes_idle_connections_and_says_connection_close(
+    brains: Brains, db: Path, ask: str
+) -> None:
+    """Test-only drain (STANDIN_DRAIN_SIGNAL, POST /__standin/drain): an idle keep-alive
+    connection is closed long before its idle timeout, later answers say Connection: close,
+    and the process goes on serving."""
+    brain = brains.start(db, STANDIN_DRAIN_SIGNAL="SIGUSR2", KEEPALIVE_TIMEOUT="60", **FAST)
+    kept = http.client.HTTPConnection("127.0.0.1", brain.port, timeout=10)
+    try:
+        kept.request("GET", "/api/brain/health")
+        first = kept.getresponse()
+        first.read()
+        assert first.getheader("Connection") != "close"
+        assert kept.sock is not None
+        if ask == "signal":
+            brain.process.send_signal(signal.SIGUSR2)
+        else:
+            drain = f"http://127.0.0.1:{brain.port}/__standin/drain"
+            request = urllib.request.Request(drain, method="POST")
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 200
+        # EOF from the server: the drain closed it (its idle timeout is 60 s).
+        assert kept.sock.recv(1) == b""
+    finally:
+        kept.close()
+    assert brain.call("GET", "/hardening/status")[2].get("Connection") == "close"
+    assert brain.process.poll() is None
+    assert "draining connections" in brain.output()
+
+
 # ---------------------------------------------------------------- migrations, self-check
 
 

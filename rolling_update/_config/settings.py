@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,6 +30,7 @@ _EXPANSION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(ge=0, le=86_400)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 class _Section(BaseModel):
@@ -282,6 +284,76 @@ class SwitchConfig(_Section):
         "keep-alive connections are closed by the server's own timeout: Node's is 5 s); "
         "0: stop blue at once.",
     )
+    drain_signal: str | None = Field(
+        None,
+        description="With the handoff, once new connections reach green and before the wait "
+        "for blue's connections: a signal (e.g. SIGUSR2) sent to blue through the engine, for "
+        "a service that then closes its idle keep-alive connections and answers "
+        "Connection: close. The Brain has none (an unhandled SIGUSR2 ends a Node process). "
+        "A failure is logged and the wait goes on. None: no signal.",
+    )
+    drain_request: str | None = Field(
+        None,
+        description="Like drain_signal, an HTTP request to blue's own port (past the "
+        "redirect): 'METHOD /path', optionally followed by the status that counts as done "
+        "(default 200), e.g. 'POST /admin/drain 204'. Sent after drain_signal; a failure is "
+        "logged and the wait goes on. None: no request.",
+    )
+
+    @field_validator("drain_signal")
+    @classmethod
+    def _valid_signal(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.upper() if value.upper().startswith("SIG") else f"SIG{value.upper()}"
+        if name not in signal.Signals.__members__ or name.startswith(("SIG_", "SIGRT")):
+            raise ValueError(f"{value!r} is not a signal name (e.g. SIGUSR2)")
+        if name in ("SIGKILL", "SIGSTOP"):
+            # Neither can be handled: one stops blue without its grace, the other freezes it.
+            raise ValueError(f"{name} cannot be handled by blue; use a signal it can catch")
+        return name
+
+    @field_validator("drain_request")
+    @classmethod
+    def _valid_request(cls, value: str | None) -> str | None:
+        if value is not None:
+            drain_request_parts(value)
+        return value
+
+    @property
+    def drain_action(self) -> ActionConfig | None:
+        """``drain_request`` as the lifecycle action that carries it out: blue's, optional
+        (its failure is logged); the switch bounds it by ``drain_timeout``."""
+        if self.drain_request is None:
+            return None
+        method, path, status = drain_request_parts(self.drain_request)
+        return ActionConfig(
+            name="switch.drain_request",
+            moment="before-switch",
+            target="blue",
+            method=method,
+            path=path,
+            expect_status=status,
+            optional=True,
+        )
+
+
+def drain_request_parts(line: str) -> tuple[Method, str, int]:
+    """``'POST /admin/drain [204]'`` as its method, path and the status that counts as done."""
+    words = line.split()
+    methods: tuple[Method, ...] = get_args(Method)
+    if len(words) not in (2, 3) or words[0] not in methods or not words[1].startswith("/"):
+        raise ValueError(
+            f"{line!r} is not 'METHOD /path' or 'METHOD /path STATUS' "
+            f"(METHOD one of {', '.join(methods)})"
+        )
+    status = 200
+    if len(words) == 3:
+        if not (words[2].isdigit() and 100 <= int(words[2]) <= 599):
+            raise ValueError(f"{line!r}: the status {words[2]!r} is not 100..599")
+        status = int(words[2])
+    method = next(m for m in methods if m == words[0])
+    return method, words[1], status
 
 
 class LimitsConfig(_Section):
@@ -479,7 +551,7 @@ class ActionConfig(_Section):
         description="Whose port: blue (production's, before the switch), "
         "green, or production (after the switch)."
     )
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field("POST", description="Method.")
+    method: Method = Field("POST", description="Method.")
     path: str = Field(description="Path of the call.")
     body: dict[str, Any] | None = Field(None, description="JSON body, if any.")
     expect_status: int = Field(200, ge=100, le=599, description="Status that counts as done.")

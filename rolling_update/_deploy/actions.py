@@ -19,7 +19,7 @@ import structlog
 
 from rolling_update._config.settings import ActionConfig, Moment
 from rolling_update._deploy.context import DeployContext
-from rolling_update._errors import ActionFailed
+from rolling_update._errors import ActionFailed, EngineError
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._watch.probe import dotted, probe
@@ -110,7 +110,9 @@ async def run_action(ctx: DeployContext, action: ActionConfig) -> None:
     if why is not None:
         log.info("action.skipped", action=action.name, why=why)
         return
-    log.info("action.started", action=action.name, target=action.target, url=url)
+    log.info(
+        "action.started", action=action.name, target=action.target, method=action.method, url=url
+    )
     try:
         await _call(ctx, action, url)
         if action.wait is not None:
@@ -125,4 +127,27 @@ async def run_action(ctx: DeployContext, action: ActionConfig) -> None:
 
 async def run_actions(ctx: DeployContext, moment: Moment) -> None:
     for action in ctx.config.actions_at(moment):
+        await run_action(ctx, action)
+
+
+async def ask_to_stop_accepting(ctx: DeployContext, container_id: str) -> None:
+    """``switch.drain_signal``, then ``switch.drain_request``, to blue: for a service that
+    then closes its idle keep-alive connections and answers ``Connection: close``. Sent once
+    new connections reach green, before the wait for blue's connections; the caller bounds
+    it. A failure is logged, never raised: the action only shortens a wait that has its own
+    bound, and blue's SIGTERM comes after it either way."""
+    log = structlog.get_logger()
+    cfg = ctx.config.switch
+    if cfg.drain_signal is not None:
+        try:
+            await ctx.engine.kill(container_id, cfg.drain_signal)
+        except EngineError as exc:
+            log.warning(
+                "switch.drain_signal", signal=cfg.drain_signal, container=container_id[:12],
+                error=str(exc), consequence="blue's connections are waited for as they are",
+            )  # fmt: skip
+        else:
+            log.info("switch.drain_signal", signal=cfg.drain_signal, container=container_id[:12])
+    action = cfg.drain_action
+    if action is not None:
         await run_action(ctx, action)

@@ -79,6 +79,9 @@ class Switched:
     """The new production container, once created."""
     began: float | None = None
     """Monotonic time blue began to stop."""
+    told_to_drain: bool = False
+    """``switch.drain_signal`` or ``drain_request`` may have reached blue: kept running, it
+    would go on closing its connections, so an undo restarts it."""
 
 
 @dataclass(frozen=True)

@@ -436,6 +436,12 @@ class DockerEngine:
             if exc.status not in (304, 404):
                 raise
 
+    async def kill(self, container_id: str, signal: str) -> None:
+        """Send ``signal`` (a name: SIGUSR2) to the container's main process; the container
+        is not stopped unless the signal makes it exit."""
+        async with self._mutation("kill", f"{container_id[:12]} {signal}"):
+            await self.client.containers.container(container_id).kill(signal=signal)
+
     async def remove(self, container_id: str) -> None:
         try:
             async with self._mutation("rm", container_id[:12]):

@@ -61,7 +61,7 @@ class RecoveryReport:
     unfinished: str | None = None
 
 
-Verb = Literal["remove", "rename", "start", "note"]
+Verb = Literal["remove", "rename", "start", "restart", "note"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,8 @@ class Action:
             return f"renamed {self.name} back to {self.new_name}"
         if self.verb == "start":
             return f"started {self.name} ({self.why})"
+        if self.verb == "restart":
+            return f"restarted {self.name} ({self.why})"
         return self.why
 
 
@@ -258,6 +260,16 @@ class _Decision:
                 self.plan.actions.append(
                     Action("start", self.name, "the previous version", blue.id)
                 )
+            elif blue.running and record is not None and record.blue_told_to_drain:
+                if record.blue_bootable is False:
+                    self.note(
+                        f"blue ({blue.id[:12]}) was asked to drain but cannot boot on the "
+                        "migrated schema (migrate.blue_check failed): kept running as it is"
+                    )
+                else:
+                    self.plan.actions.append(
+                        Action("restart", self.name, "it was asked to drain", blue.id)
+                    )
             self.plan.baseline = record.blue_health if record else None
             return "the previous version serves"
         old = await self.engine.inspect(self.old_name)
@@ -298,6 +310,9 @@ class _Carrying:
             assert action.new_name is not None
             await self.engine.rename(action.container_id, action.new_name)
         elif action.verb == "start":
+            await self.engine.start(action.container_id)
+        elif action.verb == "restart":
+            await self.engine.stop(action.container_id, grace=self.cfg.service.stop_timeout)
             await self.engine.start(action.container_id)
         self.said(action.describe())
 

@@ -46,6 +46,9 @@ class JournalRecord(BaseModel):
     """Whether blue's image passed ``migrate.blue_check`` on the migrated schema."""
     redirect: bool = False
     """The handoff's nftables redirect may be in place (set before it is installed)."""
+    blue_told_to_drain: bool = False
+    """``switch.drain_signal`` or ``drain_request`` may have reached blue (set before): a
+    blue kept running would go on closing its connections, so bringing it back restarts it."""
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -95,10 +95,17 @@ SIGTERM_MODE=graceful  not the real way: after SIGTERM answers say Connection: c
                      (SHUTDOWN_DELAY s), then it stops accepting, lets the requests in
                      flight finish (at most 2 s) and exits 0
 MEMORY_MB=n          hold n MiB of memory
+KEEPALIVE_TIMEOUT=s  an idle keep-alive connection is closed after s seconds (default 5,
+                     Node's keepAliveTimeout, which server.js keeps)
 ECHO_ENV=NAME        print NAME=value at start (to prove logs redact secrets)
 
 Not the Brain's, for tests only: GET /__standin/sleep?s=N answers {"version": ...} after N
-seconds (a slow route in flight when blue is replaced).
+seconds (a slow route in flight when blue is replaced). POST /__standin/drain, and the
+signal STANDIN_DRAIN_SIGNAL names (e.g. SIGUSR2; the Brain has no handler for it: Node
+would exit), make it drain its connections the way a service with such an action does:
+every later answer says Connection: close, and a connection that has waited
+DRAIN_IDLE (0.5) s or more for its next request is closed (one busier than that is told
+Connection: close with its next answer instead). Reported as connections_drain.
 REPORT_URL=url       POST a JSON line per event there: start, tick_start, tick_end,
                      dispatch, task_done (by the dispatching process, if it still runs),
                      drain, drain_completed, drain_cancel, tick_enabled,
@@ -110,6 +117,7 @@ import fcntl
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -376,6 +384,9 @@ state = {
     "connections": 0,
 }
 lock = threading.Lock()
+# Handlers waiting for their connection's next request: since when (monotonic).
+idle = {}
+DRAIN_IDLE = 0.5
 
 
 def start_tick_loop():
@@ -738,6 +749,30 @@ def hardening_body():
     }
 
 
+def drain_connections():
+    """Not the Brain's (POST /__standin/drain, STANDIN_DRAIN_SIGNAL): Connection: close from
+    now on, and idle connections closed; False when already draining."""
+    with lock:
+        if state["stopping"]:
+            return False
+        state["stopping"] = True
+    print("draining connections: Connection: close from now on", flush=True)
+    threading.Thread(target=close_idle, daemon=True).start()
+    report("connections_drain")
+    return True
+
+
+def close_idle():
+    while True:  # until the process ends (a daemon thread)
+        with lock:
+            moment = time.monotonic()
+            for handler in [h for h, since in idle.items() if moment - since >= DRAIN_IDLE]:
+                del idle[handler]
+                with contextlib.suppress(OSError):
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- HTTP
 
 GET_ROUTES = {
@@ -759,7 +794,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # server.js keeps Node's default http.Server: an idle keep-alive connection is closed
     # after keepAliveTimeout, 5 s (Node 20).
-    timeout = 5
+    timeout = num("KEEPALIVE_TIMEOUT", 5)
 
     def log_message(self, *args):
         pass
@@ -775,6 +810,24 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             with lock:
                 state["connections"] -= 1
+
+    def handle_one_request(self):
+        # Until its next request arrives the connection is idle, and a drain may close it.
+        # (No client here pipelines: a request read ahead into rfile is not looked for.)
+        with lock:
+            idle[self] = time.monotonic()
+        try:
+            # poll, not select: select() refuses descriptors past 1023 (a heavy load).
+            waiting = select.poll()
+            waiting.register(self.connection, select.POLLIN)
+            ready = waiting.poll(self.timeout * 1000)
+        finally:
+            with lock:
+                idle.pop(self, None)
+        if not ready:
+            self.close_connection = True
+            return
+        super().handle_one_request()
 
     def answer(self, code, body):
         self.raw(code, json.dumps(body).encode(), "application/json; charset=utf-8")
@@ -834,6 +887,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in POST_ROUTES:
             return self.route(*POST_ROUTES[path])
+        if path == "/__standin/drain":
+            return self.answer(200, {"draining_connections": True, "new": drain_connections()})
         self.answer(404, {"error": "not found"})
 
 
@@ -885,6 +940,11 @@ def serve():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if knob("STANDIN_DRAIN_SIGNAL"):
+        signal.signal(
+            signal.Signals[knob("STANDIN_DRAIN_SIGNAL")],
+            lambda signum, frame: threading.Thread(target=drain_connections, daemon=True).start(),
+        )
     if knob("ECHO_ENV"):
         name = knob("ECHO_ENV")
         print(f"{name}={os.environ.get(name, '')}", flush=True)
