@@ -13,7 +13,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-pytest_plugins = ["tests.support"]
+pytest_plugins = ["tests.support", "tests.engineproxy"]
 
 # Tests marked `realbrain` deploy the real Brain of ../shared/realbrain (RU_REALBRAIN).
 # Without that directory (a user's checkout) they are deselected and the summary says so

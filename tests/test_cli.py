@@ -48,6 +48,18 @@ def test_engine_failure_mid_deploy_is_not_engine_unreachable_nothing_changed() -
     assert "the Docker engine failed during the deploy" in line and "nothing" not in line
 
 
+def test_a_rollback_the_engine_left_unanswered_says_what_to_do() -> None:
+    """Exit 3 when undos found the engine unanswering: one line, `recover` once it answers."""
+    state = began("verify")
+    state.failures = [("switch", "the Docker engine did not answer docker rm x within 2s")]
+    state.engine_unanswered = True
+    cause = EngineUnavailable("the Docker engine did not answer docker inspect y within 2s")
+    code, line = outcome(RollbackIncomplete(cause, state.failures), state)
+    assert code == 3 and line is not None and "\n" not in line
+    assert "once the engine answers again, run `rolling-update recover`" in line
+    assert "docker ps -a" not in line
+
+
 def test_after_the_pivot_a_failure_never_claims_a_rollback() -> None:
     """FailedAfterCommit exits 4 and says the new version serves, never "rolled back"."""
     exc = FailedAfterCommit(RuntimeError("notify failed"), "notify")

@@ -89,6 +89,24 @@ def test_equal_ports_are_rejected() -> None:
         parse(data)
 
 
+@pytest.mark.parametrize(
+    ("engine", "rollback", "message"),
+    [
+        ({"call_timeout": 0}, {}, r"engine\.call_timeout: Input should be greater than 0"),
+        ({"call_timeout": 30}, {}, r"engine\.call_timeout \(30\) must be shorter than rollback"),
+        ({}, {"step_timeout": 10}, r"engine\.call_timeout \(15\) must be shorter than rollback"),
+    ],
+)
+def test_engine_call_timeout_must_fit_an_undo(
+    engine: dict[str, Any], rollback: dict[str, Any], message: str
+) -> None:
+    """engine.call_timeout is positive and shorter than rollback.step_timeout."""
+    data = {**minimal(), "engine": engine, "rollback": rollback}
+    with pytest.raises(ConfigError, match=message):
+        parse(data)
+    assert parse({**minimal(), "engine": {"call_timeout": 2.5}}).engine.call_timeout == 2.5
+
+
 @pytest.mark.parametrize("port", [0, 65536, -1, "x"])
 def test_out_of_range_port_is_rejected(port: object) -> None:
     """Ports outside 1..65535 (or not integers) fail, naming service.port."""

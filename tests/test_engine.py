@@ -11,10 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from rolling_update import ContainerInfo, ContainerSpec, DockerEngine
+from rolling_update import ContainerInfo, ContainerSpec, DockerEngine, EngineUnavailable
+from rolling_update._config.settings import EngineConfig
 from rolling_update._deploy.release import Release
 from rolling_update._engine.model import ContainerEvent
 from rolling_update._engine.parse import FrameDecoder, LineSplitter, memory_in_use, parse_event
+from tests.engineproxy import EngineProxy
 from tests.support import BASE_IMAGE, docker, require_engine
 
 
@@ -195,6 +197,44 @@ async def test_a_build_cut_short_releases_its_connection(tmp_path: Path) -> None
         with anyio.fail_after(10):
             await engine.ping()
             assert await engine.image_exists(tag) is False
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_every_call_to_a_hung_engine_ends_by_call_timeout(
+    engine_proxy: EngineProxy, chatty: str
+) -> None:
+    """A read, a change and a stream's first answer each fail as EngineUnavailable by
+    engine.call_timeout when the engine hangs, and leave no connection behind (pool of 1)."""
+    limits = EngineConfig(call_timeout=0.5)
+    async with DockerEngine(engine_proxy.url, connections=1, limits=limits) as engine:
+
+        async def on_line(line: str) -> None:
+            pass
+
+        async def on_event(event: ContainerEvent) -> None:
+            pass
+
+        async def follow() -> None:
+            await engine.follow_logs(chatty, on_line)
+
+        async def watch() -> None:
+            await engine.watch_events(chatty, time.time_ns(), on_event)
+
+        async def rename() -> None:
+            await engine.rename(chatty, chatty)
+
+        async def inspect() -> None:
+            await engine.inspect(chatty)
+
+        engine_proxy.stall()
+        for call in (inspect, rename, follow, watch):
+            with anyio.fail_after(10), pytest.raises(EngineUnavailable, match="did not answer"):
+                await call()
+        engine_proxy.pass_()
+        with anyio.fail_after(10):
+            info = await engine.inspect(chatty)
+        assert info is not None and info.running
 
 
 @pytest.fixture

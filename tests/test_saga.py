@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from rolling_update import FailedAfterCommit, RollbackIncomplete, RollingUpdateError, run_saga
+from rolling_update import (
+    EngineUnavailable,
+    FailedAfterCommit,
+    RollbackIncomplete,
+    RollingUpdateError,
+    run_saga,
+)
+from rolling_update._deploy.saga import SagaState
 
 pytestmark = pytest.mark.anyio
 
@@ -153,3 +160,39 @@ async def test_unexpected_exception_is_compensated_and_reraised_unchanged() -> N
     with pytest.raises(KeyError):
         await run_saga([FakeStep("a"), Buggy("b")], journal, compensate_limit=1)
     assert journal.entries == ["run a", "undo b", "undo a"]
+
+
+class EngineAway(FakeStep):
+    """A step whose undo finds the engine unanswering ``tries`` times (forever: -1)."""
+
+    def __init__(self, name: str, tries: int) -> None:
+        super().__init__(name)
+        self.tries = tries
+
+    async def compensate(self, ctx: Journal) -> None:
+        if self.tries:
+            self.tries -= 1
+            raise EngineUnavailable("the Docker engine did not answer docker rm x within 0s")
+        await super().compensate(ctx)
+
+
+async def test_an_undo_the_engine_left_unanswered_is_tried_again() -> None:
+    """An engine that answers again within the undo's budget gets the undo done: no failure."""
+    steps = [EngineAway("a", tries=2), FakeStep("b", fail=True)]
+    journal, state = Journal(), SagaState()
+    with pytest.raises(Boom):
+        await run_saga(steps, journal, compensate_limit=5, state=state)
+    assert journal.entries == ["run a", "run b", "undo b", "undo a"]
+    assert state.failures == [] and not state.engine_unanswered
+
+
+async def test_an_engine_that_never_answers_fails_the_undo_by_its_budget() -> None:
+    """Tried until its budget passes, the undo fails naming the engine; the next still runs."""
+    steps = [FakeStep("a"), EngineAway("b", tries=-1), FakeStep("c", fail=True)]
+    journal, state = Journal(), SagaState()
+    with anyio.fail_after(5), pytest.raises(RollbackIncomplete) as caught:
+        await run_saga(steps, journal, compensate_limit=1.2, state=state)
+    assert journal.entries[-2:] == ["undo c", "undo a"]
+    [(step, why)] = caught.value.failures
+    assert step == "b" and "did not answer docker rm x" in why and "time(s) within 1.2s" in why
+    assert state.engine_unanswered

@@ -50,13 +50,17 @@ def outcome(
     if result is Outcome.ROLLBACK_INCOMPLETE:
         if isinstance(exc, RecoveryFailed):
             return code, f"error: recovery incomplete: {exc}"
+        then = "Run `rolling-update recover`, or check `docker ps -a`."
+        if state is not None and state.engine_unanswered:
+            then = (
+                "The Docker engine stopped answering: the host is left part-way through "
+                "the rollback, as the journal records; once the engine answers again, run "
+                "`rolling-update recover`."
+            )
         if isinstance(exc, RollbackIncomplete) or state is None:
-            return code, f"error: {exc}. Run `rolling-update recover`, or check `docker ps -a`."
+            return code, f"error: {exc}. {then}"
         undone = "; ".join(f"{step}: {why}" for step, why in state.failures)
-        return code, (
-            f"error: rollback incomplete: {undone}. Run `rolling-update recover`, "
-            "or check `docker ps -a`."
-        )
+        return code, f"error: rollback incomplete: {undone}. {then}"
     if result is Outcome.FAILED_AFTER_COMMIT:
         return (
             code,

@@ -374,6 +374,15 @@ class StateConfig(_Section):
     )
 
 
+class EngineConfig(_Section):
+    call_timeout: PositiveSeconds = Field(
+        15,
+        description="Seconds any Docker engine call may go unanswered (a hung or overloaded "
+        "engine) before it fails; a stop gets service.stop_timeout on top, and a stream "
+        "(logs, events, a build) this long for its first answer.",
+    )
+
+
 class RollbackConfig(_Section):
     step_timeout: PositiveSeconds = Field(30, description="Deadline of each compensation.")
     timeout: PositiveSeconds = Field(
@@ -591,6 +600,7 @@ class Config(_Section):
     switch: SwitchConfig = Field(default_factory=SwitchConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
@@ -610,6 +620,16 @@ class Config(_Section):
             raise ValueError(
                 "rollout.distribute = registry: image.name must start with the registry's host "
                 f"(registry.example.com/name:{{version}}), not {self.image.name!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _engine_call_fits_an_undo(self) -> Config:
+        if self.engine.call_timeout >= self.rollback.step_timeout:
+            raise ValueError(
+                f"engine.call_timeout ({self.engine.call_timeout:g}) must be shorter than "
+                f"rollback.step_timeout ({self.rollback.step_timeout:g}): an undo must outlast "
+                "an engine call that goes unanswered, to try again"
             )
         return self
 

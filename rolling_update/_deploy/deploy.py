@@ -30,6 +30,7 @@ from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
 from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import LABEL_DEPLOY, Engine
 from rolling_update._errors import (
+    EngineError,
     PreflightError,
 )
 from rolling_update._handoff.measure import measure_handoff
@@ -138,7 +139,7 @@ async def _deploy(
     began = time.monotonic()
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="deploy", deploy_id=deploy_id):
-        async with open_engine(engine) as docker, open_http(given_http) as http:
+        async with open_engine(engine, cfg.engine) as docker, open_http(given_http) as http:
             found = await refuse_or_preflight(cfg, docker, http, release, firewall)
             attempt.from_version = version_of(found.blue)
             same = already_serving(found.blue, release.version)
@@ -223,9 +224,23 @@ async def _deploy(
                 settled = True
             finally:
                 if settled:
-                    with anyio.move_on_after(MARK_LIMIT, shield=True):
+                    left = None
+                    with anyio.move_on_after(MARK_LIMIT, shield=True) as scope:
                         journal.remove()
-                        await docker.remove_marker(marker_name(service))
+                        try:
+                            await docker.remove_marker(marker_name(service))
+                        except EngineError as exc:
+                            # The run's outcome stands (the host shows it); a mark the
+                            # engine kept only makes the next deploy ask for `recover`.
+                            left = str(exc)
+                    if left is not None or scope.cancelled_caught:
+                        log.warning(
+                            "deploy.mark_left",
+                            mark=marker_name(service),
+                            error=left or f"no answer within {MARK_LIMIT:g}s",
+                            consequence="the next deploy refuses until `rolling-update "
+                            "recover` removes it",
+                        )
     seconds = time.monotonic() - began
     verified = ctx.find(Verified)
     final_health = None if verified is None else verified.health

@@ -9,6 +9,10 @@ treat "nothing to undo" as success.
 A step whose ``pivot`` attribute is true is the point of no return: once it
 has succeeded, the steps before it are no longer undone (the new version was
 verified; a failure after that must not roll back a healthy deploy).
+
+An undo that fails because the engine does not answer (:class:`EngineUnavailable`)
+is tried again while its budget lasts: undos are idempotent, and an engine that
+hung for a while answers a later try.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Protocol, TypeVar
 import anyio
 import structlog
 
-from rolling_update._errors import FailedAfterCommit, RollbackIncomplete
+from rolling_update._errors import EngineUnavailable, FailedAfterCommit, RollbackIncomplete
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.timeline import Phase
 
@@ -53,6 +57,8 @@ class SagaState:
         self.committed = False
         self.finished = False
         self.failures: list[tuple[str, str]] = []
+        self.engine_unanswered = False
+        """Whether an undo failed because the Docker engine did not answer."""
         self.on_progress = on_progress
         self.phases: list[Phase] = []
         """Every step run and every undo, with its monotonic start and end (the timeline)."""
@@ -75,6 +81,11 @@ class StepRecord:
 
 
 C = TypeVar("C")
+
+
+# Between tries of an undo the engine did not answer: an engine that refuses connections
+# fails each try at once.
+_UNDO_RETRY_PAUSE = 0.5
 
 
 async def run_saga(
@@ -136,7 +147,7 @@ async def run_saga(
                 )
             else:
                 log.warning("deploy.step.interrupted", reason=type(exc).__name__)
-        failures = await _unwind(started, ctx, compensate_limit, rollback_limit, state.phases)
+        failures = await _unwind(started, ctx, compensate_limit, rollback_limit, state)
         state.failures = failures
         if state.committed and isinstance(exc, Exception):
             # Only the steps after the pivot were undone: the new version serves.
@@ -152,10 +163,25 @@ async def run_saga(
     return records
 
 
+async def _undo(step: Step[C], ctx: C, unanswered: list[EngineUnavailable]) -> None:
+    """``step``'s undo, tried again for as long as the engine does not answer (each
+    unanswered try is put in ``unanswered``); bounded by the caller's budget."""
+    log = structlog.get_logger()
+    while True:
+        try:
+            await step.compensate(ctx)
+            return
+        except EngineUnavailable as exc:
+            unanswered.append(exc)
+            log.warning("deploy.compensate.retry", error=redactor.scrub(str(exc)))
+        await anyio.sleep(_UNDO_RETRY_PAUSE)
+
+
 async def _unwind(
-    started: list[Step[C]], ctx: C, limit: float, total: float | None, phases: list[Phase]
+    started: list[Step[C]], ctx: C, limit: float, total: float | None, state: SagaState
 ) -> list[tuple[str, str]]:
     log = structlog.get_logger()
+    phases = state.phases
     failures: list[tuple[str, str]] = []
     ends = None if total is None else anyio.current_time() + total
     for step in reversed(started):
@@ -169,9 +195,10 @@ async def _unwind(
             log.info("deploy.compensate.started", title=step.title)
             phase = Phase(f"undo {step.name}", step.title, time.monotonic())
             phases.append(phase)
+            unanswered: list[EngineUnavailable] = []
             with anyio.move_on_after(budget, shield=True) as scope:
                 try:
-                    await step.compensate(ctx)
+                    await _undo(step, ctx, unanswered)
                 except Exception as exc:
                     # One failed undo must not stop the others from running.
                     why = redactor.scrub(str(exc) or type(exc).__name__)
@@ -182,7 +209,12 @@ async def _unwind(
             phase.ended = time.monotonic()
             if scope.cancelled_caught:
                 phase.result = "undo-failed"
-                failures.append((step.name, f"did not finish within {budget:g}s"))
+                why = f"did not finish within {budget:g}s"
+                if unanswered:
+                    state.engine_unanswered = True
+                    last = redactor.scrub(str(unanswered[-1]))
+                    why = f"{last}, tried {len(unanswered)} time(s) within {budget:g}s"
+                failures.append((step.name, why))
                 log.error("deploy.compensate.failed", error=f"deadline of {budget:g}s passed")
             else:
                 phase.result = "undone"

@@ -7,19 +7,21 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
+from rolling_update._config.settings import EngineConfig
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.model import Engine
 from rolling_update._handoff.nft import can_mark, marked_socket
 
 
 @asynccontextmanager
-async def open_engine(engine: Engine | None) -> AsyncIterator[Engine]:
-    """The given engine, or a :class:`DockerEngine` opened (and closed) here."""
+async def open_engine(engine: Engine | None, limits: EngineConfig) -> AsyncIterator[Engine]:
+    """The given engine, or a :class:`DockerEngine` opened (and closed) here, its calls
+    bounded by ``limits``."""
     if engine is not None:
         await engine.ping()
         yield engine
         return
-    async with DockerEngine() as docker:
+    async with DockerEngine(limits=limits) as docker:
         yield docker
 
 

@@ -1,8 +1,9 @@
 """The one class that talks to Docker: :class:`DockerEngine`, the :class:`Engine` on aiodocker.
 
 It is the only place aiodocker and its errors are seen: every error is
-translated once, here, and every call that changes engine state is shielded and
-bounded. Streaming calls (log follow, events) each get a client of their own
+translated once, here; every call is bounded by ``engine.call_timeout`` (a hung
+engine's call fails as :class:`EngineUnavailable`), and every call that changes
+engine state is also shielded. Streaming calls (log follow, events) each get a client of their own
 that is closed when the stream ends: cancelling a streaming call in aiodocker
 0.27 leaks its pooled connection, and enough leaks make every later call hang.
 """
@@ -14,7 +15,7 @@ import math
 import os
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
+from rolling_update._config.settings import EngineConfig
 from rolling_update._engine.build_context import build_context_tar
 from rolling_update._engine.model import (
     BuildOptions,
@@ -50,13 +52,6 @@ _CLOSE_LIMIT = 5.0
 _CHUNK = 1 << 20
 
 
-# An engine that takes longer than this to create, start, rename or remove a
-# container is not coming back; stop gets its grace period on top. Kept short:
-# an interrupted deploy waits for the call in flight before its rollback, and
-# the two together must fit a service manager's stop timeout (README).
-MUTATION_LIMIT = 15.0
-
-
 class DockerEngine:
     """:class:`Engine` on a real Docker engine, through aiodocker.
 
@@ -70,7 +65,12 @@ class DockerEngine:
         *,
         connections: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        limits: EngineConfig | None = None,
     ) -> None:
+        # An engine that leaves a call unanswered this long is not coming back in time.
+        # Kept short: an interrupted deploy waits for the call in flight before its
+        # rollback, and the two together must fit a service manager's stop timeout (README).
+        self._limit = (limits or EngineConfig()).call_timeout
         # ``connections`` caps the client's pool (aiodocker's default is 100):
         # a leak shows at once with 1, which is how the tests prove there is none.
         # aiodocker keeps a tcp:// address as it is when it is given a TLS context,
@@ -135,9 +135,24 @@ class DockerEngine:
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
 
+    def _unanswered(self, call: str, limit: float) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"the Docker engine did not answer {call} within {limit:g}s (engine.call_timeout)"
+        )
+
+    @asynccontextmanager
+    async def _bounded(self, operation: str, target: str) -> AsyncIterator[None]:
+        """A call that reads (or changes nothing we must know the outcome of): translated,
+        and failed as :class:`EngineUnavailable` when the engine leaves it unanswered."""
+        with anyio.move_on_after(self._limit) as scope:
+            async with self._translate(operation, target):
+                yield
+        if scope.cancelled_caught:
+            raise self._unanswered(f"docker {operation} {target}", self._limit)
+
     @asynccontextmanager
     async def _mutation(
-        self, operation: str, target: str, *, limit: float = MUTATION_LIMIT
+        self, operation: str, target: str, *, extra: float = 0.0
     ) -> AsyncIterator[None]:
         """A call that changes the engine's state: shielded, bounded, translated.
 
@@ -147,7 +162,9 @@ class DockerEngine:
         an interrupt is delivered at its next checkpoint. The shield never
         outlasts the caller's own deadline, though: a rollback bounded by
         ``rollback.step_timeout`` must end by then, whatever the engine does.
+        ``extra`` is time the call needs on top of ``engine.call_timeout`` (a stop's grace).
         """
+        limit = self._limit + extra
         outer = anyio.current_effective_deadline()
         if outer == -math.inf:
             # Already cancelled before the request went out: nothing is in flight.
@@ -160,10 +177,10 @@ class DockerEngine:
             if deadline >= outer:
                 # The caller's deadline, not ours: let its own scope report it.
                 await anyio.lowlevel.checkpoint()
-            raise EngineError(operation, target, 0, f"no answer within {limit:g}s")
+            raise self._unanswered(f"docker {operation} {target}", limit)
 
     async def ping(self) -> None:
-        async with self._translate("version", "engine"):
+        async with self._bounded("version", "engine"):
             await self.client.version()
 
     async def image_exists(self, ref: str) -> bool:
@@ -171,7 +188,7 @@ class DockerEngine:
 
     async def image_id(self, ref: str) -> str | None:
         try:
-            async with self._translate("image inspect", ref):
+            async with self._bounded("image inspect", ref):
                 data = await self.client.images.inspect(ref)
         except EngineError as exc:
             if exc.status == 404:
@@ -288,17 +305,15 @@ class DockerEngine:
             async for raw in response.content:
                 progress_line(raw, operation, ref, on_status)
 
-    async def run_once(
-        self, spec: ContainerSpec, *, limit: float = MUTATION_LIMIT
-    ) -> tuple[int, str]:
+    async def run_once(self, spec: ContainerSpec, *, limit: float | None = None) -> tuple[int, str]:
         """Run a short-lived container to its end: exit code and output; removed after."""
         container_id = await self.create(spec)
         try:
             await self.start(container_id)
-            with anyio.fail_after(limit):
+            with anyio.fail_after(self._limit if limit is None else limit):
                 code = await self.wait(container_id)
             async with (
-                self._translate("logs", spec.name),
+                self._bounded("logs", spec.name),
                 self._stream(
                     f"containers/{container_id}/logs", {"stdout": "1", "stderr": "1"}
                 ) as response,
@@ -313,12 +328,12 @@ class DockerEngine:
     async def tag_image(self, source: str, target: str) -> None:
         """Point the reference ``target`` (repo:tag) at the image ``source`` names."""
         repo, tag = split_reference(target)
-        async with self._translate("image tag", target):
+        async with self._bounded("image tag", target):
             await self.client.images.tag(source, repo, tag=tag)
 
     async def remove_image(self, ref: str) -> None:
         try:
-            async with self._translate("image rm", ref):
+            async with self._bounded("image rm", ref):
                 await self.client.images.delete(ref)
         except EngineError as exc:
             if exc.status != 404:
@@ -332,7 +347,7 @@ class DockerEngine:
         if reference:
             wanted["reference"] = [reference]
         filters = json.dumps(wanted)
-        async with self._translate("images", "list"):
+        async with self._bounded("images", "list"):
             found = await self._call("GET", "images/json", params={"filters": filters})
         images = [
             ImageInfo(id=str(i["Id"]), tags=list(i.get("RepoTags") or []), created=i["Created"])
@@ -354,7 +369,7 @@ class DockerEngine:
 
     async def read_marker(self, name: str) -> dict[str, str] | None:
         try:
-            async with self._translate("volume inspect", name):
+            async with self._bounded("volume inspect", name):
                 data = await self._call("GET", f"volumes/{name}")
         except EngineError as exc:
             if exc.status == 404:
@@ -385,7 +400,7 @@ class DockerEngine:
     async def inspect_raw(self, name_or_id: str) -> dict[str, Any] | None:
         """The engine's whole inspect answer for a container, or ``None``."""
         try:
-            async with self._translate("inspect", name_or_id):
+            async with self._bounded("inspect", name_or_id):
                 container = await self.client.containers.get(name_or_id)
         except EngineError as exc:
             if exc.status == 404:
@@ -396,7 +411,7 @@ class DockerEngine:
     async def image_config(self, ref: str) -> dict[str, Any]:
         """An image's ``Config`` (its ENV, CMD, labels...); empty when the image is gone."""
         try:
-            async with self._translate("image inspect", ref):
+            async with self._bounded("image inspect", ref):
                 data = await self.client.images.inspect(ref)
         except EngineError as exc:
             if exc.status == 404:
@@ -407,7 +422,7 @@ class DockerEngine:
     async def list_ids(self, labels: Mapping[str, str]) -> list[str]:
         """Ids of all containers (running or not) carrying every label given."""
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        async with self._translate("ps", "containers"):
+        async with self._bounded("ps", "containers"):
             found = await self.client.containers.list(all=True, filters=json.dumps(filters))
         return [str(c.id) for c in found]
 
@@ -430,7 +445,7 @@ class DockerEngine:
 
     async def stop(self, container_id: str, *, grace: int) -> None:
         try:
-            async with self._mutation("stop", container_id[:12], limit=grace + MUTATION_LIMIT):
+            async with self._mutation("stop", container_id[:12], extra=grace):
                 await self.client.containers.container(container_id).stop(t=int(grace))
         except EngineError as exc:
             if exc.status not in (304, 404):
@@ -477,10 +492,13 @@ class DockerEngine:
         aiodocker's own streaming calls never release their response when
         cancelled, so each cancelled follow leaks a pooled connection until
         every later call hangs. ``async with`` on aiohttp's response does not.
+        Its first answer is bounded by ``engine.call_timeout``, except after an
+        upload (a build context, an image): the engine answers once it has it all,
+        and the caller's deadline (``build.timeout``...) bounds that.
         """
         client = self.client
         url = f"{client.docker_host}/{client.api_version}/{path}"
-        async with client.session.request(
+        request = client.session.request(
             method,
             url,
             params=params,
@@ -488,7 +506,13 @@ class DockerEngine:
             json=json_body,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
-        ) as response:
+        )
+        async with AsyncExitStack() as stack:
+            limit = self._limit if data is None else math.inf
+            with anyio.move_on_after(limit) as scope:
+                response = await stack.enter_async_context(request)
+            if scope.cancelled_caught:
+                raise self._unanswered(f"{method} /{path}", limit)
             if response.status >= 400:
                 text = (await response.text()).strip()
                 raise EngineError(path.split("/")[-1], path, response.status, text)
@@ -507,8 +531,9 @@ class DockerEngine:
         ``replay`` starts with every line since the container started; without
         it, only new lines come.
         """
-        async with self._translate("logs", container_id[:12]):
+        async with self._bounded("logs", container_id[:12]):
             info = await self.client.containers.get(container_id)
+        async with self._translate("logs", container_id[:12]):
             tty = bool(info._container.get("Config", {}).get("Tty"))
             params = {"stdout": "1", "stderr": "1", "follow": "1", "tail": "all" if replay else "0"}
             async with self._stream(f"containers/{container_id}/logs", params) as response:

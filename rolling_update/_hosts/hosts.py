@@ -249,7 +249,9 @@ async def _reach(
     elif host.engine.startswith("tcp://"):
         ssl_context = _tls(host)
     with anyio.fail_after(limit):
-        engine = await stack.enter_async_context(DockerEngine(url, ssl_context=ssl_context))
+        engine = await stack.enter_async_context(
+            DockerEngine(url, ssl_context=ssl_context, limits=cfg.engine)
+        )
     return engine, host_cfg
 
 

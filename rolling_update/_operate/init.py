@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from rolling_update._config.settings import HealthConfig, load_config
+from rolling_update._config.settings import EngineConfig, HealthConfig, load_config
 from rolling_update._deploy.compose import WORKING_DIR, made_by_compose, service_entries
 from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import Engine, split_reference
@@ -252,7 +252,7 @@ async def survey(
     http: aiohttp.ClientSession | None = None,
 ) -> tuple[Found, int]:
     """What the running ``container`` says of itself, and a free port for green."""
-    async with open_engine(engine) as docker, open_http(http) as http:
+    async with open_engine(engine, EngineConfig()) as docker, open_http(http) as http:
         found = await inspect_service(docker, http, container, health_path=health_path)
         green_port = await free_green_port("127.0.0.1", found.port)
     found.notes.append(f"green_port {green_port}: the first free port after {found.port}")

@@ -40,7 +40,7 @@ async def plan(
     release = prepare(cfg)
     steps = guarded(cfg, plan(cfg))
     check_plan(steps)
-    async with open_engine(engine) as docker, open_http(http) as http:
+    async with open_engine(engine, cfg.engine) as docker, open_http(http) as http:
         finish = await preview_recover(cfg, docker, firewall or LocalFirewall())
         found = await preflight(
             cfg, docker, http, release, firewall, image_arrives=copied_from is not None

@@ -386,7 +386,7 @@ async def _recover(
     service = cfg.service.name
     with service_lock(cfg.state_dir, service, purpose="recover", deploy_id="-"):
         journal = Journal.load(Journal.path_for(cfg.state_dir))
-        async with open_engine(engine) as docker, open_http(http) as http:
+        async with open_engine(engine, cfg.engine) as docker, open_http(http) as http:
             record = await unfinished(cfg, docker, journal)
             if record is not None:
                 log.info(

@@ -47,7 +47,7 @@ async def rollback(
     """Deploy ``version`` (default: the one before what serves) with ``plan``'s steps less its
     build and migrations; ``http`` as for :func:`deploy`."""
     log = structlog.get_logger()
-    async with open_engine(engine) as docker:
+    async with open_engine(engine, cfg.engine) as docker:
         known = await known_versions(cfg, docker)
         current = version_of(await docker.inspect(cfg.service.name))
     if version is None:

@@ -54,7 +54,7 @@ async def status(
     svc = cfg.service
     firewall = firewall or LocalFirewall()
     report: dict[str, Any] = {"service": svc.name}
-    async with open_engine(engine) as docker, open_http(http) as http:
+    async with open_engine(engine, cfg.engine) as docker, open_http(http) as http:
         raw = await docker.inspect_raw(svc.name)
         info = await docker.inspect(svc.name)
         production: dict[str, Any] | None = None

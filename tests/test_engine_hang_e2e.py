@@ -1,0 +1,188 @@
+"""A hung or vanishing Docker engine, made for real with a proxy in front of its socket.
+
+The deploy reaches the engine through :class:`~tests.engineproxy.EngineProxy`
+(its DOCKER_HOST); the test's own look at the host goes straight to the engine.
+At a phase of the deploy the proxy stalls every call (a hung ``dockerd``) or
+drops every connection (an engine going away), and either answers again after
+a while or never. Each case asserts that the tool ends by its deadlines, its
+exit code and one line, and the host it leaves: what serves production's port,
+which containers exist, the redirect, the journal and the engine's mark. Where
+the engine never came back, ``recover`` (once it answers) finishes the job.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.engineproxy import EngineProxy
+from tests.support import Cli, Prober, Run, Service
+
+pytestmark = pytest.mark.docker
+
+CALL_TIMEOUT = 2.0
+# A hang that "passes after a while" outlasts one call's deadline, never an undo's budget.
+WHILE = 2 * CALL_TIMEOUT
+# Whatever the engine does, the deploy ends well inside this (its deadlines add up to
+# about 60 s here); the Cli fails the test past it.
+BOUND = 150
+STOP = r"POST /v[\d.]+/containers/[0-9a-f]+/stop"
+GIVE_UP = "once the engine answers again, run `rolling-update recover`"
+
+
+def prepared(
+    service: Service,
+    *,
+    knobs: dict[str, object] | None = None,
+    verify: str = "timeout = 10\nsoak = 1\n",
+) -> None:
+    """Blue v1 serving; v2 (with ``knobs``) to deploy, with short engine deadlines."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs=knobs)
+    service.config(
+        engine=f"call_timeout = {CALL_TIMEOUT}\n",
+        rollback="step_timeout = 8\ntimeout = 20\n",
+        tick="settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n",
+        verify=verify,
+    )
+
+
+def through(proxy: EngineProxy, service: Service) -> Cli:
+    """A deploy that reaches the engine through ``proxy``."""
+    return service.cli("deploy", environ={"DOCKER_HOST": proxy.url}, timeout=BOUND)
+
+
+def later(proxy: EngineProxy, comes_back: bool) -> None:
+    """The engine answers again ``WHILE`` s from now, or never."""
+    if comes_back:
+        timer = threading.Timer(WHILE, proxy.pass_)
+        timer.daemon = True
+        timer.start()
+
+
+def hang_at_blue_stop(proxy: EngineProxy, fault: str) -> None:
+    """Once blue's stop is sent (and held), the whole engine stalls or drops."""
+    proxy.stall(only=STOP)
+    if not proxy.held.wait(60):
+        pytest.fail("the switch never sent blue's stop")
+    proxy.drop() if fault == "drop" else proxy.stall()
+
+
+def report(phase: str, fault: str, comes_back: bool, run: Run, prober: Prober) -> None:
+    """The outcome-table row of this case, for the README (pytest -s shows it): production's
+    port probed through the deploy and, where the engine never came back, the recover."""
+    print(
+        f"\nOUTCOME fault={fault} phase={phase} back={'after' if comes_back else 'never'}"
+        f" exit={run.code} seconds={run.seconds:.1f} failed={prober.failures}"
+        f" of={len(prober.samples)} dark={prober.longest_gap():.2f}"
+        f" line={run.stderr.strip()[-160:]!r}"
+    )
+
+
+def assert_clean(service: Service, version: str) -> None:
+    """Exactly one production container serving ``version``, nothing else left."""
+    assert service.serving() == version
+    assert service.containers() == [service.name]
+    assert not service.redirected()
+    assert not service.journal.exists() and not service.marked()
+
+
+def assert_gave_up(service: Service, proxy: EngineProxy, run: Run) -> None:
+    """Exit 3, with one line saying what a human must do; the journal and mark are kept
+    for `recover`, which (once the engine answers) brings back exactly one blue."""
+    assert run.code == 3, run.tail()
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and GIVE_UP in lines[0], run.stderr
+    assert "did not answer" in lines[0] or "unreachable" in lines[0], run.stderr
+    assert service.journal.exists() and service.marked()
+    proxy.pass_()
+    recovered = service.recover()
+    assert recovered.code == 0, recovered.tail()
+    assert_clean(service, "1.0.0")
+
+
+def assert_rolled_back(service: Service, run: Run) -> None:
+    """Exit 1 naming the engine's failure; blue alone serves, nothing left."""
+    assert run.code == 1, run.tail()
+    assert "the Docker engine failed during the deploy" in run.stderr, run.stderr
+    assert_clean(service, "1.0.0")
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
+@pytest.mark.parametrize("phase", ["green-health", "verify", "soak"])
+def test_engine_hangs_during_a_phase(
+    service: Service, engine_proxy: EngineProxy, phase: str, comes_back: bool
+) -> None:
+    """The engine stalls at the start of green's warm-up, the verify or the soak: the
+    watch's unanswered call fails the step by engine.call_timeout, so nothing is committed
+    unobserved; the rollback finishes once the engine answers (exit 1), or gives up by its
+    deadlines with exit 3 and `recover` to run; blue serves throughout."""
+    # A soak long enough for an unanswered call to fail inside it.
+    prepared(service, verify="timeout = 10\nsoak = 6\n")
+    with Prober(service.version_url()) as prober:
+        with through(engine_proxy, service) as cli:
+            cli.until_event("deploy.step.started", step=phase)
+            engine_proxy.stall()
+            later(engine_proxy, comes_back)
+            run = cli.finish()
+        assert "did not answer" in run.stderr
+        if comes_back:
+            assert_rolled_back(service, run)
+        else:
+            assert_gave_up(service, engine_proxy, run)
+    report(phase, "stall", comes_back, run, prober)
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
+@pytest.mark.parametrize("fault", ["stall", "drop"])
+def test_engine_fails_at_blues_stop(
+    service: Service, engine_proxy: EngineProxy, fault: str, comes_back: bool
+) -> None:
+    """The engine hangs (or drops every connection) once the switch sent blue's stop: blue
+    keeps serving, renamed, beside the created production container and behind the
+    redirect to green. A stall shorter than the stop's deadline only delays the deploy
+    (exit 0, the new version); otherwise it rolls back (exit 1) or gives up by its
+    deadlines (exit 3, `recover` to run)."""
+    prepared(service)
+    with Prober(service.version_url()) as prober:
+        with through(engine_proxy, service) as cli:
+            cli.until_event("deploy.step.started", step="switch")
+            hang_at_blue_stop(engine_proxy, fault)
+            later(engine_proxy, comes_back)
+            run = cli.finish()
+        if not comes_back:
+            assert_gave_up(service, engine_proxy, run)
+        elif fault == "stall":
+            # The held stop reaches the engine within its own deadline (grace + call_timeout).
+            assert run.code == 0, run.tail()
+            assert_clean(service, "2.0.0")
+        else:
+            assert_rolled_back(service, run)
+    report("switch (blue's stop)", fault, comes_back, run, prober)
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
+def test_engine_hangs_during_the_rollback(
+    service: Service, engine_proxy: EngineProxy, comes_back: bool
+) -> None:
+    """A new version degraded on production's port fails its verify, and the engine stalls
+    as the rollback begins: each undo tries again while its budget lasts, so an engine
+    that answers again gets blue back (exit 1); one that never does gets exit 3 by the
+    rollback's deadline, with what to do, and the redirect keeps production's port served."""
+    prepared(service, knobs={"FAIL_ON_PORT": service.port}, verify="timeout = 3\nsoak = 1\n")
+    with Prober(service.version_url()) as prober:
+        with through(engine_proxy, service) as cli:
+            cli.until_event("deploy.compensate.started")
+            engine_proxy.stall()
+            later(engine_proxy, comes_back)
+            run = cli.finish()
+        if comes_back:
+            assert run.code == 1, run.tail()
+            assert "did not serve 2.0.0 healthily" in run.stderr
+            assert_clean(service, "1.0.0")
+        else:
+            # The redirect to green is kept: something serves production's port meanwhile.
+            assert service.serving() is not None
+            assert_gave_up(service, engine_proxy, run)
+    report("rollback", "stall", comes_back, run, prober)
