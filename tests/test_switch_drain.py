@@ -17,7 +17,7 @@ from rolling_update._deploy.records import Preflight, Redirected, Switched
 from rolling_update._deploy.release import Release
 from rolling_update.testing import FakeEngine
 from steps import Switch
-from tests.support import free_port
+from tests.support import RecordingFirewall, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -71,6 +71,8 @@ def context(cfg: Config, engine: FakeEngine, http: aiohttp.ClientSession) -> Dep
         deploy_id="d2",
         release=Release(version="2", image="app:2", env={}),
         found=found,
+        # Blue's connections are counted on this fake host: none.
+        firewall=RecordingFirewall(),
     )
     ctx.give(Redirected(active=True))
     return ctx
