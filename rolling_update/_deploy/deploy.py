@@ -224,8 +224,10 @@ async def _deploy(
             finally:
                 if settled:
                     with anyio.move_on_after(MARK_LIMIT, shield=True):
-                        journal.remove()
+                        # The mark first: when the engine fails its removal (it is
+                        # going down), the journal is left for `recover` to read.
                         await docker.remove_marker(marker_name(service))
+                        journal.remove()
     seconds = time.monotonic() - began
     verified = ctx.find(Verified)
     final_health = None if verified is None else verified.health

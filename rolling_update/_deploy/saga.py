@@ -21,7 +21,12 @@ from typing import Protocol, TypeVar
 import anyio
 import structlog
 
-from rolling_update._errors import FailedAfterCommit, RollbackIncomplete
+from rolling_update._errors import (
+    EngineError,
+    EngineUnavailable,
+    FailedAfterCommit,
+    RollbackIncomplete,
+)
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.timeline import Phase
 
@@ -152,6 +157,18 @@ async def run_saga(
     return records
 
 
+# An engine restarting answers 500s while it shuts down ("database not open"), then
+# nothing: an undo failing so is tried again this often, within its budget.
+_RETRY_PAUSE = 0.5
+
+
+def _passing(exc: Exception) -> bool:
+    """Whether an undo's failure is the engine's passing state, not an answer to its request."""
+    return isinstance(exc, EngineUnavailable) or (
+        isinstance(exc, EngineError) and exc.status >= 500
+    )
+
+
 async def _unwind(
     started: list[Step[C]], ctx: C, limit: float, total: float | None, phases: list[Phase]
 ) -> list[tuple[str, str]]:
@@ -169,20 +186,31 @@ async def _unwind(
             log.info("deploy.compensate.started", title=step.title)
             phase = Phase(f"undo {step.name}", step.title, time.monotonic())
             phases.append(phase)
+            failing: str | None = None
             with anyio.move_on_after(budget, shield=True) as scope:
-                try:
-                    await step.compensate(ctx)
-                except Exception as exc:
-                    # One failed undo must not stop the others from running.
-                    why = redactor.scrub(str(exc) or type(exc).__name__)
-                    failures.append((step.name, why))
-                    log.error("deploy.compensate.failed", error=why)
-                    phase.ended, phase.result = time.monotonic(), "undo-failed"
-                    continue
+                while True:  # bounded by the budget's move_on_after
+                    try:
+                        await step.compensate(ctx)
+                    except Exception as exc:
+                        why = redactor.scrub(str(exc) or type(exc).__name__)
+                        if _passing(exc):
+                            # Compensations are idempotent: asked again while the budget lasts.
+                            failing = why
+                            log.warning("deploy.compensate.retry", error=why)
+                            await anyio.sleep(_RETRY_PAUSE)
+                            continue
+                        # One failed undo must not stop the others from running.
+                        failures.append((step.name, why))
+                        log.error("deploy.compensate.failed", error=why)
+                        phase.ended, phase.result = time.monotonic(), "undo-failed"
+                    break
+            if phase.result == "undo-failed":
+                continue
             phase.ended = time.monotonic()
             if scope.cancelled_caught:
                 phase.result = "undo-failed"
-                failures.append((step.name, f"did not finish within {budget:g}s"))
+                last = "" if failing is None else f" (last: {failing})"
+                failures.append((step.name, f"did not finish within {budget:g}s{last}"))
                 log.error("deploy.compensate.failed", error=f"deadline of {budget:g}s passed")
             else:
                 phase.result = "undone"
