@@ -3,7 +3,8 @@
 #   a running Docker engine (installed from Debian's packages if missing), nftables
 #   (for the kernel handoff) and the offline test base image (a debootstrapped Debian
 #   with python3, built once), and a second Docker host in a network namespace
-#   (scripts/test-hosts.sh: its own dockerd, sshd and TLS endpoint).
+#   (scripts/test-hosts.sh: its own dockerd, sshd and TLS endpoint), and the fault engine
+#   (scripts/test-faults.sh: a second dockerd the fault tests restart).
 # Needs root, as on the project's machines. Real users keep BASE in their registry.
 set -euo pipefail
 
@@ -62,3 +63,4 @@ else
 fi
 
 bash "$(dirname "$0")/test-hosts.sh"
+bash "$(dirname "$0")/test-faults.sh"

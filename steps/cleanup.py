@@ -10,6 +10,7 @@ import structlog
 from rolling_update.toolkit import (
     LABEL_SERVICE,
     DeployContext,
+    EngineUnavailable,
     GreenStarted,
     Redirected,
     RollingUpdateError,
@@ -84,14 +85,22 @@ class RemoveOld:
             if container_id is None:
                 continue
             try:
-                await ctx.engine.stop(container_id, grace=self.service.stop_timeout)
-                await ctx.engine.remove(container_id)
+                try:
+                    await self._remove_one(ctx, container_id)
+                except EngineUnavailable:
+                    # The engine went away mid-call (a restart): asked once more, on a
+                    # connection that waits for it to be back (both calls are idempotent).
+                    await self._remove_one(ctx, container_id)
             except RollingUpdateError as exc:
                 log.warning(
                     "cleanup.leftover", container=label, id=container_id[:12], error=str(exc)
                 )
             else:
                 log.info("cleanup.removed", container=label, id=container_id[:12])
+
+    async def _remove_one(self, ctx: DeployContext, container_id: str) -> None:
+        await ctx.engine.stop(container_id, grace=self.service.stop_timeout)
+        await ctx.engine.remove(container_id)
 
     async def compensate(self, ctx: DeployContext) -> None:
         pass

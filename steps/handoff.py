@@ -61,10 +61,17 @@ class Redirect:
         # brought blue back by now (or never stopped it); check that it answers.
         url = ctx.url(self.service.port, self.health.path)
         answer = await probe(ctx.http, url, self.health)
-        if answer.status is None:
+        green = None if not ctx.green_id else await ctx.engine.inspect(ctx.green_id)
+        if answer.status is None and green is not None and green.running:
             raise RestoreFailed(
                 f"the redirect of port {self.service.port} to green is kept: nothing else "
                 f"answers there ({answer.describe()})"
+            )
+        if answer.status is None:
+            # Green no longer runs (an engine restart stopped it): the redirect leads
+            # nowhere, while blue, coming back, listens on production's port itself.
+            structlog.get_logger().warning(
+                "handoff.released_to_nothing", port=self.service.port, why=answer.describe()
             )
         await ctx.port_handoff.release()
         ctx.record(redirect=False)

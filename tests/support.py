@@ -379,7 +379,8 @@ class Prober(Sampler):
         try:
             with urllib.request.urlopen(self.url, timeout=3.0) as response:
                 body = json.loads(response.read())
-        except (OSError, ValueError) as exc:
+        # HTTPException: an answer cut mid-body (IncompleteRead) when its server is killed.
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             body = None
             self.errors.append(f"{time.monotonic():.3f} {exc!r}")
         version = body.get("version") if isinstance(body, dict) else None
@@ -397,13 +398,14 @@ class Prober(Sampler):
                 seen.append(version)
         return seen
 
-    def longest_gap(self) -> float:
-        """Longest time between two successful answers (the downtime window)."""
+    def longest_gap(self, *, to_end: bool = False) -> float:
+        """Longest time between two successful answers (the downtime window); ``to_end``:
+        failures at the end count too, up to the last request (a port left dark)."""
         gap, last_ok = 0.0, None
         for t, version in self.samples:
+            if (version is not None or to_end) and last_ok is not None:
+                gap = max(gap, t - last_ok)
             if version is not None:
-                if last_ok is not None:
-                    gap = max(gap, t - last_ok)
                 last_ok = t
         return gap
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from aiohttp import web
 
 from rolling_update import ContainerInfo, ContainerSpec, DockerEngine, EngineUnavailable
 from rolling_update._config.settings import EngineConfig
@@ -319,3 +320,56 @@ async def test_the_engine_mark_goes_to_whoever_claimed_it_first(engine: DockerEn
         await engine.remove_marker(name)
     assert await engine.read_marker(name) is None
     await engine.remove_marker(name)
+
+
+class StandInEngine:
+    """An HTTP server on a unix socket that answers what an engine answers to a ping and an
+    inspect; :meth:`restart` takes it away (socket gone) and brings it back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/{api}/version", self.version)
+        app.router.add_get("/{api}/containers/{id}/json", self.container)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.UnixSite(self.runner, str(self.path)).start()
+
+    async def stop(self) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+        self.path.unlink(missing_ok=True)
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"ApiVersion": "1.41", "Version": "20.10.24"})
+
+    async def container(self, request: web.Request) -> web.Response:
+        return web.json_response({"message": "No such container"}, status=404)
+
+
+@pytest.mark.anyio
+async def test_calls_wait_out_an_engine_restart(tmp_path: Path) -> None:
+    """A call made while the engine restarts (its socket gone) is answered once it is back;
+    an address where no engine ever answered is refused at once."""
+    stand_in = StandInEngine(tmp_path / "docker.sock")
+    await stand_in.start()
+    async with DockerEngine(f"unix://{stand_in.path}") as engine:
+        await stand_in.stop()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.inspect, "blue")
+
+            async def back() -> None:
+                await anyio.sleep(0.5)
+                await stand_in.start()
+
+            tg.start_soon(back)
+            with anyio.fail_after(10):
+                assert await engine.inspect("blue") is None
+    await stand_in.stop()
+    with anyio.fail_after(5), pytest.raises(EngineUnavailable):
+        async with DockerEngine(f"unix://{stand_in.path}"):
+            pass

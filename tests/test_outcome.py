@@ -10,7 +10,7 @@ from rolling_update._cli.exits import EXIT_TABLE
 from rolling_update._deploy.judge import judge
 from rolling_update._deploy.outcome import Outcome, worst
 from rolling_update._deploy.saga import SagaState
-from rolling_update._errors import ConfigError, FailedAfterCommit, RollingUpdateError
+from rolling_update._errors import ConfigError, EngineError, FailedAfterCommit, RollingUpdateError
 
 
 def test_every_outcome_has_an_exit_code_the_table_documents() -> None:
@@ -28,6 +28,14 @@ def test_every_outcome_has_an_exit_code_the_table_documents() -> None:
         (RollingUpdateError("green died"), True, False, None, Outcome.ROLLED_BACK),
         (
             FailedAfterCommit(RuntimeError("cleanup"), "cleanup"),
+            True,
+            True,
+            None,
+            Outcome.FAILED_AFTER_COMMIT,
+        ),
+        # The engine failing the mark's removal after the steps: the new version serves.
+        (
+            EngineError("volume rm", "mark", 500, "database not open"),
             True,
             True,
             None,

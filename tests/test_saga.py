@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from rolling_update import (
+    EngineError,
     EngineUnavailable,
     FailedAfterCommit,
     RollbackIncomplete,
@@ -196,3 +197,46 @@ async def test_an_engine_that_never_answers_fails_the_undo_by_its_budget() -> No
     [(step, why)] = caught.value.failures
     assert step == "b" and "did not answer docker rm x" in why and "time(s) within 1.2s" in why
     assert state.engine_unanswered
+
+
+class Restarting:
+    """An undo meeting an engine that restarts: it fails ``times`` times with ``error``."""
+
+    name = "restarting"
+    title = "an undo during an engine restart"
+
+    def __init__(self, error: Exception, times: int) -> None:
+        self.error, self.times, self.tries = error, times, 0
+
+    async def run(self, ctx: Journal) -> None:
+        pass
+
+    async def compensate(self, ctx: Journal) -> None:
+        self.tries += 1
+        if self.tries <= self.times:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EngineUnavailable("Docker engine unreachable: [Errno 2] No such file or directory"),
+        EngineError("volume rm", "mark", 500, "database not open"),
+    ],
+    ids=["unreachable", "500"],
+)
+async def test_an_undo_failing_on_a_restarting_engine_is_asked_again(error: Exception) -> None:
+    """An undo the engine fails while it restarts (gone, or answering 500s) is tried again
+    within its budget: the rollback completes."""
+    undo = Restarting(error, times=2)
+    with pytest.raises(Boom):
+        await run_saga([undo, FakeStep("b", fail=True)], Journal(), compensate_limit=5)
+    assert undo.tries == 3
+
+
+async def test_an_undo_refused_by_the_engine_fails_at_once() -> None:
+    """An engine's answer to the request (a 409) is not retried: the undo fails at once."""
+    undo = Restarting(EngineError("rename", "blue", 409, "name in use"), times=100)
+    with pytest.raises(RollbackIncomplete):
+        await run_saga([undo, FakeStep("b", fail=True)], Journal(), compensate_limit=5)
+    assert undo.tries == 1

@@ -31,6 +31,8 @@ from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import LABEL_DEPLOY, Engine
 from rolling_update._errors import (
     EngineError,
+    EngineUnavailable,
+    FailedAfterCommit,
     PreflightError,
 )
 from rolling_update._handoff.measure import measure_handoff
@@ -158,7 +160,7 @@ async def _deploy(
             held = await docker.claim_marker(marker_name(service), labels)
             if held.get(LABEL_DEPLOY) != deploy_id:
                 raise refuse_marked(held, service)
-            settled = False
+            settled = succeeded = False
             try:
                 journal = Journal.begin(
                     cfg.state_dir,
@@ -221,26 +223,32 @@ async def _deploy(
                     settled = not progress.failures and not after_commit_failure
                     raise
                 record_timeline(attempt, progress, ctx, began)
-                settled = True
+                settled = succeeded = True
             finally:
                 if settled:
                     left = None
                     with anyio.move_on_after(MARK_LIMIT, shield=True) as scope:
-                        journal.remove()
                         try:
+                            # The mark first: when the engine fails its removal (it is
+                            # going down), the journal is left for `recover` to read.
                             await docker.remove_marker(marker_name(service))
                         except EngineError as exc:
-                            # The run's outcome stands (the host shows it); a mark the
-                            # engine kept only makes the next deploy ask for `recover`.
                             left = str(exc)
+                        else:
+                            journal.remove()
                     if left is not None or scope.cancelled_caught:
+                        error = left or f"no answer within {MARK_LIMIT:g}s"
                         log.warning(
                             "deploy.mark_left",
                             mark=marker_name(service),
-                            error=left or f"no answer within {MARK_LIMIT:g}s",
-                            consequence="the next deploy refuses until `rolling-update "
-                            "recover` removes it",
+                            error=error,
+                            consequence="the journal is kept, and the next deploy refuses "
+                            "until `rolling-update recover` finishes this one",
                         )
+                        if succeeded:
+                            # The new version serves, but the host is not left as a
+                            # finished deploy leaves it: exit 4, `recover` finishes.
+                            raise FailedAfterCommit(EngineUnavailable(error), "the mark's removal")
     seconds = time.monotonic() - began
     verified = ctx.find(Verified)
     final_health = None if verified is None else verified.health

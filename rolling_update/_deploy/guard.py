@@ -34,6 +34,14 @@ class ConfirmBlue:
         if serving is None:
             return
         blue = await ctx.engine.inspect(self.service.name)
+        if blue is not None and blue.id == serving and not blue.running:
+            # Found running, stopped by something other than this deploy (an engine
+            # restart without live-restore; the undos start only what they stopped):
+            # started again. An engine still going down fails the start: the runner asks
+            # this undo again while its budget lasts.
+            structlog.get_logger().warning("rollback.blue_found_stopped", id=serving[:12])
+            await ctx.engine.start(blue.id)
+            blue = await ctx.engine.inspect(self.service.name)
         if not ctx.is_blue_serving(blue):
             now = "nothing" if blue is None else f"{blue.id[:12]} (running: {blue.running})"
             raise RestoreFailed(

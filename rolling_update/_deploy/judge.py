@@ -28,7 +28,9 @@ def judge(
     began = state is not None and state.current is not None
     if isinstance(exc, RollbackIncomplete | RecoveryFailed):
         return Outcome.ROLLBACK_INCOMPLETE
-    if isinstance(exc, FailedAfterCommit):
+    if isinstance(exc, FailedAfterCommit) or (committed and isinstance(exc, Exception)):
+        # Also a failure past the steps (the engine failing the mark's removal):
+        # the new version serves, and `recover` finishes.
         return Outcome.FAILED_AFTER_COMMIT
     if state is not None and state.failures and not committed:
         # An interrupt's rollback that did not finish: the signal is not the news.

@@ -25,7 +25,12 @@ from typing import Protocol, TypeVar
 import anyio
 import structlog
 
-from rolling_update._errors import EngineUnavailable, FailedAfterCommit, RollbackIncomplete
+from rolling_update._errors import (
+    EngineError,
+    EngineUnavailable,
+    FailedAfterCommit,
+    RollbackIncomplete,
+)
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.timeline import Phase
 
@@ -163,15 +168,27 @@ async def run_saga(
     return records
 
 
-async def _undo(step: Step[C], ctx: C, unanswered: list[EngineUnavailable]) -> None:
-    """``step``'s undo, tried again for as long as the engine does not answer (each
-    unanswered try is put in ``unanswered``); bounded by the caller's budget."""
+# An engine restarting answers 500s while it shuts down ("database not open"), then
+# nothing: an undo failing so is tried again, within its budget.
+def _passing(exc: Exception) -> bool:
+    """Whether an undo's failure is the engine's passing state, not an answer to its request."""
+    return isinstance(exc, EngineUnavailable) or (
+        isinstance(exc, EngineError) and exc.status >= 500
+    )
+
+
+async def _undo(step: Step[C], ctx: C, unanswered: list[Exception]) -> None:
+    """``step``'s undo, tried again (undos are idempotent) for as long as the engine does not
+    answer or answers as a restarting engine does (each such try is put in ``unanswered``);
+    bounded by the caller's budget."""
     log = structlog.get_logger()
     while True:
         try:
             await step.compensate(ctx)
             return
-        except EngineUnavailable as exc:
+        except Exception as exc:
+            if not _passing(exc):
+                raise
             unanswered.append(exc)
             log.warning("deploy.compensate.retry", error=redactor.scrub(str(exc)))
         await anyio.sleep(_UNDO_RETRY_PAUSE)
@@ -195,7 +212,7 @@ async def _unwind(
             log.info("deploy.compensate.started", title=step.title)
             phase = Phase(f"undo {step.name}", step.title, time.monotonic())
             phases.append(phase)
-            unanswered: list[EngineUnavailable] = []
+            unanswered: list[Exception] = []
             with anyio.move_on_after(budget, shield=True) as scope:
                 try:
                     await _undo(step, ctx, unanswered)
@@ -211,7 +228,9 @@ async def _unwind(
                 phase.result = "undo-failed"
                 why = f"did not finish within {budget:g}s"
                 if unanswered:
-                    state.engine_unanswered = True
+                    state.engine_unanswered |= any(
+                        isinstance(exc, EngineUnavailable) for exc in unanswered
+                    )
                     last = redactor.scrub(str(unanswered[-1]))
                     why = f"{last}, tried {len(unanswered)} time(s) within {budget:g}s"
                 failures.append((step.name, why))

@@ -6,13 +6,16 @@ engine's call fails as :class:`EngineUnavailable`), and every call that changes
 engine state is also shielded. Streaming calls (log follow, events) each get a client of their own
 that is closed when the stream ends: cancelling a streaming call in aiodocker
 0.27 leaks its pooled connection, and enough leaks make every later call hang.
+An engine on a unix socket that restarts (an upgrade, a crash) is waited for
+while it comes back (:class:`_RestartingConnector`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
-import os
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,6 +26,10 @@ import aiodocker
 import aiohttp
 import anyio
 import anyio.lowlevel
+import structlog
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.tracing import Trace
 from anyio.abc import TaskStatus
 
 from rolling_update._config.settings import EngineConfig
@@ -50,6 +57,64 @@ _CLOSE_LIMIT = 5.0
 
 
 _CHUNK = 1 << 20
+
+
+# An engine that answered once and whose socket is then missing or refuses is
+# restarting (a service manager's restart, an upgrade): new connections are
+# retried this long (measured here: 1-3 s, plus its containers' stop timeouts
+# without live-restore). No request was sent, so a mutation is retried safely.
+RESTART_LIMIT = 30.0
+
+
+_RESTART_PAUSE = 0.1
+
+
+_RESTARTING = frozenset({errno.ENOENT, errno.ECONNREFUSED})
+
+
+class _RestartingConnector(aiohttp.UnixConnector):
+    """The engine's unix socket, waited for while the engine restarts.
+
+    Only once the engine has answered: an address where no engine ever answered
+    is refused at once (exit 2), not waited for. The caller's deadline still
+    bounds each wait; :data:`RESTART_LIMIT` bounds an outage.
+    """
+
+    answered = False
+
+    async def _create_connection(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> ResponseHandler:
+        for attempt in range(math.ceil(RESTART_LIMIT / _RESTART_PAUSE) + 1):
+            try:
+                proto = await super()._create_connection(req, traces, timeout)
+            except aiohttp.ClientConnectorError as exc:
+                if not self.answered or exc.os_error.errno not in _RESTARTING:
+                    raise
+                if attempt * _RESTART_PAUSE >= RESTART_LIMIT:
+                    raise
+                if attempt == 0:
+                    structlog.get_logger().warning(
+                        "engine.restarting", socket=self.path, why=str(exc.os_error),
+                        limit=RESTART_LIMIT,
+                    )  # fmt: skip
+                await anyio.sleep(_RESTART_PAUSE)
+                continue
+            if not self.answered:
+                self.answered = True
+            elif attempt:
+                structlog.get_logger().info("engine.back", socket=self.path)
+            return proto
+        raise AssertionError("unreachable: the last attempt raises")
+
+
+def _cut_short() -> contextlib.suppress:
+    """A follow (logs, events) that the engine going away cuts mid-stream ends, as it
+    ends when the container exits: its caller watches the container's state besides."""
+    return contextlib.suppress(aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
 
 
 class DockerEngine:
@@ -84,7 +149,7 @@ class DockerEngine:
         self._connector: aiohttp.BaseConnector | None = None
 
     async def __aenter__(self) -> DockerEngine:
-        self._client = self._new_client()
+        self._client = await self._new_client()
         try:
             # Also settles the API version, which our streaming URLs need.
             await self.ping()
@@ -102,16 +167,21 @@ class DockerEngine:
                     await self._connector.close()
             self._client = None
 
-    def _new_client(self) -> aiodocker.Docker:
+    async def _new_client(self) -> aiodocker.Docker:
         try:
-            if self._connections is None:
-                return aiodocker.Docker(url=self._url, ssl_context=self._ssl)
-            target = self._url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-            if not target.startswith("unix://"):
-                raise ValueError("a connection limit needs a unix:// engine address")
-            connector = aiohttp.UnixConnector(target[len("unix://") :], limit=self._connections)
+            client = aiodocker.Docker(url=self._url, ssl_context=self._ssl)
+            if not isinstance(client.connector, aiohttp.UnixConnector):
+                if self._connections is not None:
+                    await client.close()
+                    raise ValueError("a connection limit needs a unix:// engine address")
+                return client
+            # The socket aiodocker found (the url, a docker context, DOCKER_HOST or the
+            # default), through our connector instead of its own.
+            path = client.connector.path
+            await client.close()
+            connector = _RestartingConnector(path, limit=self._connections or 100)
             self._connector = connector
-            client = aiodocker.Docker(url=target, connector=connector)
+            client = aiodocker.Docker(url=f"unix://{path}", connector=connector)
             # As aiodocker sets it when it makes the unix connector itself.
             client.docker_host = "http://localhost"
             return client
@@ -540,10 +610,11 @@ class DockerEngine:
                 task_status.started()
                 lines = LineSplitter()
                 frames = FrameDecoder(raw=tty)
-                async for chunk in response.content.iter_any():
-                    for payload in frames.feed(chunk):
-                        for line in lines.feed(payload):
-                            await on_line(line)
+                with _cut_short():
+                    async for chunk in response.content.iter_any():
+                        for payload in frames.feed(chunk):
+                            for line in lines.feed(payload):
+                                await on_line(line)
                 for line in lines.flush():
                     await on_line(line)
 
@@ -569,10 +640,11 @@ class DockerEngine:
             self._stream("events", params) as response,
         ):
             task_status.started()
-            async for raw in response.content:
-                event = parse_event(raw)
-                if event is not None:
-                    await on_event(event)
+            with _cut_short():
+                async for raw in response.content:
+                    event = parse_event(raw)
+                    if event is not None:
+                        await on_event(event)
 
     async def watch_memory(
         self,

@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 
 from rolling_update._deploy.context import DeployContext
 from rolling_update._engine.model import ContainerEvent
-from rolling_update._errors import ContainerFailure
+from rolling_update._errors import ContainerFailure, EngineUnavailable
 from rolling_update._observe.logs import redactor
 from rolling_update._watch.tasks import task_group
 
@@ -131,8 +131,18 @@ async def watching(
 
     async def check_state() -> None:
         # Bounded by the watch itself: cancelled when the body ends.
+        cut = False
         while True:
-            info = await ctx.engine.inspect(container_id)
+            try:
+                info = await ctx.engine.inspect(container_id)
+            except EngineUnavailable:
+                # One call cut by an engine restart is asked again (its connection waits
+                # for the engine to be back); two in a row are the engine's failure.
+                if cut:
+                    raise
+                cut = True
+                continue
+            cut = False
             if info is None:
                 raise await died("was removed")
             if not info.running or info.restart_count > 0:

@@ -1,0 +1,162 @@
+"""Faults outside the tool's process, made for real on the fault engine (tests/faults.py).
+
+The Docker engine restarts in the middle of a deploy, with and without live-restore, and
+the host "reboots" (the engine stopped, so every container dies; the tool's nftables
+table flushed; the engine started again, containers back by their restart policy; then
+`recover`, as a boot unit runs it). Each case asserts the end state: the exit code,
+which containers exist and run, the version production's port answers, no redirect and
+no journal left, and how many requests a client on production's port saw fail.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from rolling_update._handoff.nft import table_name
+from tests import faults
+from tests.support import Cli, Prober, Run, Service, until
+
+pytestmark = [pytest.mark.docker, pytest.mark.faults]
+
+
+@pytest.fixture(params=[False, True], ids=["no-live-restore", "live-restore"])
+def fault_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
+    """The fault engine running with the live-restore setting of the case, and every docker
+    call of the test and the tool pointed at it; requested before ``service``, so that the
+    service is removed from it before DOCKER_HOST is restored."""
+    live_restore: bool = request.param
+    faults.ensure(live_restore=live_restore)
+    monkeypatch.setenv("DOCKER_HOST", faults.HOST)
+    yield live_restore
+    # A case that failed mid-fault must not leave it stopped for the next.
+    faults.start(live_restore=live_restore)
+
+
+@pytest.fixture
+def reboot_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The fault engine as a host's engine that a reboot stops (no live-restore: a reboot
+    stops every container anyway), everything pointed at it (requested before ``service``)."""
+    faults.ensure(live_restore=False)
+    monkeypatch.setenv("DOCKER_HOST", faults.HOST)
+    yield
+    faults.start(live_restore=False)
+
+
+TICK = "settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
+
+
+def prepared(service: Service, *, soak: float = 4) -> None:
+    """Blue v1 serving with restart policy unless-stopped (as the reference runs it); v2 to
+    deploy; green boots in 2 s and the soak lasts ``soak`` s, so that a fault sent at a
+    step's start lands inside it."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
+    service.config(tick=TICK, verify=f"timeout = 20\nsoak = {soak:g}\n")
+
+
+def states(service: Service) -> dict[str, str]:
+    """Each of the service's containers by name, with its state."""
+    return {name: str(service.inspect(name)["State"]["Status"]) for name in service.containers()}
+
+
+@dataclass
+class Struck:
+    """A deploy the fault struck: how it ended, and what a client on production's port saw."""
+
+    run: Run
+    failures: int
+    dark: float
+
+
+def deploy_with_fault(service: Service, step: str, fault: Callable[[], None]) -> Struck:
+    """A deploy, ``fault`` struck once the log says ``step`` started; probed until some
+    version serves again (what restart policies bring back may come after the exit)."""
+    with Prober(service.version_url()) as prober:
+        with service.cli("deploy", timeout=240) as cli:
+            cli.until_event("deploy.step.started", step=step)
+            # Struck from another thread: the CLI's output is read meanwhile.
+            striking = threading.Thread(target=fault)
+            striking.start()
+            run = cli.finish()
+            striking.join(120)
+        until(lambda: service.serving() is not None, "production's port answers", timeout=60)
+    return Struck(run, prober.failures, round(prober.longest_gap(to_end=True), 2))
+
+
+PHASES = ["green-health", "tick-boundary", "switch", "verify", "soak", "cleanup"]
+
+
+def settled(service: Service, out: Struck) -> str:
+    """The end state every case must reach, whatever the timing of the fault: a true exit
+    code (0 or 4: the new version serves; 1: rolled back, the old one serves), one running
+    production container, no redirect; `recover` finishing what an exit 4 left. Returns the
+    case's row of the outcome table."""
+    run = out.run
+    assert run.code in (0, 1, 4), run.tail()
+    expected = "1.0.0" if run.code == 1 else "2.0.0"
+    assert service.serving() == expected, run.tail()
+    if run.code == 4:
+        left = service.journal_left()
+        assert left is not None and left.committed
+        assert service.recover().code == 0
+    assert service.containers() == [service.name], (states(service), run.tail())
+    assert states(service) == {service.name: "running"}
+    assert not service.redirected() and not service.journal.exists() and not service.marked()
+    return f"exit {run.code}, {expected} serves, {out.failures} failed, dark {out.dark:g}s"
+
+
+@pytest.mark.parametrize("step", PHASES)
+def test_engine_restart_mid_deploy(fault_engine: bool, service: Service, step: str) -> None:
+    """The engine restarting during any phase ends with one serving production container and
+    a true exit code; with live-restore nothing stops, so not one request fails."""
+    prepared(service)
+    out = deploy_with_fault(service, step, lambda: faults.restart(live_restore=fault_engine))
+    row = settled(service, out)
+    print(f"outcome: engine restart, live-restore {fault_engine}, {step}: {row}")
+    if fault_engine:
+        assert out.failures == 0, out.run.tail()
+
+
+def reboot(cli: Cli, service: Service) -> None:
+    """The host goes down under the deploy and comes back: the tool dies with it, every
+    container stops, the kernel forgets the nftables tables; the engine starts again and
+    brings back what its restart policies say."""
+    cli.signal(signal.SIGKILL)
+    faults.stop()
+    subprocess.run(
+        ["nft", "delete", "table", "inet", table_name(service.name)],
+        check=False,
+        capture_output=True,
+        timeout=10,
+    )
+    faults.start(live_restore=False)
+
+
+@pytest.mark.parametrize("step", ["switch", "soak"])
+def test_reboot_mid_deploy_then_recover(reboot_engine: None, service: Service, step: str) -> None:
+    """A reboot during the switch or the soak, then `recover` as a boot unit runs it: the
+    previous version serves from one production container, nothing of the deploy is left."""
+    prepared(service)
+    with Prober(service.version_url()) as prober:
+        with service.cli("deploy", timeout=240) as cli:
+            cli.until_event("deploy.step.started", step=step)
+            reboot(cli, service)
+            killed = cli.finish()
+        assert killed.code == -signal.SIGKILL
+        left = service.journal_left()
+        assert left is not None and not left.committed
+        recovered = service.recover()
+    assert recovered.code == 0, recovered.tail()
+    assert service.serving() == "1.0.0"
+    assert states(service) == {service.name: "running"}
+    assert not service.redirected() and not service.journal.exists() and not service.marked()
+    print(
+        f"outcome: reboot, {step}, recover: exit {recovered.code}, 1.0.0 serves, "
+        f"{prober.failures} failed, dark {prober.longest_gap(to_end=True):.2f}s"
+    )
