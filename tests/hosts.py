@@ -130,8 +130,11 @@ class TwoHosts:
         self.svc.start_blue(version)
         self.start_blue2(version)
 
-    def config(self, *, engine2: str = "ssh", extra: str = "", h2_extra: str = "") -> Path:
-        """The service's config with [[hosts]]: local (canary) first, then ru-host2."""
+    def config(
+        self, *, engine2: str = "ssh", extra: str = "", h2_extra: str = "", **sections: str
+    ) -> Path:
+        """The service's config with [[hosts]]: local (canary) first, then ru-host2;
+        ``sections`` replace whole tables, as for :meth:`Service.config`."""
         svc = self.svc
         if engine2 == "ssh":
             h2 = (
@@ -151,7 +154,7 @@ class TwoHosts:
             f"{h2_extra}"
             '[hosts.env]\nENV_REGION = "hk"\n\n'
         )
-        return svc.config(extra=hosts + extra)
+        return svc.config(extra=hosts + extra, **sections)
 
     def containers2(self) -> list[str]:
         names = docker2("ps", "-a", "--filter", f"name={self.svc.name}", "--format", "{{.Names}}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -506,3 +508,55 @@ def test_ssh_host_is_reached_with_the_key_in_the_users_agent(
     finally:
         agent.terminate()
         agent.wait(5)
+
+
+@contextlib.contextmanager
+def host2_unplugged() -> Iterator[None]:
+    """ru-host2's veth set down (its engine, sshd and service unreachable from here), and up
+    again when the block ends, whatever happened in it."""
+    subprocess.run(["ip", "link", "set", "ru-h2a", "down"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "link", "set", "ru-h2a", "up"], check=True)
+        deadline = time.monotonic() + 30
+        while two_hosts_engine_answers() is False and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def two_hosts_engine_answers() -> bool:
+    try:
+        with socket.create_connection((HOST2, 2376), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("phase", ["green-health", "switch", "soak"])
+def test_a_remote_host_whose_network_goes_away_is_recovered_when_it_comes_back(
+    service: Service, two_hosts: TwoHosts, phase: str
+) -> None:
+    """ru-host2's link goes down at the start of its warm-up, switch or soak (tcp+TLS engine):
+    the rollout ends by its deadlines with exit 3 naming the host and what to run, the canary
+    keeps the new version; once the link is back, `recover --host h2` brings back its old
+    version alone, the redirect gone."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(
+        engine2="tls",
+        extra="[engine]\ncall_timeout = 2\n\n",
+        rollback="step_timeout = 6\ntimeout = 20\n",
+        verify="timeout = 10\nsoak = 3\n",
+    )
+    service.write_app("2.0.0")
+    with service.cli("deploy", timeout=240) as cli:
+        cli.until_event("deploy.step.started", step=phase, host="h2")
+        with host2_unplugged():
+            run = cli.finish()
+    assert run.code == 3, run.stderr
+    assert "h2" in run.stderr and "recover" in run.stderr
+    assert service.serving() == "2.0.0"
+    fixed = service.run("recover", "--host", "h2", timeout=240)
+    assert fixed.code == 0, fixed.stderr
+    assert two_hosts.serving2() == "1.0.0"  # never committed there
+    assert two_hosts.containers2() == [service.name]
+    assert not two_hosts.redirected2()

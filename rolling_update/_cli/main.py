@@ -175,7 +175,12 @@ def _rollout(cfg: Config, *, force: bool = False) -> int:
             if interrupt.signum is not None
             else str(error)
         )
-        print(f"error: {redactor.scrub(cause)}", file=sys.stderr, flush=True)
+        stuck = [h.host for h in report if h.result == Outcome.ROLLBACK_INCOMPLETE]
+        then = "".join(
+            f"; {name}: once its engine answers, run `rolling-update recover --host {name}`"
+            for name in stuck
+        )
+        print(f"error: {redactor.scrub(cause)}{then}", file=sys.stderr, flush=True)
     return code
 
 

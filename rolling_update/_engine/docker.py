@@ -316,7 +316,7 @@ class DockerEngine:
         """The image as a tar stream (``docker save``), in chunks as the engine sends them."""
         async with (
             self._translate("image save", ref),
-            self._stream(f"images/{ref}/get", {}) as response,
+            self._stream(f"images/{ref}/get", {}, assembled=True) as response,
         ):
             async for chunk in response.content.iter_chunked(_CHUNK):
                 yield chunk
@@ -556,6 +556,7 @@ class DockerEngine:
         data: Any = None,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
+        assembled: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A streaming request whose response is released however the caller leaves.
 
@@ -564,7 +565,8 @@ class DockerEngine:
         every later call hangs. ``async with`` on aiohttp's response does not.
         Its first answer is bounded by ``engine.call_timeout``, except after an
         upload (a build context, an image): the engine answers once it has it all,
-        and the caller's deadline (``build.timeout``...) bounds that.
+        and the caller's deadline (``build.timeout``...) bounds that; likewise with
+        ``assembled`` (an image export, which answers once its layers are gathered).
         """
         client = self.client
         url = f"{client.docker_host}/{client.api_version}/{path}"
@@ -578,7 +580,7 @@ class DockerEngine:
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         )
         async with AsyncExitStack() as stack:
-            limit = self._limit if data is None else math.inf
+            limit = self._limit if data is None and not assembled else math.inf
             with anyio.move_on_after(limit) as scope:
                 response = await stack.enter_async_context(request)
             if scope.cancelled_caught:
