@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,7 +154,9 @@ class TwoHosts:
             f"{h2_extra}"
             '[hosts.env]\nENV_REGION = "hk"\n\n'
         )
-        return svc.config(extra=hosts + extra, **sections)
+        # Table names only: none of them is Service.config's own ``env``.
+        configure: Callable[..., Path] = svc.config
+        return configure(extra=hosts + extra, **sections)
 
     def containers2(self) -> list[str]:
         names = docker2("ps", "-a", "--filter", f"name={self.svc.name}", "--format", "{{.Names}}")
