@@ -38,6 +38,7 @@ from rolling_update._errors import (
     RollbackIncomplete,
     RollingUpdateError,
     RolloutFailed,
+    StateWriteFailed,
     TickWaitFailed,
     VerificationFailed,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "RollingUpdateError",
     "RolloutFailed",
     "RolloutResult",
+    "StateWriteFailed",
     "Step",
     "StepRecord",
     "TickWaitFailed",

@@ -24,6 +24,7 @@ once, where they enter, with ``raise ... from exc``::
     ├── RollbackIncomplete     a compensation failed: a human must act
     ├── FailedAfterCommit      a step after the point of no return failed
     ├── RecoveryFailed         recover could not reach a consistent state
+    ├── StateWriteFailed       the lock, journal or audit log could not be written (a full disk)
     └── RolloutFailed          a host of several failed; the rollout stopped
 
 The exit code follows what the host is left in, not the class alone: the
@@ -174,6 +175,15 @@ class FailedAfterCommit(RollingUpdateError):
 
 class RecoveryFailed(RollingUpdateError):
     """``recover`` could not bring the host to a consistent, serving state."""
+
+
+class StateWriteFailed(RollingUpdateError):
+    """A file of the tool's state on this host (lock, journal, audit log) could not be
+    written, typically ``No space left on device``; ``path`` names it."""
+
+    def __init__(self, what: str, path: str, exc: OSError) -> None:
+        self.path = path
+        super().__init__(f"cannot write the {what} {path}: {exc.strerror or exc}")
 
 
 class HandoffError(RollingUpdateError):

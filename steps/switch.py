@@ -305,6 +305,10 @@ class VerifyProduction(_ProductionStep):
         ctx.give(Verified(health=answer.body))
 
 
+# Longer than the watch's state check (0.5 s) and its event's usual delay.
+_DEATH_NOTICE = 1.0
+
+
 class Soak(_ProductionStep):
     """Keep production watched for ``verify.soak`` s, blue stopped but kept; the point of no return.
 
@@ -337,6 +341,9 @@ class Soak(_ProductionStep):
                     answer = await probe(ctx.http, url, self.health)
                     why = judge_health(answer, self.health, ctx.version)
                     if why is not None:
+                        # An answer refused is most often a death (an OOM kill): the
+                        # watch names it within this time, cancelling this wait.
+                        await anyio.sleep(_DEATH_NOTICE)
                         raise VerificationFailed(
                             f"{self.service.name} turned unhealthy during the "
                             f"{self.verify.soak:g}s soak",

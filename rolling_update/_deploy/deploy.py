@@ -161,6 +161,7 @@ async def _deploy(
             if held.get(LABEL_DEPLOY) != deploy_id:
                 raise refuse_marked(held, service)
             settled = succeeded = False
+            journal: Journal | None = None
             try:
                 journal = Journal.begin(
                     cfg.state_dir,
@@ -169,6 +170,7 @@ async def _deploy(
                     image=release.image,
                     version=release.version,
                 )
+                journal.forgiving = lambda: progress.rolling_back
                 journal.update(blue_health=found.blue_health)
                 ctx = DeployContext(
                     config=cfg,
@@ -189,7 +191,8 @@ async def _deploy(
                     service=service,
                     steps=[s.name for s in plan],
                 )
-                progress.on_progress = lambda p: journal.update(
+                written = journal
+                progress.on_progress = lambda p: written.update(
                     step=p.current, committed=p.committed
                 )
                 try:
@@ -225,7 +228,8 @@ async def _deploy(
                 record_timeline(attempt, progress, ctx, began)
                 settled = succeeded = True
             finally:
-                if settled:
+                # No step begun (the journal could not be written): nothing to recover.
+                if settled or progress.current is None:
                     left = None
                     with anyio.move_on_after(MARK_LIMIT, shield=True) as scope:
                         try:
@@ -235,7 +239,8 @@ async def _deploy(
                         except EngineError as exc:
                             left = str(exc)
                         else:
-                            journal.remove()
+                            if journal is not None:
+                                journal.remove()
                     if left is not None or scope.cancelled_caught:
                         error = left or f"no answer within {MARK_LIMIT:g}s"
                         log.warning(

@@ -11,12 +11,13 @@ from rolling_update._errors import (
     PreflightError,
     RecoveryFailed,
     RollbackIncomplete,
+    StateWriteFailed,
 )
 
 
 def untouched(exc: BaseException) -> bool:
     """Errors raised before anything is changed, when no step has begun."""
-    return isinstance(exc, ConfigError | PreflightError | EngineError)
+    return isinstance(exc, ConfigError | PreflightError | EngineError | StateWriteFailed)
 
 
 def judge(

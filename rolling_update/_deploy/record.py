@@ -48,13 +48,9 @@ async def record_end(
     cfg: Config, attempt: Attempt, result: Outcome, error: BaseException | None, seconds: float
 ) -> None:
     """Audit log, then hooks and metrics: none of them may change how the deploy ended."""
-    log = structlog.get_logger()
     reason = None if error is None else str(error) or type(error).__name__
     entry = attempt.entry(cfg.service.name, result, reason=reason, seconds=seconds)
-    try:
-        history_append(cfg.state_dir, entry)
-    except OSError as exc:
-        log.warning("history.not_written", error=str(exc))
+    history_append(cfg.state_dir, entry)
     if result is Outcome.REFUSED:
         return
     hook = (

@@ -64,6 +64,8 @@ class SagaState:
         self.failures: list[tuple[str, str]] = []
         self.engine_unanswered = False
         """Whether an undo failed because the Docker engine did not answer."""
+        self.rolling_back = False
+        """Whether the undos have begun."""
         self.on_progress = on_progress
         self.phases: list[Phase] = []
         """Every step run and every undo, with its monotonic start and end (the timeline)."""
@@ -152,6 +154,7 @@ async def run_saga(
                 )
             else:
                 log.warning("deploy.step.interrupted", reason=type(exc).__name__)
+        state.rolling_back = True
         failures = await _unwind(started, ctx, compensate_limit, rollback_limit, state)
         state.failures = failures
         if state.committed and isinstance(exc, Exception):

@@ -115,6 +115,8 @@ class ContainerInfo:
     """The id (sha256:...) of the image it runs, whatever tag it was created from."""
     health: str | None = None
     """Docker's own healthcheck status (starting, healthy, unhealthy), if it has one."""
+    oom_killed: bool = False
+    """Whether the kernel killed it for going past its memory limit (until it starts again)."""
 
     @property
     def managed(self) -> bool:

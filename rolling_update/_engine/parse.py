@@ -34,6 +34,7 @@ def container_info(data: Mapping[str, Any]) -> ContainerInfo:
         created=parse_created(str(data.get("Created", "1970-01-01T00:00:00Z"))),
         image_id=str(data.get("Image", "")),
         health=(state.get("Health") or {}).get("Status"),
+        oom_killed=bool(state.get("OOMKilled")),
     )
 
 

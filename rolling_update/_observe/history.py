@@ -8,6 +8,8 @@ right after. Metrics (``[metrics] textfile``) are computed from it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import getpass
 import os
 import socket
@@ -17,9 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
+import structlog
 from pydantic import BaseModel, ConfigDict
 
 from rolling_update._deploy.outcome import Outcome
+from rolling_update._errors import StateWriteFailed
 from rolling_update._observe.logs import redactor
 
 Kind = Literal["deploy", "rollback", "recover"]
@@ -64,14 +68,36 @@ def path_for(service_dir: Path) -> Path:
     return service_dir / "history.jsonl"
 
 
-def append(service_dir: Path, entry: HistoryEntry) -> None:
-    """Add ``entry`` durably (one line, fsynced)."""
+def append(service_dir: Path, entry: HistoryEntry) -> bool:
+    """Add ``entry`` durably (one line, fsynced); whether it was. A failure (a full disk)
+    is logged, naming the file, never raised: the audit log must not change how a run
+    ended, and the file is left as it was, every earlier line intact."""
+    try:
+        _append(service_dir, entry)
+    except OSError as exc:
+        structlog.get_logger().warning(
+            "history.not_written",
+            error=str(StateWriteFailed("audit log", str(path_for(service_dir)), exc)),
+        )
+        return False
+    return True
+
+
+def _append(service_dir: Path, entry: HistoryEntry) -> None:
     service_dir.mkdir(parents=True, exist_ok=True)
     line = entry.model_dump_json() + "\n"
     fd = os.open(path_for(service_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line.encode()) < len(line.encode()):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        except OSError:
+            # A line cut short (a full disk) would swallow the next one appended.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
 

@@ -13,7 +13,6 @@ running it again on a consistent host changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -344,8 +343,7 @@ async def recover(
             reason=report.outcome if report else str(error) if error else None,
             seconds=time.monotonic() - began,
         )
-        with contextlib.suppress(OSError):
-            history_append(cfg.state_dir, entry)
+        history_append(cfg.state_dir, entry)
         write_metrics(cfg)
 
 

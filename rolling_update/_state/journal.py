@@ -13,14 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pydantic
+import structlog
 from pydantic import BaseModel, ConfigDict
 
-from rolling_update._errors import ConfigError, PreflightError
+from rolling_update._errors import ConfigError, PreflightError, StateWriteFailed
 from rolling_update._watch.probe import HealthBaseline
 
 
@@ -53,11 +55,17 @@ class JournalRecord(BaseModel):
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A half-written copy (a full disk) must not linger beside the journal it failed to be.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     # The rename itself must survive a power cut too.
     fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -76,6 +84,12 @@ class Journal:
     def __init__(self, path: Path, record: JournalRecord) -> None:
         self.path = path
         self.record = record
+        self.forgiving: Callable[[], bool] = lambda: False
+        """Whether a failed write is only logged: during a rollback, an undo must go on
+        when its record cannot be written (a full disk), or the port it would bring back
+        stays dark; the journal on disk then lags, and is removed once the rollback ends."""
+        self.unwritten: StateWriteFailed | None = None
+        """The last write that failed, if any."""
 
     @classmethod
     def path_for(cls, service_dir: Path) -> Path:
@@ -115,7 +129,16 @@ class Journal:
         return journal
 
     def write(self) -> None:
-        _write_atomically(self.path, self.record.model_dump_json(indent=2) + "\n")
+        """Write the record, or raise :class:`StateWriteFailed` (unless ``forgiving``)."""
+        try:
+            _write_atomically(self.path, self.record.model_dump_json(indent=2) + "\n")
+        except OSError as exc:
+            self.unwritten = StateWriteFailed("journal", str(self.path), exc)
+            if not self.forgiving():
+                raise self.unwritten from exc
+            structlog.get_logger().warning(
+                "journal.not_written", path=str(self.path), error=str(self.unwritten)
+            )
 
     def update(self, **facts: Any) -> None:
         # model_copy would take a misspelt key silently, and recover would

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from rolling_update._errors import ConfigError, DeployLocked
+from rolling_update._errors import ConfigError, DeployLocked, StateWriteFailed
 from rolling_update._state.journal import now_iso
 
 
@@ -66,8 +66,11 @@ def service_lock(
             "purpose": purpose,
             "deploy_id": deploy_id,
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as exc:
+            raise StateWriteFailed("lock", str(service_dir / "lock"), exc) from None
         try:
             yield
         finally:

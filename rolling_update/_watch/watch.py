@@ -28,6 +28,11 @@ from rolling_update._watch.tasks import task_group
 _FATAL_ACTIONS = {"die", "oom", "destroy"}
 
 
+# The engine's ``oom`` event (or State.OOMKilled): its memory limit, inherited from
+# blue, is what to look at; ``limits.green_memory_mb`` is the tool's own, lower bar.
+_OOM_KILLED = "was OOM-killed (out of memory: the kernel killed it at its memory limit)"
+
+
 # The container's state is read this often besides its events; a death the
 # event stream did not deliver is seen within this time.
 _STATE_CHECK_INTERVAL = 0.5
@@ -105,6 +110,8 @@ async def watching(
         return fail(what)
 
     async def on_event(event: ContainerEvent) -> None:
+        if event.action == "oom":
+            raise await died(_OOM_KILLED)
         if event.action in _FATAL_ACTIONS:
             code = f" with code {event.exit_code}" if event.exit_code is not None else ""
             raise await died(f"{'exited' if event.action == 'die' else event.action}{code}")
@@ -145,6 +152,8 @@ async def watching(
             cut = False
             if info is None:
                 raise await died("was removed")
+            if info.oom_killed:
+                raise await died(_OOM_KILLED)
             if not info.running or info.restart_count > 0:
                 how = f"restarted {info.restart_count} time(s)" if info.running else "exited"
                 raise await died(f"{how} (last exit code {info.exit_code})")

@@ -95,12 +95,16 @@ SIGTERM_MODE=graceful  not the real way: after SIGTERM answers say Connection: c
                      (SHUTDOWN_DELAY s), then it stops accepting, lets the requests in
                      flight finish (at most 2 s) and exits 0
 MEMORY_MB=n          hold n MiB of memory
+ALLOC_MB_AFTER=s     with MEMORY_MB: take it s seconds after start, not at start (a boot
+                     that outgrows a memory limit: with --memory below it, the kernel
+                     OOM-kills the process)
 KEEPALIVE_TIMEOUT=s  an idle keep-alive connection is closed after s seconds (default 5,
                      Node's keepAliveTimeout, which server.js keeps)
 ECHO_ENV=NAME        print NAME=value at start (to prove logs redact secrets)
 
 Not the Brain's, for tests only: GET /__standin/sleep?s=N answers {"version": ...} after N
-seconds (a slow route in flight when blue is replaced). POST /__standin/drain, and the
+seconds (a slow route in flight when blue is replaced). GET /__standin/alloc?mb=N takes
+N MiB more and answers (if still alive). POST /__standin/drain, and the
 signal STANDIN_DRAIN_SIGNAL names (e.g. SIGUSR2; the Brain has no handler for it: Node
 would exit), make it drain its connections the way a service with such an action does:
 every later answer says Connection: close, and a connection that has waited
@@ -874,6 +878,10 @@ class Handler(BaseHTTPRequestHandler):
         if path in GET_ROUTES:
             what, call = GET_ROUTES[path]
             return self.route(what, call)
+        if path == "/__standin/alloc":
+            mb = int(self.path.partition("mb=")[2] or 1)
+            state.setdefault("held", []).append(touched(mb))
+            return self.answer(200, {"version": VERSION, "held_mb": mb})
         if path == "/__standin/sleep":
             seconds = float(self.path.partition("s=")[2] or 1)
             time.sleep(seconds)
@@ -948,9 +956,13 @@ def serve():
     if knob("ECHO_ENV"):
         name = knob("ECHO_ENV")
         print(f"{name}={os.environ.get(name, '')}", flush=True)
-    hold = bytearray(int(num("MEMORY_MB", 0)) * 1024 * 1024)
-    for i in range(0, len(hold), 4096):
-        hold[i] = 1
+    if knob("ALLOC_MB_AFTER"):
+        timer(
+            num("ALLOC_MB_AFTER", 0),
+            lambda: state.setdefault("held", []).append(touched(int(num("MEMORY_MB", 0)))),
+        )
+    else:
+        state["held"] = [touched(int(num("MEMORY_MB", 0)))]
     if knob("CRASH_ON_PORT") == str(PORT):
         after = num("CRASH_ON_PORT_AFTER", 0)
 
@@ -990,6 +1002,14 @@ def serve():
         time.sleep(0.01)
     print("bye", flush=True)
     os._exit(0)
+
+
+def touched(mb):
+    """``mb`` MiB of memory, every page written (so it is really held)."""
+    hold = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(hold), 4096):
+        hold[i] = 1
+    return hold
 
 
 def migrate():
