@@ -42,6 +42,7 @@ class RemoveOld:
     async def _remove(self, ctx: DeployContext) -> None:
         redirected = ctx.find(Redirected)
         green = ctx.find(GreenStarted)
+        took_traffic = redirected is not None and redirected.began is not None
         if redirected is not None and redirected.ended is not None and green is not None:
             # Green keeps serving the connections it took during the handoff, until they
             # close (at most switch.drain after the handoff ended).
@@ -50,7 +51,7 @@ class RemoveOld:
                 ctx.engine, green.id, self.service.green_port, firewall=ctx.firewall, limit=left
             )
             structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=connections)
-        await self._remove_containers(ctx)
+        await self._remove_containers(ctx, took_traffic=took_traffic)
         if ctx.config.build.enabled and ctx.config.build.keep:
             await self._prune_images(ctx)
 
@@ -78,7 +79,7 @@ class RemoveOld:
                 else:
                     log.info("cleanup.image_removed", image=ref)
 
-    async def _remove_containers(self, ctx: DeployContext) -> None:
+    async def _remove_containers(self, ctx: DeployContext, *, took_traffic: bool) -> None:
         log = structlog.get_logger()
         switched = ctx.find(Switched) or Switched()
         for label, container_id in (("green", ctx.green_id), ("old", switched.blue_id)):
@@ -86,11 +87,15 @@ class RemoveOld:
                 continue
             try:
                 try:
-                    await self._remove_one(ctx, container_id)
+                    await self._remove_one(
+                        ctx, container_id, forget=label == "green" and took_traffic
+                    )
                 except EngineUnavailable:
                     # The engine went away mid-call (a restart): asked once more, on a
                     # connection that waits for it to be back (both calls are idempotent).
-                    await self._remove_one(ctx, container_id)
+                    await self._remove_one(
+                        ctx, container_id, forget=label == "green" and took_traffic
+                    )
             except RollingUpdateError as exc:
                 log.warning(
                     "cleanup.leftover", container=label, id=container_id[:12], error=str(exc)
@@ -98,8 +103,13 @@ class RemoveOld:
             else:
                 log.info("cleanup.removed", container=label, id=container_id[:12])
 
-    async def _remove_one(self, ctx: DeployContext, container_id: str) -> None:
+    async def _remove_one(self, ctx: DeployContext, container_id: str, *, forget: bool) -> None:
         await ctx.engine.stop(container_id, grace=self.service.stop_timeout)
+        if forget:
+            # Green's exit reset the connections it still held; their entries send a new
+            # connection from the same source port to green's closed port, from now on:
+            # forgotten first.
+            await ctx.port_handoff.forget(self.service.green_port)
         await ctx.engine.remove(container_id)
 
     async def compensate(self, ctx: DeployContext) -> None:

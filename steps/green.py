@@ -94,6 +94,9 @@ class StartGreen:
         await remove_ours(
             ctx.engine, self.service.green_name, ctx.deploy_id, grace=self.service.stop_timeout
         )
+        if redirected is not None and redirected.began is not None:
+            # The connections green's exit reset would send new ones to its closed port.
+            await ctx.port_handoff.forget(self.service.green_port)
 
 
 class AwaitGreenHealthy:

@@ -116,6 +116,10 @@ class Switch:
             green = ctx.find(GreenStarted)
             if green is not None:
                 ctx.measured[measures.TWO_CONTAINERS] = round(time.monotonic() - green.started, 3)
+            if ctx.handoff_active:
+                # A connection blue's exit reset is untranslated in conntrack: a new one from
+                # its source port would skip the redirect, to blue's closed port.
+                await ctx.port_handoff.forget(self.service.port)
         else:
             ctx.give(replace(switched, began=time.monotonic()))
         await ctx.engine.start(production_id)

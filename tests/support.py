@@ -139,6 +139,10 @@ class RecordingFirewall:
     async def target(self, table: str, port: int | None = None) -> int | None:
         return None if self.table is None else self.table[1]
 
+    async def forget(self, port: int, to_port: int) -> int:
+        self.changes.append(f"forget {port} <- {to_port}")
+        return 0
+
     async def tcp_tables(self, container_id: str, pid: int) -> str:
         return ""  # no connection to wait for
 

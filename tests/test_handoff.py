@@ -1,26 +1,34 @@
 """The kernel handoff itself, on loopback: nftables moves new connections, not old ones.
 
 IPv4 and IPv6 alike: a connection open when the redirect goes in stays on production, one
-opened while it is in place stays on green when it goes (the tool's conntrack table)."""
+opened while it is in place stays on green when it goes (the tool's conntrack table); and
+the entry of a connection a stopped listener reset, forgotten, sends no new connection to
+that closed port."""
 
 from __future__ import annotations
 
+import select
+import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from rolling_update._handoff.nft import (
     TRACK_TABLE,
+    LocalFirewall,
     _nft,
+    _tracking,
     marked_socket,
     redirect,
     remove,
     table_name,
     target,
 )
+from rolling_update._handoff.port import PortHandoff
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +124,114 @@ async def test_the_conntrack_table_stays_one_rule_and_is_no_redirect() -> None:
     listed = await _nft(None, "list", "table", "inet", TRACK_TABLE)
     assert listed.count("ct state new") == 1
     assert "redirect" not in listed
+
+
+@pytest.fixture(params=["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def listeners(request: pytest.FixtureRequest) -> Iterator[tuple[str, socket.socket, socket.socket]]:
+    """A "production" and a "green" listening socket on loopback (IPv4 or IPv6)."""
+    host: str = request.param
+    made = []
+    for _ in range(2):
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.bind((host, free_port()))
+        sock.listen(8)
+        made.append(sock)
+    yield host, made[0], made[1]
+    for sock in made:
+        sock.close()
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+def client(host: str, source: int, port: int) -> socket.socket:
+    """A connection to ``port`` from the source port ``source``."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.settimeout(2)
+    try:
+        sock.bind((host, source))
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reset_by(listener: socket.socket, host: str, source: int, port: int) -> None:
+    """A connection to ``port`` that ``listener`` accepts and resets, its request unread (as a
+    server's exit does)."""
+    with client(host, source, port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        listener.settimeout(2)
+        accepted, _ = listener.accept()
+        accepted.close()
+        with pytest.raises(ConnectionResetError):
+            sock.recv(1)
+
+
+def lands(host: str, source: int, port: int, **listening: socket.socket) -> str:
+    """Where a new connection from ``source`` to ``port`` lands: the name of the listener
+    that gets it, or "refused"."""
+    try:
+        sock = client(host, source, port)
+    except ConnectionRefusedError:
+        return "refused"
+    with sock:
+        ready, _, _ = select.select(list(listening.values()), [], [], 2)
+        assert len(ready) == 1
+        accepted, _ = ready[0].accept()
+        accepted.close()
+        return next(name for name, listener in listening.items() if listener is ready[0])
+
+
+async def test_a_connection_green_reset_misroutes_none_once_forgotten(
+    listeners: tuple[str, socket.socket, socket.socket],
+) -> None:
+    """A connection redirected to green and reset by it: a new one from its source port is
+    refused at green's closed port until forgotten, then reaches production; a live one stays."""
+    host, prod, green = listeners
+    prod_port, green_port = port_of(prod), port_of(green)
+    table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
+    source = free_port()
+    try:
+        await redirect(table, prod_port, green_port)
+        reset_by(green, host, source, prod_port)
+        live = client(host, free_port(), prod_port)
+        on_green, _ = green.accept()
+    finally:
+        await remove(table)
+    with live, on_green:
+        green.close()  # green stopped: what it accepted still runs
+        assert lands(host, source, prod_port, production=prod) == "refused"
+        handoff = PortHandoff(LocalFirewall(), "app", prod_port, green_port)
+        with capture_logs() as logs:
+            await handoff.forget(green_port)
+        (line,) = [e for e in logs if e["event"] == "handoff.conntrack_forgotten"]
+        assert line["removed"] == 1
+        assert lands(host, source, prod_port, production=prod) == "production"
+        live.sendall(b"x")
+        assert on_green.recv(1) == b"x"
+
+
+async def test_a_connection_blue_reset_misroutes_none_once_forgotten(
+    listeners: tuple[str, socket.socket, socket.socket],
+) -> None:
+    """A connection blue reset before the redirect: a new one from its source port skips the
+    redirect to blue's closed port until forgotten, then reaches green."""
+    host, blue, green = listeners
+    prod_port, green_port = port_of(blue), port_of(green)
+    table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
+    source = free_port()
+    # The tool's conntrack table is there, as after any handoff: IPv6 flows are tracked.
+    await _nft(_tracking())
+    reset_by(blue, host, source, prod_port)
+    try:
+        await redirect(table, prod_port, green_port)
+        blue.close()  # blue stopped, in the switch
+        assert lands(host, source, prod_port, green=green) == "refused"
+        assert await LocalFirewall().forget(prod_port, prod_port) == 1
+        assert lands(host, source, prod_port, green=green) == "green"
+    finally:
+        await remove(table)

@@ -357,6 +357,11 @@ async def test_recover_hands_the_port_to_green_before_it_removes_a_serving_conta
             "removed app-green (green of the unfinished deploy)",
         ]
     )
-    assert firewall.changes == [f"redirect {port} -> {green_port}", "remove"]
+    # Green's exit reset connections it took: their conntrack entries go with it.
+    assert firewall.changes == [
+        f"redirect {port} -> {green_port}",
+        "remove",
+        f"forget {port} <- {green_port}",
+    ]
     assert new.id not in engine.containers and engine.names() == ["app"]
     assert engine.containers[blue.id].running

@@ -104,6 +104,9 @@ async def test_blue_is_asked_after_its_rename_and_before_its_stop(
     assert said["action.started"]["action"] == "switch.drain_request"
     assert "action.done" in said and said["switch.blue_drained"]["left"] == 0
     assert ctx.get(Switched).told_to_drain
+    # Blue stopped behind the redirect: the connections its exit reset are forgotten.
+    assert isinstance(ctx.firewall, RecordingFirewall)
+    assert ctx.firewall.changes == [f"forget {blue.port} <- {blue.port}"]
 
 
 async def test_a_failed_ask_is_logged_and_the_switch_goes_on(tmp_path: Path, blue: Blue) -> None:

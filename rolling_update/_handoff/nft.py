@@ -51,6 +51,7 @@ import anyio
 
 from rolling_update._engine.model import Engine
 from rolling_update._errors import HandoffError
+from rolling_update._handoff import conntrack
 from rolling_update._handoff.connections import Sockets, helper_tables, proc_tables
 from rolling_update._handoff.helper import Helper
 
@@ -197,6 +198,11 @@ class Firewall(Sockets, Protocol):
     async def redirect(self, table: str, port: int, to_port: int) -> None: ...
     async def remove(self, table: str) -> None: ...
     async def target(self, table: str, port: int | None = None) -> int | None: ...
+    async def forget(self, port: int, to_port: int) -> int:
+        """Delete conntrack's entries of connections to ``port`` answered from ``to_port``
+        and reset (:mod:`~rolling_update._handoff.conntrack`): how many. Raises
+        :class:`HandoffError`, saying why, where it cannot."""
+        ...
 
 
 class LocalFirewall:
@@ -215,6 +221,9 @@ class LocalFirewall:
 
     async def target(self, table: str, port: int | None = None) -> int | None:
         return await target(table, port)
+
+    async def forget(self, port: int, to_port: int) -> int:
+        return await conntrack.forget(port, to_port)
 
     async def tcp_tables(self, container_id: str, pid: int) -> str:
         return proc_tables(pid)
@@ -239,6 +248,7 @@ class EngineFirewall:
     ) -> None:
         self.helper = Helper(engine, image, own_tools=own_nft)
         self.bypass_port: int | None = bypass_port
+        self._no_conntrack: str | None = None
 
     async def _nft(self, *args: str) -> str:
         code, output = await self.helper.run("nft", *args, caps=["NET_ADMIN"])
@@ -272,6 +282,27 @@ class EngineFirewall:
         except HandoffError:
             return None
         return _target_in(text, port)
+
+    async def forget(self, port: int, to_port: int) -> int:
+        # The host's own conntrack command, where it has one: the tool's netlink code
+        # would need a Python on the host, or in the helper's image.
+        if self._no_conntrack is not None:
+            raise HandoffError(self._no_conntrack)
+        removed = 0
+        for family in ("ipv4", "ipv6"):
+            code, output = await self.helper.run(
+                "conntrack", "-D", "-f", family, "-p", "tcp", "--orig-port-dst", str(port),
+                "--reply-port-src", str(to_port), "--state", "CLOSE", caps=["NET_ADMIN"],
+            )  # fmt: skip
+            if code == 127:
+                self._no_conntrack = "the engine's host has no conntrack command"
+                raise HandoffError(self._no_conntrack)
+            # It exits 1 when it deleted nothing; the count says what it did.
+            found = re.search(r"(\d+) flow entries have been deleted", output)
+            if found is None:
+                raise HandoffError(f"conntrack failed on the engine's host: {output.strip()}")
+            removed += int(found.group(1))
+        return removed
 
 
 async def redirect(table: str, port: int, to_port: int) -> None:

@@ -75,6 +75,8 @@ class Action:
     new_name: str | None = None
     last: bool = False
     """Green behind a redirect: removed only once production answers and the redirect is gone."""
+    green: bool = False
+    """A green removed: conntrack's entries of the connections its exit reset go with it."""
 
     def describe(self) -> str:
         if self.verb == "remove":
@@ -122,8 +124,9 @@ class _Decision:
         self.plan = RecoveryPlan(outcome="", redirected=redirected)
 
     def remove(self, info: ContainerInfo, why: str) -> None:
-        last = self.plan.redirected and info.labels.get(LABEL_ROLE) == "green"
-        self.plan.actions.append(Action("remove", info.name, why, info.id, last=last))
+        green = info.labels.get(LABEL_ROLE) == "green"
+        last = self.plan.redirected and green
+        self.plan.actions.append(Action("remove", info.name, why, info.id, last=last, green=green))
 
     def removed(self, info: ContainerInfo | None) -> bool:
         return info is not None and any(
@@ -396,13 +399,19 @@ async def _recover(
             plan = await decide(cfg, docker, record, redirected=redirected)
             carrying = _Carrying(cfg, docker)
             outcome = plan.outcome
+
+            async def act(action: Action) -> None:
+                await carrying.act(action)
+                if action.green and cfg.switch.mode == "handoff":
+                    await handoff.forget(cfg.service.green_port)
+
             if plan.hand_over:
                 await _hand_over(cfg, http, handoff, plan, carrying)
             redirected = plan.redirected
             try:
                 for action in plan.actions:
                     if not action.last:
-                        await carrying.act(action)
+                        await act(action)
                 if await docker.inspect(service) is None:
                     outcome = "no production container exists (there was none before this deploy)"
                 else:
@@ -416,7 +425,7 @@ async def _recover(
                     carrying.said(f"removed the redirect of port {cfg.service.port} to green")
                 for action in plan.actions:
                     if action.last:
-                        await carrying.act(action)
+                        await act(action)
             except EngineError as exc:
                 done = "; ".join(carrying.done) or "nothing"
                 raise RecoveryFailed(f"{exc} (done so far: {done})") from exc
