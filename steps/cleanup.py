@@ -16,8 +16,9 @@ from rolling_update.toolkit import (
     RollingUpdateError,
     ServiceConfig,
     Switched,
-    drained,
 )
+
+from .green import drain_green
 
 
 class RemoveOld:
@@ -47,10 +48,7 @@ class RemoveOld:
             # Green keeps serving the connections it took during the handoff, until they
             # close (at most switch.drain after the handoff ended).
             left = ctx.config.switch.drain - (time.monotonic() - redirected.ended)
-            seconds, connections = await drained(
-                ctx.engine, green.id, self.service.green_port, firewall=ctx.firewall, limit=left
-            )
-            structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=connections)
+            await drain_green(ctx, green.id, self.service.green_port, left)
         await self._remove_containers(ctx, took_traffic=took_traffic)
         if ctx.config.build.enabled and ctx.config.build.keep:
             await self._prune_images(ctx)
@@ -85,17 +83,14 @@ class RemoveOld:
         for label, container_id in (("green", ctx.green_id), ("old", switched.blue_id)):
             if container_id is None:
                 continue
+            forget = label == "green" and took_traffic
             try:
                 try:
-                    await self._remove_one(
-                        ctx, container_id, forget=label == "green" and took_traffic
-                    )
+                    await self._remove_one(ctx, container_id, forget=forget)
                 except EngineUnavailable:
                     # The engine went away mid-call (a restart): asked once more, on a
                     # connection that waits for it to be back (both calls are idempotent).
-                    await self._remove_one(
-                        ctx, container_id, forget=label == "green" and took_traffic
-                    )
+                    await self._remove_one(ctx, container_id, forget=forget)
             except RollingUpdateError as exc:
                 log.warning(
                     "cleanup.leftover", container=label, id=container_id[:12], error=str(exc)

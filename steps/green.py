@@ -79,24 +79,24 @@ class StartGreen:
                 f"is still redirected to it (port {self.service.green_port})"
             )
         redirected, green = ctx.find(Redirected), ctx.find(GreenStarted)
-        if redirected is not None and redirected.began is not None and green is not None:
-            # Green took connections through the redirect: they finish, and close, before
-            # green's SIGTERM (at most switch.drain), as in a deploy's cleanup.
-            seconds, left = await drained(
-                ctx.engine,
-                green.id,
-                self.service.green_port,
-                firewall=ctx.firewall,
-                limit=ctx.config.switch.drain,
-            )
-            structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=left)
+        took_traffic = redirected is not None and redirected.began is not None
+        if took_traffic and green is not None:
+            # As in a deploy's cleanup, at most switch.drain.
+            await drain_green(ctx, green.id, self.service.green_port, ctx.config.switch.drain)
         # Gracefully: during a handoff green serves real traffic until the last moment.
         await remove_ours(
             ctx.engine, self.service.green_name, ctx.deploy_id, grace=self.service.stop_timeout
         )
-        if redirected is not None and redirected.began is not None:
+        if took_traffic:
             # The connections green's exit reset would send new ones to its closed port.
             await ctx.port_handoff.forget(self.service.green_port)
+
+
+async def drain_green(ctx: DeployContext, green_id: str, port: int, limit: float) -> None:
+    """Green took connections through the redirect: they finish, and close, before green's
+    SIGTERM (at most ``limit`` s); how long that took, and how many were left, is logged."""
+    seconds, left = await drained(ctx.engine, green_id, port, firewall=ctx.firewall, limit=limit)
+    structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=left)
 
 
 class AwaitGreenHealthy:

@@ -30,8 +30,8 @@ def judge(
     if isinstance(exc, RollbackIncomplete | RecoveryFailed):
         return Outcome.ROLLBACK_INCOMPLETE
     if isinstance(exc, FailedAfterCommit) or (committed and isinstance(exc, Exception)):
-        # Also a failure past the steps (the engine failing the mark's removal):
-        # the new version serves, and `recover` finishes.
+        # Also any other failure once committed, outside the steps (the deploy's own
+        # bookkeeping): the new version serves, and `recover` finishes.
         return Outcome.FAILED_AFTER_COMMIT
     if state is not None and state.failures and not committed:
         # An interrupt's rollback that did not finish: the signal is not the news.

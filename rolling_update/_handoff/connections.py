@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -86,22 +87,29 @@ def _written(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) 
     return f"{address}:{port}"
 
 
+def _rows(tables: str, state: str) -> Iterator[tuple[int, str]]:
+    """The local port and remote end (as printed) of each row of ``/proc/net/tcp``-format
+    ``tables`` (one table or several one after the other) in ``state``; headers, other
+    states and lines that are no row at all (an error message) are skipped."""
+    for line in tables.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != state:
+            continue
+        try:
+            # The port only: a host's tables can hold tens of thousands of rows.
+            yield int(fields[1].rpartition(":")[2], 16), fields[2]
+        except ValueError:
+            continue
+
+
 def parse_established(table: str, port: int, ignore: frozenset[str] = frozenset()) -> int:
     """How many rows of ``/proc/net/tcp``-format ``table`` (one table or several one after
     the other) are established on local ``port``, leaving out those whose remote end is in
     ``ignore`` (``ip:port``, as :func:`endpoint` writes them)."""
     count = 0
-    for line in table.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[3] != ESTABLISHED:
-            continue  # a header, another state, or not a row at all (an error message)
-        try:
-            # The port first: a host's tables can hold tens of thousands of rows.
-            ours = int(fields[1].rpartition(":")[2], 16) == port
-        except ValueError:
-            continue
-        remote = endpoint(fields[2]) if ours else None
-        if remote is not None and remote not in ignore:
+    for local, remote in _rows(table, ESTABLISHED):
+        end = endpoint(remote) if local == port else None
+        if end is not None and end not in ignore:
             count += 1
     return count
 
@@ -109,16 +117,7 @@ def parse_established(table: str, port: int, ignore: frozenset[str] = frozenset(
 def listening(tables: str, port: int) -> bool:
     """Whether a row of ``/proc/net/tcp``-format ``tables`` listens on ``port``: in the host's
     namespace, for a port published on a bridge network, the engine's docker-proxy."""
-    for line in tables.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[3] != LISTEN:
-            continue
-        try:
-            if int(fields[1].rpartition(":")[2], 16) == port:
-                return True
-        except ValueError:
-            continue
-    return False
+    return any(local == port for local, _ in _rows(tables, LISTEN))
 
 
 def own_endpoints() -> frozenset[str]:

@@ -14,8 +14,8 @@ until after it is gone, and the kernel tracks a family only while some rule need
 it. IPv4 flows are tracked on a Docker host (Docker's rules use conntrack); IPv6
 ones were tracked only while the redirect table existed: a flow opened before it was
 taken up mid-stream as a new one and redirected (reset), one redirected to green
-lost its translation when the table went (reset). So the redirect takes only a
-connection's first packet, and :data:`TRACK_TABLE`, which the tool adds with every
+lost its translation when the table went (reset). So the redirect takes only an
+IPv6 connection's first packet, and :data:`TRACK_TABLE`, which the tool adds with every
 redirect and never removes, keeps conntrack and the NAT hooks running for both
 families between handoffs (README, "What clients see").
 

@@ -88,8 +88,6 @@ class Journal:
         """Whether a failed write is only logged: during a rollback, an undo must go on
         when its record cannot be written (a full disk), or the port it would bring back
         stays dark; the journal on disk then lags, and is removed once the rollback ends."""
-        self.unwritten: StateWriteFailed | None = None
-        """The last write that failed, if any."""
 
     @classmethod
     def path_for(cls, service_dir: Path) -> Path:
@@ -133,11 +131,11 @@ class Journal:
         try:
             _write_atomically(self.path, self.record.model_dump_json(indent=2) + "\n")
         except OSError as exc:
-            self.unwritten = StateWriteFailed("journal", str(self.path), exc)
+            failed = StateWriteFailed("journal", str(self.path), exc)
             if not self.forgiving():
-                raise self.unwritten from exc
+                raise failed from exc
             structlog.get_logger().warning(
-                "journal.not_written", path=str(self.path), error=str(self.unwritten)
+                "journal.not_written", path=str(self.path), error=str(failed)
             )
 
     def update(self, **facts: Any) -> None:
