@@ -58,6 +58,11 @@ def brain(tmp_path: Path) -> Iterator[RealBrain]:
     require_engine()
     require_realbrain()
     service = RealBrain(tmp_path)
+    # Each case starts with no `latest` tag, which the deploy's tag step sets and its undo
+    # takes away again: a tag an earlier case's cleanup could not remove would be "moved
+    # back" to, and read as the undo's failure.
+    docker("rmi", f"{REPO}:latest", check=False)
+    assert image_id(f"{REPO}:latest") is None
     try:
         yield service
     finally:
