@@ -208,6 +208,17 @@ class RealBrain(Service):
         body = get_json(self.url(), timeout=3.0)
         return body if isinstance(body, dict) else {}
 
+    def settled_health(self, timeout: float = 60) -> str:
+        """Health's status once the Brain has finished starting: it listens before
+        ``initTickLoop`` starts the loop (server.js), and answers ``degraded`` until then
+        (routes.js, ``/health``: ``loop_running`` and no open breaker)."""
+        deadline = time.monotonic() + timeout
+        while self.tick().get("loop_running") is not True:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}'s tick loop did not start: {self.tick()}")
+            time.sleep(0.1)
+        return str(self.health()["status"])
+
     def reference_config(self, build: Path, version_file: Path | None = None) -> Path:
         """config.example.toml with this test's names, ports and paths, deploying ``build``."""
         swaps = [

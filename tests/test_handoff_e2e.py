@@ -15,30 +15,34 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from tests.support import BASE_IMAGE, KeepAliveProber, Prober, Sampler, Service, docker
+from tests.support import BASE_IMAGE, KeepAliveProber, Prober, Run, Sampler, Service, docker
 
 pytestmark = pytest.mark.docker
 
-# Unanswered for 3 s is a failure, as for the Prober: a slow answer on a loaded 2-core
-# machine is not a handoff's failure, a connection nobody serves is.
+# A request fails when nobody answers within 10 s: the kernel retransmits a lost SYN at
+# 1, 3 and 7 s, and every common client (curl, requests, browsers) waits longer than that
+# for a connection. Each request that took over 1 s is kept too, with when it was sent.
 BRIDGE_CLIENT = """
-import sys, time, urllib.request
-url, ok, failed, first = sys.argv[1], 0, 0, ""
+import json, sys, time, urllib.request
+url, ok, failed, slow = sys.argv[1], 0, [], []
 end = time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:
+    began = time.time()
     try:
-        urllib.request.urlopen(url, timeout=3).read(); ok += 1
+        urllib.request.urlopen(url, timeout=10).read(); ok += 1
     except Exception as exc:
-        failed += 1
-        first = first or repr(exc)
+        failed.append([began, round(time.time() - began, 3), repr(exc)])
+    else:
+        if time.time() - began > 1:
+            slow.append([began, round(time.time() - began, 3), "answered"])
     time.sleep(0.02)
-print(ok, failed, first)
+print(json.dumps({"ok": ok, "failed": failed, "slow": slow}))
 """
 
 
@@ -62,8 +66,25 @@ class BridgeClient:
     """What the client in a container on the default bridge saw, once it ended."""
 
     ok: int = 0
-    failed: int = 0
-    first: str = ""
+    #: Each failed request: when it was sent (unix time), how long it took, the error.
+    failures: list[tuple[float, float, str]] = field(default_factory=list)
+    #: Each request answered after more than 1 s: when it was sent, how long it took.
+    slow: list[tuple[float, float, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def against(self, run: Run, *, slow: bool = False) -> str:
+        """The failures (or slow answers) placed in the deploy's log: seconds after each of
+        the three events before them."""
+        events = [(logged_at(e), e["event"]) for e in run.events if "timestamp" in e]
+        lines = []
+        for sent, took, error in self.slow if slow else self.failures:
+            before = [(at, name) for at, name in events if at <= sent][-3:]
+            where = ", ".join(f"{name} +{sent - at:.3f}s" for at, name in before)
+            lines.append(f"{error} ({took}s) after {where}")
+        return "; ".join(lines)
 
 
 def docker0_address() -> str:
@@ -84,8 +105,10 @@ def bridge_client(service: Service, seconds: float = 25) -> Iterator[BridgeClien
     try:
         yield seen
         docker("wait", client, timeout=seconds + 35)
-        ok_text, failed_text, *first = docker("logs", client).split(maxsplit=2)
-        seen.ok, seen.failed, seen.first = int(ok_text), int(failed_text), " ".join(first)
+        said = json.loads(docker("logs", client))
+        seen.ok = said["ok"]
+        seen.failures = [(sent, took, error) for sent, took, error in said["failed"]]
+        seen.slow = [(sent, took, error) for sent, took, error in said["slow"]]
     finally:
         docker("rm", "-f", client, check=False)
 
@@ -103,7 +126,7 @@ def test_a_deploy_fails_no_request(service: Service, boot: float) -> None:
     assert run.event("handoff.redirect") and run.event("handoff.released")
     assert_clean(service, "2.0.0", *probers)
     assert probers[0].versions == ["1.0.0", "2.0.0"]
-    assert bridged.failed == 0 and bridged.ok > 100, bridged.first
+    assert bridged.failed == 0 and bridged.ok > 100, bridged.against(run)
 
 
 @pytest.mark.parametrize("case", ["deploy", "rollback"])
@@ -126,10 +149,12 @@ def test_a_service_publishing_its_port_on_a_bridge_fails_no_request(
     assert run.event("handoff.redirect") and run.event("handoff.released")
     version = "2.0.0" if case == "deploy" else "1.0.0"
     assert_clean(service, version, *probers)
-    # Measured: 0 in every deploy; in a rollback, 0 or 1 request of the bridge client (a
-    # refusal or a lost SYN within 0.6 s after the redirect's release, once blue is back
-    # behind Docker's DNAT) in 3 of 7 runs here. Its cause is not found yet (README).
-    assert bridged.failed <= (0 if case == "deploy" else 1), bridged.first
+    # In a rollback, a bridge client's new connection can lose its SYN (and wait for the
+    # kernel's retransmit) within a second of the redirect's release: CI once saw two
+    # requests time out at the 3 s this client used to allow; none in 17 runs since (README).
+    if bridged.slow:
+        print(f"\nMEASURED bridge client slow answers ({case}): {bridged.against(run, slow=True)}")
+    assert bridged.failed == 0, bridged.against(run)
     assert bridged.ok > 100
     production = service.inspect(service.name)
     assert production["HostConfig"]["NetworkMode"] in ("default", "bridge")

@@ -147,7 +147,7 @@ def test_upgrade_serves_the_new_version_without_a_failed_request(brain: RealBrai
 def test_an_interrupt_after_blue_was_drained_gives_blue_back(brain: RealBrain) -> None:
     """SIGINT once blue is drained: exit 130, blue serves 1.98.0 ticking and undrained."""
     brain.start_blue(OLD)
-    found = brain.health()["status"]
+    found = brain.settled_health()
     brain.reference_config(context(NEW))
     with Prober(brain.version_url()) as prober:
         run = brain.deploy_interrupted(None, signal.SIGINT, after="before-switch", timeout=240)
@@ -169,7 +169,7 @@ def test_an_interrupt_after_blue_was_drained_gives_blue_back(brain: RealBrain) -
 def test_a_release_failing_after_the_switch_is_rolled_back(brain: RealBrain) -> None:
     """A release dying on production's port after the switch: exit 1, blue back as found."""
     brain.start_blue(OLD)
-    found = brain.health()["status"]
+    found = brain.settled_health()
     release = brain.derived("1.98.3", fail_on_port=brain.port)
     brain.reference_config(release)
     with Prober(brain.version_url()) as prober:
