@@ -16,7 +16,8 @@ once, where they enter, with ``raise ... from exc``::
     ├── GreenFailed            the new container exited or restarted
     ├── ProductionFailed       the new production container died
     ├── HealthCheckFailed      no healthy answer before the deadline
-    │   └── VerificationFailed production answered, but not as expected
+    │   ├── VerificationFailed production answered, but not as expected
+    │   └── ShiftGateFailed    a gate of the gradual traffic shift failed
     ├── TickWaitFailed         blue's tick never reached a safe boundary
     ├── ActionFailed           a lifecycle HTTP action failed
     ├── RestoreFailed          blue could not be brought back
@@ -132,6 +133,16 @@ class HealthCheckFailed(RollingUpdateError):
 
 class VerificationFailed(HealthCheckFailed):
     """Production did not serve the new version healthily in time."""
+
+
+class ShiftGateFailed(HealthCheckFailed):
+    """A step of the gradual shift (``switch.steps``) failed its gate: an answer through
+    production's port or of green was not healthy, or the metrics query was above its
+    bound or unreadable. ``share`` is the step's percent."""
+
+    def __init__(self, message: str, *, url: str, why: str, share: int):
+        self.share = share
+        super().__init__(message, url=url, why=why)
 
 
 class TickWaitFailed(RollingUpdateError):

@@ -10,7 +10,8 @@ of a custom step. From here a step gets:
 - the engine protocol, container specs and the label a service's images carry;
 - the concurrent waits (a container watched for death, memory and deadlines while
   a body runs; health polls; a wait that says what it waits for);
-- HTTP probes and their pure judges (health body, tick status);
+- HTTP probes and their pure judges (health body, tick status), and a client's session
+  (its sockets unmarked: the handoff's redirect applies to it);
 - what may be removed (:func:`remove_ours`, :func:`clear_name`);
 - lifecycle actions, logged commands, secret redaction, the builder choice,
   blue's twin's differences and compose's config hash;
@@ -27,6 +28,7 @@ from rolling_update._config.settings import (
     MigrateConfig,
     Moment,
     ServiceConfig,
+    SwitchConfig,
     TickConfig,
     VerifyConfig,
 )
@@ -41,11 +43,14 @@ from rolling_update._deploy.records import (
     GreenStarted,
     Preflight,
     Redirected,
+    Shifted,
+    ShiftStep,
     Switched,
     Verified,
 )
 from rolling_update._deploy.release import Release
 from rolling_update._deploy.saga import Step
+from rolling_update._deploy.session import client_session
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.model import (
@@ -72,6 +77,7 @@ from rolling_update._errors import (
     ProductionFailed,
     RestoreFailed,
     RollingUpdateError,
+    ShiftGateFailed,
     TickWaitFailed,
     VerificationFailed,
 )
@@ -89,6 +95,7 @@ from rolling_update._watch.health import (
 )
 from rolling_update._watch.probe import (
     Answer,
+    check_health,
     judge_health,
     parse_tick,
     port_in_use,
@@ -137,7 +144,11 @@ __all__ = [
     "RestoreFailed",
     "RollingUpdateError",
     "ServiceConfig",
+    "ShiftGateFailed",
+    "ShiftStep",
+    "Shifted",
     "Step",
+    "SwitchConfig",
     "Switched",
     "TickConfig",
     "TickWaitFailed",
@@ -148,8 +159,10 @@ __all__ = [
     "ask_to_stop_accepting",
     "await_docker_healthy",
     "await_healthy",
+    "check_health",
     "choose_builder",
     "clear_name",
+    "client_session",
     "config_hash",
     "diff",
     "drained",

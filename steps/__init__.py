@@ -11,6 +11,7 @@ from .cleanup import RemoveOld
 from .green import AwaitGreenHealthy, StartGreen
 from .handoff import Redirect, Release
 from .migrate import RunMigrations
+from .shift import ShiftTraffic
 from .switch import Soak, Switch, VerifyProduction
 from .tags import TagImage
 from .tick import AwaitTickBoundary, wait_for_tick_boundary
@@ -24,6 +25,7 @@ __all__ = [
     "RemoveOld",
     "RunActions",
     "RunMigrations",
+    "ShiftTraffic",
     "Soak",
     "StartGreen",
     "Switch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import structlog
@@ -20,6 +21,7 @@ from rolling_update.toolkit import (
     Redirected,
     RestoreFailed,
     ServiceConfig,
+    Watch,
     await_healthy,
     clear_name,
     drained,
@@ -28,6 +30,7 @@ from rolling_update.toolkit import (
     remove_ours,
     run_actions,
     waiting,
+    watching,
 )
 
 
@@ -90,6 +93,27 @@ class StartGreen:
         if took_traffic:
             # The connections green's exit reset would send new ones to its closed port.
             await ctx.port_handoff.forget(self.service.green_port)
+
+
+def watching_green(
+    ctx: DeployContext, green: GreenStarted, doing: str, *, memory_mb: float | None = None
+) -> AbstractAsyncContextManager[Watch]:
+    """Green watched while a later step waits (new log lines only): its death, restart or
+    OOM kill, its memory bar (``memory_mb``, else ``limits.green_memory_mb``) and the
+    two-container deadline end the wait with :class:`GreenFailed`."""
+    args = ctx.green_watch_args()
+    if memory_mb is not None:
+        args["memory_limit"] = int(memory_mb * 2**20)
+    return watching(
+        ctx,
+        container_id=green.id,
+        container_name=ctx.config.service.green_name,
+        since_nano=green.since_nano,
+        failure=GreenFailed,
+        doing=doing,
+        replay_logs=False,
+        **args,
+    )
 
 
 async def drain_green(ctx: DeployContext, green_id: str, port: int, limit: float) -> None:

@@ -47,7 +47,7 @@ class Redirect:
             # switch.mode = restart, the fallback, or a first deploy (nothing to hand over).
             return
         # Recorded first: a kill between the two leaves recover a table to look for.
-        ctx.record(redirect=True)
+        ctx.record(redirect=True, shift_share=None)
         await ctx.port_handoff.to_green()
         ctx.give(Redirected(active=True, began=time.monotonic()))
         structlog.get_logger().info(
@@ -57,26 +57,32 @@ class Redirect:
     async def compensate(self, ctx: DeployContext) -> None:
         if not ctx.handoff:
             return
-        # Never remove the redirect while nothing else serves: the switch's undo has
-        # brought blue back by now (or never stopped it); check that it answers.
-        url = ctx.url(self.service.port, self.health.path)
-        answer = await probe(ctx.http, url, self.health)
-        green = None if not ctx.green_id else await ctx.engine.inspect(ctx.green_id)
-        if answer.status is None and green is not None and green.running:
-            raise RestoreFailed(
-                f"the redirect of port {self.service.port} to green is kept: nothing else "
-                f"answers there ({answer.describe()})"
-            )
-        if answer.status is None:
-            # Green no longer runs (an engine restart stopped it): the redirect leads
-            # nowhere, while blue, coming back, listens on production's port itself.
-            structlog.get_logger().warning(
-                "handoff.released_to_nothing", port=self.service.port, why=answer.describe()
-            )
-        await ctx.port_handoff.release()
-        ctx.record(redirect=False)
-        ctx.give(replace(ctx.find(Redirected) or Redirected(active=False), active=False))
-        structlog.get_logger().info("handoff.released", port=self.service.port, to="blue")
+        await give_port_back(ctx, self.service, self.health)
+
+
+async def give_port_back(ctx: DeployContext, service: ServiceConfig, health: HealthConfig) -> None:
+    """Remove the redirect (all of it, or a share) in one atomic change, once production's
+    port answers without it: never while nothing else serves there."""
+    # The switch's undo has brought blue back by now (or never stopped it); check that it
+    # answers.
+    url = ctx.url(service.port, health.path)
+    answer = await probe(ctx.http, url, health)
+    green = None if not ctx.green_id else await ctx.engine.inspect(ctx.green_id)
+    if answer.status is None and green is not None and green.running:
+        raise RestoreFailed(
+            f"the redirect of port {service.port} to green is kept: nothing else "
+            f"answers there ({answer.describe()})"
+        )
+    if answer.status is None:
+        # Green no longer runs (an engine restart stopped it): the redirect leads
+        # nowhere, while blue, coming back, listens on production's port itself.
+        structlog.get_logger().warning(
+            "handoff.released_to_nothing", port=service.port, why=answer.describe()
+        )
+    await ctx.port_handoff.release()
+    ctx.record(redirect=False, shift_share=None)
+    ctx.give(replace(ctx.find(Redirected) or Redirected(active=False), active=False))
+    structlog.get_logger().info("handoff.released", port=service.port, to="blue")
 
 
 class Release:

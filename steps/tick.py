@@ -12,7 +12,6 @@ import structlog
 from rolling_update.toolkit import (
     BlueLastServed,
     DeployContext,
-    GreenFailed,
     GreenStarted,
     HealthConfig,
     ServiceConfig,
@@ -22,8 +21,9 @@ from rolling_update.toolkit import (
     probe,
     tick_state,
     waiting,
-    watching,
 )
+
+from .green import watching_green
 
 _UNUSABLE_IN_A_ROW = 3
 
@@ -112,16 +112,7 @@ class AwaitTickBoundary:
                     # Green keeps being watched (death, memory, two-container
                     # deadline) while it waits for blue's tick.
                     watch = await stack.enter_async_context(
-                        watching(
-                            ctx,
-                            container_id=green.id,
-                            container_name=self.service.green_name,
-                            since_nano=green.since_nano,
-                            failure=GreenFailed,
-                            doing="waiting for blue's tick",
-                            replay_logs=False,
-                            **ctx.green_watch_args(),
-                        )
+                        watching_green(ctx, green, "waiting for blue's tick")
                     )
                     stack.callback(lambda: ctx.note_green_memory(watch.memory_peak))
                 with anyio.fail_after(limit), waiting("blue's tick boundary", limit):

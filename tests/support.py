@@ -128,9 +128,10 @@ class RecordingFirewall:
     async def unavailable(self) -> str | None:
         return None
 
-    async def redirect(self, table: str, port: int, to_port: int) -> None:
+    async def redirect(self, table: str, port: int, to_port: int, share: int = 100) -> None:
         self.table = (port, to_port)
-        self.changes.append(f"redirect {port} -> {to_port}")
+        part = "" if share == 100 else f" ({share}%)"
+        self.changes.append(f"redirect {port} -> {to_port}{part}")
 
     async def remove(self, table: str) -> None:
         self.table = None

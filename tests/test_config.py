@@ -337,8 +337,8 @@ def test_example_documents_every_key_with_a_comment() -> None:
         assert isinstance(model, type) and issubclass(model, BaseModel)
         missing = set(model.model_fields) - set(data[section])
         # build.command is the alternative to build.context, state.dir defaults per user,
-        # build.target has no default, the Brain has no drain signal or request: shown
-        # commented out.
+        # build.target has no default, the Brain has no drain signal or request, the
+        # shift's optional gates are off: shown commented out.
         assert missing <= {
             "command",
             "dir",
@@ -346,6 +346,9 @@ def test_example_documents_every_key_with_a_comment() -> None:
             "textfile",
             "drain_signal",
             "drain_request",
+            "gate_metrics_url",
+            "gate_metrics_max",
+            "gate_memory_mb",
         }, f"[{section}] lacks {sorted(missing)}"
         for key in missing:
             assert re.search(rf"(?m)^# {key} = ", text), f"{section}.{key} is not shown"

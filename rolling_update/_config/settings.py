@@ -6,6 +6,7 @@ Docker call, and reported as a :class:`ConfigError` naming the file and key.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -299,6 +300,68 @@ class SwitchConfig(_Section):
         "(default 200), e.g. 'POST /admin/drain 204'. Sent after drain_signal; a failure is "
         "logged and the wait goes on. None: no request.",
     )
+    steps: list[int] = Field(
+        default_factory=lambda: [100],
+        description="With the handoff, the gradual shift: percent of new connections sent to "
+        "green at each step, strictly increasing, each 1..100, the last 100 (the handoff "
+        "itself). [100]: no shift, straight to the handoff.",
+    )
+    step_hold: Seconds = Field(
+        30,
+        description="Seconds each step below 100 is held while its gate is checked (the "
+        "holds count against limits.two_containers).",
+    )
+    gate_interval: PositiveSeconds = Field(
+        0.2,
+        description="Seconds between the gate's probes: one through production's port as a "
+        "client's (split by the share), one of green's own port.",
+    )
+    gate_metrics_url: str | None = Field(
+        None,
+        description="Optional: an HTTP endpoint answering a number (error rate, latency), "
+        "read at the end of each step's hold; above gate_metrics_max, or unreadable, the "
+        "gate fails. None: no metrics gate.",
+    )
+    gate_metrics_max: float | None = Field(
+        None, description="The bound of gate_metrics_url's number (required with it)."
+    )
+    gate_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description="Green's memory bar in MiB during the shift; None: limits.green_memory_mb.",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _valid_steps(cls, value: list[int]) -> list[int]:
+        if not value or value[-1] != 100:
+            raise ValueError(f"{value}: the last step must be 100 (every connection to green)")
+        for share in value:
+            if not 1 <= share <= 100:
+                raise ValueError(f"{value}: {share} is not a percent 1..100")
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"{value}: the steps must be strictly increasing")
+        return value
+
+    @field_validator("gate_metrics_url")
+    @classmethod
+    def _valid_metrics_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _metrics_bounded(self) -> SwitchConfig:
+        if (self.gate_metrics_url is None) != (self.gate_metrics_max is None):
+            raise ValueError(
+                "gate_metrics_url and gate_metrics_max go together: the number and its bound"
+            )
+        return self
+
+    @property
+    def shares(self) -> list[int]:
+        """The steps of the gradual shift held below 100 (none: no shift)."""
+        return self.steps[:-1]
 
     @field_validator("drain_signal")
     @classmethod
@@ -630,6 +693,18 @@ class Config(_Section):
                 f"engine.call_timeout ({self.engine.call_timeout:g}) must be shorter than "
                 f"rollback.step_timeout ({self.rollback.step_timeout:g}): an undo must outlast "
                 "an engine call that goes unanswered, to try again"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shift_fits(self) -> Config:
+        holds = len(self.switch.shares) * self.switch.step_hold
+        if holds and holds >= self.limits.two_containers:
+            raise ValueError(
+                f"switch.step_hold: {len(self.switch.shares)} step(s) held "
+                f"{self.switch.step_hold:g}s each ({holds:g}s) do not fit in "
+                f"limits.two_containers ({self.limits.two_containers:g}s), which also "
+                "holds green's warm-up, the tick wait and blue's stop"
             )
         return self
 

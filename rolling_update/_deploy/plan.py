@@ -73,8 +73,12 @@ def default_plan(cfg: Config) -> list[Step[DeployContext]]:
     plan += [
         steps.StartGreen(cfg.service, cfg.green),
         steps.AwaitGreenHealthy(cfg.service, cfg.health),
-        steps.AwaitTickBoundary(cfg.service, cfg.tick, cfg.health),
     ]
+    if cfg.switch.shares:
+        # Before the tick boundary and blue's drain: between steps blue keeps its background
+        # work (green was drained at its first answer); both happen once, before 100%.
+        plan.append(steps.ShiftTraffic(cfg.service, cfg.switch, cfg.health))
+    plan.append(steps.AwaitTickBoundary(cfg.service, cfg.tick, cfg.health))
     if cfg.actions_at("before-switch") or cfg.actions_at("rollback"):
         plan.append(steps.RunActions("before-switch", undo="rollback"))
     if cfg.image.tags:

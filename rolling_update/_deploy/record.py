@@ -10,7 +10,7 @@ from rolling_update._config.settings import Config
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.hooks import run_post_hook
 from rolling_update._deploy.outcome import Outcome
-from rolling_update._deploy.records import GreenStarted, Redirected, Switched
+from rolling_update._deploy.records import GreenStarted, Redirected, Shifted, Switched
 from rolling_update._deploy.saga import SagaState
 from rolling_update._observe import measures
 from rolling_update._observe.history import Attempt
@@ -35,9 +35,15 @@ def moments(ctx: DeployContext) -> dict[str, float | None]:
         if began is not None and measures.SWITCH in measured
         else None
     )
+    shifted = ctx.find(Shifted) or Shifted()
+    handoff = redirected.began
+    if shifted.steps and handoff is not None and handoff <= shifted.steps[0].began:
+        handoff = None  # the shift's own: the handoff (100%) never came
+    steps = {f"{s.share}% of new connections to green": s.began for s in shifted.steps}
     return {
         "green started: two versions from here": None if green is None else green.started,
-        "traffic moved to green (the handoff)": redirected.began,
+        **steps,
+        "traffic moved to green (the handoff)": handoff,
         "blue stopped": stopped,
         "the new production container serves": serving,
         "traffic on the new production container": redirected.ended,

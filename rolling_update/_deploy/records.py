@@ -96,6 +96,24 @@ class Redirected:
 
 
 @dataclass(frozen=True)
+class ShiftStep:
+    """One step of the gradual shift: its share, when it began (monotonic), how long it was
+    held and what its gate found (``passed``, or why it failed)."""
+
+    share: int
+    began: float
+    held: float | None = None
+    gate: str | None = None
+
+
+@dataclass(frozen=True)
+class Shifted:
+    """The gradual shift's steps so far (``ShiftTraffic``)."""
+
+    steps: tuple[ShiftStep, ...] = ()
+
+
+@dataclass(frozen=True)
 class Verified:
     """The new production container's health answer once verified (``VerifyProduction``)."""
 

@@ -35,6 +35,13 @@ def http_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, trust_env=False)
 
 
+def client_session() -> aiohttp.ClientSession:
+    """An HTTP client as the service's clients are: its sockets unmarked, so that the
+    handoff's redirect (or a share of it) applies to them; a fresh connection per request."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
 @asynccontextmanager
 async def open_http(http: aiohttp.ClientSession | None) -> AsyncIterator[aiohttp.ClientSession]:
     """The given HTTP client (left open: it is the caller's), or :func:`http_session`, closed

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import aiohttp
 import anyio
 
 from rolling_update._deploy.context import DeployContext
+from rolling_update._deploy.session import client_session
 from rolling_update._observe import measures
 from rolling_update._watch.probe import probe
 
@@ -14,8 +14,7 @@ async def measure_handoff(ctx: DeployContext, *, interval: float = 0.05) -> None
     """While the redirect is in place, probe production's port as a client would (unmarked:
     through the redirect) and count the answers that failed; runs until cancelled."""
     url = ctx.url(ctx.config.service.port, ctx.config.health.path, as_client=True)
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
+    async with client_session() as client:
         while True:  # cancelled with the deploy's task group
             if ctx.handoff_active:
                 answer = await probe(client, url, ctx.config.health)

@@ -72,6 +72,8 @@ before :data:`TRACK_TABLE` existed) is not redirected. IPv6 only: on IPv4, alway
 on a Docker host, the same match made clients on a bridge reaching the host's address
 see resets and lost SYNs (283 of 364 requests failed with it, 0 of 484 without)."""
 _SO_MARK = getattr(socket, "SO_MARK", 36)
+_RULE = re.compile(r"dport (\d+) (?:numgen random mod 100 < \d+ )?redirect to :(\d+)")
+"""A redirect rule as nft lists it: the port, a share's draw if any, and the target port."""
 
 
 def table_name(service: str) -> str:
@@ -130,9 +132,20 @@ async def unavailable() -> str | None:
     return None
 
 
-def _ruleset(table: str, port: int, to_port: int, bypass_port: int | None = None) -> str:
+def _share(share: int) -> str:
+    # NAT chains see only a connection's first packet: the draw decides once, and the
+    # connection stays on the side it fell on for its whole life.
+    if not 1 <= share <= 100:
+        raise HandoffError(f"a share of {share}% is not 1..100")
+    return "" if share == 100 else f"numgen random mod 100 < {share} "
+
+
+def _ruleset(
+    table: str, port: int, to_port: int, bypass_port: int | None = None, share: int = 100
+) -> str:
     # A connection is translated once, by the first rule it meets: one that came in
     # on the bypass port reaches the real port and is not redirected again.
+    draw = _share(share)
     bypass = (
         ""
         if bypass_port is None
@@ -143,9 +156,9 @@ def _ruleset(table: str, port: int, to_port: int, bypass_port: int | None = None
     chain {hook} {{
         type nat hook {hook} priority {_PRIORITY}; policy accept;
         meta mark {MARK:#x} return{bypass}
-        meta nfproto ipv4 fib daddr type local tcp dport {port} redirect to :{to_port}
+        meta nfproto ipv4 fib daddr type local tcp dport {port} {draw}redirect to :{to_port}
         meta nfproto ipv6 fib daddr type local {_FIRST_PACKET} tcp dport {port} \
-redirect to :{to_port}
+{draw}redirect to :{to_port}
     }}"""
         for hook in ("output", "prerouting")
     )
@@ -165,10 +178,12 @@ def _tracking() -> str:
     )
 
 
-def _redirect_script(table: str, port: int, to_port: int, bypass_port: int | None) -> str:
+def _redirect_script(
+    table: str, port: int, to_port: int, bypass_port: int | None, share: int = 100
+) -> str:
     # The tracking comes with the redirect, in its transaction: every handoff
     # (deploy, rollback, recover, on any host) installs it before its first flow moves.
-    return _replace(table, _ruleset(table, port, to_port, bypass_port)) + _tracking()
+    return _replace(table, _ruleset(table, port, to_port, bypass_port, share)) + _tracking()
 
 
 def _replace(table: str, ruleset: str) -> str:
@@ -178,10 +193,7 @@ def _replace(table: str, ruleset: str) -> str:
 
 def _target_in(text: str, port: int | None = None) -> int | None:
     # Without a port: the last rule's, the redirect itself (a bypass rule comes first).
-    targets = {
-        int(found.group(1)): int(found.group(2))
-        for found in re.finditer(r"dport (\d+) redirect to :(\d+)", text)
-    }
+    targets = {int(found.group(1)): int(found.group(2)) for found in _RULE.finditer(text)}
     if port is not None:
         return targets.get(port)
     return list(targets.values())[-1] if targets else None
@@ -195,7 +207,11 @@ class Firewall(Sockets, Protocol):
     """Port the tool probes production through while redirected; None: marked sockets."""
 
     async def unavailable(self) -> str | None: ...
-    async def redirect(self, table: str, port: int, to_port: int) -> None: ...
+    async def redirect(self, table: str, port: int, to_port: int, share: int = 100) -> None:
+        """New connections for ``port`` go to ``to_port``: ``share`` percent of them (drawn
+        per connection), all by default; one atomic change, replacing the rule before."""
+        ...
+
     async def remove(self, table: str) -> None: ...
     async def target(self, table: str, port: int | None = None) -> int | None: ...
     async def forget(self, port: int, to_port: int) -> int:
@@ -213,8 +229,8 @@ class LocalFirewall:
     async def unavailable(self) -> str | None:
         return await unavailable()
 
-    async def redirect(self, table: str, port: int, to_port: int) -> None:
-        await redirect(table, port, to_port)
+    async def redirect(self, table: str, port: int, to_port: int, share: int = 100) -> None:
+        await redirect(table, port, to_port, share)
 
     async def remove(self, table: str) -> None:
         await remove(table)
@@ -269,9 +285,9 @@ class EngineFirewall:
             return str(exc)
         return None
 
-    async def redirect(self, table: str, port: int, to_port: int) -> None:
+    async def redirect(self, table: str, port: int, to_port: int, share: int = 100) -> None:
         # nft reads a whole script from one argument, as one transaction.
-        await self._nft(_redirect_script(table, port, to_port, self.bypass_port))
+        await self._nft(_redirect_script(table, port, to_port, self.bypass_port, share))
 
     async def remove(self, table: str) -> None:
         await self._nft(_replace(table, ""))
@@ -305,9 +321,10 @@ class EngineFirewall:
         return removed
 
 
-async def redirect(table: str, port: int, to_port: int) -> None:
-    """Send new connections for ``port`` to ``to_port``, replacing any rule before (atomic)."""
-    await _nft(_redirect_script(table, port, to_port, None))
+async def redirect(table: str, port: int, to_port: int, share: int = 100) -> None:
+    """Send new connections for ``port`` (``share`` percent of them) to ``to_port``, replacing
+    any rule before (atomic)."""
+    await _nft(_redirect_script(table, port, to_port, None, share))
 
 
 async def remove(table: str) -> None:

@@ -39,9 +39,10 @@ class PortHandoff:
     def table(self) -> str:
         return table_name(self.service)
 
-    async def to_green(self) -> None:
-        """New connections for production's port go to green's (one atomic change)."""
-        await self.firewall.redirect(self.table, self.port, self.green_port)
+    async def to_green(self, share: int = 100) -> None:
+        """New connections for production's port go to green's: all, or ``share`` percent of
+        them, drawn per connection (the gradual shift); one atomic change."""
+        await self.firewall.redirect(self.table, self.port, self.green_port, share)
 
     async def release(self) -> None:
         """Production's port is production's again (idempotent)."""

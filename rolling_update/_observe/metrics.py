@@ -58,6 +58,11 @@ class _FromHistory(Collector):
                     "last_handoff_failed_requests",
                     "Requests the tool sent through the handoff that failed.",
                 ),
+                measures.SHIFT_SHARE: (
+                    "last_shift_share_percent",
+                    "The highest share of new connections green held, gate passed, "
+                    "before the handoff (switch.steps).",
+                ),
                 measures.GREEN_MEMORY_PEAK: (
                     "last_green_memory_peak_bytes",
                     "Green's memory peak.",

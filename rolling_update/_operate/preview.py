@@ -73,6 +73,7 @@ async def plan(
         "image": release.image,
         "steps": [{"name": s.name, "title": s.title} for s in steps],
         "switch": "handoff" if found.handoff else "restart",
+        "shift": shift_plan(cfg, handoff=found.handoff),
         "blue": None
         if found.blue is None
         else {"image": found.blue.image, "version": version_of(found.blue)},
@@ -109,3 +110,22 @@ def rollback_after_switch(cfg: Config, has_blue: bool) -> str:
         "(checked during the deploy, before the switch); if it fails, blue is not "
         "restarted and the deploy ends with exit 3, the new version left as it is"
     )
+
+
+def shift_plan(cfg: Config, *, handoff: bool) -> str:
+    """The gradual shift's steps and gate (``switch.steps``), as the plan says them."""
+    sw = cfg.switch
+    if not sw.shares:
+        return "none: straight to the handoff (switch.steps = [100])"
+    steps = " -> ".join(f"{share}%" for share in sw.steps)
+    memory = sw.gate_memory_mb or cfg.limits.green_memory_mb
+    gate = [
+        "every answer through production's port and of green healthy",
+        "green not dead, restarted or OOM-killed",
+        f"green under {memory:g} MB" if memory else "no memory bar",
+    ]
+    if sw.gate_metrics_url is not None:
+        gate.append(f"{sw.gate_metrics_url} <= {sw.gate_metrics_max:g}")
+    text = f"{steps} of new connections to green, each step below 100% held {sw.step_hold:g}s; "
+    text += f"gate: {', '.join(gate)}; a failed gate gives the port back to blue"
+    return text if handoff else f"skipped (no kernel handoff): {text}"

@@ -87,6 +87,7 @@ def format_plan(report: dict[str, Any]) -> str:
           if report["already_serving"] else []),
         f"blue: {blue['image']} ({blue['version']})" if blue else "blue: none (first deploy)",
         f"switch: {report['switch']}",
+        f"shift: {report['shift']}",
         "steps:",
         *(f"  {i}. {s['name']:<15} {s['title']}" for i, s in enumerate(report["steps"], 1)),
         f"build: {json.dumps(report['build'])}",

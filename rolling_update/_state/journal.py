@@ -48,6 +48,9 @@ class JournalRecord(BaseModel):
     """Whether blue's image passed ``migrate.blue_check`` on the migrated schema."""
     redirect: bool = False
     """The handoff's nftables redirect may be in place (set before it is installed)."""
+    shift_share: int | None = None
+    """The gradual shift's share of new connections sent to green (set before each change;
+    ``redirect`` is set with the first)."""
     blue_told_to_drain: bool = False
     """``switch.drain_signal`` or ``drain_request`` may have reached blue (set before): a
     blue kept running would go on closing its connections, so bringing it back restarts it."""
@@ -155,7 +158,8 @@ class Journal:
         r = self.record
         return (
             f"deploy {r.deploy_id} of {r.image} (pid {r.pid} on {r.host}, started {r.started_at}, "
-            f"last step {r.step or 'none'}{', verified' if r.committed else ''})"
+            f"last step {r.step or 'none'}{', verified' if r.committed else ''}"
+            f"{f', {r.shift_share}% shifted to green' if r.shift_share else ''})"
         )
 
 

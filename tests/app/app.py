@@ -82,6 +82,8 @@ BOOT_DELAY=s         sleep before the migrations (a slow boot)
 HEALTH_STATUS=x      status field of /api/brain/health when the loop runs (default "healthy")
 FAIL_HEALTH=1        /api/brain/health answers 500 {"status": "error"}
 FAIL_ON_PORT=p       report "degraded" when serving on port p
+FAIL_SENT_TO_PORT=p  report "degraded" on a connection sent to port p: its original
+                     destination, which a redirect (the handoff's, or a share of it) keeps
 CRASH_AFTER=s        exit with code 3 s seconds after start
 CRASH_ON_PORT=p      exit with code 3 at once when told to serve on port p
 CRASH_ON_PORT_AFTER=s  with CRASH_ON_PORT: serve (and boot) normally for s seconds, then exit 3
@@ -714,6 +716,23 @@ def health_body():
     }
 
 
+# linux/netfilter_ipv4.h SO_ORIGINAL_DST; IP6T_SO_ORIGINAL_DST has the same number.
+SO_ORIGINAL_DST = 80
+
+
+def sent_to_port(sock):
+    """The port a client sent this connection to: conntrack's original destination, before
+    any redirect; the port it reached where conntrack does not track it. IPv4 first: the
+    dual-stack socket carries IPv4 connections as mapped addresses, tracked as IPv4."""
+    for level, size in ((socket.SOL_IP, 16), (socket.IPPROTO_IPV6, 28)):
+        try:
+            raw = sock.getsockopt(level, SO_ORIGINAL_DST, size)
+        except OSError:
+            continue
+        return int.from_bytes(raw[2:4], "big")
+    return sock.getsockname()[1]
+
+
 def hardening_body():
     return {
         "version": VERSION,
@@ -856,7 +875,10 @@ class Handler(BaseHTTPRequestHandler):
         if knob("FAIL_HEALTH") == "1":
             return self.answer(500, {"status": "error", "error": "FAIL_HEALTH"})
         try:
-            return self.answer(200, health_body())
+            body = health_body()
+            if knob("FAIL_SENT_TO_PORT") == str(sent_to_port(self.connection)):
+                body["status"] = "degraded"
+            return self.answer(200, body)
         except Exception as exc:
             return self.answer(500, {"status": "error", "error": str(exc)})
 

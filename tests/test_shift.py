@@ -1,0 +1,148 @@
+"""The gradual shift without an engine: its config, its nft rules, and where the plan puts it."""
+
+from __future__ import annotations
+
+import select
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rolling_update import ConfigError, default_plan
+from rolling_update._config.settings import parse_config
+from rolling_update._handoff.nft import _redirect_script, redirect, remove, table_name, target
+from rolling_update._operate.preview import shift_plan
+from tests.support import free_port
+
+pytestmark = pytest.mark.anyio
+
+# What _redirect_script made before the shift existed: a 100% step must be exactly this.
+TODAY = """\
+table inet rolling_update_svc
+delete table inet rolling_update_svc
+table inet rolling_update_svc {
+    chain output {
+        type nat hook output priority -110; policy accept;
+        meta mark 0x52550001 return
+        meta nfproto ipv4 fib daddr type local tcp dport 5221 redirect to :5222
+        meta nfproto ipv6 fib daddr type local tcp flags & (syn | ack) == syn tcp dport 5221 \
+redirect to :5222
+    }
+    chain prerouting {
+        type nat hook prerouting priority -110; policy accept;
+        meta mark 0x52550001 return
+        meta nfproto ipv4 fib daddr type local tcp dport 5221 redirect to :5222
+        meta nfproto ipv6 fib daddr type local tcp flags & (syn | ack) == syn tcp dport 5221 \
+redirect to :5222
+    }
+}
+add table inet rolling-update-conntrack
+add chain inet rolling-update-conntrack keep { type nat hook output priority 100; policy accept; }
+flush chain inet rolling-update-conntrack keep
+add rule inet rolling-update-conntrack keep ct state new
+"""
+
+
+def config(**switch: Any) -> Any:
+    data = {
+        "service": {"name": "app", "green_name": "app-green", "port": 8000, "green_port": 8001},
+        "image": {"name": "app:{version}", "version_file": "package.json"},
+        "switch": switch,
+    }
+    return parse_config(data, base_dir=Path("/srv"), environ={}, source="t.toml")
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([], "the last step must be 100"),
+        ([10, 50], "the last step must be 100"),
+        ([0, 100], "0 is not a percent 1..100"),
+        ([10, 150, 100], "150 is not a percent"),
+        ([50, 10, 100], "strictly increasing"),
+        ([10, 10, 100], "strictly increasing"),
+        (["x", 100], r"\.0: Input should be a valid integer"),
+    ],
+)
+def test_bad_steps_are_refused_naming_the_key(steps: list[Any], message: str) -> None:
+    """switch.steps must be percents, strictly increasing, ending at 100; the error names it."""
+    with pytest.raises(ConfigError, match=rf"t\.toml: switch\.steps.*{message}"):
+        config(steps=steps)
+
+
+def test_gate_options_are_checked_naming_their_keys() -> None:
+    """A metrics URL needs its bound and a scheme; holds must fit in limits.two_containers."""
+    with pytest.raises(ConfigError, match="gate_metrics_url and gate_metrics_max go together"):
+        config(gate_metrics_url="http://127.0.0.1:9/rate")
+    with pytest.raises(ConfigError, match=r"switch\.gate_metrics_url: .*not an http"):
+        config(gate_metrics_url="ftp://x", gate_metrics_max=1)
+    with pytest.raises(ConfigError, match=r"switch\.gate_memory_mb"):
+        config(gate_memory_mb=0)
+    with pytest.raises(ConfigError, match=r"switch\.step_hold: 2 step\(s\) held 150s"):
+        config(steps=[10, 50, 100], step_hold=150)
+    cfg = config(
+        steps=[10, 50, 100], step_hold=20, gate_metrics_url="http://m/q", gate_metrics_max=1
+    )
+    assert cfg.switch.shares == [10, 50]
+
+
+def test_the_default_plan_has_no_shift_and_a_shift_goes_before_the_tick_boundary() -> None:
+    """[100] (the default) plans today's steps; a shift comes after green's health and before
+    blue's tick boundary (which, like blue's drain, then happens once, before 100%)."""
+    assert "shift" not in [s.name for s in default_plan(config())]
+    assert shift_plan(config(), handoff=True).startswith("none")
+    names = [s.name for s in default_plan(config(steps=[10, 50, 100]))]
+    assert names.index("green-health") + 1 == names.index("shift")
+    assert names.index("shift") + 1 == names.index("tick-boundary")
+    assert names.index("tick-boundary") < names.index("handoff")
+    assert "10% -> 50% -> 100%" in shift_plan(config(steps=[10, 50, 100]), handoff=True)
+
+
+def test_a_whole_step_is_todays_redirect_byte_for_byte() -> None:
+    """The 100% rule, with or without the share argument, is the redirect as it was."""
+    assert _redirect_script("rolling_update_svc", 5221, 5222, None) == TODAY
+    assert _redirect_script("rolling_update_svc", 5221, 5222, None, 100) == TODAY
+
+
+def test_a_share_draws_per_connection_in_both_chains_and_families() -> None:
+    """A share below 100 adds the numgen draw before each redirect, nothing else changes."""
+    script = _redirect_script("rolling_update_svc", 5221, 5222, 15221, 10)
+    rule = "tcp dport 5221 numgen random mod 100 < 10 redirect to :5222"
+    assert script.count(rule) == 4
+    assert script.replace("numgen random mod 100 < 10 ", "") == _redirect_script(
+        "rolling_update_svc", 5221, 5222, 15221
+    )
+
+
+async def test_a_share_splits_new_connections_and_reads_back_as_a_redirect() -> None:
+    """On loopback, a 50% share sends some new connections to each side; nft's listing
+    still reads as a redirect to green (what recover and status look for)."""
+    table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
+    listeners = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", free_port()))
+        sock.listen(64)
+        sock.settimeout(2)
+        listeners.append(sock)
+    prod, green = (s.getsockname()[1] for s in listeners)
+    seen = {prod: 0, green: 0}
+    try:
+        await redirect(table, prod, green, share=50)
+        assert await target(table, prod) == green
+        for _ in range(60):
+            with socket.create_connection(("127.0.0.1", prod), timeout=2) as client:
+                ready, _, _ = select.select(listeners, [], [], 2)
+                assert len(ready) == 1, "a connection reached one side"
+                accepted, _ = ready[0].accept()
+                accepted.close()
+                seen[ready[0].getsockname()[1]] += 1
+                client.close()
+    finally:
+        await remove(table)
+        for sock in listeners:
+            sock.close()
+    assert await target(table) is None
+    assert seen[prod] > 0 and seen[green] > 0, seen
