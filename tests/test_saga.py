@@ -163,23 +163,27 @@ async def test_unexpected_exception_is_compensated_and_reraised_unchanged() -> N
     assert journal.entries == ["run a", "undo b", "undo a"]
 
 
-class EngineAway(FakeStep):
-    """A step whose undo finds the engine unanswering ``tries`` times (forever: -1)."""
+class FailingUndo(FakeStep):
+    """A step whose undo fails with ``error`` its first ``times`` tries (forever: -1), as
+    against an engine that does not answer or restarts; then it is undone."""
 
-    def __init__(self, name: str, tries: int) -> None:
+    def __init__(self, name: str, error: Exception, times: int) -> None:
         super().__init__(name)
-        self.tries = tries
+        self.error, self.times, self.tries = error, times, 0
 
     async def compensate(self, ctx: Journal) -> None:
-        if self.tries:
-            self.tries -= 1
-            raise EngineUnavailable("the Docker engine did not answer docker rm x within 0s")
+        self.tries += 1
+        if self.times < 0 or self.tries <= self.times:
+            raise self.error
         await super().compensate(ctx)
+
+
+UNANSWERED = EngineUnavailable("the Docker engine did not answer docker rm x within 0s")
 
 
 async def test_an_undo_the_engine_left_unanswered_is_tried_again() -> None:
     """An engine that answers again within the undo's budget gets the undo done: no failure."""
-    steps = [EngineAway("a", tries=2), FakeStep("b", fail=True)]
+    steps = [FailingUndo("a", UNANSWERED, times=2), FakeStep("b", fail=True)]
     journal, state = Journal(), SagaState()
     with pytest.raises(Boom):
         await run_saga(steps, journal, compensate_limit=5, state=state)
@@ -189,7 +193,7 @@ async def test_an_undo_the_engine_left_unanswered_is_tried_again() -> None:
 
 async def test_an_engine_that_never_answers_fails_the_undo_by_its_budget() -> None:
     """Tried until its budget passes, the undo fails naming the engine; the next still runs."""
-    steps = [FakeStep("a"), EngineAway("b", tries=-1), FakeStep("c", fail=True)]
+    steps = [FakeStep("a"), FailingUndo("b", UNANSWERED, times=-1), FakeStep("c", fail=True)]
     journal, state = Journal(), SagaState()
     with anyio.fail_after(5), pytest.raises(RollbackIncomplete) as caught:
         await run_saga(steps, journal, compensate_limit=1.2, state=state)
@@ -197,24 +201,6 @@ async def test_an_engine_that_never_answers_fails_the_undo_by_its_budget() -> No
     [(step, why)] = caught.value.failures
     assert step == "b" and "did not answer docker rm x" in why and "time(s) within 1.2s" in why
     assert state.engine_unanswered
-
-
-class Restarting:
-    """An undo meeting an engine that restarts: it fails ``times`` times with ``error``."""
-
-    name = "restarting"
-    title = "an undo during an engine restart"
-
-    def __init__(self, error: Exception, times: int) -> None:
-        self.error, self.times, self.tries = error, times, 0
-
-    async def run(self, ctx: Journal) -> None:
-        pass
-
-    async def compensate(self, ctx: Journal) -> None:
-        self.tries += 1
-        if self.tries <= self.times:
-            raise self.error
 
 
 @pytest.mark.parametrize(
@@ -228,7 +214,7 @@ class Restarting:
 async def test_an_undo_failing_on_a_restarting_engine_is_asked_again(error: Exception) -> None:
     """An undo the engine fails while it restarts (gone, or answering 500s) is tried again
     within its budget: the rollback completes."""
-    undo = Restarting(error, times=2)
+    undo = FailingUndo("restarting", error, times=2)
     with pytest.raises(Boom):
         await run_saga([undo, FakeStep("b", fail=True)], Journal(), compensate_limit=5)
     assert undo.tries == 3
@@ -236,7 +222,7 @@ async def test_an_undo_failing_on_a_restarting_engine_is_asked_again(error: Exce
 
 async def test_an_undo_refused_by_the_engine_fails_at_once() -> None:
     """An engine's answer to the request (a 409) is not retried: the undo fails at once."""
-    undo = Restarting(EngineError("rename", "blue", 409, "name in use"), times=100)
+    undo = FailingUndo("refused", EngineError("rename", "blue", 409, "name in use"), times=100)
     with pytest.raises(RollbackIncomplete):
         await run_saga([undo, FakeStep("b", fail=True)], Journal(), compensate_limit=5)
     assert undo.tries == 1
