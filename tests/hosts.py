@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -43,6 +44,59 @@ def docker2(*args: str, check: bool = True, timeout: float = 120) -> str:
     if check and result.returncode != 0:
         raise RuntimeError(f"docker(ru-host2) {' '.join(args)}: {result.stderr.strip()}")
     return result.stdout.strip()
+
+
+HOST2_PIDFILE = Path("/run/ru-host2/docker.pid")
+HOST2_LOG = HOSTS_ROOT / "ru-host2" / "dockerd.log"
+# Its shutdown stops every container (no live-restore) within their stop timeouts.
+HOST2_ENGINE_LIMIT = 60.0
+
+
+def _host2_engine_pid() -> int | None:
+    try:
+        found = int(HOST2_PIDFILE.read_text().strip())
+        os.kill(found, 0)
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def _host2_engine_answers() -> bool:
+    try:
+        docker2("version", "--format", "{{.Server.Version}}", timeout=5)
+    except (RuntimeError, subprocess.TimeoutExpired):
+        return False
+    return True
+
+
+def restart_host2_engine() -> None:
+    """Restart ru-host2's dockerd as a service manager does (SIGTERM, then start it again),
+    with the command line scripts/test-hosts.sh gave it, in the host's network namespace."""
+    found = _host2_engine_pid()
+    assert found is not None, "ru-host2's dockerd does not run: run scripts/test-hosts.sh"
+    command = Path(f"/proc/{found}/cmdline").read_bytes().decode().split("\0")[:-1]
+    os.kill(found, signal.SIGTERM)
+    deadline = time.monotonic() + HOST2_ENGINE_LIMIT
+    try:
+        while _host2_engine_pid() is not None:
+            assert time.monotonic() < deadline, f"ru-host2's dockerd did not stop: {HOST2_LOG}"
+            time.sleep(0.05)
+    finally:
+        # Started again whatever happened: every later test needs ru-host2's engine.
+        if _host2_engine_pid() is None:
+            with HOST2_LOG.open("ab") as log:
+                # setsid -f: not our child, as the script's nohup leaves it.
+                subprocess.run(
+                    ["setsid", "-f", "nsenter", "--net=/run/netns/ru-host2", *command],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    check=True,
+                    timeout=10,
+                )
+    while not _host2_engine_answers():
+        assert time.monotonic() < deadline, f"ru-host2's dockerd did not answer: {HOST2_LOG}"
+        time.sleep(0.1)
 
 
 def require_host2() -> None:

@@ -277,6 +277,8 @@ class Barrier:
 
     ``command`` prints a line and waits there: as a migration command, it holds a deploy
     in its migrate step (the lock held, the engine marked) for as long as the test needs.
+    SIGTERM ends it at once, as it ends a migration with a handler (as PID 1 without one,
+    it would be ignored until the engine's SIGKILL).
     """
 
     LINE = "waiting at the test's barrier"
@@ -302,7 +304,9 @@ class Barrier:
     @property
     def command(self) -> list[str]:
         code = (
-            f"import sys, urllib.request; print({self.LINE!r}, flush=True); "
+            "import signal, sys, urllib.request; "
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); "
+            f"print({self.LINE!r}, flush=True); "
             "urllib.request.urlopen(sys.argv[1], timeout=600).read()"
         )
         return ["python3", "-c", code, self.url]

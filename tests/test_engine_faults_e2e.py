@@ -20,7 +20,7 @@ import pytest
 
 from rolling_update._handoff.nft import table_name
 from tests import faults
-from tests.support import Cli, Prober, Run, Service, until
+from tests.support import Barrier, Cli, Prober, Run, Service, until
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -51,13 +51,25 @@ def reboot_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 TICK = "settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
 
 
-def prepared(service: Service, *, soak: float = 4) -> None:
+# The build runs a step of its own for this long, so that a fault sent at its start
+# lands inside it.
+SLOW_BUILD = "RUN sleep 6"
+
+
+def prepared(
+    service: Service, *, soak: float = 4, build: str = "", migrate: str | None = None
+) -> None:
     """Blue v1 serving with restart policy unless-stopped (as the reference runs it); v2 to
     deploy; green boots in 2 s and the soak lasts ``soak`` s, so that a fault sent at a
-    step's start lands inside it."""
+    step's start lands inside it; ``build`` is added to v2's Dockerfile, ``migrate``
+    replaces the config's migrations."""
     service.start_blue("1.0.0")
-    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
-    service.config(tick=TICK, verify=f"timeout = 20\nsoak = {soak:g}\n")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2}, dockerfile_extra=build)
+    verify = f"timeout = 20\nsoak = {soak:g}\n"
+    if migrate is None:
+        service.config(tick=TICK, verify=verify)
+    else:
+        service.config(tick=TICK, verify=verify, migrate=migrate)
 
 
 def states(service: Service) -> dict[str, str]:
@@ -74,12 +86,20 @@ class Struck:
     dark: float
 
 
-def deploy_with_fault(service: Service, step: str, fault: Callable[[], None]) -> Struck:
-    """A deploy, ``fault`` struck once the log says ``step`` started; probed until some
-    version serves again (what restart policies bring back may come after the exit)."""
+def deploy_with_fault(
+    service: Service,
+    step: str,
+    fault: Callable[[], None],
+    *,
+    event: str = "deploy.step.started",
+    **fields: object,
+) -> Struck:
+    """A deploy, ``fault`` struck once the log says ``step`` started (or shows ``event``
+    with ``fields``); probed until some version serves again (what restart policies bring
+    back may come after the exit)."""
     with Prober(service.version_url()) as prober:
         with service.cli("deploy", timeout=240) as cli:
-            cli.until_event("deploy.step.started", step=step)
+            cli.until_event(event, **(fields or {"step": step}))
             # Struck from another thread: the CLI's output is read meanwhile.
             striking = threading.Thread(target=fault)
             striking.start()
@@ -89,7 +109,18 @@ def deploy_with_fault(service: Service, step: str, fault: Callable[[], None]) ->
     return Struck(run, prober.failures, round(prober.longest_gap(to_end=True), 2))
 
 
-PHASES = ["green-health", "tick-boundary", "switch", "verify", "soak", "cleanup"]
+# "handoff" is the redirect, one nft transaction of a few milliseconds: the fault sent at
+# its start lands as it ends, when the switch begins.
+PHASES = [
+    "build",
+    "green-health",
+    "tick-boundary",
+    "handoff",
+    "switch",
+    "verify",
+    "soak",
+    "cleanup",
+]
 
 
 def settled(service: Service, out: Struck) -> str:
@@ -115,12 +146,32 @@ def settled(service: Service, out: Struck) -> str:
 def test_engine_restart_mid_deploy(fault_engine: bool, service: Service, step: str) -> None:
     """The engine restarting during any phase ends with one serving production container and
     a true exit code; with live-restore nothing stops, so not one request fails."""
-    prepared(service)
+    prepared(service, build=SLOW_BUILD if step == "build" else "")
     out = deploy_with_fault(service, step, lambda: faults.restart(live_restore=fault_engine))
     row = settled(service, out)
     print(f"outcome: engine restart, live-restore {fault_engine}, {step}: {row}")
     if fault_engine:
         assert out.failures == 0, out.run.tail()
+
+
+def test_engine_restart_while_a_migration_runs(
+    fault_engine: bool, service: Service, barrier: Barrier
+) -> None:
+    """The engine restarting while a migration command runs (held at the test's barrier
+    until the engine is back) ends with one serving production container and a true exit
+    code; with live-restore the migration runs on, is waited for again, and the deploy
+    ends with the new version, not one request failed."""
+    prepared(service, migrate=barrier.migration())
+
+    def fault() -> None:
+        faults.restart(live_restore=fault_engine)
+        barrier.release()
+
+    out = deploy_with_fault(service, "migrate", fault, event="container.log", line=Barrier.LINE)
+    row = settled(service, out)
+    print(f"outcome: engine restart, live-restore {fault_engine}, migrate: {row}")
+    if fault_engine:
+        assert out.run.code == 0 and out.failures == 0, out.run.tail()
 
 
 def reboot(cli: Cli, service: Service) -> None:

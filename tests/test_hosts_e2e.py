@@ -21,6 +21,8 @@ import pytest
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._handoff.connections import drained, own_endpoints, parse_established
 from rolling_update._handoff.nft import EngineFirewall, table_name
+from rolling_update._hosts.hosts import for_host, hosts_of
+from rolling_update._state.journal import Journal
 from tests.hosts import (
     HOST2,
     HOST2_GREEN,
@@ -31,9 +33,20 @@ from tests.hosts import (
     TwoHosts,
     docker2,
     nft_image,
+    restart_host2_engine,
     two_hosts,
 )
-from tests.support import BASE_IMAGE, ROOT, Service, docker, free_port, get_json, swapped
+from tests.support import (
+    BASE_IMAGE,
+    ROOT,
+    Prober,
+    Service,
+    docker,
+    free_port,
+    get_json,
+    swapped,
+    until,
+)
 
 __all__ = ["two_hosts"]
 
@@ -560,3 +573,45 @@ def test_a_remote_host_whose_network_goes_away_is_recovered_when_it_comes_back(
     assert two_hosts.serving2() == "1.0.0"  # never committed there
     assert two_hosts.containers2() == [service.name]
     assert not two_hosts.redirected2()
+
+
+@pytest.mark.parametrize("phase", ["green-health", "soak"])
+def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
+    service: Service, two_hosts: TwoHosts, phase: str
+) -> None:
+    """ru-host2's dockerd restarts (without live-restore: its containers stop with it)
+    during its warm-up or soak: h2 rolls back and the rollout stops with exit 1, naming h2;
+    the canary keeps the new version; each host ends with one production container
+    serving, no redirect, no journal and no engine mark."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(verify="timeout = 20\nsoak = 4\n")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
+    h2_url = f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status"
+    with Prober(h2_url) as prober, service.cli("deploy", timeout=240) as cli:
+        cli.until_event("deploy.step.started", step=phase, host="h2")
+        # Struck from another thread: the CLI's output is read meanwhile.
+        striking = threading.Thread(target=restart_host2_engine)
+        striking.start()
+        run = cli.finish()
+        striking.join(120)
+        # Blue comes back by its restart policy, maybe after the exit.
+        until(lambda: two_hosts.serving2() is not None, "ru-host2's port answers", timeout=60)
+    assert run.code == 1, run.tail()
+    assert "h2" in run.stderr, run.stderr
+    assert service.serving() == "2.0.0"
+    assert two_hosts.serving2() == "1.0.0"
+    assert service.containers() == [service.name]
+    assert two_hosts.containers2() == [service.name]
+    assert docker2("inspect", "--format", "{{.State.Status}}", service.name) == "running"
+    assert not service.redirected() and not two_hosts.redirected2()
+    settings = service.settings()
+    for host in hosts_of(settings):
+        journal = Journal.path_for(for_host(settings, host, first=False).state_dir)
+        assert not journal.exists(), host.name
+    assert not service.marked()
+    assert not docker2("volume", "ls", "-q", "--filter", f"name={service.marker}")
+    print(
+        f"outcome: h2 engine restart, {phase}: exit {run.code}, local 2.0.0, h2 1.0.0, "
+        f"h2 {prober.failures} failed, dark {prober.longest_gap(to_end=True):.2f}s; "
+        f"{run.stderr.strip()[-300:]!r}"
+    )

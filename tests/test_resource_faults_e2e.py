@@ -22,7 +22,7 @@ import pytest
 
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._observe import history
-from tests.support import Prober, Run, Service, get_json
+from tests.support import Prober, Run, Service, get_json, until
 
 pytestmark = pytest.mark.docker
 
@@ -80,11 +80,11 @@ def disk(tmp_path: Path) -> Iterator[SmallDisk]:
         small.close()
 
 
-def on_disk(service: Service, disk: SmallDisk) -> None:
-    """Blue v1 serving, v2 to deploy, the state directory on ``disk``."""
+def on_disk(service: Service, disk: SmallDisk, *, soak: float = 1) -> None:
+    """Blue v1 serving, v2 to deploy (soaked ``soak`` s), the state directory on ``disk``."""
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
-    service.config(state=f'dir = "{disk.path}"\n')
+    service.config(state=f'dir = "{disk.path}"\n', verify=f"timeout = 10\nsoak = {soak:g}\n")
 
 
 def assert_serves_only(service: Service, version: str) -> None:
@@ -195,6 +195,35 @@ def test_disk_full_mid_deploy(service: Service, disk: SmallDisk, phase: str) -> 
         f"cannot write the audit log {history.path_for(service.journal.parent)}: {ENOSPC}"
     ], (kept, said)
     report("disk full", phase, run, prober)
+    disk.free()
+    again = service.deploy()
+    assert again.code == 0, again.tail()
+    assert_serves_only(service, "2.0.0")
+
+
+def test_disk_full_at_the_commit(service: Service, disk: SmallDisk) -> None:
+    """The state directory's disk fills during the soak, so the write that records the
+    commit fails: the deploy is not committed (as the journal on disk still says), so it
+    rolls back like a soak that failed (exit 1, one line naming the journal and the full
+    disk), blue serves, nothing is left; the next deploy, once there is room, deploys."""
+    on_disk(service, disk, soak=3)
+    with Prober(service.version_url()) as prober, service.cli("deploy", timeout=180) as cli:
+        cli.until_event("deploy.step.started", step="soak")
+        # The soak's own record is on disk: the next write is the commit's.
+        until(
+            lambda: (left := service.journal_left()) is not None and left.step == "soak",
+            "the journal records the soak",
+        )
+        disk.fill()
+        run = cli.finish()
+    assert run.code == 1, run.tail()
+    soaked = [e for e in run.event("deploy.step.done") if e.get("step") == "soak"]
+    assert soaked, run.tail()
+    line = one_line(run)
+    assert f"cannot write the journal {service.journal}: {ENOSPC}" in line, line
+    assert "rolled back" in line, line
+    assert_serves_only(service, "1.0.0")
+    report("disk full", "the commit (soak passed)", run, prober)
     disk.free()
     again = service.deploy()
     assert again.code == 0, again.tail()

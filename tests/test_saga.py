@@ -140,6 +140,23 @@ async def test_steps_before_a_pivot_are_not_undone() -> None:
     assert isinstance(caught.value.cause, Boom) and caught.value.step == "c"
 
 
+async def test_a_commit_that_cannot_be_recorded_rolls_everything_back() -> None:
+    """When the record of the commit fails (a full disk), the deploy is not committed: every
+    step, the pivot included, is undone and the write's error surfaces, not FailedAfterCommit."""
+
+    def record(state: SagaState) -> None:
+        if state.committed:
+            raise Boom("cannot write the journal")
+
+    steps = [FakeStep("a"), FakeStep("soak", pivot=True), FakeStep("c")]
+    journal = Journal()
+    state = SagaState(on_progress=record)
+    with pytest.raises(Boom):
+        await run_saga(steps, journal, compensate_limit=1, state=state)
+    assert journal.entries == ["run a", "run soak", "undo soak", "undo a"]
+    assert not state.committed
+
+
 async def test_the_whole_rollback_is_bounded_by_its_own_deadline() -> None:
     """Three hanging undos with a 10 s step limit end within the 0.3 s rollback_limit, all named."""
     steps = [FakeStep(n, hang_undo=True) for n in "abc"] + [FakeStep("d", fail=True)]

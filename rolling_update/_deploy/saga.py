@@ -76,9 +76,16 @@ class SagaState:
             self.on_progress(self)
 
     def commit(self) -> None:
+        """The pivot passed; committed once that is recorded. A record that cannot be
+        written (a full disk) leaves the deploy uncommitted, as the journal on disk still
+        says: it rolls back as before the pivot, and `recover` after a death agrees."""
         self.committed = True
         if self.on_progress is not None:
-            self.on_progress(self)
+            try:
+                self.on_progress(self)
+            except Exception:
+                self.committed = False
+                raise
 
 
 @dataclass(frozen=True)

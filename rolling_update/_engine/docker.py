@@ -111,10 +111,29 @@ class _RestartingConnector(aiohttp.UnixConnector):
         raise AssertionError("unreachable: the last attempt raises")
 
 
+# What a request in flight meets when the engine goes away under it (a restart): the
+# answer cut mid-body, or the connection closed before it.
+_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
+
+
+# A wait cut this many times running is not an engine restarting once.
+_REWAITS = 3
+
+
 def _cut_short() -> contextlib.suppress:
     """A follow (logs, events) that the engine going away cuts mid-stream ends, as it
     ends when the container exits: its caller watches the container's state besides."""
-    return contextlib.suppress(aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
+    return contextlib.suppress(*_CUT)
+
+
+def _was_cut(exc: BaseException) -> bool:
+    """Whether ``exc`` (translated, or aiodocker's own wrapping) comes from a cut request."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _CUT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class DockerEngine:
@@ -542,9 +561,26 @@ class DockerEngine:
             await self.client.containers.container(container_id).rename(name)
 
     async def wait(self, container_id: str) -> int:
-        async with self._translate("wait", container_id[:12]):
-            result = await self.client.containers.container(container_id).wait()
-        return int(result.get("StatusCode", -1))
+        """The container's exit code, once it has exited.
+
+        A wait that the engine's restart cuts is made again once the engine answers
+        (the connector waits for it): the container ran on through the restart
+        (live-restore) and is waited for still, or the engine stopped it, and the new
+        wait says with which code. The caller's deadline bounds it all.
+        """
+        for attempt in range(_REWAITS + 1):
+            try:
+                async with self._translate("wait", container_id[:12]):
+                    result = await self.client.containers.container(container_id).wait()
+            except EngineUnavailable as exc:
+                if attempt == _REWAITS or not _was_cut(exc):
+                    raise
+                structlog.get_logger().warning(
+                    "engine.wait_cut", container=container_id[:12], why=str(exc)
+                )
+                continue
+            return int(result.get("StatusCode", -1))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @asynccontextmanager
     async def _stream(
