@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import threading
@@ -238,3 +239,29 @@ def test_second_replica_failing_stops_the_roll(
         assert prober.failures == 0, prober.errors[:5]
     # Replica 2's blue came back from its stop undrained; the rollback drained it again.
     assert replicas.tickers() == [service.port]
+
+
+def test_sigkill_mid_roll_then_recover_leaves_each_replica_one_serving_container(
+    service: Service, replicas: Replicas
+) -> None:
+    """SIGKILL during replica 2's switch, then recover: every replica has one serving
+    container and no redirect is left (recover runs no actions: see the README)."""
+    replicas.config()
+    replicas.start_blues("1.0.0")
+    service.write_app("2.0.0", knobs=TICKS)
+    names = [str(r.container) for r in replicas.members]
+    killed = service.deploy_interrupted("switch", signal.SIGKILL, host=names[1], timeout=400)
+    assert killed.code == -signal.SIGKILL, killed.tail()
+    run = service.recover()
+    assert run.code == 0, run.tail()
+    assert all(f"{name}: consistent" in run.stderr for name in names), run.stderr
+    assert service.containers() == names
+    served = replicas.serving()
+    assert served[0] == "2.0.0" and served[2] == "1.0.0" and served[1] in ("1.0.0", "2.0.0")
+    assert not any(
+        subprocess.run(
+            ["nft", "list", "table", "inet", table_name(name)], capture_output=True, check=False
+        ).returncode
+        == 0
+        for name in names
+    )
