@@ -41,6 +41,7 @@ from rolling_update.toolkit import (
     probe,
     remove_ours,
     restore_wait,
+    run_actions,
     waiting,
     watching,
 )
@@ -277,6 +278,12 @@ class VerifyProduction(_ProductionStep):
             )
         url = ctx.url(self.service.port, self.health.path)
         last = LastProbe()
+
+        async def answers() -> None:
+            # Past the handoff's redirect, before the port is given back: a replica that
+            # must not run background work is drained before any client reaches it.
+            await run_actions(ctx, "production-answers")
+
         try:
             with anyio.fail_after(self.verify.timeout):
                 answer, _ = await await_healthy(
@@ -290,6 +297,9 @@ class VerifyProduction(_ProductionStep):
                     expect_version=ctx.version,
                     last=last,
                     failure=ProductionFailed,
+                    on_first_answer=(
+                        answers if ctx.config.actions_at("production-answers") else None
+                    ),
                 )
         except TimeoutError:
             raise VerificationFailed(

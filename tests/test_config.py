@@ -51,15 +51,21 @@ def test_example_config_loads_with_the_reference_values() -> None:
     assert cfg.tick.settle == 10
     assert cfg.env == {"ENV_REGION": "us", "CECELIA_TICK_ENABLED": "true"}
     assert cfg.green.env == {}
-    assert [(a.moment, a.target, a.path) for a in cfg.actions] == [
+    one = [a for a in cfg.actions if a.replicas != "others"]
+    assert [(a.moment, a.target, a.path) for a in one] == [
         ("green-answers", "green", "/api/brain/tick/drain"),
         ("before-switch", "blue", "/api/brain/tick/drain"),
         ("rollback", "blue", "/api/brain/tick/drain-cancel"),
         ("rollback", "blue", "/api/brain/tick/enable"),
     ]
+    # The replicas that do not own the tick loop: drained whenever a process of theirs boots.
+    assert [(a.moment, a.target, a.path) for a in cfg.actions if a.replicas == "others"] == [
+        ("production-answers", "production", "/api/brain/tick/drain"),
+        ("rollback", "blue", "/api/brain/tick/drain"),
+    ]
     # Never a drain-status read: its first answer with nothing in progress disables the tick.
     assert all(a.wait is None for a in cfg.actions)
-    unless = cfg.actions[3].unless
+    unless = one[3].unless
     assert unless is not None and (unless.field, unless.equals) == ("loop_running", True)
     assert cfg.image.tags == ["latest"]
     assert cfg.migrate.blue_check == ["node", "src/selfcheck.js"]
@@ -313,7 +319,7 @@ def test_example_documents_every_key_with_a_comment() -> None:
     from pydantic import BaseModel
 
     from rolling_update import Config
-    from rolling_update._config.settings import ActionConfig, HostConfig
+    from rolling_update._config.settings import ActionConfig, HostConfig, ReplicaConfig
 
     text = EXAMPLE.read_text()
     data = tomllib.loads(text)
@@ -326,6 +332,10 @@ def test_example_documents_every_key_with_a_comment() -> None:
             shown = set(re.findall(r"(?m)^# (\w+) = ", text))
             assert set(HostConfig.model_fields) <= shown, "[[hosts]] lacks keys"
             continue
+        if section == "service":
+            # Commented out: [[service.replica]] tables replace the derived replicas.
+            shown = set(re.findall(r"(?m)^# (\w+) = ", text))
+            assert set(ReplicaConfig.model_fields) <= shown, "[[service.replica]] lacks keys"
         assert section in data, f"[{section}] missing from the example"
         if section == "actions":
             # A list of tables: every key is shown in one of them at least, or as a
@@ -349,6 +359,7 @@ def test_example_documents_every_key_with_a_comment() -> None:
             "gate_metrics_url",
             "gate_metrics_max",
             "gate_memory_mb",
+            "replica",
         }, f"[{section}] lacks {sorted(missing)}"
         for key in missing:
             assert re.search(rf"(?m)^# {key} = ", text), f"{section}.{key} is not shown"

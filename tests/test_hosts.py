@@ -11,7 +11,7 @@ import pytest
 from rolling_update import ConfigError
 from rolling_update._config.settings import parse_config
 from rolling_update._handoff.nft import _replace, _ruleset, _target_in
-from rolling_update._hosts.hosts import bypass_port, for_host, pick, probe_address
+from rolling_update._hosts.hosts import Unit, bypass_port, for_unit, pick, probe_address
 from rolling_update._observe.history import HistoryEntry
 from rolling_update._observe.history import append as history_append
 from rolling_update._observe.history import now as history_now
@@ -47,12 +47,12 @@ HOSTS = [
 def test_each_host_gets_its_overrides_and_its_own_state_dir() -> None:
     """A host's env, ports and name apply over the shared config; its state has a dir of its own."""
     cfg = config(hosts=HOSTS)
-    hk = for_host(cfg, cfg.hosts[1], first=False)
+    hk = for_unit(cfg, Unit(cfg.hosts[1]), first=False)
     assert hk.env == {"ENV_REGION": "hk", "A": "1"}
     assert (hk.service.port, hk.service.green_port, hk.service.name) == (6221, 6222, "brain-hk")
     assert hk.service.host == "hk.example.com"
     assert hk.state_dir == Path("/srv/state/hosts/hk/brain-hk")
-    us = for_host(cfg, cfg.hosts[0], first=True)
+    us = for_unit(cfg, Unit(cfg.hosts[0]), first=True)
     assert us.service.host == "127.0.0.1"
     assert us.state_dir == Path("/srv/state/hosts/us/app")
 
@@ -60,18 +60,19 @@ def test_each_host_gets_its_overrides_and_its_own_state_dir() -> None:
 def test_only_the_canary_builds_and_migrates_unless_migrations_are_per_host() -> None:
     """Only the canary builds and migrates, unless migrations are per host."""
     cfg = config(hosts=HOSTS)
-    canary, other = (for_host(cfg, h, first=i == 0) for i, h in enumerate(cfg.hosts))
+    canary, other = (for_unit(cfg, Unit(h), first=i == 0) for i, h in enumerate(cfg.hosts))
     assert canary.build.enabled and canary.migrate.commands
     assert not other.build.enabled and not other.migrate.commands
     per_host = config(hosts=HOSTS, rollout={"migrate": "per-host"})
-    assert for_host(per_host, per_host.hosts[1], first=False).migrate.commands == [["migrate"]]
+    other = for_unit(per_host, Unit(per_host.hosts[1]), first=False)
+    assert other.migrate.commands == [["migrate"]]
 
 
 def test_without_hosts_the_config_is_used_as_it_is() -> None:
     """No [[hosts]]: one local host, and the config is untouched (state dir included)."""
     cfg = config()
     [local] = pick(cfg, None)
-    assert for_host(cfg, local, first=True) is cfg
+    assert for_unit(cfg, local, first=True) is cfg
 
 
 @pytest.mark.parametrize(
@@ -130,7 +131,7 @@ def test_remote_ruleset_lets_the_bypass_port_reach_the_real_port_first() -> None
 def test_each_host_writes_its_own_metrics_file_labelled_with_its_name(tmp_path: Path) -> None:
     """Each host's metrics go to NAME-HOST.prom, every series labelled host=HOST."""
     cfg = config(hosts=HOSTS, metrics={"textfile": str(tmp_path / "ru.prom")})
-    hk = for_host(cfg, cfg.hosts[1], first=False)
+    hk = for_unit(cfg, Unit(cfg.hosts[1]), first=False)
     assert hk.metrics.textfile == tmp_path / "ru-hk.prom"
     assert hk.metrics.labels == {"host": "hk"}
     hk = hk.model_copy(update={"state": hk.state.model_copy(update={"dir": tmp_path})})

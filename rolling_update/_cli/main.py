@@ -38,7 +38,7 @@ from rolling_update._errors import (
     RollingUpdateError,
     RolloutFailed,
 )
-from rolling_update._hosts.hosts import Connected, connect, for_host, hosts_of, pick
+from rolling_update._hosts.hosts import Connected, connect, for_unit, is_rollout, pick, units_of
 from rolling_update._hosts.rollout import rollout
 from rolling_update._observe.history import HistoryEntry, read
 from rolling_update._observe.logs import configure, redactor
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--host", help="with [[hosts]]: only this host (default: every host, in order)"
         )
+        sub.add_argument(
+            "--replica",
+            help="with service.replicas: only this replica (default: every replica, in order)",
+        )
     for sub in (run, fix, back, show, past, dry):
         sub.add_argument(
             "--config",
@@ -175,18 +179,21 @@ def _rollout(cfg: Config, *, force: bool = False) -> int:
             if interrupt.signum is not None
             else str(error)
         )
-        stuck = [h.host for h in report if h.result == Outcome.ROLLBACK_INCOMPLETE]
+        stuck = {h.host for h in report if h.result == Outcome.ROLLBACK_INCOMPLETE}
         then = "".join(
-            f"; {name}: once its engine answers, run `rolling-update recover --host {name}`"
-            for name in stuck
+            f"; {unit.name}: once its engine answers, run `rolling-update recover {unit.flags}`"
+            for unit in units_of(cfg)
+            if unit.name in stuck
         )
         print(f"error: {redactor.scrub(cause)}{then}", file=sys.stderr, flush=True)
     return code
 
 
-async def _each_host(cfg: Config, name: str | None) -> AsyncIterator[Connected]:
-    for host in pick(cfg, name):
-        async with connect(cfg, host) as connected:
+async def _each_unit(
+    cfg: Config, name: str | None, replica: str | None
+) -> AsyncIterator[Connected]:
+    for unit in pick(cfg, name, replica):
+        async with connect(cfg, unit) as connected:
             yield connected
 
 
@@ -196,18 +203,19 @@ def _deploy(
     *,
     rollback_to: bool = False,
     host_name: str | None = None,
+    replica: str | None = None,
     force: bool = False,
 ) -> int:
-    if cfg.hosts and not rollback_to:
+    if is_rollout(cfg) and not rollback_to:
         return _rollout(cfg, force=force)
     state = SagaState()
     interrupt = Interrupt()
     error: BaseException | None = None
 
     async def work() -> object:
-        if rollback_to and cfg.hosts:
-            # One host after the other; the first that fails stops the rest.
-            async for host in _each_host(cfg, host_name):
+        if rollback_to and is_rollout(cfg):
+            # One unit after the other; the first that fails stops the rest.
+            async for host in _each_unit(cfg, host_name, replica):
                 await rollback(
                     host.config, version, engine=host.engine, state=state, firewall=host.firewall
                 )
@@ -234,28 +242,28 @@ def _deploy(
     return code
 
 
-def _recover(cfg: Config, host_name: str | None = None) -> int:
+def _recover(cfg: Config, host_name: str | None = None, replica: str | None = None) -> int:
     reports: list[tuple[str | None, RecoveryReport]] = []
-    wanted = len(pick(cfg, host_name))
+    wanted = len(pick(cfg, host_name, replica))
 
     failed: list[tuple[str, RollingUpdateError]] = []
 
     async def work() -> None:
-        if not cfg.hosts:
+        if not is_rollout(cfg):
             reports.append((None, await recover(cfg)))
             return
-        # Each host on its own: one that cannot be reached or recovered does not keep
+        # Each unit on its own: one that cannot be reached or recovered does not keep
         # the others from being recovered.
-        for host in pick(cfg, host_name):
+        for unit in pick(cfg, host_name, replica):
             try:
-                async with connect(cfg, host) as reached:
-                    with structlog.contextvars.bound_contextvars(host=host.name):
+                async with connect(cfg, unit) as reached:
+                    with structlog.contextvars.bound_contextvars(host=unit.name):
                         found = await recover(
                             reached.config, engine=reached.engine, firewall=reached.firewall
                         )
-                reports.append((host.name, found))
+                reports.append((unit.name, found))
             except RollingUpdateError as exc:
-                failed.append((host.name, exc))
+                failed.append((unit.name, exc))
 
     interrupt = Interrupt()
     anyio.run(interruptible, work, interrupt)
@@ -285,30 +293,29 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
     async def gather() -> list[tuple[str, Any]]:
         found: list[tuple[str, Any]] = []
         if args.command == "history":
-            for host in pick(cfg, args.host):
-                host_cfg = for_host(cfg, host, first=False)
-                found.append((host.name, read(host_cfg.state_dir, args.limit or None)))
+            for unit in pick(cfg, args.host, args.replica):
+                unit_cfg = for_unit(cfg, unit, first=False)
+                found.append((unit.name, read(unit_cfg.state_dir, args.limit or None)))
             return found
-        hosts = hosts_of(cfg)
-        for host in pick(cfg, args.host):
+        canary = units_of(cfg)[0]
+        for unit in pick(cfg, args.host, args.replica):
             try:
-                async with connect(cfg, host) as reached:
+                async with connect(cfg, unit) as reached:
                     if args.command == "status":
                         report = await status(
                             reached.config, engine=reached.engine, firewall=reached.firewall
                         )
                     else:
-                        canary = hosts[0].name
                         report = await plan(
                             reached.config,
                             engine=reached.engine,
                             firewall=reached.firewall,
-                            copied_from=None if host.name == canary else canary,
+                            copied_from=None if unit == canary else canary.name,
                         )
             except RollingUpdateError as exc:
                 # One host that cannot be reached is shown as such; the others still are.
                 report = {"error": str(redactor.scrub(str(exc)))}
-            found.append((host.name, report))
+            found.append((unit.name, report))
         return found
 
     sections = anyio.run(gather)
@@ -321,7 +328,7 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
         print(json.dumps({"hosts": data}, indent=2, default=str))
         return code
     for name, body in sections:
-        print(f"== host {name}")
+        print(f"== {'replica' if cfg.service.replicated else 'host'} {name}")
         if isinstance(body, dict) and "error" in body:
             print(f"error: {body['error']}")
         elif args.command == "history":
@@ -349,7 +356,7 @@ def _show_one(args: argparse.Namespace, entries: list[HistoryEntry]) -> int:
 
 
 def _show(args: argparse.Namespace, cfg: Config) -> int:
-    if cfg.hosts:
+    if is_rollout(cfg):
         return _show_hosts(args, cfg)
     if args.command == "history" and args.show:
         return _show_one(args, read(cfg.state_dir))
@@ -424,9 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "deploy":
             return _deploy(cfg, force=args.force)
         if args.command == "rollback":
-            return _deploy(cfg, args.version, rollback_to=True, host_name=args.host)
+            return _deploy(
+                cfg, args.version, rollback_to=True, host_name=args.host, replica=args.replica
+            )
         if args.command == "recover":
-            return _recover(cfg, args.host)
+            return _recover(cfg, args.host, args.replica)
         return _show(args, cfg)
     except KeyboardInterrupt:
         # Only reachable before the engine is touched: later, signals are ours.

@@ -48,6 +48,29 @@ def _check_env_names(env: dict[str, str]) -> dict[str, str]:
 EnvMap = Annotated[dict[str, str], AfterValidator(_check_env_names)]
 
 
+def _check_container_name(value: str) -> str:
+    if not _CONTAINER_NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+    return value
+
+
+ContainerName = Annotated[str, AfterValidator(_check_container_name)]
+
+
+class ReplicaConfig(_Section):
+    """One replica of the service on a host: its own containers and ports."""
+
+    name: ContainerName = Field(description="The replica's name, in logs, state and --replica.")
+    port: Port = Field(description="The replica's production port.")
+    green_port: Port = Field(description="The port its green serves on while it warms up.")
+    container: ContainerName | None = Field(
+        None, description="Its production container's name; default: name."
+    )
+    green_container: ContainerName | None = Field(
+        None, description="Its green's name; default: the container's name + '-green'."
+    )
+
+
 class ServiceConfig(_Section):
     name: str = Field(description="Name of the production container (blue, then the new one).")
     green_name: str = Field(description="Name of the container that warms up beside blue.")
@@ -72,15 +95,32 @@ class ServiceConfig(_Section):
     stop_timeout: int = Field(
         10, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL when stopping blue."
     )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="Containers of the service on each host, updated one at a time; replica i "
+        "(from 1) is NAME-i on port + (i-1) * replica_port_step, its green NAME-i-green on "
+        "green_port + (i-1) * replica_port_step. 1: the service is one container, as named.",
+    )
+    replica_port_step: int = Field(
+        10, ge=1, le=10_000, description="Ports between two derived replicas."
+    )
+    replica: list[ReplicaConfig] = Field(
+        default_factory=list,
+        description="The replicas named one by one instead of derived ([[service.replica]]).",
+    )
+    tick_replica: int = Field(
+        1,
+        ge=1,
+        description="The replica (from 1, in order) whose production runs the tick loop; the "
+        "others run drained (actions with replicas = 'tick' or 'others').",
+    )
 
     @field_validator("name", "green_name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _CONTAINER_NAME.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
-            )
-        return value
+        return _check_container_name(value)
 
     @field_validator("port_env")
     @classmethod
@@ -108,6 +148,80 @@ class ServiceConfig(_Section):
             raise ValueError(f"port and green_port are both {self.port}; they must differ")
         if self.name == self.green_name:
             raise ValueError("name and green_name must differ")
+        return self
+
+    @property
+    def replicated(self) -> bool:
+        """Whether the service is several replicas (or named ones): each a unit of a rollout."""
+        return self.replicas > 1 or bool(self.replica)
+
+    def replica_list(self) -> list[ReplicaConfig]:
+        """Every replica, in order, with its names and ports filled in (derived or given).
+
+        Raises ``ValueError`` naming the key when they do not fit (a port past 65535, a
+        port or name used twice, a tick_replica that is not one of them)."""
+        if self.replica and self.replicas not in (1, len(self.replica)):
+            raise ValueError(
+                f"service.replicas is {self.replicas} but {len(self.replica)} "
+                "[[service.replica]] are given: set one of them"
+            )
+        if self.replica:
+            found = [
+                r.model_copy(
+                    update={
+                        "container": r.container or r.name,
+                        "green_container": r.green_container or f"{r.container or r.name}-green",
+                    }
+                )
+                for r in self.replica
+            ]
+        else:
+            step = self.replica_port_step
+            top = max(self.port, self.green_port) + (self.replicas - 1) * step
+            if top > 65_535:
+                raise ValueError(
+                    f"service.replica_port_step: {self.replicas} replicas {step} ports apart "
+                    f"reach port {top}, past 65535"
+                )
+            found = [
+                ReplicaConfig(
+                    name=f"{self.name}-{i}",
+                    port=self.port + (i - 1) * step,
+                    green_port=self.green_port + (i - 1) * step,
+                    container=f"{self.name}-{i}",
+                    green_container=f"{self.name}-{i}-green",
+                )
+                for i in range(1, self.replicas + 1)
+            ]
+        if self.tick_replica > len(found):
+            raise ValueError(
+                f"service.tick_replica is {self.tick_replica}, but there are {len(found)} replicas"
+            )
+        ports: dict[int, str] = {}
+        names: dict[str, str] = {}
+        for r in found:
+            for key, port in (("port", r.port), ("green_port", r.green_port)):
+                if port in ports:
+                    raise ValueError(
+                        f"service.replica.{r.name}.{key}: port {port} is also {ports[port]}"
+                    )
+                ports[port] = f"{r.name}'s {key}"
+            for key, name in (
+                ("name", r.name),
+                ("container", r.container),
+                ("green_container", r.green_container),
+            ):
+                assert name is not None
+                if name in names and not (key == "container" and name == r.name):
+                    raise ValueError(
+                        f"service.replica.{r.name}.{key}: {name!r} is also {names[name]}"
+                    )
+                names[name] = f"{r.name}'s {key}"
+        return found
+
+    @model_validator(mode="after")
+    def _replicas_fit(self) -> ServiceConfig:
+        self.replica_list()
         return self
 
 
@@ -532,7 +646,8 @@ class HostConfig(_Section):
     bypass_port: Port | None = Field(
         None,
         description="Remote handoff: while production's port is redirected, the tool reaches "
-        "the real production port through this one; default: port + 10000 (or - 10000).",
+        "the real production port through this one; default: port + 10000 (or - 10000). "
+        "With replicas, each replica's own port + 10000.",
     )
     helper_image: str | None = Field(
         None,
@@ -594,7 +709,14 @@ class RolloutConfig(_Section):
     )
 
 
-Moment = Literal["green-answers", "green-healthy", "before-switch", "rollback", "after-soak"]
+Moment = Literal[
+    "green-answers",
+    "green-healthy",
+    "before-switch",
+    "production-answers",
+    "rollback",
+    "after-soak",
+]
 Target = Literal["blue", "green", "production"]
 JsonScalar = str | int | float | bool
 
@@ -616,8 +738,10 @@ class ActionConfig(_Section):
     name: str = Field(description="What the action does, for the log.")
     moment: Moment = Field(
         description="green-answers (green's first HTTP answer), green-healthy, before-switch "
-        "(after blue's tick boundary, before its SIGTERM), rollback (when the deploy rolls "
-        "back past before-switch), after-soak (the new version is committed)."
+        "(after blue's tick boundary, before its SIGTERM), production-answers (the new "
+        "production container's first HTTP answer, past the handoff's redirect, before the "
+        "port is given back to it), rollback (when the deploy rolls back past before-switch), "
+        "after-soak (the new version is committed)."
     )
     target: Target = Field(
         description="Whose port: blue (production's, before the switch), "
@@ -633,13 +757,18 @@ class ActionConfig(_Section):
     )
     optional: bool = Field(False, description="A failure is logged, not a reason to roll back.")
     timeout: PositiveSeconds = Field(10, description="Deadline of the call itself.")
+    replicas: Literal["all", "tick", "others"] = Field(
+        "all",
+        description="With several replicas, whose deploy makes the call: all, the one that "
+        "owns the tick loop (service.tick_replica), or the others. One replica: it owns it.",
+    )
 
     @model_validator(mode="after")
     def _target_exists_then(self) -> ActionConfig:
-        if (self.target == "production") != (self.moment == "after-soak"):
+        if (self.target == "production") != (self.moment in ("production-answers", "after-soak")):
             raise ValueError(
-                "target production exists only after the soak: use moment after-soak with it, "
-                "and blue or green before"
+                "target production exists only from its first answer: use moment "
+                "production-answers or after-soak with it, and blue or green before"
             )
         if self.moment in ("green-answers", "green-healthy") and self.target == "production":
             raise ValueError("no production container exists while green warms up")
@@ -726,7 +855,10 @@ class Config(_Section):
         return self
 
     def actions_at(self, moment: Moment) -> list[ActionConfig]:
-        return [a for a in self.actions if a.moment == moment]
+        """The calls at ``moment``. A service of one container owns the tick loop: the
+        calls meant for the other replicas are not its (a replica's config is made with
+        its own calls only, by the rollout)."""
+        return [a for a in self.actions if a.moment == moment and a.replicas != "others"]
 
     @property
     def state_dir(self) -> Path:

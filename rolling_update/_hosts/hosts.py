@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
-from rolling_update._config.settings import Config, HostConfig
+from rolling_update._config.settings import Config, HostConfig, ReplicaConfig, ServiceConfig
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError, EngineUnavailable
@@ -43,22 +43,88 @@ def hosts_of(cfg: Config) -> list[HostConfig]:
     return list(cfg.hosts) or [LOCAL]
 
 
-def pick(cfg: Config, name: str | None) -> list[HostConfig]:
-    """All hosts, or the one named (``--host``)."""
-    hosts = hosts_of(cfg)
-    if name is None:
-        return hosts
-    found = [h for h in hosts if h.name == name]
-    if not found:
-        known = ", ".join(h.name for h in hosts)
-        raise ConfigError(f"no host named {name!r}; the hosts are: {known}", key="--host")
-    return found
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a rollout: a host, or one replica of the service on a host.
+
+    Each is deployed, locked, journalled, recovered and shown on its own, with the
+    whole single-host flow; a host's replicas are its units, in order."""
+
+    host: HostConfig
+    replica: ReplicaConfig | None = None
+    owns_tick: bool = True
+    """Whether this unit's production runs the tick loop (``service.tick_replica``)."""
+    first_on_host: bool = True
+    """The host's first replica: ``rollout.migrate = "per-host"`` migrates there."""
+
+    @property
+    def name(self) -> str:
+        if self.replica is None:
+            return self.host.name
+        if self.host is LOCAL:
+            return self.replica.name
+        return f"{self.host.name}/{self.replica.name}"
+
+    @property
+    def flags(self) -> str:
+        """The command-line options that pick this unit alone."""
+        if self.replica is None:
+            return f"--host {self.host.name}"
+        if self.host is LOCAL:
+            return f"--replica {self.replica.name}"
+        return f"--host {self.host.name} --replica {self.replica.name}"
 
 
-def bypass_port(cfg: Config, host: HostConfig) -> int:
-    if host.bypass_port is not None:
-        return host.bypass_port
-    port = host.port or cfg.service.port
+def is_rollout(cfg: Config) -> bool:
+    """Whether ``cfg`` is deployed as a rollout of units (hosts, replicas) or as one."""
+    return bool(cfg.hosts) or cfg.service.replicated
+
+
+def units_of(cfg: Config) -> list[Unit]:
+    """Every unit, canary first: each host's replicas in order, host after host."""
+    units: list[Unit] = []
+    for host in hosts_of(cfg):
+        if not cfg.service.replicated:
+            units.append(Unit(host))
+            continue
+        service = _host_service(cfg, host)
+        for i, replica in enumerate(service.replica_list(), start=1):
+            units.append(
+                Unit(host, replica, owns_tick=i == service.tick_replica, first_on_host=i == 1)
+            )
+    return units
+
+
+def pick(cfg: Config, name: str | None, replica: str | None = None) -> list[Unit]:
+    """All units, or those of the host named (``--host``), or the replica (``--replica``)."""
+    units = units_of(cfg)
+    if name is not None:
+        found = [u for u in units if u.host.name == name]
+        if not found:
+            known = ", ".join(h.name for h in hosts_of(cfg))
+            raise ConfigError(f"no host named {name!r}; the hosts are: {known}", key="--host")
+        units = found
+    if replica is not None:
+        found = [u for u in units if u.replica is not None and u.replica.name == replica]
+        if not found:
+            known = ", ".join(dict.fromkeys(u.replica.name for u in units if u.replica)) or "none"
+            raise ConfigError(
+                f"no replica named {replica!r}; the replicas are: {known}", key="--replica"
+            )
+        units = found
+    return units
+
+
+def bypass_port(cfg: Config, unit: Unit | HostConfig) -> int:
+    """The remote handoff's way past the redirect of the unit's production port: the host's
+    ``bypass_port``, else (and for each replica) that port + 10000 (or - 10000)."""
+    unit = unit if isinstance(unit, Unit) else Unit(unit)
+    if unit.replica is not None:
+        port = unit.replica.port
+    elif unit.host.bypass_port is not None:
+        return unit.host.bypass_port
+    else:
+        port = unit.host.port or cfg.service.port
     return port + 10_000 if port + 10_000 <= 65_535 else port - 10_000
 
 
@@ -70,12 +136,10 @@ def probe_address(cfg: Config, host: HostConfig) -> str:
     return urlsplit(host.engine).hostname or cfg.service.host
 
 
-def for_host(cfg: Config, host: HostConfig, *, first: bool) -> Config:
-    """``cfg`` as it applies to ``host``: its overrides, its own state directory, and
-    (after the canary) no build and, unless per host, no migrations."""
+def _host_service(cfg: Config, host: HostConfig) -> ServiceConfig:
     if not cfg.hosts:
-        return cfg
-    svc = cfg.service.model_copy(
+        return cfg.service
+    return cfg.service.model_copy(
         update={
             "host": probe_address(cfg, host),
             "port": host.port or cfg.service.port,
@@ -84,39 +148,79 @@ def for_host(cfg: Config, host: HostConfig, *, first: bool) -> Config:
             "green_name": host.green_container or cfg.service.green_name,
         }
     )
+
+
+def for_unit(cfg: Config, unit: Unit, *, first: bool) -> Config:
+    """``cfg`` as it applies to ``unit``: its host's and replica's overrides, its own state
+    directory, the actions its replica makes, and (after the canary) no build and, unless
+    per host, no migrations."""
+    if not is_rollout(cfg):
+        return cfg
     base = cfg.state.dir
     assert base is not None, "parse_config sets state.dir"
-    update: dict[str, Any] = {
-        "service": svc,
-        "env": {**cfg.env, **host.env},
-        # The lock, journal and audit log of each host: a host's deploy is recovered,
-        # shown and counted on its own.
-        "state": cfg.state.model_copy(update={"dir": base / "hosts" / host.name}),
-    }
+    svc = _host_service(cfg, unit.host)
+    # The lock, journal and audit log of each unit: its deploy is recovered, shown and
+    # counted on its own.
+    state_dir = base / "hosts" / unit.host.name if cfg.hosts else base
+    labels = {"host": unit.host.name} if cfg.hosts else {}
+    update: dict[str, Any] = {"env": {**cfg.env, **unit.host.env}}
+    if unit.replica is not None:
+        replica = unit.replica
+        assert replica.container is not None and replica.green_container is not None
+        svc = svc.model_copy(
+            update={
+                "port": replica.port,
+                "green_port": replica.green_port,
+                "name": replica.container,
+                "green_name": replica.green_container,
+                "replicas": 1,
+                "replica": [],
+                "tick_replica": 1,
+            }
+        )
+        state_dir = state_dir / "replicas" / replica.name
+        labels["replica"] = replica.name
+        wanted = "tick" if unit.owns_tick else "others"
+        update["actions"] = [
+            a.model_copy(update={"replicas": "all"})
+            for a in cfg.actions
+            if a.replicas in ("all", wanted)
+        ]
+    update["service"] = svc
+    update["state"] = cfg.state.model_copy(update={"dir": state_dir})
     textfile = cfg.metrics.textfile
     if textfile is not None:
-        # One file per host: node_exporter refuses the same series from two files.
+        # One file per unit: node_exporter refuses the same series from two files.
+        suffix = "-".join(labels.values())
         update["metrics"] = cfg.metrics.model_copy(
             update={
-                "textfile": textfile.with_name(f"{textfile.stem}-{host.name}{textfile.suffix}"),
-                "labels": {**cfg.metrics.labels, "host": host.name},
+                "textfile": textfile.with_name(f"{textfile.stem}-{suffix}{textfile.suffix}"),
+                "labels": {**cfg.metrics.labels, **labels},
             }
         )
     if not first:
         update["build"] = cfg.build.model_copy(update={"enabled": False})
-        if cfg.rollout.migrate == "once":
+        if cfg.rollout.migrate == "once" or not unit.first_on_host:
             update["migrate"] = cfg.migrate.model_copy(update={"commands": []})
     return cfg.model_copy(update=update)
 
 
 @dataclass
 class Connected:
-    """One host, reached: its config, engine and firewall."""
+    """One unit (a host, or a replica on it), reached: its config, engine and firewall."""
 
-    host: HostConfig
+    unit: Unit
     config: Config
     engine: Engine
     firewall: Firewall
+
+    @property
+    def host(self) -> HostConfig:
+        return self.unit.host
+
+    @property
+    def name(self) -> str:
+        return self.unit.name
 
 
 def _tls(host: HostConfig) -> ssl.SSLContext | None:
@@ -184,9 +288,9 @@ async def _ssh(
 
 @asynccontextmanager
 async def connect(
-    cfg: Config, host: HostConfig, *, image: str = "", engine: Engine | None = None
+    cfg: Config, unit: Unit, *, image: str = "", engine: Engine | None = None
 ) -> AsyncIterator[Connected]:
-    """Reach ``host``'s engine (and, for SSH probes, its ports); closed on exit.
+    """Reach ``unit``'s engine (and, for SSH probes, its ports); closed on exit.
 
     ``image``: what the remote handoff's helper runs when no container of the
     service is there to lend its image (see :func:`_settle_helper`). ``engine``:
@@ -196,9 +300,10 @@ async def connect(
     """
     log = structlog.get_logger()
     limit = cfg.rollout.connect_timeout
-    index = hosts_of(cfg).index(host)
-    host_cfg = for_host(cfg, host, first=index == 0)
-    bypass = bypass_port(cfg, host)
+    host = unit.host
+    index = units_of(cfg).index(unit)
+    host_cfg = for_unit(cfg, unit, first=index == 0)
+    bypass = bypass_port(cfg, unit)
     async with AsyncExitStack() as stack:
         if engine is None:
             engine, host_cfg = await _reach(stack, cfg, host, host_cfg, bypass, index)
@@ -215,11 +320,11 @@ async def connect(
                 own_nft=host.helper_image is not None,
             )
         )
-        if cfg.hosts:
+        if is_rollout(cfg):
             log.info(
-                "host.connected", host=host.name, engine=host.engine, probe=host_cfg.service.host
+                "host.connected", host=unit.name, engine=host.engine, probe=host_cfg.service.host
             )
-        connected = Connected(host=host, config=host_cfg, engine=engine, firewall=firewall)
+        connected = Connected(unit=unit, config=host_cfg, engine=engine, firewall=firewall)
         await _settle_helper(connected, image)
         yield connected
 

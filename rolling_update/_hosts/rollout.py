@@ -1,11 +1,14 @@
-"""One service across several Docker hosts: canary first, then ``parallel`` at a time.
+"""One service across several Docker hosts, or several replicas: canary first, then
+``parallel`` hosts at a time (replicas: one at a time).
 
 Every host runs the whole single-host deploy (its own lock, journal, engine
 mark, twin, drain, tick, handoff or restart, verify, soak). The image is built
 once, on the canary's engine, and streamed into each other engine (``docker
 save`` into ``docker load``, through the API; no registry needed).
 Migrations run once, in the canary's plan, before any switch (unless
-``rollout.migrate = "per-host"``). A host that fails rolls itself back and the
+``rollout.migrate = "per-host"``). A replica is a unit exactly like a host
+(on the same engine, so nothing is copied to it); ``[[hosts]]`` with replicas
+make each host's replicas units, host after host. A unit that fails rolls itself back and the
 rollout stops; ``on_failure = "rollback-all"`` then deploys each updated
 host's previous version again (same safe flow, newest host first).
 """
@@ -34,7 +37,7 @@ from rolling_update._deploy.session import open_http
 from rolling_update._engine.model import Engine
 from rolling_update._engine.registry import registry_auth
 from rolling_update._errors import EngineError, PreflightError, RolloutFailed
-from rolling_update._hosts.hosts import Connected, connect, hosts_of
+from rolling_update._hosts.hosts import Connected, connect, units_of
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._operate.rollback import rollback
@@ -138,7 +141,7 @@ async def check_all(
                     host.config, host.engine, http, release, host.firewall, image_arrives=i > 0
                 )
             except PreflightError as exc:
-                raise PreflightError(f"host {host.host.name}: {exc}") from exc
+                raise PreflightError(f"{host.name}: {exc}") from exc
 
 
 async def rollout(
@@ -166,12 +169,15 @@ async def rollout(
     log = structlog.get_logger()
     began = time.monotonic()
     release = prepare(cfg, environ)
-    hosts = hosts_of(cfg)
+    units = units_of(cfg)
     if engines is not None:
-        missing = [h.name for h in hosts if h.name not in engines]
+        missing = sorted({u.host.name for u in units if u.host.name not in engines})
         if missing:
             raise ValueError(f"no engine given for host {', '.join(missing)}")
-    outcomes = {h.name: HostOutcome(host=h.name, to_version=release.version) for h in hosts}
+    # Replicas go strictly one at a time: the next only after the previous one soaked,
+    # so no more than one replica of a host is ever between two versions.
+    parallel = 1 if cfg.service.replicated else cfg.rollout.parallel
+    outcomes = {u.name: HostOutcome(host=u.name, to_version=release.version) for u in units}
     states = progress if progress is not None else {}
     stopped = False
     registry = cfg.rollout.distribute == "registry"
@@ -185,7 +191,7 @@ async def rollout(
             if push_done:
                 return
             began = time.monotonic()
-            log.info("image.push", image=release.image, host=source.host.name)
+            log.info("image.push", image=release.image, host=source.name)
             await source.engine.push_image(
                 release.image,
                 auth=auth,
@@ -198,7 +204,7 @@ async def rollout(
 
     async def one(connected: Connected, source: Connected | None) -> None:
         nonlocal stopped
-        name = connected.host.name
+        name = connected.name
         outcome = outcomes[name]
         state = states.setdefault(name, SagaState())
         started = time.monotonic()
@@ -259,26 +265,26 @@ async def rollout(
             await stack.enter_async_context(
                 connect(
                     cfg,
-                    host,
+                    unit,
                     image=release.image,
-                    engine=None if engines is None else engines[host.name],
+                    engine=None if engines is None else engines[unit.host.name],
                 )
             )
-            for host in hosts
+            for unit in units
         ]
         await check_all(connected, release, http)
         log.info(
             "rollout.started",
             version=release.version,
-            hosts=[h.name for h in hosts],
-            parallel=cfg.rollout.parallel,
+            hosts=[u.name for u in units],
+            parallel=parallel,
             on_failure=cfg.rollout.on_failure,
         )
         canary = connected[0]
         try:
             await one(canary, None)
             if not stopped:
-                limiter = anyio.Semaphore(cfg.rollout.parallel)
+                limiter = anyio.Semaphore(parallel)
                 async with anyio.create_task_group() as tg:
                     for host in connected[1:]:
                         await limiter.acquire()
@@ -302,8 +308,8 @@ async def rollout(
                     await _revert(cfg, connected, outcomes, plan, http)
             log.info("rollout.summary", hosts=[asdict(o) for o in outcomes.values()])
             if report is not None:
-                report[:] = [outcomes[h.name] for h in hosts]
-    ordered = [outcomes[h.name] for h in hosts]
+                report[:] = [outcomes[u.name] for u in units]
+    ordered = [outcomes[u.name] for u in units]
     if any(o.result != Outcome.DEPLOYED for o in ordered):
         raise RolloutFailed(f"the rollout stopped ({summary(ordered)})", ordered)
     return RolloutResult(
@@ -324,16 +330,16 @@ async def _revert(
     """rollback-all: the hosts that took the new version get their previous one back."""
     log = structlog.get_logger()
     for host in reversed(connected):
-        outcome = outcomes[host.host.name]
+        outcome = outcomes[host.name]
         if outcome.result != Outcome.DEPLOYED:
             continue
         if outcome.from_version is None or outcome.from_version == outcome.to_version:
             outcome.reason = "kept: there was no other version before"
             continue
-        log.info("rollout.revert", host=host.host.name, to=outcome.from_version)
+        log.info("rollout.revert", host=host.name, to=outcome.from_version)
         try:
             with (
-                structlog.contextvars.bound_contextvars(host=host.host.name),
+                structlog.contextvars.bound_contextvars(host=host.name),
                 anyio.fail_after(cfg.rollout.revert_timeout),
             ):
                 await rollback(

@@ -1,0 +1,167 @@
+"""Several replicas without an engine: names and ports derived or given, validation, each
+replica's own config, and their composition with hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rolling_update import ConfigError
+from rolling_update._config.settings import parse_config
+from rolling_update._hosts.hosts import bypass_port, for_unit, is_rollout, pick, units_of
+
+SERVICE = {"name": "app", "green_name": "app-green", "port": 5221, "green_port": 5222}
+ACTIONS = [
+    {"name": "drain green", "moment": "green-answers", "target": "green", "path": "/d"},
+    {"name": "cancel", "moment": "rollback", "target": "blue", "path": "/c", "replicas": "tick"},
+    {
+        "name": "drain production",
+        "moment": "production-answers",
+        "target": "production",
+        "path": "/d",
+        "replicas": "others",
+    },
+]
+
+
+def config(service: dict[str, Any] | None = None, **extra: Any) -> Any:
+    data: dict[str, Any] = {
+        "service": {**SERVICE, **(service or {})},
+        "image": {"name": "app:{version}", "version_file": "package.json"},
+        "build": {"context": "."},
+        "migrate": {"commands": [["migrate"]]},
+        "state": {"dir": "state"},
+        "actions": ACTIONS,
+        **extra,
+    }
+    return parse_config(data, base_dir=Path("/srv"), environ={}, source="t.toml")
+
+
+def test_replicas_are_derived_from_the_service_name_and_ports() -> None:
+    """replicas = 3: NAME-i on port + (i-1) * step, its green NAME-i-green on green_port + ..."""
+    cfg = config({"replicas": 3})
+    found = [
+        (r.name, r.port, r.green_port, r.container, r.green_container)
+        for r in cfg.service.replica_list()
+    ]
+    assert found == [
+        ("app-1", 5221, 5222, "app-1", "app-1-green"),
+        ("app-2", 5231, 5232, "app-2", "app-2-green"),
+        ("app-3", 5241, 5242, "app-3", "app-3-green"),
+    ]
+    stepped = config({"replicas": 2, "replica_port_step": 100}).service.replica_list()
+    assert [(r.port, r.green_port) for r in stepped] == [(5221, 5222), (5321, 5322)]
+
+
+def test_each_replica_is_a_unit_with_its_own_names_state_and_calls() -> None:
+    """A replica deploys under its own names and ports, state dir and metrics; only the first
+    builds and migrates; only the tick replica cancels blue's drain, the others drain theirs."""
+    cfg = config({"replicas": 3, "tick_replica": 2}, metrics={"textfile": "m/ru.prom"})
+    units = units_of(cfg)
+    assert is_rollout(cfg) and [u.name for u in units] == ["app-1", "app-2", "app-3"]
+    assert [u.owns_tick for u in units] == [False, True, False]
+    first, second, _ = (for_unit(cfg, u, first=i == 0) for i, u in enumerate(units))
+    svc = second.service
+    assert (svc.name, svc.green_name, svc.port, svc.green_port) == (
+        "app-2",
+        "app-2-green",
+        5231,
+        5232,
+    )
+    assert not svc.replicated
+    assert second.state_dir == Path("/srv/state/replicas/app-2/app-2")
+    assert second.metrics.textfile == Path("/srv/m/ru-app-2.prom")
+    assert second.metrics.labels == {"replica": "app-2"}
+    assert first.build.enabled and first.migrate.commands
+    assert not second.build.enabled and not second.migrate.commands
+    assert [a.name for a in first.actions] == ["drain green", "drain production"]
+    assert [a.name for a in second.actions] == ["drain green", "cancel"]
+    assert [a.name for a in first.actions_at("production-answers")] == ["drain production"]
+    assert [bypass_port(cfg, u) for u in units] == [15221, 15231, 15241]
+
+
+def test_one_container_owns_the_tick_and_makes_no_call_meant_for_the_others() -> None:
+    """replicas = 1: no rollout, the config as it is, and the other replicas' calls unused."""
+    cfg = config()
+    assert not is_rollout(cfg)
+    [unit] = units_of(cfg)
+    assert for_unit(cfg, unit, first=True) is cfg
+    assert cfg.actions_at("production-answers") == []
+    assert [a.name for a in cfg.actions_at("rollback")] == ["cancel"]
+
+
+def test_named_replicas_default_their_containers_to_their_names() -> None:
+    """[[service.replica]] entries: the container is the name, green the name + -green."""
+    cfg = config(
+        {
+            "replica": [
+                {"name": "a", "port": 7000, "green_port": 7001},
+                {"name": "b", "port": 7100, "green_port": 7101, "green_container": "b-new"},
+            ]
+        }
+    )
+    assert [(r.container, r.green_container) for r in cfg.service.replica_list()] == [
+        ("a", "a-green"),
+        ("b", "b-new"),
+    ]
+    second = for_unit(cfg, units_of(cfg)[1], first=False)
+    assert (second.service.name, second.service.port) == ("b", 7100)
+
+
+def test_replicas_on_each_host_are_units_host_after_host() -> None:
+    """With [[hosts]], each host's replicas are units named HOST/REPLICA, with state under
+    the host's; per-host migrations run on each host's first replica only."""
+    hosts = [{"name": "us"}, {"name": "hk", "engine": "ssh://hk.example.com", "port": 6221}]
+    cfg = config({"replicas": 2}, hosts=hosts, rollout={"migrate": "per-host"})
+    units = units_of(cfg)
+    assert [u.name for u in units] == ["us/app-1", "us/app-2", "hk/app-1", "hk/app-2"]
+    configs = [for_unit(cfg, u, first=i == 0) for i, u in enumerate(units)]
+    assert [c.service.port for c in configs] == [5221, 5231, 6221, 6231]
+    assert configs[3].state_dir == Path("/srv/state/hosts/hk/replicas/app-2/app-2")
+    assert configs[3].service.host == "hk.example.com"
+    assert [bool(c.migrate.commands) for c in configs] == [True, False, True, False]
+    assert [u.flags for u in pick(cfg, "hk", "app-2")] == ["--host hk --replica app-2"]
+    assert [u.name for u in pick(cfg, None, "app-1")] == ["us/app-1", "hk/app-1"]
+
+
+def test_an_unknown_replica_is_refused_naming_the_known_ones() -> None:
+    """--replica of no replica: a config error listing them."""
+    with pytest.raises(ConfigError, match=r"no replica named 'x'; the replicas are: app-1, app-2"):
+        pick(config({"replicas": 2}), None, "x")
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ({"replicas": 0}, r"service\.replicas: Input should be greater than or equal to 1"),
+        ({"replicas": 3, "tick_replica": 4}, r"service\.tick_replica is 4, but there are 3"),
+        ({"replicas": 3, "port": 65_530}, r"service\.replica_port_step: 3 replicas 10 ports"),
+        (
+            {"replicas": 3, "green_port": 5231},
+            r"service\.replica\.app-2\.port: port 5231 is also app-1's green_port",
+        ),
+        (
+            {"replicas": 3, "replica": [{"name": "a", "port": 1, "green_port": 2}]},
+            r"service\.replicas is 3 but 1 \[\[service\.replica\]\] are given",
+        ),
+        (
+            {
+                "replica": [
+                    {"name": "a", "port": 1, "green_port": 2},
+                    {"name": "b", "port": 3, "green_port": 4, "container": "a"},
+                ]
+            },
+            r"service\.replica\.b\.container: 'a' is also a's container",
+        ),
+        (
+            {"replica": [{"name": "a b", "port": 1, "green_port": 2}]},
+            r"service\.replica\.0\.name: .*not a valid container name",
+        ),
+    ],
+)
+def test_bad_replicas_are_refused_naming_the_key(service: dict[str, Any], message: str) -> None:
+    """Replicas that cannot all run (ports, names, counts) are a config error naming the key."""
+    with pytest.raises(ConfigError, match=message):
+        config(service)
