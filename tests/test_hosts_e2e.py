@@ -21,7 +21,7 @@ import pytest
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._handoff.connections import drained, own_endpoints, parse_established
 from rolling_update._handoff.nft import EngineFirewall, table_name
-from rolling_update._hosts.hosts import for_host, hosts_of
+from rolling_update._hosts.hosts import for_unit, units_of
 from rolling_update._state.journal import Journal
 from tests.hosts import (
     HOST2,
@@ -605,9 +605,9 @@ def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
     assert docker2("inspect", "--format", "{{.State.Status}}", service.name) == "running"
     assert not service.redirected() and not two_hosts.redirected2()
     settings = service.settings()
-    for host in hosts_of(settings):
-        journal = Journal.path_for(for_host(settings, host, first=False).state_dir)
-        assert not journal.exists(), host.name
+    for unit in units_of(settings):
+        journal = Journal.path_for(for_unit(settings, unit, first=False).state_dir)
+        assert not journal.exists(), unit.name
     assert not service.marked()
     assert not docker2("volume", "ls", "-q", "--filter", f"name={service.marker}")
     print(
