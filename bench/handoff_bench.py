@@ -131,6 +131,7 @@ class Sample:
     seconds: float
     ok: bool
     why: str | None
+    version: str | None = None
 
 
 def samples_of(output: str) -> list[Sample]:
@@ -190,11 +191,18 @@ def foreign_tables() -> list[str]:
 
 
 def under_load(
-    service: Service, lanes: Sequence[Lane], action: Callable[[], Deployed]
+    service: Service,
+    lanes: Sequence[Lane],
+    action: Callable[[], Deployed],
+    *,
+    bridge_client: bool = True,
 ) -> dict[str, Any]:
-    """Run ``action`` (a deploy) with the load around it; returns what the clients saw."""
+    """Run ``action`` (a deploy) with the load around it, and the bridge client unless
+    told not to; returns what the clients saw, in figures and as ``samples`` (the host's),
+    with the deploy (``deployed``) and when it ``began`` and ``ended`` (Unix time)."""
     spec = {"seconds": LOAD_LIMIT, "lanes": [lane.spec(service.port) for lane in lanes]}
-    gateway, bridge_index = docker0(), docker0_index()
+    gateway = docker0() if bridge_client else None
+    bridge_index = docker0_index()
     load = subprocess.Popen(
         [sys.executable, str(LOAD), json.dumps(spec)], stdout=subprocess.PIPE, text=True
     )
@@ -249,6 +257,10 @@ def under_load(
         "count": count,
         "deploy_s": ended - began,
         "causes": causes(host + bridged, deployed.marks, began),
+        "samples": host,
+        "deployed": deployed,
+        "began": began,
+        "ended": ended,
     }
     if tracked:
         row["causes"].append(

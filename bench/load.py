@@ -20,9 +20,10 @@ answered 200 within ``timeout`` s; its cause is recorded: what went wrong, at wh
 phase (connect, send, status, body), on a new or reused connection.
 
 Runs until SIGTERM, at most ``seconds``, then prints one JSON line: ``{"lanes": [name,
-...], "samples": [[lane, at, seconds, ok, why], ...]}``, ``at`` the start in Unix time
-(comparable with the deploy's log), ``why`` the failure's cause (for a request that a
-retry saved too), else null.
+...], "samples": [[lane, at, seconds, ok, why, version], ...]}``, ``at`` the start in Unix
+time (comparable with the deploy's log), ``why`` the failure's cause (for a request that a
+retry saved too), else null, ``version`` the ``"version"`` of the answer's JSON body (the
+stand-in's, failed answers' included: which release answered), else null.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class Client:
             self.stream[1].close()
         self.stream = None
 
-    async def attempt(self) -> str | None:
-        """One GET; ``None`` when answered 200, else what went wrong."""
+    async def attempt(self) -> tuple[str | None, str | None]:
+        """One GET: ``None`` when answered 200, else what went wrong; the version that
+        answered, if its body names one."""
         reused = self.stream is not None
         phase = "connect"
         try:
@@ -90,14 +92,15 @@ class Client:
                     name, _, value = line.partition(":")
                     if name == "content-length":
                         length = int(value)
-                await reader.readexactly(length)
+                body = await reader.readexactly(length)
             status = head.split(" ", 2)[1]
             if not self.lane.keep_alive or "\r\nconnection: close" in head:
                 self.close()
+            version = answered_by(body)
             if status == "200":
-                return None
+                return None, version
             self.close()
-            return f"HTTP {status}"
+            return f"HTTP {status}", version
         except TimeoutError:
             cause = f"no answer within {self.lane.timeout:g}s"
         except asyncio.IncompleteReadError:
@@ -105,7 +108,7 @@ class Client:
         except (OSError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
             cause = type(exc).__name__
         self.close()
-        return f"{cause} at {phase} ({'reused' if reused else 'new'} connection)"
+        return f"{cause} at {phase} ({'reused' if reused else 'new'} connection)", None
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -122,15 +125,25 @@ class Client:
                     pass
             at, began = time.time(), loop.time()
             reused = self.stream is not None
-            why = await self.attempt()
+            why, version = await self.attempt()
             ok = why is None
             if not ok and reused and self.lane.retry:
-                again = await self.attempt()
+                again, version = await self.attempt()
                 ok = again is None
                 why = f"{why}; retry: {again or 'ok'}"
-            self.samples.append([self.index, round(at, 4), round(loop.time() - began, 5), ok, why])
+            took = round(loop.time() - began, 5)
+            self.samples.append([self.index, round(at, 4), took, ok, why, version])
             next_at = max(next_at + self.lane.interval, loop.time())
         self.close()
+
+
+def answered_by(body: bytes) -> str | None:
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return None
+    version = found.get("version") if isinstance(found, dict) else None
+    return version if isinstance(version, str) else None
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:

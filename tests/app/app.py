@@ -84,6 +84,11 @@ FAIL_HEALTH=1        /api/brain/health answers 500 {"status": "error"}
 FAIL_ON_PORT=p       report "degraded" when serving on port p
 FAIL_SENT_TO_PORT=p  report "degraded" on a connection sent to port p: its original
                      destination, which a redirect (the handoff's, or a share of it) keeps
+FAIL_RATE=f          a bad release: each GET, on any route, health included, answers 500
+                     {"error": "FAIL_RATE", "version", "port"} with probability f (e.g.
+                     0.05), as a broken connection pool or shared middleware fails them
+FAIL_RATE_SPARES_HEALTH=1  with FAIL_RATE: /api/brain/health never fails (a bug confined
+                     to the routes a health check does not touch)
 CRASH_AFTER=s        exit with code 3 s seconds after start
 CRASH_ON_PORT=p      exit with code 3 at once when told to serve on port p
 CRASH_ON_PORT_AFTER=s  with CRASH_ON_PORT: serve (and boot) normally for s seconds, then exit 3
@@ -106,7 +111,9 @@ ECHO_ENV=NAME        print NAME=value at start (to prove logs redact secrets)
 
 Not the Brain's, for tests only: GET /__standin/sleep?s=N answers {"version": ...} after N
 seconds (a slow route in flight when blue is replaced). GET /__standin/alloc?mb=N takes
-N MiB more and answers (if still alive). POST /__standin/drain, and the
+N MiB more and answers (if still alive). GET /__standin/error_rate answers a bare number:
+the share of this process's GETs that FAIL_RATE failed so far (0 before any), the kind of
+figure a metrics query reads (switch.gate_metrics_url). POST /__standin/drain, and the
 signal STANDIN_DRAIN_SIGNAL names (e.g. SIGUSR2; the Brain has no handler for it: Node
 would exit), make it drain its connections the way a service with such an action does:
 every later answer says Connection: close, and a connection that has waited
@@ -123,6 +130,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -388,6 +396,9 @@ state = {
     "drain_started_at": None,
     "stopping": False,
     "connections": 0,
+    # FAIL_RATE: GETs drawn, and how many of them were failed.
+    "drawn": 0,
+    "drawn_failed": 0,
 }
 lock = threading.Lock()
 # Handlers waiting for their connection's next request: since when (monotonic).
@@ -796,6 +807,24 @@ def close_idle():
         time.sleep(0.05)
 
 
+def fails_by_rate(path):
+    """FAIL_RATE: whether this GET is one of the share a bad release fails (counted)."""
+    if path == "/__standin/error_rate":
+        return False
+    if path == "/api/brain/health" and knob("FAIL_RATE_SPARES_HEALTH") == "1":
+        return False
+    failed = random.random() < num("FAIL_RATE", 0)
+    with lock:
+        state["drawn"] += 1
+        state["drawn_failed"] += failed
+    return failed
+
+
+def error_rate():
+    with lock:
+        return state["drawn_failed"] / state["drawn"] if state["drawn"] else 0
+
+
 # ---------------------------------------------------------------- HTTP
 
 GET_ROUTES = {
@@ -893,6 +922,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
+        if fails_by_rate(path):
+            return self.answer(500, {"error": "FAIL_RATE", "version": VERSION, "port": PORT})
+        if path == "/__standin/error_rate":
+            return self.answer(200, error_rate())
         if path == "/api/brain/health":
             return self.health()
         if path == "/api/brain/tick/status" and knob("TICK_MODE") == "html":
