@@ -31,7 +31,7 @@ import pytest
 
 from rolling_update._config.settings import Config, load_config, parse_config
 from rolling_update._errors import ConfigError
-from rolling_update._handoff.nft import table_name
+from rolling_update._handoff.nft import RedirectRule, table_name
 from rolling_update._state.journal import Journal, JournalRecord
 from rolling_update._state.mark import marker_name
 
@@ -121,7 +121,7 @@ class RecordingFirewall:
     bypass_port: int | None = None
 
     def __init__(self, host_tables: str = "") -> None:
-        self.table: tuple[int, int] | None = None
+        self.table: tuple[int, RedirectRule] | None = None
         self.host = host_tables
         self.changes: list[str] = []
 
@@ -129,7 +129,7 @@ class RecordingFirewall:
         return None
 
     async def redirect(self, table: str, port: int, to_port: int, share: int = 100) -> None:
-        self.table = (port, to_port)
+        self.table = (port, RedirectRule(to_port, share))
         part = "" if share == 100 else f" ({share}%)"
         self.changes.append(f"redirect {port} -> {to_port}{part}")
 
@@ -137,7 +137,7 @@ class RecordingFirewall:
         self.table = None
         self.changes.append("remove")
 
-    async def target(self, table: str, port: int | None = None) -> int | None:
+    async def target(self, table: str, port: int | None = None) -> RedirectRule | None:
         return None if self.table is None else self.table[1]
 
     async def forget(self, port: int, to_port: int) -> int:

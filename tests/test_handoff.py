@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from rolling_update._handoff.nft import (
     TRACK_TABLE,
     LocalFirewall,
+    RedirectRule,
     _nft,
     _tracking,
     marked_socket,
@@ -81,7 +82,7 @@ async def test_new_connections_move_marked_and_established_ones_stay(
         assert await who(keepalive, host, prod) == "production"  # opened before the redirect
         try:
             await redirect(table, prod, green)
-            assert await target(table) == green
+            assert await target(table) == RedirectRule(green)
             assert await who(plain, host, prod) == "green"
             assert await who(tool, host, prod) == "production"
             assert await who(keepalive, host, prod) == "production"

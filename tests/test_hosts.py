@@ -10,7 +10,7 @@ import pytest
 
 from rolling_update import ConfigError
 from rolling_update._config.settings import parse_config
-from rolling_update._handoff.nft import _replace, _ruleset, _target_in
+from rolling_update._handoff.nft import RedirectRule, _replace, _ruleset, _target_in
 from rolling_update._hosts.hosts import Unit, bypass_port, for_unit, pick, probe_address
 from rolling_update._observe.history import HistoryEntry
 from rolling_update._observe.history import append as history_append
@@ -122,9 +122,9 @@ def test_remote_ruleset_lets_the_bypass_port_reach_the_real_port_first() -> None
     """The remote table sends the bypass port to production's port before the redirect rule."""
     text = _ruleset("t", 5221, 5222, 15221)
     assert text.index("dport 15221 redirect to :5221") < text.index("dport 5221 redirect to :5222")
-    assert _target_in(text) == 5222
-    assert _target_in(text, 5221) == 5222
-    assert _target_in(text, 15221) == 5221
+    assert _target_in(text) == RedirectRule(5222)
+    assert _target_in(text, 5221) == RedirectRule(5222)
+    assert _target_in(text, 15221) == RedirectRule(5221)
     assert _replace("t", "").startswith("table inet t\ndelete table inet t\n")
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._handoff.connections import drained, own_endpoints, parse_established
-from rolling_update._handoff.nft import EngineFirewall, table_name
+from rolling_update._handoff.nft import EngineFirewall, RedirectRule, table_name
 from rolling_update._hosts.hosts import for_unit, units_of
 from rolling_update._state.journal import Journal
 from tests.hosts import (
@@ -295,7 +295,7 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
             assert await firewall.unavailable() is None
             table = table_name(service.name)
             await firewall.redirect(table, HOST2_PORT, HOST2_GREEN)
-            assert await firewall.target(table, HOST2_PORT) == HOST2_GREEN
+            assert await firewall.target(table, HOST2_PORT) == RedirectRule(HOST2_GREEN)
             assert await anyio.to_thread.run_sync(port_behind, HOST2_PORT) == HOST2_GREEN
             assert await anyio.to_thread.run_sync(port_behind, 15221) == HOST2_PORT
             await firewall.remove(table)

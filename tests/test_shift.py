@@ -12,8 +12,20 @@ import pytest
 
 from rolling_update import ConfigError, default_plan
 from rolling_update._config.settings import parse_config
-from rolling_update._handoff.nft import _redirect_script, redirect, remove, table_name, target
+from rolling_update._handoff.nft import (
+    EngineFirewall,
+    RedirectRule,
+    _redirect_script,
+    _target_in,
+    redirect,
+    remove,
+    table_name,
+    target,
+)
 from rolling_update._operate.preview import shift_plan
+from rolling_update._operate.render import format_status
+from rolling_update._operate.status import status
+from rolling_update.testing import FakeEngine
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -43,6 +55,26 @@ add chain inet rolling-update-conntrack keep { type nat hook output priority 100
 flush chain inet rolling-update-conntrack keep
 add rule inet rolling-update-conntrack keep ct state new
 """
+
+# A chain of the table as `nft list table` prints it while a 50% step holds (a remote
+# host's, with its bypass rule): what recover and status read back after a kill mid-step.
+_RULES_AT_50 = """\
+\t\tmeta mark 0x52550001 return
+\t\tfib daddr type local tcp dport 18000 redirect to :8000
+\t\tmeta nfproto ipv4 fib daddr type local tcp dport 8000 numgen random mod 100 < 50 \
+redirect to :8001
+\t\tmeta nfproto ipv6 fib daddr type local tcp flags syn / syn,ack tcp dport 8000 \
+numgen random mod 100 < 50 redirect to :8001
+"""
+LISTED_AT_50 = (
+    "table inet rolling_update_app {\n"
+    + "\n".join(
+        f"\tchain {hook} {{\n\t\ttype nat hook {hook} priority {priority}; policy accept;\n"
+        f"{_RULES_AT_50}\t}}\n"
+        for hook, priority in (("output", "-110"), ("prerouting", "dstnat - 10"))
+    )
+    + "}\n"
+)
 
 
 def config(**switch: Any) -> Any:
@@ -118,7 +150,7 @@ def test_a_share_draws_per_connection_in_both_chains_and_families() -> None:
 
 async def test_a_share_splits_new_connections_and_reads_back_as_a_redirect() -> None:
     """On loopback, a 50% share sends some new connections to each side; nft's listing
-    still reads as a redirect to green (what recover and status look for)."""
+    reads back as a redirect to green of 50% (what recover and status look for)."""
     table = table_name(f"rutest-{uuid.uuid4().hex[:8]}")
     listeners = []
     for _ in range(2):
@@ -131,7 +163,7 @@ async def test_a_share_splits_new_connections_and_reads_back_as_a_redirect() -> 
     seen = {prod: 0, green: 0}
     try:
         await redirect(table, prod, green, share=50)
-        assert await target(table, prod) == green
+        assert await target(table, prod) == RedirectRule(green, 50)
         for _ in range(60):
             with socket.create_connection(("127.0.0.1", prod), timeout=2) as client:
                 ready, _, _ = select.select(listeners, [], [], 2)
@@ -146,3 +178,33 @@ async def test_a_share_splits_new_connections_and_reads_back_as_a_redirect() -> 
             sock.close()
     assert await target(table) is None
     assert seen[prod] > 0 and seen[green] > 0, seen
+
+
+def test_a_share_reads_back_from_the_listing_and_a_whole_redirect_as_100() -> None:
+    """The one reader of a table gives the redirect's port and its share: 50 for a step's
+    draw, 100 for a rule without one (the bypass rule, or the handoff's)."""
+    assert _target_in(LISTED_AT_50) == RedirectRule(8001, 50)
+    assert _target_in(LISTED_AT_50, 8000) == RedirectRule(8001, 50)
+    assert _target_in(LISTED_AT_50, 18000) == RedirectRule(8000, 100)
+    whole = LISTED_AT_50.replace("numgen random mod 100 < 50 ", "")
+    assert _target_in(whole, 8000) == RedirectRule(8001, 100)
+    assert _target_in("table inet rolling_update_app {\n}\n") is None
+
+
+async def test_status_shows_the_share_of_a_shift_left_in_place(tmp_path: Path) -> None:
+    """status, reading a remote host's table through the nft helper, reports the share of
+    a step left in place (a kill mid-step) in --json and in its text."""
+    cfg = config(steps=[10, 50, 100])
+    cfg = cfg.model_copy(update={"state": cfg.state.model_copy(update={"dir": tmp_path})})
+    engine = FakeEngine(images={"app:1"})
+    engine.run_answer = lambda spec: (0, LISTED_AT_50)
+    firewall = EngineFirewall(engine, "app:1", bypass_port=18000)
+    report = await status(cfg, engine=engine, firewall=firewall)
+    assert (report["redirect_to"], report["redirect_share"]) == (8001, 50)
+    listed = [list(spec.command or ())[-4:] for spec in engine.runs]
+    assert listed == [["list", "table", "inet", table_name("app")]]
+    assert "redirect     port -> 8001 for 50% of new connections" in format_status(report)
+    engine.run_answer = lambda spec: (0, LISTED_AT_50.replace("numgen random mod 100 < 50 ", ""))
+    report = await status(cfg, engine=engine, firewall=firewall)
+    assert (report["redirect_to"], report["redirect_share"]) == (8001, 100)
+    assert "redirect     port -> 8001 (handoff in place)" in format_status(report)

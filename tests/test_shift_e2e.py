@@ -7,6 +7,7 @@ serves; the client saw no failed request (a refused, reset or unanswered connect
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -86,8 +87,8 @@ def test_a_gate_that_fails_at_10_percent_rolls_back_with_no_failed_request(
 
 def test_sigkill_mid_step_then_recover_gives_the_port_to_one_version(service: Service) -> None:
     """A SIGKILL while 50% of new connections go to green leaves the share table and a
-    journal saying so; recover gives the whole port back to blue, removes green and the
-    table, and the client saw no failed request through it all."""
+    journal saying so, and status shows the 50% share; recover gives the whole port back to
+    blue, removes green and the table, and the client saw no failed request through it all."""
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
     service.config(switch=SHIFT.format(hold=60))
@@ -100,6 +101,13 @@ def test_sigkill_mid_step_then_recover_gives_the_port_to_one_version(service: Se
         assert service.redirected(), "the share table outlives the tool"
         journal = service.journal_left()
         assert journal is not None and journal.redirect and journal.shift_share == 50
+        shown = service.run("status", "--json", log_format=None)
+        assert shown.code == 0, shown.stderr
+        report = json.loads(shown.stdout)
+        assert (report["redirect_to"], report["redirect_share"]) == (service.green_port, 50)
+        assert report["production"]["version"] == "1.0.0" and report["production"]["healthy"]
+        text = service.run("status", log_format=None).stdout
+        assert f"port -> {service.green_port} for 50% of new connections" in text, text
         seen = versions_between(prober, 0, time.monotonic())
         assert seen == {"1.0.0", "2.0.0"}, seen
         recovered = service.recover()

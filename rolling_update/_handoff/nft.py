@@ -45,6 +45,7 @@ import os
 import re
 import shutil
 import socket
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -72,8 +73,17 @@ before :data:`TRACK_TABLE` existed) is not redirected. IPv6 only: on IPv4, alway
 on a Docker host, the same match made clients on a bridge reaching the host's address
 see resets and lost SYNs (283 of 364 requests failed with it, 0 of 484 without)."""
 _SO_MARK = getattr(socket, "SO_MARK", 36)
-_RULE = re.compile(r"dport (\d+) (?:numgen random mod 100 < \d+ )?redirect to :(\d+)")
+_RULE = re.compile(r"dport (\d+) (?:numgen random mod 100 < (\d+) )?redirect to :(\d+)")
 """A redirect rule as nft lists it: the port, a share's draw if any, and the target port."""
+
+
+@dataclass(frozen=True)
+class RedirectRule:
+    """A redirect read back from a table: where new connections go, and what share of them
+    (below 100 while a gradual shift holds a step, or since one was cut short)."""
+
+    to_port: int
+    share: int = 100
 
 
 def table_name(service: str) -> str:
@@ -191,9 +201,12 @@ def _replace(table: str, ruleset: str) -> str:
     return f"table inet {table}\ndelete table inet {table}\n{ruleset}"
 
 
-def _target_in(text: str, port: int | None = None) -> int | None:
+def _target_in(text: str, port: int | None = None) -> RedirectRule | None:
     # Without a port: the last rule's, the redirect itself (a bypass rule comes first).
-    targets = {int(found.group(1)): int(found.group(2)) for found in _RULE.finditer(text)}
+    targets = {
+        int(found.group(1)): RedirectRule(int(found.group(3)), int(found.group(2) or 100))
+        for found in _RULE.finditer(text)
+    }
     if port is not None:
         return targets.get(port)
     return list(targets.values())[-1] if targets else None
@@ -213,7 +226,10 @@ class Firewall(Sockets, Protocol):
         ...
 
     async def remove(self, table: str) -> None: ...
-    async def target(self, table: str, port: int | None = None) -> int | None: ...
+    async def target(self, table: str, port: int | None = None) -> RedirectRule | None:
+        """The redirect of ``port`` (or any port) in ``table``; ``None`` without a table."""
+        ...
+
     async def forget(self, port: int, to_port: int) -> int:
         """Delete conntrack's entries of connections to ``port`` answered from ``to_port``
         and reset (:mod:`~rolling_update._handoff.conntrack`): how many. Raises
@@ -235,7 +251,7 @@ class LocalFirewall:
     async def remove(self, table: str) -> None:
         await remove(table)
 
-    async def target(self, table: str, port: int | None = None) -> int | None:
+    async def target(self, table: str, port: int | None = None) -> RedirectRule | None:
         return await target(table, port)
 
     async def forget(self, port: int, to_port: int) -> int:
@@ -292,7 +308,7 @@ class EngineFirewall:
     async def remove(self, table: str) -> None:
         await self._nft(_replace(table, ""))
 
-    async def target(self, table: str, port: int | None = None) -> int | None:
+    async def target(self, table: str, port: int | None = None) -> RedirectRule | None:
         try:
             text = await self._nft("list", "table", "inet", table)
         except HandoffError:
@@ -332,8 +348,9 @@ async def remove(table: str) -> None:
     await _nft(_replace(table, ""))
 
 
-async def target(table: str, port: int | None = None) -> int | None:
-    """The port the table redirects ``port`` (or any port) to; ``None`` when there is no table."""
+async def target(table: str, port: int | None = None) -> RedirectRule | None:
+    """Where and what share of ``port``'s (or any port's) new connections the table redirects;
+    ``None`` when there is no table."""
     try:
         text = await _nft(None, "list", "table", "inet", table)
     except HandoffError:

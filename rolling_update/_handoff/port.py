@@ -18,7 +18,7 @@ import structlog
 from rolling_update._config.settings import ServiceConfig
 from rolling_update._errors import HandoffError
 from rolling_update._handoff.helper import HELPER_LIMIT
-from rolling_update._handoff.nft import Firewall, table_name
+from rolling_update._handoff.nft import Firewall, RedirectRule, table_name
 
 FORGET_LIMIT = HELPER_LIMIT * 2
 """Seconds :meth:`PortHandoff.forget` may take: on a remote host, a helper's whole life."""
@@ -48,8 +48,9 @@ class PortHandoff:
         """Production's port is production's again (idempotent)."""
         await self.firewall.remove(self.table)
 
-    async def target(self) -> int | None:
-        """Where production's port is redirected to now, or ``None``."""
+    async def target(self) -> RedirectRule | None:
+        """Where production's port is redirected to now, and what share of its new
+        connections (a shift's step left in place), or ``None``."""
         return await self.firewall.target(self.table, self.port)
 
     async def forget(self, stopped: int) -> None:

@@ -46,7 +46,12 @@ def format_status(report: dict[str, Any]) -> str:
     if report["engine_mark"]:
         lines.append(f"engine mark  {report['engine_mark']}")
     if report["redirect_to"]:
-        lines.append(f"redirect     port -> {report['redirect_to']} (handoff in place)")
+        share = report["redirect_share"]
+        lines.append(
+            f"redirect     port -> {report['redirect_to']} "
+            + ("(handoff in place)" if share == 100 else
+               f"for {share}% of new connections (a shift's step in place)")
+        )  # fmt: skip
     for left in report["leftovers"]:
         lines.append(
             f"leftover     {left['name']} ({left['role']}, "

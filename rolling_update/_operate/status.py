@@ -59,9 +59,9 @@ async def status(
         info = await docker.inspect(svc.name)
         production: dict[str, Any] | None = None
         handoff = PortHandoff.of(firewall, svc)
-        redirect_to = await handoff.target()
+        redirect = await handoff.target()
         # Production's own listener, past a redirect to green that is in place.
-        port = handoff.probe_port(svc.port, redirected=redirect_to is not None)
+        port = handoff.probe_port(svc.port, redirected=redirect is not None)
         if raw is not None and info is not None:
             url = svc.url(port, cfg.health.path)
             _answer, health = await check_health(http, url, cfg.health, version_of(info))
@@ -84,7 +84,8 @@ async def status(
                 leftovers.append({"name": name, "running": found.running, "role": role})
         report["leftovers"] = leftovers
         report["engine_mark"] = await docker.read_marker(marker_name(svc.name))
-        report["redirect_to"] = redirect_to
+        report["redirect_to"] = None if redirect is None else redirect.to_port
+        report["redirect_share"] = None if redirect is None else redirect.share
     journal = Journal.load(Journal.path_for(cfg.state_dir))
     report["unfinished"] = journal.describe() if journal else None
     report["lock_holder"] = lock_holder(cfg)
