@@ -410,6 +410,37 @@ def test_remote_switch_waits_until_blues_connections_close(
     assert two_hosts.serving2() == "2.0.0"
 
 
+def test_a_gradual_shift_on_the_second_host_splits_its_clients_through_the_nft_helper(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """On ru-host2, where nft runs in the engine's helper container, a 10 → 100 shift holds
+    10% while a client of h2's production port reaches both versions, passes its gate
+    (probed through that port, as the client) and completes: 0 failed requests there, one
+    production container, no table and no helper left."""
+    two_hosts.start_blues("1.0.0")
+    # The gate probes every 20 ms: at 10% a 4 s hold sends some 20 of the client's ~200
+    # probes to green (none in 10^9 holds would miss it).
+    two_hosts.config(switch="steps = [10, 100]\nstep_hold = 4\ngate_interval = 0.02\n")
+    service.write_app("2.0.0")
+    h2_url = f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status"
+    with Prober(h2_url) as prober, service.cli("deploy", timeout=300) as cli:
+        cli.until_event("shift.step", share=10, host="h2")
+        began = time.monotonic()
+        gate = cli.until_event("shift.gate", share=10, host="h2")
+        ended = time.monotonic()
+        run = cli.finish()
+    assert run.code == 0, run.tail()
+    assert gate["passed"] is True and gate["answers"] > 0, gate
+    held = {v for t, v in list(prober.samples) if began <= t <= ended and v is not None}
+    assert held == {"1.0.0", "2.0.0"}, f"during h2's 10% hold: only {held}"
+    assert prober.failures == 0, prober.errors
+    assert len(prober.samples) > 20
+    assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "2.0.0")
+    assert two_hosts.containers2() == [service.name]
+    assert not two_hosts.redirected2()
+    assert docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=nft") == ""
+
+
 REGISTRY = "10.231.2.1:5000"
 
 

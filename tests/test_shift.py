@@ -8,10 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from rolling_update import ConfigError, default_plan
+from rolling_update import ConfigError, DeployContext, default_plan
 from rolling_update._config.settings import parse_config
+from rolling_update._deploy.records import Preflight, Redirected
+from rolling_update._deploy.release import Release
 from rolling_update._handoff.nft import (
     EngineFirewall,
     RedirectRule,
@@ -208,3 +211,26 @@ async def test_status_shows_the_share_of_a_shift_left_in_place(tmp_path: Path) -
     report = await status(cfg, engine=engine, firewall=firewall)
     assert (report["redirect_to"], report["redirect_share"]) == (8001, 100)
     assert "redirect     port -> 8001 (handoff in place)" in format_status(report)
+
+
+async def test_on_a_remote_host_the_gates_client_probes_go_to_production_not_the_bypass() -> None:
+    """On an engine's host, with a share in place, the gate's client view is the host's
+    production port (split like its clients'), the tool's own view its bypass port."""
+    cfg = config(steps=[10, 100])
+    remote = cfg.service.model_copy(update={"host": "10.0.0.5"})
+    cfg = cfg.model_copy(update={"service": remote})
+    firewall = EngineFirewall(FakeEngine(), "app:1", bypass_port=18000)
+    async with aiohttp.ClientSession() as http:
+        ctx = DeployContext(
+            config=cfg,
+            engine=FakeEngine(),
+            http=http,
+            deploy_id="d1",
+            release=Release(version="2", image="app:2", env={}),
+            found=Preflight(blue=None, blue_health=None, handoff=True),
+            firewall=firewall,
+        )
+        ctx.give(Redirected(active=True))
+        assert ctx.url(8000, "/health", as_client=True) == "http://10.0.0.5:8000/health"
+        assert ctx.url(8000, "/health") == "http://10.0.0.5:18000/health"
+        assert ctx.url(8001, "/health") == "http://10.0.0.5:8001/health"
