@@ -88,6 +88,28 @@ def test_gate_options_are_checked_naming_their_keys() -> None:
     assert cfg.switch.shares == [10, 50]
 
 
+def test_the_metrics_urls_password_is_a_secret(tmp_path: Path) -> None:
+    """A password in switch.gate_metrics_url is blanked in logs, errors and plan's text."""
+    from rolling_update import prepare
+    from rolling_update._observe.logs import redactor
+
+    (tmp_path / "package.json").write_text('{"version": "1.0.0"}')
+    url = "http://gate:pw-7c1e9a@127.0.0.1:9/rate"
+    cfg = parse_config(
+        {
+            "service": {"name": "app", "green_name": "app-g", "port": 8000, "green_port": 8001},
+            "image": {"name": "app:{version}", "version_file": "package.json"},
+            "switch": {"steps": [10, 100], "gate_metrics_url": url, "gate_metrics_max": 1},
+        },
+        base_dir=tmp_path,
+        environ={},
+        source="t.toml",
+    )
+    prepare(cfg)
+    assert "pw-7c1e9a" not in redactor.scrub(f"the gate failed at {url}")
+    assert "pw-7c1e9a" not in shift_plan(cfg, handoff=True)
+
+
 def test_the_default_plan_has_no_shift_and_a_shift_goes_before_the_tick_boundary() -> None:
     """[100] (the default) plans today's steps; a shift comes after green's health and before
     blue's tick boundary (which, like blue's drain, then happens once, before 100%)."""

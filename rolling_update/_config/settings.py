@@ -461,7 +461,8 @@ class SwitchConfig(_Section):
     @classmethod
     def _valid_metrics_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+            # Not echoed: the value may carry a password (config errors name keys only).
+            raise ValueError("not an http:// or https:// URL")
         return value
 
     @model_validator(mode="after")
