@@ -420,10 +420,10 @@ class SwitchConfig(_Section):
         "green at each step, strictly increasing, each 1..100, the last 100 (the handoff "
         "itself). [100]: no shift, straight to the handoff.",
     )
-    step_hold: Seconds = Field(
+    step_hold: PositiveSeconds = Field(
         30,
         description="Seconds each step below 100 is held while its gate is checked (the "
-        "holds count against limits.two_containers).",
+        "holds count against limits.two_containers); above 0: a step not held is not gated.",
     )
     gate_interval: PositiveSeconds = Field(
         0.2,
