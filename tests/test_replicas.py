@@ -140,7 +140,16 @@ def test_an_unknown_replica_is_refused_naming_the_known_ones() -> None:
         ({"replicas": 3, "port": 65_530}, r"service\.replica_port_step: 3 replicas 10 ports"),
         (
             {"replicas": 3, "green_port": 5231},
-            r"service\.replica\.app-2\.port: port 5231 is also app-1's green_port",
+            r"service\.replica_port_step: app-2's port 5231 is also app-1's green_port",
+        ),
+        (
+            {
+                "replica": [
+                    {"name": "a", "port": 1, "green_port": 2},
+                    {"name": "b", "port": 2, "green_port": 4},
+                ]
+            },
+            r"service\.replica\.b\.port: port 2 is also a's green_port",
         ),
         (
             {"replicas": 3, "replica": [{"name": "a", "port": 1, "green_port": 2}]},

@@ -201,9 +201,15 @@ class ServiceConfig(_Section):
         names: dict[str, str] = {}
         for r in found:
             for key, port in (("port", r.port), ("green_port", r.green_port)):
-                if port in ports:
+                if port in ports and self.replica:
                     raise ValueError(
                         f"service.replica.{r.name}.{key}: port {port} is also {ports[port]}"
+                    )
+                if port in ports:
+                    # Derived: no table of the replica's own; the service's keys made it.
+                    raise ValueError(
+                        f"service.replica_port_step: {r.name}'s {key} {port} is also "
+                        f"{ports[port]} (service.port, green_port and the step derive them)"
                     )
                 ports[port] = f"{r.name}'s {key}"
             for key, name in (
