@@ -126,6 +126,13 @@ def test_replicas_on_each_host_are_units_host_after_host() -> None:
     assert [u.name for u in pick(cfg, None, "app-1")] == ["us/app-1", "hk/app-1"]
 
 
+def test_a_hosts_bypass_port_with_replicas_is_refused_naming_it() -> None:
+    """hosts.NAME.bypass_port would be ignored with replicas (each has its own): refused."""
+    hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "bypass_port": 16000}]
+    with pytest.raises(ConfigError, match=r"hosts\.hk\.bypass_port: with replicas"):
+        config({"replicas": 2}, hosts=hosts)
+
+
 def test_an_unknown_replica_is_refused_naming_the_known_ones() -> None:
     """--replica of no replica: a config error listing them."""
     with pytest.raises(ConfigError, match=r"no replica named 'x'; the replicas are: app-1, app-2"):

@@ -654,7 +654,7 @@ class HostConfig(_Section):
         None,
         description="Remote handoff: while production's port is redirected, the tool reaches "
         "the real production port through this one; default: port + 10000 (or - 10000). "
-        "With replicas, each replica's own port + 10000.",
+        "With replicas it is each replica's own port + 10000, and not set.",
     )
     helper_image: str | None = Field(
         None,
@@ -859,6 +859,12 @@ class Config(_Section):
                 h.green_port or self.service.green_port,
             ):
                 raise ValueError(f"hosts.{h.name}: bypass_port must differ from both ports")
+            if h.bypass_port is not None and self.service.replicated:
+                # Taken silently it would do nothing: each replica has a port of its own.
+                raise ValueError(
+                    f"hosts.{h.name}.bypass_port: with replicas each replica's is its own "
+                    "port + 10000 (or - 10000); leave it unset"
+                )
         return self
 
     def actions_at(self, moment: Moment) -> list[ActionConfig]:
