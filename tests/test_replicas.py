@@ -133,6 +133,17 @@ def test_a_hosts_bypass_port_with_replicas_is_refused_naming_it() -> None:
         config({"replicas": 2}, hosts=hosts)
 
 
+def test_host_keys_that_replicas_would_ignore_are_refused_naming_them() -> None:
+    """A host's port (named replicas) or green_container (any) would be ignored: refused."""
+    named = {"replica": [{"name": "a", "port": 7000, "green_port": 7001}]}
+    hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "port": 6221}]
+    with pytest.raises(ConfigError, match=r"hosts\.hk\.port: \[\[service\.replica\]\]"):
+        config(named, hosts=hosts)
+    hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "green_container": "g"}]
+    with pytest.raises(ConfigError, match=r"hosts\.hk\.green_container: replica i's green"):
+        config({"replicas": 2}, hosts=hosts)
+
+
 def test_an_unknown_replica_is_refused_naming_the_known_ones() -> None:
     """--replica of no replica: a config error listing them."""
     with pytest.raises(ConfigError, match=r"no replica named 'x'; the replicas are: app-1, app-2"):

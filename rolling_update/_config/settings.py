@@ -859,6 +859,19 @@ class Config(_Section):
                 h.green_port or self.service.green_port,
             ):
                 raise ValueError(f"hosts.{h.name}: bypass_port must differ from both ports")
+            for key in ("port", "green_port", "container", "green_container"):
+                if self.service.replica and getattr(h, key) is not None:
+                    # Named replicas carry their own ports and names, on every host.
+                    raise ValueError(
+                        f"hosts.{h.name}.{key}: [[service.replica]] name each replica's "
+                        "ports and containers on every host; leave it unset"
+                    )
+            if h.green_container is not None and self.service.replicated:
+                # Derived greens are NAME-i-green, from the host's container.
+                raise ValueError(
+                    f"hosts.{h.name}.green_container: replica i's green is CONTAINER-i-green; "
+                    "leave it unset"
+                )
             if h.bypass_port is not None and self.service.replicated:
                 # Taken silently it would do nothing: each replica has a port of its own.
                 raise ValueError(
