@@ -172,3 +172,41 @@ async def test_a_share_splits_new_connections_and_reads_back_as_a_redirect() -> 
             sock.close()
     assert await target(table) is None
     assert seen[prod] > 0 and seen[green] > 0, seen
+
+
+@pytest.mark.anyio
+async def test_a_gate_whose_hold_ends_before_any_probe_answers_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hold shorter than a hanging probe judged nothing: the gate fails, it does not pass."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import steps.shift
+    from rolling_update import ShiftGateFailed
+    from rolling_update._deploy.session import http_session
+
+    cfg = config(steps=[10, 100], step_hold=0.2)
+    cfg = cfg.model_copy(update={"health": cfg.health.model_copy(update={"request_timeout": 30.0})})
+
+    @contextlib.asynccontextmanager
+    async def unwatched(*_: Any, **__: Any) -> Any:
+        # Green's watch needs an engine; what is under test is the hold's verdict.
+        yield SimpleNamespace(memory_peak=0)
+
+    monkeypatch.setattr(steps.shift, "watching_green", unwatched)
+    with socket.socket() as hanging:
+        # Listening, never accepting: a connection is made and no answer ever comes.
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(8)
+        port = hanging.getsockname()[1]
+        async with http_session() as http:
+            ctx = SimpleNamespace(
+                url=lambda _port, path, as_client=False: f"http://127.0.0.1:{port}{path}",
+                http=http,
+                version="2",
+                note_green_memory=lambda peak: None,
+            )
+            step = steps.shift.ShiftTraffic(cfg.service, cfg.switch, cfg.health)
+            with pytest.raises(ShiftGateFailed, match="no gate probe finished"):
+                await step._gate(ctx, None, 10)  # type: ignore[arg-type]
