@@ -73,14 +73,16 @@ def test_bad_steps_are_refused_naming_the_key(steps: list[Any], message: str) ->
 
 
 def test_gate_options_are_checked_naming_their_keys() -> None:
-    """A metrics URL needs its bound and a scheme; holds are above 0 and fit in
-    limits.two_containers."""
+    """A metrics URL needs its bound and a scheme; a shift needs the handoff mode; holds are
+    above 0 and fit in limits.two_containers."""
     with pytest.raises(ConfigError, match="gate_metrics_url and gate_metrics_max go together"):
         config(gate_metrics_url="http://127.0.0.1:9/rate")
     with pytest.raises(ConfigError, match=r"switch\.gate_metrics_url: .*not an http"):
         config(gate_metrics_url="ftp://x", gate_metrics_max=1)
     with pytest.raises(ConfigError, match=r"switch\.gate_memory_mb"):
         config(gate_memory_mb=0)
+    with pytest.raises(ConfigError, match=r"switch.*steps: a gradual shift needs mode"):
+        config(steps=[10, 100], mode="restart")
     # A hold of 0 would end each gate before its first probe: a step passed unchecked.
     with pytest.raises(ConfigError, match=r"switch\.step_hold"):
         config(steps=[10, 100], step_hold=0)

@@ -422,7 +422,9 @@ class SwitchConfig(_Section):
     )
     steps: list[int] = Field(
         default_factory=lambda: [100],
-        description="With the handoff, the gradual shift: percent of new connections sent to "
+        description="With the handoff (refused with mode = 'restart'; skipped, said, when the "
+        "handoff falls back or on a first deploy), the gradual shift: percent of new "
+        "connections sent to "
         "green at each step, strictly increasing, each 1..100, the last 100 (the handoff "
         "itself). [100]: no shift, straight to the handoff.",
     )
@@ -470,6 +472,16 @@ class SwitchConfig(_Section):
             # Not echoed: the value may carry a password (config errors name keys only).
             raise ValueError("not an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _shift_needs_the_handoff(self) -> SwitchConfig:
+        if self.mode == "restart" and self.shares:
+            # Skipped at every deploy: the shift is a share of the handoff's redirect.
+            raise ValueError(
+                "steps: a gradual shift needs mode = 'handoff' (restart has no redirect to "
+                "share); set steps = [100] or mode = 'handoff'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _metrics_bounded(self) -> SwitchConfig:
