@@ -61,8 +61,9 @@ class Redirect:
 
 
 async def give_port_back(ctx: DeployContext, service: ServiceConfig, health: HealthConfig) -> None:
-    """Remove the redirect (all of it, or a share) in one atomic change, once production's
-    port answers without it: never while nothing else serves there."""
+    """Remove the redirect (all of it, or a share) in one atomic change, if production's
+    port answers without it (one probe, no wait): never while nothing else serves there and
+    green still runs (:class:`RestoreFailed`, the redirect kept)."""
     # The switch's undo has brought blue back by now (or never stopped it); check that it
     # answers.
     url = ctx.url(service.port, health.path)

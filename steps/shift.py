@@ -107,12 +107,13 @@ class ShiftTraffic:
 
     async def _gate(self, ctx: DeployContext, green: GreenStarted, share: int) -> int:
         """Hold ``share`` for ``switch.step_hold`` s, probing as above; raise on the first
-        failure. How many answers came through production's port."""
+        failure, or when no round of probes finished in the hold. How many answers came
+        through production's port."""
         cfg = self.switch
         as_client = ctx.url(self.service.port, self.health.path, as_client=True)
         own = ctx.url(self.service.green_port, self.health.path)
         doing = f"holding {share}% of new connections"
-        answers = 0
+        answers = checked = 0
         async with (
             client_session() as client,
             watching_green(ctx, green, doing, memory_mb=cfg.gate_memory_mb) as watch,
@@ -137,8 +138,17 @@ class ShiftTraffic:
                             f"with {share}% of new connections on it, green was not healthy",
                             url=own, why=why, share=share,
                         )  # fmt: skip
+                    checked += 1
                     await anyio.sleep(cfg.gate_interval)
             ctx.note_green_memory(watch.memory_peak)
+        if not checked:
+            # A hold shorter than a probe that hangs ends before any judgement: not a pass.
+            raise ShiftGateFailed(
+                f"with {share}% of new connections on green, no gate probe finished within "
+                f"switch.step_hold ({cfg.step_hold:g}s)",
+                url=own, why=f"each probe may take health.request_timeout "
+                f"({self.health.request_timeout:g}s)", share=share,
+            )  # fmt: skip
         await self._metrics(ctx, share)
         return answers
 

@@ -124,3 +124,41 @@ def test_every_command_shows_an_example_and_deploy_the_exit_codes(
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("rolling-update ")
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (["--replica", "x"], "error: --replica: no replica named 'x'; the replicas are: none"),
+        (["--host", "eu"], "error: --host: no host named 'eu'; the hosts are: local"),
+    ],
+)
+def test_a_unit_a_one_container_config_lacks_is_refused_not_ignored(
+    options: list[str], line: str
+) -> None:
+    """rollback --replica (or --host) of a unit a one-container config lacks: exit 2 naming the
+    option, never a rollback of the one container."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "config.example.toml"
+    # Its own process: the CLI configures logging for the whole interpreter.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rolling_update",
+            "rollback",
+            "1.0.0",
+            *options,
+            "--config",
+            str(example),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(line), done.stderr

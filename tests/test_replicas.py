@@ -126,6 +126,24 @@ def test_replicas_on_each_host_are_units_host_after_host() -> None:
     assert [u.name for u in pick(cfg, None, "app-1")] == ["us/app-1", "hk/app-1"]
 
 
+def test_a_hosts_bypass_port_with_replicas_is_refused_naming_it() -> None:
+    """hosts.NAME.bypass_port would be ignored with replicas (each has its own): refused."""
+    hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "bypass_port": 16000}]
+    with pytest.raises(ConfigError, match=r"hosts\.hk\.bypass_port: with replicas"):
+        config({"replicas": 2}, hosts=hosts)
+
+
+def test_host_keys_that_replicas_would_ignore_are_refused_naming_them() -> None:
+    """A host's port (named replicas) or green_container (any) would be ignored: refused."""
+    named = {"replica": [{"name": "a", "port": 7000, "green_port": 7001}]}
+    hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "port": 6221}]
+    with pytest.raises(ConfigError, match=r"hosts\.hk\.port: \[\[service\.replica\]\]"):
+        config(named, hosts=hosts)
+    hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "green_container": "g"}]
+    with pytest.raises(ConfigError, match=r"hosts\.hk\.green_container: replica i's green"):
+        config({"replicas": 2}, hosts=hosts)
+
+
 def test_an_unknown_replica_is_refused_naming_the_known_ones() -> None:
     """--replica of no replica: a config error listing them."""
     with pytest.raises(ConfigError, match=r"no replica named 'x'; the replicas are: app-1, app-2"):
@@ -140,7 +158,16 @@ def test_an_unknown_replica_is_refused_naming_the_known_ones() -> None:
         ({"replicas": 3, "port": 65_530}, r"service\.replica_port_step: 3 replicas 10 ports"),
         (
             {"replicas": 3, "green_port": 5231},
-            r"service\.replica\.app-2\.port: port 5231 is also app-1's green_port",
+            r"service\.replica_port_step: app-2's port 5231 is also app-1's green_port",
+        ),
+        (
+            {
+                "replica": [
+                    {"name": "a", "port": 1, "green_port": 2},
+                    {"name": "b", "port": 2, "green_port": 4},
+                ]
+            },
+            r"service\.replica\.b\.port: port 2 is also a's green_port",
         ),
         (
             {"replicas": 3, "replica": [{"name": "a", "port": 1, "green_port": 2}]},

@@ -108,19 +108,47 @@ def test_bad_steps_are_refused_naming_the_key(steps: list[Any], message: str) ->
 
 
 def test_gate_options_are_checked_naming_their_keys() -> None:
-    """A metrics URL needs its bound and a scheme; holds must fit in limits.two_containers."""
+    """A metrics URL needs its bound and a scheme; a shift needs the handoff mode; holds are
+    above 0 and fit in limits.two_containers."""
     with pytest.raises(ConfigError, match="gate_metrics_url and gate_metrics_max go together"):
         config(gate_metrics_url="http://127.0.0.1:9/rate")
     with pytest.raises(ConfigError, match=r"switch\.gate_metrics_url: .*not an http"):
         config(gate_metrics_url="ftp://x", gate_metrics_max=1)
     with pytest.raises(ConfigError, match=r"switch\.gate_memory_mb"):
         config(gate_memory_mb=0)
+    with pytest.raises(ConfigError, match=r"switch.*steps: a gradual shift needs mode"):
+        config(steps=[10, 100], mode="restart")
+    # A hold of 0 would end each gate before its first probe: a step passed unchecked.
+    with pytest.raises(ConfigError, match=r"switch\.step_hold"):
+        config(steps=[10, 100], step_hold=0)
     with pytest.raises(ConfigError, match=r"switch\.step_hold: 2 step\(s\) held 150s"):
         config(steps=[10, 50, 100], step_hold=150)
     cfg = config(
         steps=[10, 50, 100], step_hold=20, gate_metrics_url="http://m/q", gate_metrics_max=1
     )
     assert cfg.switch.shares == [10, 50]
+
+
+def test_the_metrics_urls_password_is_a_secret(tmp_path: Path) -> None:
+    """A password in switch.gate_metrics_url is blanked in logs, errors and plan's text."""
+    from rolling_update import prepare
+    from rolling_update._observe.logs import redactor
+
+    (tmp_path / "package.json").write_text('{"version": "1.0.0"}')
+    url = "http://gate:pw-7c1e9a@127.0.0.1:9/rate"
+    cfg = parse_config(
+        {
+            "service": {"name": "app", "green_name": "app-g", "port": 8000, "green_port": 8001},
+            "image": {"name": "app:{version}", "version_file": "package.json"},
+            "switch": {"steps": [10, 100], "gate_metrics_url": url, "gate_metrics_max": 1},
+        },
+        base_dir=tmp_path,
+        environ={},
+        source="t.toml",
+    )
+    prepare(cfg)
+    assert "pw-7c1e9a" not in redactor.scrub(f"the gate failed at {url}")
+    assert "pw-7c1e9a" not in shift_plan(cfg, handoff=True)
 
 
 def test_the_default_plan_has_no_shift_and_a_shift_goes_before_the_tick_boundary() -> None:
@@ -234,3 +262,41 @@ async def test_on_a_remote_host_the_gates_client_probes_go_to_production_not_the
         assert ctx.url(8000, "/health", as_client=True) == "http://10.0.0.5:8000/health"
         assert ctx.url(8000, "/health") == "http://10.0.0.5:18000/health"
         assert ctx.url(8001, "/health") == "http://10.0.0.5:8001/health"
+
+
+@pytest.mark.anyio
+async def test_a_gate_whose_hold_ends_before_any_probe_answers_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hold shorter than a hanging probe judged nothing: the gate fails, it does not pass."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import steps.shift
+    from rolling_update import ShiftGateFailed
+    from rolling_update._deploy.session import http_session
+
+    cfg = config(steps=[10, 100], step_hold=0.2)
+    cfg = cfg.model_copy(update={"health": cfg.health.model_copy(update={"request_timeout": 30.0})})
+
+    @contextlib.asynccontextmanager
+    async def unwatched(*_: Any, **__: Any) -> Any:
+        # Green's watch needs an engine; what is under test is the hold's verdict.
+        yield SimpleNamespace(memory_peak=0)
+
+    monkeypatch.setattr(steps.shift, "watching_green", unwatched)
+    with socket.socket() as hanging:
+        # Listening, never accepting: a connection is made and no answer ever comes.
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(8)
+        port = hanging.getsockname()[1]
+        async with http_session() as http:
+            ctx = SimpleNamespace(
+                url=lambda _port, path, as_client=False: f"http://127.0.0.1:{port}{path}",
+                http=http,
+                version="2",
+                note_green_memory=lambda peak: None,
+            )
+            step = steps.shift.ShiftTraffic(cfg.service, cfg.switch, cfg.health)
+            with pytest.raises(ShiftGateFailed, match="no gate probe finished"):
+                await step._gate(ctx, None, 10)  # type: ignore[arg-type]

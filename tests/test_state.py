@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rolling_update._config.settings import parse_config
-from rolling_update._errors import ConfigError, DeployLocked
+from rolling_update._errors import ConfigError, DeployLocked, StateWriteFailed
 from rolling_update._state.journal import Journal
 from rolling_update._state.lock import service_lock
 
@@ -107,6 +107,23 @@ def test_journal_refuses_a_misspelt_fact(tmp_path: Path) -> None:
         journal.update(blue_idd="abc")
     loaded = Journal.load(Journal.path_for(tmp_path))
     assert loaded is not None and loaded.record.blue_id is None
+
+
+def test_a_fact_whose_write_failed_is_not_written_by_the_next_update(tmp_path: Path) -> None:
+    """Regression: a commit whose journal write failed is not put on disk by a later write
+    (an undo's record during the rollback would have said the rolled-back deploy verified)."""
+    journal = Journal.begin(tmp_path, deploy_id="d1", service="svc", image="i:2", version="2")
+    path = Journal.path_for(tmp_path)
+    # The atomic write's temporary file cannot be opened: a real failed write, no disk filled.
+    blocker = path.with_name(path.name + ".tmp")
+    blocker.mkdir()
+    with pytest.raises(StateWriteFailed):
+        journal.update(committed=True)
+    blocker.rmdir()
+    journal.update(redirect=False)
+    loaded = Journal.load(path)
+    assert loaded is not None and loaded.record.committed is False
+    assert journal.record.committed is False
 
 
 def test_state_lives_per_host_and_service_not_beside_the_config(tmp_path: Path) -> None:

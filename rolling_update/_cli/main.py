@@ -428,6 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         cfg = load_config(args.config)
+        if not is_rollout(cfg) and (getattr(args, "host", None) or getattr(args, "replica", None)):
+            # One container: the commands below would act on it, ignoring the option; a
+            # unit this config does not have is refused instead (a ConfigError naming it).
+            pick(cfg, args.host, args.replica)
         if args.command == "deploy":
             return _deploy(cfg, force=args.force)
         if args.command == "rollback":

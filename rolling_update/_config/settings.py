@@ -201,9 +201,15 @@ class ServiceConfig(_Section):
         names: dict[str, str] = {}
         for r in found:
             for key, port in (("port", r.port), ("green_port", r.green_port)):
-                if port in ports:
+                if port in ports and self.replica:
                     raise ValueError(
                         f"service.replica.{r.name}.{key}: port {port} is also {ports[port]}"
+                    )
+                if port in ports:
+                    # Derived: no table of the replica's own; the service's keys made it.
+                    raise ValueError(
+                        f"service.replica_port_step: {r.name}'s {key} {port} is also "
+                        f"{ports[port]} (service.port, green_port and the step derive them)"
                     )
                 ports[port] = f"{r.name}'s {key}"
             for key, name in (
@@ -416,14 +422,16 @@ class SwitchConfig(_Section):
     )
     steps: list[int] = Field(
         default_factory=lambda: [100],
-        description="With the handoff, the gradual shift: percent of new connections sent to "
+        description="With the handoff (refused with mode = 'restart'; skipped, said, when the "
+        "handoff falls back or on a first deploy), the gradual shift: percent of new "
+        "connections sent to "
         "green at each step, strictly increasing, each 1..100, the last 100 (the handoff "
         "itself). [100]: no shift, straight to the handoff.",
     )
-    step_hold: Seconds = Field(
+    step_hold: PositiveSeconds = Field(
         30,
         description="Seconds each step below 100 is held while its gate is checked (the "
-        "holds count against limits.two_containers).",
+        "holds count against limits.two_containers); above 0: a step not held is not gated.",
     )
     gate_interval: PositiveSeconds = Field(
         0.2,
@@ -461,8 +469,19 @@ class SwitchConfig(_Section):
     @classmethod
     def _valid_metrics_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+            # Not echoed: the value may carry a password (config errors name keys only).
+            raise ValueError("not an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _shift_needs_the_handoff(self) -> SwitchConfig:
+        if self.mode == "restart" and self.shares:
+            # Skipped at every deploy: the shift is a share of the handoff's redirect.
+            raise ValueError(
+                "steps: a gradual shift needs mode = 'handoff' (restart has no redirect to "
+                "share); set steps = [100] or mode = 'handoff'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _metrics_bounded(self) -> SwitchConfig:
@@ -647,7 +666,7 @@ class HostConfig(_Section):
         None,
         description="Remote handoff: while production's port is redirected, the tool reaches "
         "the real production port through this one; default: port + 10000 (or - 10000). "
-        "With replicas, each replica's own port + 10000.",
+        "With replicas it is each replica's own port + 10000, and not set.",
     )
     helper_image: str | None = Field(
         None,
@@ -852,6 +871,25 @@ class Config(_Section):
                 h.green_port or self.service.green_port,
             ):
                 raise ValueError(f"hosts.{h.name}: bypass_port must differ from both ports")
+            for key in ("port", "green_port", "container", "green_container"):
+                if self.service.replica and getattr(h, key) is not None:
+                    # Named replicas carry their own ports and names, on every host.
+                    raise ValueError(
+                        f"hosts.{h.name}.{key}: [[service.replica]] name each replica's "
+                        "ports and containers on every host; leave it unset"
+                    )
+            if h.green_container is not None and self.service.replicated:
+                # Derived greens are NAME-i-green, from the host's container.
+                raise ValueError(
+                    f"hosts.{h.name}.green_container: replica i's green is CONTAINER-i-green; "
+                    "leave it unset"
+                )
+            if h.bypass_port is not None and self.service.replicated:
+                # Taken silently it would do nothing: each replica has a port of its own.
+                raise ValueError(
+                    f"hosts.{h.name}.bypass_port: with replicas each replica's is its own "
+                    "port + 10000 (or - 10000); leave it unset"
+                )
         return self
 
     def actions_at(self, moment: Moment) -> list[ActionConfig]:

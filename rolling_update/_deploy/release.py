@@ -31,9 +31,16 @@ def prepare(
     if cfg.service.env_file is not None:
         env.update(read_env_file(cfg.service.env_file, environ))
     env.update(cfg.env)
+    # The metrics gate's URL as an ordinary value: its userinfo, as any URL's, is a secret.
+    metrics = cfg.switch.gate_metrics_url
     register_secrets(
         secret_values(
-            {**env, **cfg.green.env, **cfg.build.args},
+            {
+                **env,
+                **cfg.green.env,
+                **cfg.build.args,
+                **({"switch.gate_metrics_url": metrics} if metrics else {}),
+            },
             extra=cfg.secrets.keys,
             public=cfg.secrets.public,
         )

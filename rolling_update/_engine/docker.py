@@ -566,7 +566,9 @@ class DockerEngine:
         A wait that the engine's restart cuts is made again once the engine answers
         (the connector waits for it): the container ran on through the restart
         (live-restore) and is waited for still, or the engine stopped it, and the new
-        wait says with which code. The caller's deadline bounds it all.
+        wait says with which code. The caller's deadline bounds it all. Only a local
+        engine's socket is waited for so: over tcp:// or ssh:// (a forwarded socket the
+        ssh client accepts) the new wait is made at once, nothing waiting for the engine.
         """
         for attempt in range(_REWAITS + 1):
             try:

@@ -66,6 +66,15 @@ class Unit:
         return f"{self.host.name}/{self.replica.name}"
 
     @property
+    def label(self) -> str:
+        """The unit as an error names it: ``host h2``, ``replica brain-2``, or both."""
+        if self.replica is None:
+            return f"host {self.host.name}"
+        if self.host is LOCAL:
+            return f"replica {self.replica.name}"
+        return f"host {self.host.name}, replica {self.replica.name}"
+
+    @property
     def flags(self) -> str:
         """The command-line options that pick this unit alone."""
         if self.replica is None:

@@ -141,7 +141,7 @@ async def check_all(
                     host.config, host.engine, http, release, host.firewall, image_arrives=i > 0
                 )
             except PreflightError as exc:
-                raise PreflightError(f"{host.name}: {exc}") from exc
+                raise PreflightError(f"{host.unit.label}: {exc}") from exc
 
 
 async def rollout(

@@ -20,6 +20,7 @@ from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
 from rolling_update._engine.model import Engine
 from rolling_update._handoff.nft import Firewall, LocalFirewall
+from rolling_update._observe.logs import redactor
 from rolling_update._operate.recover import preview as preview_recover
 from rolling_update._operate.render import public_body
 
@@ -125,7 +126,8 @@ def shift_plan(cfg: Config, *, handoff: bool) -> str:
         f"green under {memory:g} MB" if memory else "no memory bar",
     ]
     if sw.gate_metrics_url is not None:
-        gate.append(f"{sw.gate_metrics_url} <= {sw.gate_metrics_max:g}")
+        # Printed as it is, unlike logs: its userinfo (registered by prepare) is blanked here.
+        gate.append(f"{redactor.scrub(sw.gate_metrics_url)} <= {sw.gate_metrics_max:g}")
     text = f"{steps} of new connections to green, each step below 100% held {sw.step_hold:g}s; "
     text += f"gate: {', '.join(gate)}; a failed gate gives the port back to blue"
     return text if handoff else f"skipped (no kernel handoff): {text}"

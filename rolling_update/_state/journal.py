@@ -147,8 +147,15 @@ class Journal:
         unknown = sorted(set(facts) - set(JournalRecord.model_fields))
         if unknown:
             raise TypeError(f"not journal fields: {', '.join(unknown)}")
-        self.record = JournalRecord.model_validate({**self.record.model_dump(), **facts})
-        self.write()
+        before = self.record
+        self.record = JournalRecord.model_validate({**before.model_dump(), **facts})
+        try:
+            self.write()
+        except BaseException:
+            # Raised (not forgiven): the facts are not recorded, and a later write must not
+            # record them either (a commit whose write failed rolls back, uncommitted).
+            self.record = before
+            raise
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
