@@ -194,11 +194,17 @@ class Rolled:
 
 
 def windows(run: Run, members: Sequence[ReplicaConfig]) -> list[list[dict[str, Any]]]:
-    """Each replica's own log events (a roll binds ``host`` to the replica's name)."""
+    """Each replica's own log events, from its deploy's start (a roll binds ``host`` to the
+    replica's name, also where it connects to every replica before the first begins)."""
     timed = [e for e in run.events if "timestamp" in e]
     if len(members) == 1:
         return [timed]
-    return [[e for e in timed if e.get("host") == m.name] for m in members]
+    found = []
+    for m in members:
+        mine = [e for e in timed if e.get("host") == m.name]
+        began = next(i for i, e in enumerate(mine) if e.get("event") == "deploy.started")
+        found.append(mine[began:])
+    return found
 
 
 def roll(count: int, kind: str, clients: int) -> Rolled:
