@@ -202,8 +202,9 @@ def windows(run: Run, members: Sequence[ReplicaConfig]) -> list[list[dict[str, A
     found = []
     for m in members:
         mine = [e for e in timed if e.get("host") == m.name]
-        began = next(i for i, e in enumerate(mine) if e.get("event") == "deploy.started")
-        found.append(mine[began:])
+        began = [i for i, e in enumerate(mine) if e.get("event") == "deploy.started"]
+        # A replica whose deploy never began (the roll stopped before it): no window.
+        found.append(mine[began[0] :] if began else [])
     return found
 
 
@@ -239,6 +240,9 @@ def roll(count: int, kind: str, clients: int) -> Rolled:
             collector.server.server_close()
     rolled = Rolled(count, kind, members, runs[0], row["samples"], row["causes"])
     for events in windows(rolled.run, members):
+        if not events:
+            rolled.failed_in.append(0)
+            continue
         began, ended = stamp(events[0]), stamp(events[-1])
         rolled.replica_s.append(ended - began)
         drained = [e["seconds"] for e in events if e.get("event") == "switch.blue_drained"]
@@ -270,7 +274,7 @@ def groups(
 
 def print_walls(rolls: Sequence[Rolled], counts: Sequence[int]) -> None:
     print(
-        "| replicas | front | rolls | exits | roll wall time min / median / max (s) "
+        "| replicas | front | exits | rolls counted | roll wall time min / median / max (s) "
         "| first replica (build, migrate), median (s) | each later replica, median (s) "
         "| blue's drain, median (s) | requests per roll "
         "| failed per roll | failed per replica rolled, median | failing span per replica, "
@@ -278,12 +282,14 @@ def print_walls(rolls: Sequence[Rolled], counts: Sequence[int]) -> None:
     )
     print("|---" * 12 + "|")
     for count, kind, mine in groups(rolls, counts):
-        exits = ", ".join(str(c) for c in sorted({r.run.code for r in mine}))
+        exits = " / ".join(str(r.run.code) for r in mine)
+        # A roll that stopped is no roll's wall time (its reason is printed as it ends).
+        mine = [r for r in mine if r.run.code == 0] or mine
         later = [s for r in mine for s in r.replica_s[1:]]
         print(
-            f"| {count} | {kind} | {len(mine)} | {exits} "
+            f"| {count} | {kind} | {exits} | {len(mine)} "
             f"| {spread([r.run.seconds for r in mine], '', 1).strip()} "
-            f"| {med([r.replica_s[0] for r in mine], 1)} | {med(later, 1)} "
+            f"| {med([r.replica_s[0] for r in mine if r.replica_s], 1)} | {med(later, 1)} "
             f"| {med([d for r in mine for d in r.drain_s])} "
             f"| {' / '.join(str(len(r.samples)) for r in mine)} "
             f"| {' / '.join(str(failed(r)) for r in mine)} "
@@ -338,8 +344,9 @@ def main() -> None:
         for count in args.counts:
             for kind in args.fronts:
                 r = roll(count, kind, args.clients)
+                why = "" if r.run.code == 0 else f" ({r.run.stderr.strip().splitlines()[-1]})"
                 print(
-                    f"- {count} replica(s), {kind} front: exit {r.run.code}, "
+                    f"- {count} replica(s), {kind} front: exit {r.run.code}{why}, "
                     f"{r.run.seconds:.1f} s, {failed(r)} of {len(r.samples)} failed",
                     flush=True,
                 )
