@@ -132,6 +132,8 @@ class Sample:
     ok: bool
     why: str | None
     version: str | None = None
+    # The answering container's port (the stand-in's own field): which replica, or its green.
+    port: int | None = None
 
 
 def samples_of(output: str) -> list[Sample]:

@@ -20,10 +20,11 @@ answered 200 within ``timeout`` s; its cause is recorded: what went wrong, at wh
 phase (connect, send, status, body), on a new or reused connection.
 
 Runs until SIGTERM, at most ``seconds``, then prints one JSON line: ``{"lanes": [name,
-...], "samples": [[lane, at, seconds, ok, why, version], ...]}``, ``at`` the start in Unix
-time (comparable with the deploy's log), ``why`` the failure's cause (for a request that a
-retry saved too), else null, ``version`` the ``"version"`` of the answer's JSON body (the
-stand-in's, failed answers' included: which release answered), else null.
+...], "samples": [[lane, at, seconds, ok, why, version, port], ...]}``, ``at`` the start in
+Unix time (comparable with the deploy's log), ``why`` the failure's cause (for a request
+that a retry saved too), else null, ``version`` and ``port`` the ``"version"`` and
+``"port"`` of the answer's JSON body (the stand-in's, failed answers' included: which
+release answered, and which container: a replica's production or its green), else null.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Answer = tuple[str | None, int | None]
+"""What an answer's body names: the release (``version``) and the container (``port``)."""
+NO_ANSWER: Answer = (None, None)
 
 
 @dataclass
@@ -71,9 +75,9 @@ class Client:
             self.stream[1].close()
         self.stream = None
 
-    async def attempt(self) -> tuple[str | None, str | None]:
-        """One GET: ``None`` when answered 200, else what went wrong; the version that
-        answered, if its body names one."""
+    async def attempt(self) -> tuple[str | None, Answer]:
+        """One GET: ``None`` when answered 200, else what went wrong; the version and port
+        that answered, if its body names them."""
         reused = self.stream is not None
         phase = "connect"
         try:
@@ -96,11 +100,11 @@ class Client:
             status = head.split(" ", 2)[1]
             if not self.lane.keep_alive or "\r\nconnection: close" in head:
                 self.close()
-            version = answered_by(body)
+            answer = answered_by(body)
             if status == "200":
-                return None, version
+                return None, answer
             self.close()
-            return f"HTTP {status}", version
+            return f"HTTP {status}", answer
         except TimeoutError:
             cause = f"no answer within {self.lane.timeout:g}s"
         except asyncio.IncompleteReadError:
@@ -108,7 +112,7 @@ class Client:
         except (OSError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
             cause = type(exc).__name__
         self.close()
-        return f"{cause} at {phase} ({'reused' if reused else 'new'} connection)", None
+        return f"{cause} at {phase} ({'reused' if reused else 'new'} connection)", NO_ANSWER
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -125,25 +129,30 @@ class Client:
                     pass
             at, began = time.time(), loop.time()
             reused = self.stream is not None
-            why, version = await self.attempt()
+            why, answer = await self.attempt()
             ok = why is None
             if not ok and reused and self.lane.retry:
-                again, version = await self.attempt()
+                again, answer = await self.attempt()
                 ok = again is None
                 why = f"{why}; retry: {again or 'ok'}"
             took = round(loop.time() - began, 5)
-            self.samples.append([self.index, round(at, 4), took, ok, why, version])
+            self.samples.append([self.index, round(at, 4), took, ok, why, *answer])
             next_at = max(next_at + self.lane.interval, loop.time())
         self.close()
 
 
-def answered_by(body: bytes) -> str | None:
+def answered_by(body: bytes) -> Answer:
     try:
         found = json.loads(body)
     except ValueError:
-        return None
-    version = found.get("version") if isinstance(found, dict) else None
-    return version if isinstance(version, str) else None
+        return NO_ANSWER
+    if not isinstance(found, dict):
+        return NO_ANSWER
+    version, port = found.get("version"), found.get("port")
+    return (
+        version if isinstance(version, str) else None,
+        port if isinstance(port, int) else None,
+    )
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
