@@ -1,0 +1,124 @@
+"""The wall clock steps (as an NTP step does) in the middle of a deploy, made for real.
+
+The machine's CLOCK_REALTIME is stepped by an hour, forward or back, at a phase of a
+deploy on the main engine, and put back afterwards. Every deadline and duration of the
+tool runs on the monotonic clock (tests/test_structure.py keeps it so), so a step must
+move none: the deploy ends as it would have, no wait ends early or runs on, the
+durations it reports are the real ones, and a client on production's port sees no
+failure. The blue it waits on reads the same clock (its ``next_tick`` is a wall-clock
+time), so a step moves both sides of that comparison.
+
+Steps the clock of the whole machine: nothing else may run beside these tests (CI runs
+one test at a time); each step is taken back in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import Prober, Service
+
+pytestmark = pytest.mark.docker
+
+HOUR = 3600.0
+
+
+class SteppedClock:
+    """The machine's wall clock, stepped and put back; the monotonic clock never moves."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._lock = threading.Lock()
+
+    def step(self, seconds: float) -> None:
+        with self._lock:
+            time.clock_settime(time.CLOCK_REALTIME, time.time() + seconds)
+            self.offset += seconds
+
+    def restore(self) -> None:
+        # The wall clock ran on meanwhile: taking the offset back leaves it as accurate
+        # as it was, to the few microseconds the two calls take.
+        with self._lock:
+            if self.offset:
+                time.clock_settime(time.CLOCK_REALTIME, time.time() - self.offset)
+                self.offset = 0.0
+
+
+@pytest.fixture
+def clock() -> Iterator[SteppedClock]:
+    stepped = SteppedClock()
+    try:
+        yield stepped
+    finally:
+        stepped.restore()
+
+
+def prepared(service: Service, **knobs: object) -> None:
+    """Blue v1 serving (its tick loop reporting next_tick), v2 to deploy; green boots in 2 s
+    and the soak lasts 3 s, so that a step sent at a phase's start lands inside it."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2, **knobs})
+    service.config(
+        tick="settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n",
+        verify="timeout = 20\nsoak = 3\n",
+    )
+
+
+@pytest.mark.parametrize("seconds", [HOUR, -HOUR], ids=["forward", "back"])
+@pytest.mark.parametrize("step", ["green-health", "tick-boundary", "switch", "soak"])
+def test_a_clock_step_mid_deploy_moves_no_deadline(
+    clock: SteppedClock, service: Service, step: str, seconds: float
+) -> None:
+    """An hour's step of the wall clock, forward or back, during green's warm-up, blue's
+    tick wait, the switch or the soak changes nothing: exit 0, the new version serves from
+    one container, not one request fails, and every duration the deploy reports is real."""
+    prepared(service)
+    with Prober(service.version_url()) as prober:
+        with service.cli("deploy", timeout=180) as cli:
+            cli.until_event("deploy.step.started", step=step)
+            clock.step(seconds)
+            run = cli.finish()
+        clock.restore()
+    assert run.code == 0, run.tail()
+    assert service.serving() == "2.0.0"
+    assert service.containers() == [service.name]
+    assert not service.redirected() and not service.journal.exists() and not service.marked()
+    assert prober.failures == 0, run.tail()
+    # A duration read from the wall clock would be off by the hour.
+    (done,) = run.event("deploy.done")
+    assert 0 < done["seconds"] < run.seconds
+    finished = [e["seconds"] for e in run.event("deploy.step.done")]
+    assert finished and all(0 <= s < run.seconds for s in finished), finished
+    print(
+        f"\nOUTCOME fault=clock step {seconds:+.0f}s phase={step} exit={run.code} "
+        f"failed={prober.failures} of={len(prober.samples)} dark={prober.longest_gap():.2f}"
+    )
+
+
+def test_a_clock_stepped_back_does_not_stretch_a_deadline(
+    clock: SteppedClock, service: Service
+) -> None:
+    """A green that never answers, and the wall clock stepped back an hour during its
+    warm-up: its health deadline still ends the wait on time (the deploy rolls back with
+    exit 1 and blue serves), not an hour later."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 600})
+    service.config(
+        health='path = "/api/brain/health"\nexpect_json = { status = "healthy" }\n'
+        'version_path = "/api/brain/hardening/status"\ninterval = 0.1\nattempts = 30\n',
+    )
+    with Prober(service.version_url()) as prober:
+        with service.cli("deploy", timeout=120) as cli:
+            cli.until_event("deploy.step.started", step="green-health")
+            clock.step(-HOUR)
+            run = cli.finish()
+        clock.restore()
+    assert run.code == 1, run.tail()
+    assert service.serving() == "1.0.0"
+    assert service.containers() == [service.name]
+    assert not service.redirected() and not service.journal.exists() and not service.marked()
+    assert prober.failures == 0, run.tail()
