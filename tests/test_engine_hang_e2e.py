@@ -109,15 +109,32 @@ def assert_rolled_back(service: Service, run: Run) -> None:
     assert_clean(service, "1.0.0")
 
 
+def assert_finished_by_recover(service: Service, proxy: EngineProxy, run: Run) -> None:
+    """Past the commit: exit 4, the new version serves with one line saying to run
+    `recover`, which (once the engine answers) removes what the cleanup left."""
+    assert run.code == 4, run.tail()
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the new version serves; run `rolling-update recover`" in lines[0]
+    assert service.serving() == "2.0.0"
+    proxy.pass_()
+    recovered = service.recover()
+    assert recovered.code == 0, recovered.tail()
+    assert_clean(service, "2.0.0")
+
+
 @pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
-@pytest.mark.parametrize("phase", ["green-health", "verify", "soak"])
+@pytest.mark.parametrize(
+    "phase", ["green-health", "tick-boundary", "handoff", "verify", "soak", "cleanup"]
+)
 def test_engine_hangs_during_a_phase(
     service: Service, engine_proxy: EngineProxy, phase: str, comes_back: bool
 ) -> None:
-    """The engine stalls at the start of green's warm-up, the verify or the soak: the
-    watch's unanswered call fails the step by engine.call_timeout, so nothing is committed
-    unobserved; the rollback finishes once the engine answers (exit 1), or gives up by its
-    deadlines with exit 3 and `recover` to run; blue serves throughout."""
+    """The engine stalls at the start of green's warm-up, blue's tick wait, the handoff, the
+    verify or the soak: the watch's unanswered call fails the step by engine.call_timeout,
+    so nothing is committed unobserved; the rollback finishes once the engine answers
+    (exit 1), or gives up by its deadlines with exit 3 and `recover` to run; blue serves
+    throughout. Stalled in the cleanup, past the commit: exit 4, the new version serves,
+    and `recover` finishes."""
     # A soak long enough for an unanswered call to fail inside it.
     prepared(service, verify="timeout = 10\nsoak = 6\n")
     with Prober(service.version_url()) as prober:
@@ -127,7 +144,9 @@ def test_engine_hangs_during_a_phase(
             later(engine_proxy, comes_back)
             run = cli.finish()
         assert "did not answer" in run.stderr
-        if comes_back:
+        if phase == "cleanup":
+            assert_finished_by_recover(service, engine_proxy, run)
+        elif comes_back:
             assert_rolled_back(service, run)
         else:
             assert_gave_up(service, engine_proxy, run)
