@@ -126,6 +126,22 @@ def test_replicas_on_each_host_are_units_host_after_host() -> None:
     assert [u.name for u in pick(cfg, None, "app-1")] == ["us/app-1", "hk/app-1"]
 
 
+def test_a_unit_is_named_flagged_and_labelled_from_the_same_parts() -> None:
+    """A host alone, a replica on this machine and a replica on a host each read the same
+    in the unit's name, label and the flags that pick it."""
+    hosts = [{"name": "us"}, {"name": "hk", "engine": "ssh://hk.example.com"}]
+    shapes = [
+        units_of(config(hosts=hosts))[1],
+        units_of(config({"replicas": 2}))[1],
+        units_of(config({"replicas": 2}, hosts=hosts))[3],
+    ]
+    assert [(u.name, u.label, u.flags) for u in shapes] == [
+        ("hk", "host hk", "--host hk"),
+        ("app-2", "replica app-2", "--replica app-2"),
+        ("hk/app-2", "host hk, replica app-2", "--host hk --replica app-2"),
+    ]
+
+
 def test_a_hosts_bypass_port_with_replicas_is_refused_naming_it() -> None:
     """hosts.NAME.bypass_port would be ignored with replicas (each has its own): refused."""
     hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "bypass_port": 16000}]

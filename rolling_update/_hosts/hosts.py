@@ -58,30 +58,29 @@ class Unit:
     """The host's first replica: ``rollout.migrate = "per-host"`` migrates there."""
 
     @property
+    def parts(self) -> list[tuple[str, str]]:
+        """The unit as (kind, name) pairs, ``host`` then ``replica``: a replica on this
+        machine is named alone; name, label and flags are all made from these."""
+        parts = []
+        if self.replica is None or self.host is not LOCAL:
+            parts.append(("host", self.host.name))
+        if self.replica is not None:
+            parts.append(("replica", self.replica.name))
+        return parts
+
+    @property
     def name(self) -> str:
-        if self.replica is None:
-            return self.host.name
-        if self.host is LOCAL:
-            return self.replica.name
-        return f"{self.host.name}/{self.replica.name}"
+        return "/".join(name for _, name in self.parts)
 
     @property
     def label(self) -> str:
         """The unit as an error names it: ``host h2``, ``replica brain-2``, or both."""
-        if self.replica is None:
-            return f"host {self.host.name}"
-        if self.host is LOCAL:
-            return f"replica {self.replica.name}"
-        return f"host {self.host.name}, replica {self.replica.name}"
+        return ", ".join(f"{kind} {name}" for kind, name in self.parts)
 
     @property
     def flags(self) -> str:
         """The command-line options that pick this unit alone."""
-        if self.replica is None:
-            return f"--host {self.host.name}"
-        if self.host is LOCAL:
-            return f"--replica {self.replica.name}"
-        return f"--host {self.host.name} --replica {self.replica.name}"
+        return " ".join(f"--{kind} {name}" for kind, name in self.parts)
 
 
 def is_rollout(cfg: Config) -> bool:
