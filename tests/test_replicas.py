@@ -92,6 +92,18 @@ def test_one_container_owns_the_tick_and_makes_no_call_meant_for_the_others() ->
     assert [a.name for a in cfg.actions_at("rollback")] == ["cancel"]
 
 
+def test_whose_deploy_makes_a_call_is_one_rule() -> None:
+    """replicas = all: every deploy makes the call; tick: the tick owner's; others: the rest's."""
+    made = {
+        a.name: (a.made_by(owns_tick=True), a.made_by(owns_tick=False)) for a in config().actions
+    }
+    assert made == {
+        "drain green": (True, True),
+        "cancel": (True, False),
+        "drain production": (False, True),
+    }
+
+
 def test_named_replicas_default_their_containers_to_their_names() -> None:
     """[[service.replica]] entries: the container is the name, green the name + -green."""
     cfg = config(

@@ -782,6 +782,11 @@ class ActionConfig(_Section):
         "owns the tick loop (service.tick_replica), or the others. One replica: it owns it.",
     )
 
+    def made_by(self, *, owns_tick: bool) -> bool:
+        """Whether a deploy makes this call, by whether its production owns the tick loop (a
+        service of one container does): the one rule of ``replicas``."""
+        return self.replicas in ("all", "tick" if owns_tick else "others")
+
     @model_validator(mode="after")
     def _target_exists_then(self) -> ActionConfig:
         if (self.target == "production") != (self.moment in ("production-answers", "after-soak")):
@@ -896,7 +901,7 @@ class Config(_Section):
         """The calls at ``moment``. A service of one container owns the tick loop: the
         calls meant for the other replicas are not its (a replica's config is made with
         its own calls only, by the rollout)."""
-        return [a for a in self.actions if a.moment == moment and a.replicas != "others"]
+        return [a for a in self.actions if a.moment == moment and a.made_by(owns_tick=True)]
 
     @property
     def state_dir(self) -> Path:

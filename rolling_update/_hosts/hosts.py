@@ -188,11 +188,12 @@ def for_unit(cfg: Config, unit: Unit, *, first: bool) -> Config:
         )
         state_dir = state_dir / "replicas" / replica.name
         labels["replica"] = replica.name
-        wanted = "tick" if unit.owns_tick else "others"
+        # Kept as "all": the replica's own config is one container's, which actions_at
+        # takes for the tick's owner; an "others" call would be dropped there.
         update["actions"] = [
             a.model_copy(update={"replicas": "all"})
             for a in cfg.actions
-            if a.replicas in ("all", wanted)
+            if a.made_by(owns_tick=unit.owns_tick)
         ]
     update["service"] = svc
     update["state"] = cfg.state.model_copy(update={"dir": state_dir})
