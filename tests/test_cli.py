@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -140,7 +141,6 @@ def test_a_unit_a_one_container_config_lacks_is_refused_not_ignored(
     option, never a rollback of the one container."""
     import subprocess
     import sys
-    from pathlib import Path
 
     example = Path(__file__).parent.parent / "config.example.toml"
     # Its own process: the CLI configures logging for the whole interpreter.
@@ -162,3 +162,51 @@ def test_a_unit_a_one_container_config_lacks_is_refused_not_ignored(
     )
     assert done.returncode == 2
     assert done.stderr.startswith(line), done.stderr
+
+
+def test_each_unit_of_hosts_with_replicas_is_headed_by_its_label(tmp_path: Path) -> None:
+    """history of hosts with replicas heads each unit's section "host H, replica NAME"."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "ru.toml"
+    config.write_text(
+        """
+[service]
+name = "app"
+green_name = "app-green"
+port = 5221
+green_port = 5222
+replicas = 2
+
+[image]
+name = "app:{version}"
+version_file = "package.json"
+
+[state]
+dir = "state"
+
+[[hosts]]
+name = "us"
+
+[[hosts]]
+name = "hk"
+engine = "ssh://hk.example.com"
+"""
+    )
+    # Its own process: the CLI configures logging for the whole interpreter.
+    done = subprocess.run(
+        [sys.executable, "-m", "rolling_update", "history", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
+    assert done.returncode == 0, done.stderr
+    headings = [line for line in done.stdout.splitlines() if line.startswith("== ")]
+    assert headings == [
+        "== host us, replica app-1",
+        "== host us, replica app-2",
+        "== host hk, replica app-1",
+        "== host hk, replica app-2",
+    ]
