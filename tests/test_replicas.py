@@ -124,7 +124,8 @@ def test_named_replicas_default_their_containers_to_their_names() -> None:
 
 def test_replicas_on_each_host_are_units_host_after_host() -> None:
     """With [[hosts]], each host's replicas are units named HOST/REPLICA, with state under
-    the host's; per-host migrations run on each host's first replica only."""
+    the host's; per-host migrations run on each host's first replica only; a unit picked
+    keeps its place in the rollout."""
     hosts = [{"name": "us"}, {"name": "hk", "engine": "ssh://hk.example.com", "port": 6221}]
     cfg = config({"replicas": 2}, hosts=hosts, rollout={"migrate": "per-host"})
     units = units_of(cfg)
@@ -135,6 +136,8 @@ def test_replicas_on_each_host_are_units_host_after_host() -> None:
     assert configs[3].service.host == "hk.example.com"
     assert [bool(c.migrate.commands) for c in configs] == [True, False, True, False]
     assert [u.flags for u in pick(cfg, "hk", "app-2")] == ["--host hk --replica app-2"]
+    assert [u.index for u in units] == [0, 1, 2, 3]
+    assert [u.index for u in pick(cfg, None, "app-2")] == [1, 3]
     assert [u.name for u in pick(cfg, None, "app-1")] == ["us/app-1", "hk/app-1"]
 
 

@@ -56,6 +56,8 @@ class Unit:
     """Whether this unit's production runs the tick loop (``service.tick_replica``)."""
     first_on_host: bool = True
     """The host's first replica: ``rollout.migrate = "per-host"`` migrates there."""
+    index: int = 0
+    """Its place in the rollout (:func:`units_of`'s order): 0 is the canary, which builds."""
 
     @property
     def parts(self) -> list[tuple[str, str]]:
@@ -93,12 +95,18 @@ def units_of(cfg: Config) -> list[Unit]:
     units: list[Unit] = []
     for host in hosts_of(cfg):
         if not cfg.service.replicated:
-            units.append(Unit(host))
+            units.append(Unit(host, index=len(units)))
             continue
         service = _host_service(cfg, host)
         for i, replica in enumerate(service.replica_list(), start=1):
             units.append(
-                Unit(host, replica, owns_tick=i == service.tick_replica, first_on_host=i == 1)
+                Unit(
+                    host,
+                    replica,
+                    owns_tick=i == service.tick_replica,
+                    first_on_host=i == 1,
+                    index=len(units),
+                )
             )
     return units
 
@@ -310,12 +318,11 @@ async def connect(
     log = structlog.get_logger()
     limit = cfg.rollout.connect_timeout
     host = unit.host
-    index = units_of(cfg).index(unit)
-    host_cfg = for_unit(cfg, unit, first=index == 0)
+    host_cfg = for_unit(cfg, unit, first=unit.index == 0)
     bypass = bypass_port(cfg, unit)
     async with AsyncExitStack() as stack:
         if engine is None:
-            engine, host_cfg = await _reach(stack, cfg, host, host_cfg, bypass, index)
+            engine, host_cfg = await _reach(stack, cfg, host, host_cfg, bypass, unit.index)
         else:
             with anyio.fail_after(limit):
                 await engine.ping()
