@@ -385,6 +385,12 @@ class VerifyConfig(_Section):
     )
 
 
+def bad_share(share: int) -> str | None:
+    """Why ``share`` cannot be a step of the gradual shift (the percent of new connections
+    sent to green), or ``None``: the one rule, for the config and the redirect alike."""
+    return None if 1 <= share <= 100 else f"{share} is not a percent 1..100"
+
+
 class SwitchConfig(_Section):
     mode: Literal["handoff", "restart"] = Field(
         "handoff",
@@ -459,8 +465,8 @@ class SwitchConfig(_Section):
         if not value or value[-1] != 100:
             raise ValueError(f"{value}: the last step must be 100 (every connection to green)")
         for share in value:
-            if not 1 <= share <= 100:
-                raise ValueError(f"{value}: {share} is not a percent 1..100")
+            if why := bad_share(share):
+                raise ValueError(f"{value}: {why}")
         if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError(f"{value}: the steps must be strictly increasing")
         return value
