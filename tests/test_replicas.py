@@ -11,6 +11,7 @@ import pytest
 from rolling_update import ConfigError
 from rolling_update._config.settings import parse_config
 from rolling_update._hosts.hosts import bypass_port, for_unit, is_rollout, pick, units_of
+from tests.support import replicated_config, run_cli
 
 SERVICE = {"name": "app", "green_name": "app-green", "port": 5221, "green_port": 5222}
 ACTIONS = [
@@ -162,6 +163,60 @@ def test_a_hosts_bypass_port_with_replicas_is_refused_naming_it() -> None:
     hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "bypass_port": 16000}]
     with pytest.raises(ConfigError, match=r"hosts\.hk\.bypass_port: with replicas"):
         config({"replicas": 2}, hosts=hosts)
+
+
+REMOTE = [{"name": "hk", "engine": "ssh://hk.example.com"}]
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        (
+            {"replicas": 2, "replica_port_step": 10_000},
+            r"service\.replica_port_step: on host hk, app-1's bypass port 15221 \(its port "
+            r"\+ 10000, for the remote handoff\) is also app-2's port",
+        ),
+        (
+            {
+                "replica": [
+                    {"name": "a", "port": 7000, "green_port": 7001},
+                    {"name": "b", "port": 7100, "green_port": 17000},
+                ]
+            },
+            r"service\.replica\.a\.port: on host hk, a's bypass port 17000 .* is also "
+            r"b's green_port",
+        ),
+        (
+            {
+                "replica": [
+                    {"name": "a", "port": 40000, "green_port": 40001},
+                    {"name": "b", "port": 60000, "green_port": 60001},
+                ]
+            },
+            r"service\.replica\.b\.port: on host hk, b's bypass port 50000 \(its port - "
+            r"10000, .*\) is also a's bypass port",
+        ),
+    ],
+)
+def test_a_replicas_bypass_port_taken_on_a_remote_host_is_refused_naming_the_key(
+    service: dict[str, Any], message: str
+) -> None:
+    """On a remote host, a replica's bypass port that is another replica's port (or bypass
+    port) is refused naming the key; on this machine, where no bypass is used, it is not."""
+    with pytest.raises(ConfigError, match=message):
+        config(service, hosts=REMOTE)
+    config(service)
+    config(service, hosts=[{"name": "here"}])
+
+
+def test_a_bypass_port_clash_exits_2_before_anything_is_touched(tmp_path: Path) -> None:
+    """deploy of such a config: exit 2 naming the key, no state written, no host reached."""
+    hosts = '[[hosts]]\nname = "hk"\nengine = "ssh://hk.invalid"'
+    path = replicated_config(tmp_path, "replica_port_step = 10000", hosts)
+    done = run_cli("deploy", "--config", str(path))
+    assert done.returncode == 2, done.stderr
+    assert "service.replica_port_step: on host hk, app-1's bypass port 15221" in done.stderr
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_host_keys_that_replicas_would_ignore_are_refused_naming_them() -> None:

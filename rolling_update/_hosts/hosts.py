@@ -25,7 +25,13 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
-from rolling_update._config.settings import Config, HostConfig, ReplicaConfig, ServiceConfig
+from rolling_update._config.settings import (
+    Config,
+    HostConfig,
+    ReplicaConfig,
+    ServiceConfig,
+    bypass_of,
+)
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError, EngineUnavailable
@@ -141,7 +147,7 @@ def bypass_port(cfg: Config, unit: Unit | HostConfig) -> int:
         return unit.host.bypass_port
     else:
         port = unit.host.port or cfg.service.port
-    return port + 10_000 if port + 10_000 <= 65_535 else port - 10_000
+    return bypass_of(port)
 
 
 def probe_address(cfg: Config, host: HostConfig) -> str:
@@ -155,15 +161,7 @@ def probe_address(cfg: Config, host: HostConfig) -> str:
 def _host_service(cfg: Config, host: HostConfig) -> ServiceConfig:
     if not cfg.hosts:
         return cfg.service
-    return cfg.service.model_copy(
-        update={
-            "host": probe_address(cfg, host),
-            "port": host.port or cfg.service.port,
-            "green_port": host.green_port or cfg.service.green_port,
-            "name": host.container or cfg.service.name,
-            "green_name": host.green_container or cfg.service.green_name,
-        }
-    )
+    return cfg.service.on_host(host).model_copy(update={"host": probe_address(cfg, host)})
 
 
 def for_unit(cfg: Config, unit: Unit, *, first: bool) -> Config:
