@@ -43,6 +43,7 @@ from rolling_update._hosts.hosts import (
     Unit,
     connect,
     for_unit,
+    image_source,
     is_rollout,
     pick,
     units_of,
@@ -305,8 +306,9 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
                 unit_cfg = for_unit(cfg, unit, first=False)
                 found.append((unit, read(unit_cfg.state_dir, args.limit or None)))
             return found
-        canary = units_of(cfg)[0]
+        units = units_of(cfg)
         for unit in pick(cfg, args.host, args.replica):
+            source = image_source(units, unit)
             try:
                 async with connect(cfg, unit) as reached:
                     if args.command == "status":
@@ -318,7 +320,8 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
                             reached.config,
                             engine=reached.engine,
                             firewall=reached.firewall,
-                            copied_from=None if unit == canary else canary.name,
+                            copied_from=None if source is None else source.name,
+                            image_arrives=unit.index > 0,
                         )
             except RollingUpdateError as exc:
                 # One host that cannot be reached is shown as such; the others still are.

@@ -137,6 +137,13 @@ def pick(cfg: Config, name: str | None, replica: str | None = None) -> list[Unit
     return units
 
 
+def image_source(units: list[Unit], unit: Unit) -> Unit | None:
+    """The unit whose engine ``unit``'s image is copied (or pushed, then pulled) from: the
+    canary's, ``units[0]``; none for a unit on that engine, which built the image."""
+    canary = units[0]
+    return None if unit.host.name == canary.host.name else canary
+
+
 def bypass_port(cfg: Config, unit: Unit | HostConfig) -> int:
     """The remote handoff's way past the redirect of the unit's production port: the host's
     ``bypass_port``, else (and for each replica) that port + 10000 (or - 10000)."""
