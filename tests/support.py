@@ -105,6 +105,39 @@ def cli_environ(
     return env
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m rolling_update ARGS`` with no Docker engine to reach, in a process of its
+    own: the CLI configures logging for the whole interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "rolling_update", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
+
+
+def replicated_config(folder: Path, service: str, hosts: str) -> Path:
+    """A config file in ``folder`` of two replicas of ``app`` (5221/5222 on), its state
+    there too: ``service`` adds keys to its [service] table, ``hosts`` its [[hosts]]."""
+    path = folder / "ru.toml"
+    path.write_text(
+        "[image]\n"
+        'name = "app:{version}"\n'
+        'version_file = "package.json"\n'
+        "[state]\n"
+        'dir = "state"\n'
+        "[service]\n"
+        'name = "app"\n'
+        'green_name = "app-green"\n'
+        "port = 5221\n"
+        "green_port = 5222\n"
+        "replicas = 2\n"
+        f"{service}\n{hosts}\n"
+    )
+    return path
+
+
 def host_state_dir(service: str) -> Path:
     """The per-host state directory of ``service`` when its config names none, as the
     tool computes it."""

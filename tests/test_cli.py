@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -21,6 +22,7 @@ from rolling_update import (
 from rolling_update._cli.exits import outcome
 from rolling_update._cli.signals import Interrupt, interruptible
 from rolling_update._deploy.saga import SagaState
+from tests.support import replicated_config, run_cli
 
 
 def began(step: str = "switch", *, committed: bool = False) -> SagaState:
@@ -138,27 +140,21 @@ def test_a_unit_a_one_container_config_lacks_is_refused_not_ignored(
 ) -> None:
     """rollback --replica (or --host) of a unit a one-container config lacks: exit 2 naming the
     option, never a rollback of the one container."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     example = Path(__file__).parent.parent / "config.example.toml"
-    # Its own process: the CLI configures logging for the whole interpreter.
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rolling_update",
-            "rollback",
-            "1.0.0",
-            *options,
-            "--config",
-            str(example),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"},
-    )
+    done = run_cli("rollback", "1.0.0", *options, "--config", str(example))
     assert done.returncode == 2
     assert done.stderr.startswith(line), done.stderr
+
+
+def test_each_unit_of_hosts_with_replicas_is_headed_by_its_label(tmp_path: Path) -> None:
+    """history of hosts with replicas heads each unit's section "host H, replica NAME"."""
+    hosts = '[[hosts]]\nname = "us"\n[[hosts]]\nname = "hk"\nengine = "ssh://hk.example.com"'
+    done = run_cli("history", "--config", str(replicated_config(tmp_path, "", hosts)))
+    assert done.returncode == 0, done.stderr
+    headings = [line for line in done.stdout.splitlines() if line.startswith("== ")]
+    assert headings == [
+        "== host us, replica app-1",
+        "== host us, replica app-2",
+        "== host hk, replica app-1",
+        "== host hk, replica app-2",
+    ]

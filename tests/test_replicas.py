@@ -11,6 +11,7 @@ import pytest
 from rolling_update import ConfigError
 from rolling_update._config.settings import parse_config
 from rolling_update._hosts.hosts import bypass_port, for_unit, is_rollout, pick, units_of
+from tests.support import replicated_config, run_cli
 
 SERVICE = {"name": "app", "green_name": "app-green", "port": 5221, "green_port": 5222}
 ACTIONS = [
@@ -92,6 +93,18 @@ def test_one_container_owns_the_tick_and_makes_no_call_meant_for_the_others() ->
     assert [a.name for a in cfg.actions_at("rollback")] == ["cancel"]
 
 
+def test_whose_deploy_makes_a_call_is_one_rule() -> None:
+    """replicas = all: every deploy makes the call; tick: the tick owner's; others: the rest's."""
+    made = {
+        a.name: (a.made_by(owns_tick=True), a.made_by(owns_tick=False)) for a in config().actions
+    }
+    assert made == {
+        "drain green": (True, True),
+        "cancel": (True, False),
+        "drain production": (False, True),
+    }
+
+
 def test_named_replicas_default_their_containers_to_their_names() -> None:
     """[[service.replica]] entries: the container is the name, green the name + -green."""
     cfg = config(
@@ -112,7 +125,8 @@ def test_named_replicas_default_their_containers_to_their_names() -> None:
 
 def test_replicas_on_each_host_are_units_host_after_host() -> None:
     """With [[hosts]], each host's replicas are units named HOST/REPLICA, with state under
-    the host's; per-host migrations run on each host's first replica only."""
+    the host's; per-host migrations run on each host's first replica only; a unit picked
+    keeps its place in the rollout."""
     hosts = [{"name": "us"}, {"name": "hk", "engine": "ssh://hk.example.com", "port": 6221}]
     cfg = config({"replicas": 2}, hosts=hosts, rollout={"migrate": "per-host"})
     units = units_of(cfg)
@@ -123,7 +137,25 @@ def test_replicas_on_each_host_are_units_host_after_host() -> None:
     assert configs[3].service.host == "hk.example.com"
     assert [bool(c.migrate.commands) for c in configs] == [True, False, True, False]
     assert [u.flags for u in pick(cfg, "hk", "app-2")] == ["--host hk --replica app-2"]
+    assert [u.index for u in units] == [0, 1, 2, 3]
+    assert [u.index for u in pick(cfg, None, "app-2")] == [1, 3]
     assert [u.name for u in pick(cfg, None, "app-1")] == ["us/app-1", "hk/app-1"]
+
+
+def test_a_unit_is_named_flagged_and_labelled_from_the_same_parts() -> None:
+    """A host alone, a replica on this machine and a replica on a host each read the same
+    in the unit's name, label and the flags that pick it."""
+    hosts = [{"name": "us"}, {"name": "hk", "engine": "ssh://hk.example.com"}]
+    shapes = [
+        units_of(config(hosts=hosts))[1],
+        units_of(config({"replicas": 2}))[1],
+        units_of(config({"replicas": 2}, hosts=hosts))[3],
+    ]
+    assert [(u.name, u.label, u.flags) for u in shapes] == [
+        ("hk", "host hk", "--host hk"),
+        ("app-2", "replica app-2", "--replica app-2"),
+        ("hk/app-2", "host hk, replica app-2", "--host hk --replica app-2"),
+    ]
 
 
 def test_a_hosts_bypass_port_with_replicas_is_refused_naming_it() -> None:
@@ -131,6 +163,60 @@ def test_a_hosts_bypass_port_with_replicas_is_refused_naming_it() -> None:
     hosts = [{"name": "hk", "engine": "ssh://hk.example.com", "bypass_port": 16000}]
     with pytest.raises(ConfigError, match=r"hosts\.hk\.bypass_port: with replicas"):
         config({"replicas": 2}, hosts=hosts)
+
+
+REMOTE = [{"name": "hk", "engine": "ssh://hk.example.com"}]
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        (
+            {"replicas": 2, "replica_port_step": 10_000},
+            r"service\.replica_port_step: on host hk, app-1's bypass port 15221 \(its port "
+            r"\+ 10000, for the remote handoff\) is also app-2's port",
+        ),
+        (
+            {
+                "replica": [
+                    {"name": "a", "port": 7000, "green_port": 7001},
+                    {"name": "b", "port": 7100, "green_port": 17000},
+                ]
+            },
+            r"service\.replica\.a\.port: on host hk, a's bypass port 17000 .* is also "
+            r"b's green_port",
+        ),
+        (
+            {
+                "replica": [
+                    {"name": "a", "port": 40000, "green_port": 40001},
+                    {"name": "b", "port": 60000, "green_port": 60001},
+                ]
+            },
+            r"service\.replica\.b\.port: on host hk, b's bypass port 50000 \(its port - "
+            r"10000, .*\) is also a's bypass port",
+        ),
+    ],
+)
+def test_a_replicas_bypass_port_taken_on_a_remote_host_is_refused_naming_the_key(
+    service: dict[str, Any], message: str
+) -> None:
+    """On a remote host, a replica's bypass port that is another replica's port (or bypass
+    port) is refused naming the key; on this machine, where no bypass is used, it is not."""
+    with pytest.raises(ConfigError, match=message):
+        config(service, hosts=REMOTE)
+    config(service)
+    config(service, hosts=[{"name": "here"}])
+
+
+def test_a_bypass_port_clash_exits_2_before_anything_is_touched(tmp_path: Path) -> None:
+    """deploy of such a config: exit 2 naming the key, no state written, no host reached."""
+    hosts = '[[hosts]]\nname = "hk"\nengine = "ssh://hk.invalid"'
+    path = replicated_config(tmp_path, "replica_port_step = 10000", hosts)
+    done = run_cli("deploy", "--config", str(path))
+    assert done.returncode == 2, done.stderr
+    assert "service.replica_port_step: on host hk, app-1's bypass port 15221" in done.stderr
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_host_keys_that_replicas_would_ignore_are_refused_naming_them() -> None:

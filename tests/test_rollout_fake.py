@@ -18,14 +18,25 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from rolling_update import Config, ContainerSpec, RolloutFailed, rollout
-from rolling_update._config.settings import parse_config
+from rolling_update._config.settings import bypass_of, parse_config
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._engine.model import LABEL_ROLE, LABEL_VERSION
 from rolling_update.testing import FakeContainer, FakeEngine
 
 pytestmark = pytest.mark.anyio
+
+
+# The config every rollout here shares: quick probes, no tick, no drain, a short soak.
+QUICK: dict[str, Any] = {
+    "health": {"path": "/health", "interval": 0.05, "attempts": 4},
+    "tick": {"enabled": False},
+    "switch": {"drain": 0},
+    "verify": {"timeout": 2, "soak": 0.1, "soak_interval": 0.05},
+    "state": {"dir": "state"},
+}
 
 
 class ServingEngine(FakeEngine):
@@ -157,11 +168,7 @@ class Hosts:
         data: dict[str, Any] = {
             "service": {"name": "app", "green_name": "app-green", "port": 1, "green_port": 2},
             "image": {"name": repo + ":{version}", "version_file": "version.json"},
-            "health": {"path": "/health", "interval": 0.05, "attempts": 4},
-            "tick": {"enabled": False},
-            "switch": {"drain": 0},
-            "verify": {"timeout": 2, "soak": 0.1, "soak_interval": 0.05},
-            "state": {"dir": "state"},
+            **QUICK,
             "rollout": rollout,
             "hosts": [
                 {
@@ -284,3 +291,67 @@ async def test_with_a_registry_the_canary_pushes_and_the_next_host_pulls(
     assert f"pull {hosts.image}" in hosts.b.calls and "load" not in " ".join(hosts.b.calls)
     assert await hosts.b.image_id(hosts.image) == await hosts.a.image_id(hosts.image)
     assert production(hosts.b).spec.image == hosts.image
+
+
+def free_with_bypasses() -> tuple[list[int], list[int]]:
+    """Two ports and two green ports, distinct and free, the ports' bypass ports free too
+    (the stand-in listens there while a handoff's redirect is in place)."""
+    for _ in range(100):
+        ports = free_ports(4)
+        bypasses = [bypass_of(p) for p in ports[:2]]
+        if set(bypasses) & set(ports):
+            continue
+        try:
+            for bypass in bypasses:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", bypass))
+        except OSError:
+            continue
+        return ports[:2], ports[2:]
+    raise AssertionError("no free ports with free bypass ports in 100 tries")
+
+
+async def test_replicas_on_the_canarys_engine_push_nothing_to_the_registry(
+    tmp_path: Path, http: tuple[aiohttp.ClientSession, list[str]]
+) -> None:
+    """distribute = registry, both replicas on one engine: nothing is pushed, pulled or
+    copied (the engine built the image), said once; both replicas end on v2."""
+    repo = "registry.invalid:5000/app"
+    engine = ServingEngine({f"{repo}:1", f"{repo}:2"}, {})
+    ports, greens = free_with_bypasses()
+    replicas = [
+        {"name": f"app-{n}", "port": port, "green_port": green}
+        for n, port, green in zip("ab", ports, greens, strict=True)
+    ]
+    for n, port in zip("ab", ports, strict=True):
+        engine.add(ContainerSpec(name=f"app-{n}", image=f"{repo}:1", env={"PORT": str(port)}))
+    (tmp_path / "version.json").write_text('{"version": "2"}')
+    data: dict[str, Any] = {
+        "service": {
+            "name": "app",
+            "green_name": "app-green",
+            "port": 1,
+            "green_port": 2,
+            "replica": replicas,
+        },
+        "image": {"name": repo + ":{version}", "version_file": "version.json"},
+        **QUICK,
+        "rollout": {"distribute": "registry"},
+        "hosts": [{"name": "a", "engine": "tcp://a.invalid:2376", "address": "127.0.0.1"}],
+    }
+    cfg = parse_config(data, base_dir=tmp_path, environ={}, source="t.toml")
+    environ = {"DOCKER_CONFIG": str(tmp_path / "no-docker-config")}
+    await engine.serve()
+    try:
+        with capture_logs() as logs:
+            result = await rollout(cfg, environ=environ, engines={"a": engine}, http=http[0])
+    finally:
+        await engine.close()
+    assert [(o.host, o.result) for o in result.outcomes] == [
+        ("a/app-a", Outcome.DEPLOYED),
+        ("a/app-b", Outcome.DEPLOYED),
+    ]
+    moved = [c for c in engine.calls if c.split()[0] in ("push", "pull", "export", "load")]
+    assert moved == []
+    assert [e["event"] for e in logs].count("image.push.skipped") == 1
+    assert all(c.spec.image == f"{repo}:2" for c in engine.containers.values())

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rolling_update import ConfigError, DeployContext, default_plan
+from rolling_update import ConfigError, DeployContext, HandoffError, default_plan
 from rolling_update._config.settings import parse_config
 from rolling_update._deploy.records import Preflight, Redirected
 from rolling_update._deploy.release import Release
@@ -177,6 +177,13 @@ def test_a_share_draws_per_connection_in_both_chains_and_families() -> None:
     assert script.replace("numgen random mod 100 < 10 ", "") == _redirect_script(
         "rolling_update_svc", 5221, 5222, 15221
     )
+
+
+@pytest.mark.parametrize("share", [0, 101])
+def test_a_share_the_config_would_refuse_is_refused_by_the_redirect_too(share: int) -> None:
+    """A custom step's to_green(share) outside 1..100 writes no rule: the config's words."""
+    with pytest.raises(HandoffError, match=rf"share: {share} is not a percent 1\.\.100"):
+        _redirect_script("rolling_update_svc", 5221, 5222, None, share)
 
 
 async def test_a_share_splits_new_connections_and_reads_back_as_a_redirect() -> None:

@@ -38,7 +38,16 @@ from rolling_update._errors import (
     RollingUpdateError,
     RolloutFailed,
 )
-from rolling_update._hosts.hosts import Connected, connect, for_unit, is_rollout, pick, units_of
+from rolling_update._hosts.hosts import (
+    Connected,
+    Unit,
+    connect,
+    for_unit,
+    image_source,
+    is_rollout,
+    pick,
+    units_of,
+)
 from rolling_update._hosts.rollout import rollout
 from rolling_update._observe.history import HistoryEntry, read
 from rolling_update._observe.logs import configure, redactor
@@ -290,15 +299,16 @@ def _recover(cfg: Config, host_name: str | None = None, replica: str | None = No
 def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
     """status, history and plan of every host (or ``--host``), one section each."""
 
-    async def gather() -> list[tuple[str, Any]]:
-        found: list[tuple[str, Any]] = []
+    async def gather() -> list[tuple[Unit, Any]]:
+        found: list[tuple[Unit, Any]] = []
         if args.command == "history":
             for unit in pick(cfg, args.host, args.replica):
                 unit_cfg = for_unit(cfg, unit, first=False)
-                found.append((unit.name, read(unit_cfg.state_dir, args.limit or None)))
+                found.append((unit, read(unit_cfg.state_dir, args.limit or None)))
             return found
-        canary = units_of(cfg)[0]
+        units = units_of(cfg)
         for unit in pick(cfg, args.host, args.replica):
+            source = image_source(units, unit)
             try:
                 async with connect(cfg, unit) as reached:
                     if args.command == "status":
@@ -310,25 +320,26 @@ def _show_hosts(args: argparse.Namespace, cfg: Config) -> int:
                             reached.config,
                             engine=reached.engine,
                             firewall=reached.firewall,
-                            copied_from=None if unit == canary else canary.name,
+                            copied_from=None if source is None else source.name,
+                            image_arrives=unit.index > 0,
                         )
             except RollingUpdateError as exc:
                 # One host that cannot be reached is shown as such; the others still are.
                 report = {"error": str(redactor.scrub(str(exc)))}
-            found.append((unit.name, report))
+            found.append((unit, report))
         return found
 
     sections = anyio.run(gather)
     code = EXIT_ROLLED_BACK if any("error" in body for _, body in sections) else EXIT_OK
     if args.json:
         data = {
-            name: [e.model_dump() for e in body] if args.command == "history" else body
-            for name, body in sections
+            unit.name: [e.model_dump() for e in body] if args.command == "history" else body
+            for unit, body in sections
         }
         print(json.dumps({"hosts": data}, indent=2, default=str))
         return code
-    for name, body in sections:
-        print(f"== {'replica' if cfg.service.replicated else 'host'} {name}")
+    for unit, body in sections:
+        print(f"== {unit.label}")
         if isinstance(body, dict) and "error" in body:
             print(f"error: {body['error']}")
         elif args.command == "history":

@@ -57,6 +57,12 @@ def _check_container_name(value: str) -> str:
 ContainerName = Annotated[str, AfterValidator(_check_container_name)]
 
 
+def bypass_of(port: int) -> int:
+    """The remote handoff's default way past the redirect of ``port``: port + 10000 (or
+    - 10000 where that passes 65535)."""
+    return port + 10_000 if port + 10_000 <= 65_535 else port - 10_000
+
+
 class ReplicaConfig(_Section):
     """One replica of the service on a host: its own containers and ports."""
 
@@ -225,6 +231,40 @@ class ServiceConfig(_Section):
                 names[name] = f"{r.name}'s {key}"
         return found
 
+    def check_bypass_ports(self, host: str) -> None:
+        """Raise ``ValueError`` naming the key when a replica's bypass port (``bypass_of`` its
+        port) is a replica's port or another's bypass port on ``host``: the remote handoff's
+        redirect of it would take that port's new connections."""
+        found = self.replica_list()
+        taken = {r.port: f"{r.name}'s port" for r in found}
+        taken.update({r.green_port: f"{r.name}'s green_port" for r in found})
+        for r in found:
+            bypass = bypass_of(r.port)
+            if bypass in taken:
+                # Derived: the step (with the service's ports) made it; named: its own port.
+                key = (
+                    f"service.replica.{r.name}.port"
+                    if self.replica
+                    else "service.replica_port_step"
+                )
+                raise ValueError(
+                    f"{key}: on host {host}, {r.name}'s bypass port {bypass} (its port "
+                    f"{'+' if bypass > r.port else '-'} 10000, for the remote handoff) is also "
+                    f"{taken[bypass]}"
+                )
+            taken[bypass] = f"{r.name}'s bypass port"
+
+    def on_host(self, host: HostConfig) -> ServiceConfig:
+        """The service as ``host``'s keys override its ports and container names."""
+        return self.model_copy(
+            update={
+                "port": host.port or self.port,
+                "green_port": host.green_port or self.green_port,
+                "name": host.container or self.name,
+                "green_name": host.green_container or self.green_name,
+            }
+        )
+
     @model_validator(mode="after")
     def _replicas_fit(self) -> ServiceConfig:
         self.replica_list()
@@ -385,6 +425,12 @@ class VerifyConfig(_Section):
     )
 
 
+def bad_share(share: int) -> str | None:
+    """Why ``share`` cannot be a step of the gradual shift (the percent of new connections
+    sent to green), or ``None``: the one rule, for the config and the redirect alike."""
+    return None if 1 <= share <= 100 else f"{share} is not a percent 1..100"
+
+
 class SwitchConfig(_Section):
     mode: Literal["handoff", "restart"] = Field(
         "handoff",
@@ -459,8 +505,8 @@ class SwitchConfig(_Section):
         if not value or value[-1] != 100:
             raise ValueError(f"{value}: the last step must be 100 (every connection to green)")
         for share in value:
-            if not 1 <= share <= 100:
-                raise ValueError(f"{value}: {share} is not a percent 1..100")
+            if why := bad_share(share):
+                raise ValueError(f"{value}: {why}")
         if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError(f"{value}: the steps must be strictly increasing")
         return value
@@ -782,6 +828,11 @@ class ActionConfig(_Section):
         "owns the tick loop (service.tick_replica), or the others. One replica: it owns it.",
     )
 
+    def made_by(self, *, owns_tick: bool) -> bool:
+        """Whether a deploy makes this call, by whether its production owns the tick loop (a
+        service of one container does): the one rule of ``replicas``."""
+        return self.replicas in ("all", "tick" if owns_tick else "others")
+
     @model_validator(mode="after")
     def _target_exists_then(self) -> ActionConfig:
         if (self.target == "production") != (self.moment in ("production-answers", "after-soak")):
@@ -892,11 +943,19 @@ class Config(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _bypass_ports_free(self) -> Config:
+        for h in self.hosts:
+            # Only a remote host's handoff redirects a bypass port (here, probes carry a mark).
+            if self.service.replicated and not h.local:
+                self.service.on_host(h).check_bypass_ports(h.name)
+        return self
+
     def actions_at(self, moment: Moment) -> list[ActionConfig]:
         """The calls at ``moment``. A service of one container owns the tick loop: the
         calls meant for the other replicas are not its (a replica's config is made with
         its own calls only, by the rollout)."""
-        return [a for a in self.actions if a.moment == moment and a.replicas != "others"]
+        return [a for a in self.actions if a.moment == moment and a.made_by(owns_tick=True)]
 
     @property
     def state_dir(self) -> Path:

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from rolling_update._config.settings import bad_share
 from rolling_update._engine.model import Engine
 from rolling_update._errors import HandoffError
 from rolling_update._handoff import conntrack
@@ -145,8 +146,9 @@ async def unavailable() -> str | None:
 def _share(share: int) -> str:
     # NAT chains see only a connection's first packet: the draw decides once, and the
     # connection stays on the side it fell on for its whole life.
-    if not 1 <= share <= 100:
-        raise HandoffError(f"a share of {share}% is not 1..100")
+    # Checked again here: a custom step may call to_green(share) with any number.
+    if why := bad_share(share):
+        raise HandoffError(f"the redirect's share: {why}")
     return "" if share == 100 else f"numgen random mod 100 < {share} "
 
 

@@ -25,7 +25,13 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
-from rolling_update._config.settings import Config, HostConfig, ReplicaConfig, ServiceConfig
+from rolling_update._config.settings import (
+    Config,
+    HostConfig,
+    ReplicaConfig,
+    ServiceConfig,
+    bypass_of,
+)
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError, EngineUnavailable
@@ -56,32 +62,33 @@ class Unit:
     """Whether this unit's production runs the tick loop (``service.tick_replica``)."""
     first_on_host: bool = True
     """The host's first replica: ``rollout.migrate = "per-host"`` migrates there."""
+    index: int = 0
+    """Its place in the rollout (:func:`units_of`'s order): 0 is the canary, which builds."""
+
+    @property
+    def parts(self) -> list[tuple[str, str]]:
+        """The unit as (kind, name) pairs, ``host`` then ``replica``: a replica on this
+        machine is named alone; name, label and flags are all made from these."""
+        parts = []
+        if self.replica is None or self.host is not LOCAL:
+            parts.append(("host", self.host.name))
+        if self.replica is not None:
+            parts.append(("replica", self.replica.name))
+        return parts
 
     @property
     def name(self) -> str:
-        if self.replica is None:
-            return self.host.name
-        if self.host is LOCAL:
-            return self.replica.name
-        return f"{self.host.name}/{self.replica.name}"
+        return "/".join(name for _, name in self.parts)
 
     @property
     def label(self) -> str:
         """The unit as an error names it: ``host h2``, ``replica brain-2``, or both."""
-        if self.replica is None:
-            return f"host {self.host.name}"
-        if self.host is LOCAL:
-            return f"replica {self.replica.name}"
-        return f"host {self.host.name}, replica {self.replica.name}"
+        return ", ".join(f"{kind} {name}" for kind, name in self.parts)
 
     @property
     def flags(self) -> str:
         """The command-line options that pick this unit alone."""
-        if self.replica is None:
-            return f"--host {self.host.name}"
-        if self.host is LOCAL:
-            return f"--replica {self.replica.name}"
-        return f"--host {self.host.name} --replica {self.replica.name}"
+        return " ".join(f"--{kind} {name}" for kind, name in self.parts)
 
 
 def is_rollout(cfg: Config) -> bool:
@@ -94,12 +101,18 @@ def units_of(cfg: Config) -> list[Unit]:
     units: list[Unit] = []
     for host in hosts_of(cfg):
         if not cfg.service.replicated:
-            units.append(Unit(host))
+            units.append(Unit(host, index=len(units)))
             continue
         service = _host_service(cfg, host)
         for i, replica in enumerate(service.replica_list(), start=1):
             units.append(
-                Unit(host, replica, owns_tick=i == service.tick_replica, first_on_host=i == 1)
+                Unit(
+                    host,
+                    replica,
+                    owns_tick=i == service.tick_replica,
+                    first_on_host=i == 1,
+                    index=len(units),
+                )
             )
     return units
 
@@ -124,6 +137,13 @@ def pick(cfg: Config, name: str | None, replica: str | None = None) -> list[Unit
     return units
 
 
+def image_source(units: list[Unit], unit: Unit) -> Unit | None:
+    """The unit whose engine ``unit``'s image is copied (or pushed, then pulled) from: the
+    canary's, ``units[0]``; none for a unit on that engine, which built the image."""
+    canary = units[0]
+    return None if unit.host.name == canary.host.name else canary
+
+
 def bypass_port(cfg: Config, unit: Unit | HostConfig) -> int:
     """The remote handoff's way past the redirect of the unit's production port: the host's
     ``bypass_port``, else (and for each replica) that port + 10000 (or - 10000)."""
@@ -134,7 +154,7 @@ def bypass_port(cfg: Config, unit: Unit | HostConfig) -> int:
         return unit.host.bypass_port
     else:
         port = unit.host.port or cfg.service.port
-    return port + 10_000 if port + 10_000 <= 65_535 else port - 10_000
+    return bypass_of(port)
 
 
 def probe_address(cfg: Config, host: HostConfig) -> str:
@@ -148,15 +168,7 @@ def probe_address(cfg: Config, host: HostConfig) -> str:
 def _host_service(cfg: Config, host: HostConfig) -> ServiceConfig:
     if not cfg.hosts:
         return cfg.service
-    return cfg.service.model_copy(
-        update={
-            "host": probe_address(cfg, host),
-            "port": host.port or cfg.service.port,
-            "green_port": host.green_port or cfg.service.green_port,
-            "name": host.container or cfg.service.name,
-            "green_name": host.green_container or cfg.service.green_name,
-        }
-    )
+    return cfg.service.on_host(host).model_copy(update={"host": probe_address(cfg, host)})
 
 
 def for_unit(cfg: Config, unit: Unit, *, first: bool) -> Config:
@@ -189,11 +201,12 @@ def for_unit(cfg: Config, unit: Unit, *, first: bool) -> Config:
         )
         state_dir = state_dir / "replicas" / replica.name
         labels["replica"] = replica.name
-        wanted = "tick" if unit.owns_tick else "others"
+        # Kept as "all": the replica's own config is one container's, which actions_at
+        # takes for the tick's owner; an "others" call would be dropped there.
         update["actions"] = [
             a.model_copy(update={"replicas": "all"})
             for a in cfg.actions
-            if a.replicas in ("all", wanted)
+            if a.made_by(owns_tick=unit.owns_tick)
         ]
     update["service"] = svc
     update["state"] = cfg.state.model_copy(update={"dir": state_dir})
@@ -310,12 +323,11 @@ async def connect(
     log = structlog.get_logger()
     limit = cfg.rollout.connect_timeout
     host = unit.host
-    index = units_of(cfg).index(unit)
-    host_cfg = for_unit(cfg, unit, first=index == 0)
+    host_cfg = for_unit(cfg, unit, first=unit.index == 0)
     bypass = bypass_port(cfg, unit)
     async with AsyncExitStack() as stack:
         if engine is None:
-            engine, host_cfg = await _reach(stack, cfg, host, host_cfg, bypass, index)
+            engine, host_cfg = await _reach(stack, cfg, host, host_cfg, bypass, unit.index)
         else:
             with anyio.fail_after(limit):
                 await engine.ping()

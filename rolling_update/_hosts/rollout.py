@@ -37,7 +37,7 @@ from rolling_update._deploy.session import open_http
 from rolling_update._engine.model import Engine
 from rolling_update._engine.registry import registry_auth
 from rolling_update._errors import EngineError, PreflightError, RolloutFailed
-from rolling_update._hosts.hosts import Connected, connect, units_of
+from rolling_update._hosts.hosts import Connected, connect, image_source, units_of
 from rolling_update._observe.logs import redactor
 from rolling_update._observe.progress import waiting
 from rolling_update._operate.rollback import rollback
@@ -180,7 +180,15 @@ async def rollout(
     outcomes = {u.name: HostOutcome(host=u.name, to_version=release.version) for u in units}
     states = progress if progress is not None else {}
     stopped = False
+    sources = {u.name: image_source(units, u) for u in units}
     registry = cfg.rollout.distribute == "registry"
+    if registry and not any(sources.values()):
+        registry = False
+        log.info(
+            "image.push.skipped",
+            image=release.image,
+            why="every unit runs on the engine that builds the image",
+        )
     auth = registry_auth(release.image, environ) if registry else ""
     pushed = anyio.Lock()
     push_done = False
@@ -293,8 +301,9 @@ async def rollout(
                             break
 
                         async def run(host: Connected = host) -> None:
+                            source = canary if sources[host.name] else None
                             try:
-                                await one(host, canary)
+                                await one(host, source)
                             finally:
                                 limiter.release()
 

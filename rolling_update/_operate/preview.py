@@ -31,21 +31,21 @@ async def plan(
     engine: Engine | None = None,
     firewall: Firewall | None = None,
     copied_from: str | None = None,
+    image_arrives: bool = False,
     plan: PlanFactory = default_plan,
     http: aiohttp.ClientSession | None = None,
 ) -> dict[str, Any]:
     """What a deploy would do now: its steps, specs, diff against blue, rules; changes nothing.
 
-    ``copied_from`` names the canary a host after it gets the image from.
+    ``image_arrives``: a unit after the canary, whose image is built (or copied) before its
+    deploy; ``copied_from`` names the canary it is copied from, if it is.
     """
     release = prepare(cfg)
     steps = guarded(cfg, plan(cfg))
     check_plan(steps)
     async with open_engine(engine, cfg.engine) as docker, open_http(http) as http:
         finish = await preview_recover(cfg, docker, firewall or LocalFirewall())
-        found = await preflight(
-            cfg, docker, http, release, firewall, image_arrives=copied_from is not None
-        )
+        found = await preflight(cfg, docker, http, release, firewall, image_arrives=image_arrives)
         ctx = DeployContext(
             config=cfg,
             engine=docker,
