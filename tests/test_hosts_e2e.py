@@ -596,7 +596,8 @@ def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
     """ru-host2's dockerd restarting (ssh engine) during any phase of its deploy ends with
     each host serving from one production container, no redirect, journal or engine mark,
     and a true exit code: 0 (h2 deployed), or 1 naming h2 (h2 rolled back; the canary keeps
-    the new version); with live-restore nothing on h2 stops: not one request to it fails."""
+    the new version); with live-restore nothing on h2 stops: not one request to it fails,
+    and the deploy rides through but where a call of the redirect or switch is cut."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
     service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
@@ -636,3 +637,6 @@ def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
     )
     if host2_engine:
         assert out.failures == 0, run.tail()
+        # The redirect and the switch make calls the restart can cut mid-flight (exit 1).
+        if phase not in ("handoff", "switch"):
+            assert run.code == 0, run.tail()
