@@ -69,12 +69,22 @@ def _host2_engine_answers() -> bool:
     return True
 
 
-def restart_host2_engine() -> None:
+LIVE_RESTORE = "--live-restore"
+
+
+def restart_host2_engine(*, live_restore: bool = False) -> None:
     """Restart ru-host2's dockerd as a service manager does (SIGTERM, then start it again),
-    with the command line scripts/test-hosts.sh gave it, in the host's network namespace."""
+    with the command line scripts/test-hosts.sh gave it, in the host's network namespace;
+    started again with ``--live-restore`` or without (its containers then keep running
+    through its next restart, or stop with it)."""
     found = _host2_engine_pid()
     assert found is not None, "ru-host2's dockerd does not run: run scripts/test-hosts.sh"
     command = Path(f"/proc/{found}/cmdline").read_bytes().decode().split("\0")[:-1]
+    # The setting takes effect from this start: the engine now stopping keeps or stops its
+    # containers by the setting it was started with (see host2_live_restore).
+    command = [arg for arg in command if arg != LIVE_RESTORE]
+    if live_restore:
+        command.append(LIVE_RESTORE)
     os.kill(found, signal.SIGTERM)
     deadline = time.monotonic() + HOST2_ENGINE_LIMIT
     try:
@@ -97,6 +107,19 @@ def restart_host2_engine() -> None:
     while not _host2_engine_answers():
         assert time.monotonic() < deadline, f"ru-host2's dockerd did not answer: {HOST2_LOG}"
         time.sleep(0.1)
+
+
+def host2_live_restore() -> bool:
+    """Whether ru-host2's dockerd runs with ``--live-restore``."""
+    found = _host2_engine_pid()
+    assert found is not None, "ru-host2's dockerd does not run: run scripts/test-hosts.sh"
+    return LIVE_RESTORE in Path(f"/proc/{found}/cmdline").read_bytes().decode().split("\0")
+
+
+def ensure_host2_engine(*, live_restore: bool) -> None:
+    """ru-host2's dockerd running with this live-restore setting (restarted if it differs)."""
+    if host2_live_restore() != live_restore:
+        restart_host2_engine(live_restore=live_restore)
 
 
 def require_host2() -> None:

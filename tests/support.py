@@ -836,6 +836,60 @@ class Run:
         return f"{self.stdout[-chars:]}{self.stderr[-chars:]}"
 
 
+# The tick of the fault cases: settled after 1 s, polled every 0.1 s.
+FAULT_TICK = "settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
+
+
+# The phases of a deploy a fault strikes (the steps' names). "handoff" is the redirect,
+# one nft transaction of a few milliseconds: the fault sent at its start lands as it
+# ends, when the switch begins.
+FAULT_PHASES = [
+    "build",
+    "green-health",
+    "tick-boundary",
+    "handoff",
+    "switch",
+    "verify",
+    "soak",
+    "cleanup",
+]
+
+
+@dataclass
+class Struck:
+    """A deploy a fault struck: how it ended, and what a client on a production port saw."""
+
+    run: Run
+    failures: int
+    dark: float
+
+
+def deploy_with_fault(
+    service: Service,
+    phase: str,
+    fault: Callable[[], None],
+    *,
+    event: str = "deploy.step.started",
+    url: str | None = None,
+    serving: Callable[[], str | None] | None = None,
+    **fields: object,
+) -> Struck:
+    """A deploy, ``fault`` struck once the log says ``phase`` started (or shows ``event``
+    with ``fields``); production's port (or ``url``, which ``serving`` reads) probed until
+    some version serves again (what restart policies bring back may come after the exit)."""
+    answers = serving or service.serving
+    with Prober(url or service.version_url()) as prober:
+        with service.cli("deploy", timeout=240) as cli:
+            cli.until_event(event, **(fields or {"step": phase}))
+            # Struck from another thread: the CLI's output is read meanwhile.
+            striking = threading.Thread(target=fault)
+            striking.start()
+            run = cli.finish()
+            striking.join(120)
+        until(lambda: answers() is not None, "production's port answers", timeout=60)
+    return Struck(run, prober.failures, round(prober.longest_gap(to_end=True), 2))
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     require_engine()

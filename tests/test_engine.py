@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ from rolling_update._deploy.release import Release
 from rolling_update._engine.model import ContainerEvent
 from rolling_update._engine.parse import FrameDecoder, LineSplitter, memory_in_use, parse_event
 from tests.engineproxy import EngineProxy
-from tests.support import BASE_IMAGE, docker, require_engine
+from tests.support import BASE_IMAGE, docker, free_port, require_engine
 
 
 def test_spec_to_api_is_the_docker_create_body() -> None:
@@ -323,12 +324,18 @@ async def test_the_engine_mark_goes_to_whoever_claimed_it_first(engine: DockerEn
 
 
 class StandInEngine:
-    """An HTTP server on a unix socket that answers what an engine answers to a ping and an
-    inspect; :meth:`restart` takes it away (socket gone) and brings it back."""
+    """An HTTP server on a unix socket (or, given a ``port``, on 127.0.0.1's tcp port) that
+    answers what an engine answers to a ping and an inspect; :meth:`stop` takes it away
+    (socket gone, port refusing) and :meth:`start` brings it back."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, port: int | None = None) -> None:
         self.path = path
+        self.port = port
         self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}" if self.port else f"unix://{self.path}"
 
     async def start(self) -> None:
         app = web.Application()
@@ -337,7 +344,12 @@ class StandInEngine:
         app.router.add_get("/{api}/containers/{id}/json", self.container)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        await web.UnixSite(self.runner, str(self.path)).start()
+        site: web.BaseSite
+        if self.port:
+            site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        else:
+            site = web.UnixSite(self.runner, str(self.path))
+        await site.start()
 
     async def stop(self) -> None:
         assert self.runner is not None
@@ -351,13 +363,15 @@ class StandInEngine:
         return web.json_response({"message": "No such container"}, status=404)
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.anyio
-async def test_calls_wait_out_an_engine_restart(tmp_path: Path) -> None:
-    """A call made while the engine restarts (its socket gone) is answered once it is back;
-    an address where no engine ever answered is refused at once."""
-    stand_in = StandInEngine(tmp_path / "docker.sock")
+async def test_calls_wait_out_an_engine_restart(tmp_path: Path, transport: str) -> None:
+    """A call made while the engine restarts (its socket gone, its tcp port refusing) is
+    answered once it is back; an address where no engine ever answered is refused at once."""
+    port = free_port() if transport == "tcp" else None
+    stand_in = StandInEngine(tmp_path / "docker.sock", port)
     await stand_in.start()
-    async with DockerEngine(f"unix://{stand_in.path}") as engine:
+    async with DockerEngine(stand_in.url) as engine:
         await stand_in.stop()
         async with anyio.create_task_group() as tg:
             tg.start_soon(engine.inspect, "blue")
@@ -371,5 +385,47 @@ async def test_calls_wait_out_an_engine_restart(tmp_path: Path) -> None:
                 assert await engine.inspect("blue") is None
     await stand_in.stop()
     with anyio.fail_after(5), pytest.raises(EngineUnavailable):
-        async with DockerEngine(f"unix://{stand_in.path}"):
+        async with DockerEngine(stand_in.url):
             pass
+
+
+@pytest.mark.anyio
+async def test_calls_wait_while_the_transport_says_the_engine_refuses(tmp_path: Path) -> None:
+    """A call whose transport's check says the engine's socket refuses (an SSH forward's
+    remote socket, while the engine restarts) waits until it accepts again, then is answered;
+    a check that fails otherwise (the SSH connection gone) fails the call at once."""
+    stand_in = StandInEngine(tmp_path / "docker.sock")
+    await stand_in.start()
+    refusing: list[OSError] = []
+    checks = 0
+
+    async def reach() -> None:
+        nonlocal checks
+        checks += 1
+        if refusing:
+            raise refusing[0]
+
+    try:
+        async with DockerEngine(f"unix://{stand_in.path}", reach=reach) as engine:
+            # The pooled connection closed (the server's end), so the call needs a new one.
+            await stand_in.stop()
+            await stand_in.start()
+            refusing.append(ConnectionRefusedError(errno.ECONNREFUSED, "engine restarting"))
+            counted = checks
+            async with anyio.create_task_group() as tg:
+
+                async def back() -> None:
+                    await anyio.sleep(0.5)
+                    refusing.clear()
+
+                tg.start_soon(back)
+                with anyio.fail_after(10):
+                    assert await engine.inspect("blue") is None
+            assert checks > counted
+            await stand_in.stop()
+            await stand_in.start()
+            refusing.append(ConnectionAbortedError(errno.ECONNABORTED, "SSH connection closed"))
+            with anyio.fail_after(5), pytest.raises(EngineUnavailable):
+                await engine.inspect("blue")
+    finally:
+        await stand_in.stop()

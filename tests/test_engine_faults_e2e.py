@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
 
 from rolling_update._handoff.nft import table_name
 from tests import faults
-from tests.support import Barrier, Cli, Prober, Run, Service, until
+from tests.support import (
+    FAULT_PHASES,
+    FAULT_TICK,
+    Barrier,
+    Cli,
+    Prober,
+    Service,
+    Struck,
+    deploy_with_fault,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -48,9 +55,6 @@ def reboot_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     faults.start(live_restore=False)
 
 
-TICK = "settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n"
-
-
 # The build runs a step of its own for this long, so that a fault sent at its start
 # lands inside it.
 SLOW_BUILD = "RUN sleep 6"
@@ -67,60 +71,14 @@ def prepared(
     service.write_app("2.0.0", knobs={"BOOT_DELAY": 2}, dockerfile_extra=build)
     verify = f"timeout = 20\nsoak = {soak:g}\n"
     if migrate is None:
-        service.config(tick=TICK, verify=verify)
+        service.config(tick=FAULT_TICK, verify=verify)
     else:
-        service.config(tick=TICK, verify=verify, migrate=migrate)
+        service.config(tick=FAULT_TICK, verify=verify, migrate=migrate)
 
 
 def states(service: Service) -> dict[str, str]:
     """Each of the service's containers by name, with its state."""
     return {name: str(service.inspect(name)["State"]["Status"]) for name in service.containers()}
-
-
-@dataclass
-class Struck:
-    """A deploy the fault struck: how it ended, and what a client on production's port saw."""
-
-    run: Run
-    failures: int
-    dark: float
-
-
-def deploy_with_fault(
-    service: Service,
-    step: str,
-    fault: Callable[[], None],
-    *,
-    event: str = "deploy.step.started",
-    **fields: object,
-) -> Struck:
-    """A deploy, ``fault`` struck once the log says ``step`` started (or shows ``event``
-    with ``fields``); probed until some version serves again (what restart policies bring
-    back may come after the exit)."""
-    with Prober(service.version_url()) as prober:
-        with service.cli("deploy", timeout=240) as cli:
-            cli.until_event(event, **(fields or {"step": step}))
-            # Struck from another thread: the CLI's output is read meanwhile.
-            striking = threading.Thread(target=fault)
-            striking.start()
-            run = cli.finish()
-            striking.join(120)
-        until(lambda: service.serving() is not None, "production's port answers", timeout=60)
-    return Struck(run, prober.failures, round(prober.longest_gap(to_end=True), 2))
-
-
-# "handoff" is the redirect, one nft transaction of a few milliseconds: the fault sent at
-# its start lands as it ends, when the switch begins.
-PHASES = [
-    "build",
-    "green-health",
-    "tick-boundary",
-    "handoff",
-    "switch",
-    "verify",
-    "soak",
-    "cleanup",
-]
 
 
 def settled(service: Service, out: Struck) -> str:
@@ -142,7 +100,7 @@ def settled(service: Service, out: Struck) -> str:
     return f"exit {run.code}, {expected} serves, {out.failures} failed, dark {out.dark:g}s"
 
 
-@pytest.mark.parametrize("step", PHASES)
+@pytest.mark.parametrize("step", FAULT_PHASES)
 def test_engine_restart_mid_deploy(fault_engine: bool, service: Service, step: str) -> None:
     """The engine restarting during any phase ends with one serving production container and
     a true exit code; with live-restore nothing stops, so not one request fails."""

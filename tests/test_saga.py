@@ -11,6 +11,7 @@ from rolling_update import (
     EngineError,
     EngineUnavailable,
     FailedAfterCommit,
+    HandoffError,
     RollbackIncomplete,
     RollingUpdateError,
     run_saga,
@@ -220,13 +221,21 @@ async def test_an_engine_that_never_answers_fails_the_undo_by_its_budget() -> No
     assert state.engine_unanswered
 
 
+def helper_failed(cause: EngineError) -> HandoffError:
+    """A remote handoff's helper that could not run, the engine's failure as its cause."""
+    error = HandoffError(f"the nft helper could not run: {cause}")
+    error.__cause__ = cause
+    return error
+
+
 @pytest.mark.parametrize(
     "error",
     [
         EngineUnavailable("Docker engine unreachable: [Errno 2] No such file or directory"),
         EngineError("volume rm", "mark", 500, "database not open"),
+        helper_failed(EngineError("start", "helper", 500, "transport is closing")),
     ],
-    ids=["unreachable", "500"],
+    ids=["unreachable", "500", "helper-500"],
 )
 async def test_an_undo_failing_on_a_restarting_engine_is_asked_again(error: Exception) -> None:
     """An undo the engine fails while it restarts (gone, or answering 500s) is tried again

@@ -180,10 +180,15 @@ async def run_saga(
 
 # An engine restarting answers 500s while it shuts down ("database not open"), then
 # nothing: an undo failing so is tried again, within its budget.
-def _passing(exc: Exception) -> bool:
-    """Whether an undo's failure is the engine's passing state, not an answer to its request."""
-    return isinstance(exc, EngineUnavailable) or (
-        isinstance(exc, EngineError) and exc.status >= 500
+def _passing(exc: BaseException | None) -> bool:
+    """Whether an undo's failure is the engine's passing state, not an answer to its request
+    (also where the engine's failure is the cause: a remote handoff's helper that could not run)."""
+    if exc is None:
+        return False
+    return (
+        isinstance(exc, EngineUnavailable)
+        or (isinstance(exc, EngineError) and exc.status >= 500)
+        or _passing(exc.__cause__)
     )
 
 

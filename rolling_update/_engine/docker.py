@@ -6,8 +6,8 @@ engine's call fails as :class:`EngineUnavailable`), and every call that changes
 engine state is also shielded. Streaming calls (log follow, events) each get a client of their own
 that is closed when the stream ends: cancelling a streaming call in aiodocker
 0.27 leaks its pooled connection, and enough leaks make every later call hang.
-An engine on a unix socket that restarts (an upgrade, a crash) is waited for
-while it comes back (:class:`_RestartingConnector`).
+An engine that restarts (an upgrade, a crash) is waited for while it comes back,
+on a unix socket, over tcp:// or at the end of an SSH forward (:class:`_WaitsForRestart`).
 """
 
 from __future__ import annotations
@@ -69,11 +69,21 @@ RESTART_LIMIT = 30.0
 _RESTART_PAUSE = 0.1
 
 
-_RESTARTING = frozenset({errno.ENOENT, errno.ECONNREFUSED})
+# The socket missing or refusing; over tcp:// also a reset while the engine's listener
+# comes up (a TLS handshake the engine drops as it shuts down).
+_RESTARTING = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET})
 
 
-class _RestartingConnector(aiohttp.UnixConnector):
-    """The engine's unix socket, waited for while the engine restarts.
+Reach = Callable[[], Awaitable[None]]
+"""A transport's own check that the engine's socket accepts, made before each new
+connection where connecting proves nothing: an SSH forward's local socket always
+accepts, and the remote socket refusing shows only once a request is sent. It raises
+:class:`OSError` (``ECONNREFUSED`` for the engine's socket refusing)."""
+
+
+class _WaitsForRestart(aiohttp.BaseConnector):
+    """A connector to the engine that waits while the engine restarts: its socket (local,
+    or at the end of an SSH forward) or its tcp:// port refuses new connections.
 
     Only once the engine has answered: an address where no engine ever answered
     is refused at once (exit 2), not waited for. The caller's deadline still
@@ -81,6 +91,10 @@ class _RestartingConnector(aiohttp.UnixConnector):
     """
 
     answered = False
+    reach: Reach | None = None
+
+    def _where(self) -> str:
+        raise NotImplementedError
 
     async def _create_connection(
         self,
@@ -90,15 +104,19 @@ class _RestartingConnector(aiohttp.UnixConnector):
     ) -> ResponseHandler:
         for attempt in range(math.ceil(RESTART_LIMIT / _RESTART_PAUSE) + 1):
             try:
+                if self.reach is not None:
+                    await self.reach()
                 proto = await super()._create_connection(req, traces, timeout)
-            except aiohttp.ClientConnectorError as exc:
-                if not self.answered or exc.os_error.errno not in _RESTARTING:
+            except OSError as exc:
+                # aiohttp's ClientConnectorError is an OSError that holds the socket's own.
+                refused = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+                if not self.answered or refused.errno not in _RESTARTING:
                     raise
                 if attempt * _RESTART_PAUSE >= RESTART_LIMIT:
                     raise
                 if attempt == 0:
                     structlog.get_logger().warning(
-                        "engine.restarting", socket=self.path, why=str(exc.os_error),
+                        "engine.restarting", socket=self._where(), why=str(refused),
                         limit=RESTART_LIMIT,
                     )  # fmt: skip
                 await anyio.sleep(_RESTART_PAUSE)
@@ -106,9 +124,27 @@ class _RestartingConnector(aiohttp.UnixConnector):
             if not self.answered:
                 self.answered = True
             elif attempt:
-                structlog.get_logger().info("engine.back", socket=self.path)
+                structlog.get_logger().info("engine.back", socket=self._where())
             return proto
         raise AssertionError("unreachable: the last attempt raises")
+
+
+class _RestartingUnix(_WaitsForRestart, aiohttp.UnixConnector):
+    """The engine's unix socket (or an SSH forward of it), waited for while it restarts."""
+
+    def _where(self) -> str:
+        return self.path
+
+
+class _RestartingTcp(_WaitsForRestart, aiohttp.TCPConnector):
+    """The engine's tcp:// port, waited for while it restarts."""
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.address = address
+
+    def _where(self) -> str:
+        return self.address
 
 
 # What a request in flight meets when the engine goes away under it (a restart): the
@@ -150,7 +186,10 @@ class DockerEngine:
         connections: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limits: EngineConfig | None = None,
+        reach: Reach | None = None,
     ) -> None:
+        """``reach``: the transport's check that the engine's socket accepts (an SSH
+        forward's, see :data:`Reach`), made before each new connection."""
         # An engine that leaves a call unanswered this long is not coming back in time.
         # Kept short: an interrupted deploy waits for the call in flight before its
         # rollback, and the two together must fit a service manager's stop timeout (README).
@@ -164,6 +203,7 @@ class DockerEngine:
         self._url = url
         self._connections = connections
         self._ssl = ssl_context
+        self._reach = reach
         self._client: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
 
@@ -189,20 +229,28 @@ class DockerEngine:
     async def _new_client(self) -> aiodocker.Docker:
         try:
             client = aiodocker.Docker(url=self._url, ssl_context=self._ssl)
-            if not isinstance(client.connector, aiohttp.UnixConnector):
-                if self._connections is not None:
-                    await client.close()
-                    raise ValueError("a connection limit needs a unix:// engine address")
-                return client
-            # The socket aiodocker found (the url, a docker context, DOCKER_HOST or the
+            found = client.connector
+            # The address aiodocker found (the url, a docker context, DOCKER_HOST or the
             # default), through our connector instead of its own.
-            path = client.connector.path
+            connector: _WaitsForRestart
+            limit = self._connections or 100
+            if isinstance(found, aiohttp.UnixConnector):
+                connector = _RestartingUnix(found.path, limit=limit)
+                # As aiodocker sets it when it makes the unix connector itself.
+                host = "http://localhost"
+            elif isinstance(found, aiohttp.TCPConnector):
+                host = client.docker_host
+                # The TLS context aiodocker settled on (ours, a docker context's, or
+                # DOCKER_TLS_VERIFY's).
+                connector = _RestartingTcp(host, ssl=found._ssl, limit=limit)
+            else:
+                await client.close()
+                raise ValueError(f"{client.docker_host}: use unix:// or tcp://")
             await client.close()
-            connector = _RestartingConnector(path, limit=self._connections or 100)
+            connector.reach = self._reach
             self._connector = connector
-            client = aiodocker.Docker(url=f"unix://{path}", connector=connector)
-            # As aiodocker sets it when it makes the unix connector itself.
-            client.docker_host = "http://localhost"
+            client = aiodocker.Docker(url=host, connector=connector)
+            client.docker_host = host
             return client
         except (ValueError, AssertionError) as exc:
             raise EngineUnavailable(f"no Docker engine found: {exc}") from exc
@@ -564,11 +612,10 @@ class DockerEngine:
         """The container's exit code, once it has exited.
 
         A wait that the engine's restart cuts is made again once the engine answers
-        (the connector waits for it): the container ran on through the restart
-        (live-restore) and is waited for still, or the engine stopped it, and the new
-        wait says with which code. The caller's deadline bounds it all. Only a local
-        engine's socket is waited for so: over tcp:// or ssh:// (a forwarded socket the
-        ssh client accepts) the new wait is made at once, nothing waiting for the engine.
+        (the connector waits for it, on a unix socket, over tcp:// or ssh://): the
+        container ran on through the restart (live-restore) and is waited for still, or
+        the engine stopped it, and the new wait says with which code. The caller's
+        deadline bounds it all.
         """
         for attempt in range(_REWAITS + 1):
             try:

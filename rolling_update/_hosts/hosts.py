@@ -12,6 +12,7 @@ so that the probe URLs keep the service's port numbers.
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 import tempfile
@@ -32,7 +33,7 @@ from rolling_update._config.settings import (
     ServiceConfig,
     bypass_of,
 )
-from rolling_update._engine.docker import DockerEngine
+from rolling_update._engine.docker import DockerEngine, Reach
 from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError, EngineUnavailable
 from rolling_update._handoff.nft import EngineFirewall, Firewall, LocalFirewall
@@ -263,9 +264,10 @@ def _tls(host: HostConfig) -> ssl.SSLContext | None:
 
 async def _ssh(
     stack: AsyncExitStack, host: HostConfig, ports: list[int], index: int, limit: float
-) -> tuple[str, str | None]:
+) -> tuple[str, str | None, Reach]:
     """Forward the remote engine socket (and, for SSH probes, the ports); return the
-    local engine URL and the probe address, if forwarded."""
+    local engine URL, the probe address, if forwarded, and the check that the remote
+    socket accepts (the local one always does)."""
     # Imported here: only ssh:// hosts need it.
     import asyncssh
 
@@ -305,7 +307,22 @@ async def _ssh(
             unprobeable_ports.add(address)
     except (OSError, asyncssh.Error) as exc:
         raise EngineUnavailable(f"host {host.name}: SSH forwarding failed: {exc}") from None
-    return f"unix://{local}", address
+
+    async def reach() -> None:
+        try:
+            channel, _ = await conn.create_unix_connection(asyncssh.SSHUNIXSession, host.socket)
+        except asyncssh.Error as exc:
+            if conn.is_closed() or not isinstance(exc, asyncssh.ChannelOpenError):
+                raise ConnectionAbortedError(
+                    errno.ECONNABORTED, f"SSH to {parts.hostname}: {exc.reason}"
+                ) from None
+            # sshd could not connect to the socket: the engine is not listening there.
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, f"{host.socket} on {parts.hostname}: {exc.reason}"
+            ) from None
+        channel.close()
+
+    return f"unix://{local}", address, reach
 
 
 @asynccontextmanager
@@ -363,12 +380,13 @@ async def _reach(
     limit = cfg.rollout.connect_timeout
     url: str | None = host.engine
     ssl_context = None
+    reach: Reach | None = None
     if not cfg.hosts:
         url = None  # DOCKER_HOST, or the default socket, as before hosts existed
     elif host.engine.startswith("ssh://"):
         svc = host_cfg.service
         ports = [svc.port, svc.green_port, bypass]
-        url, address = await _ssh(stack, host, ports, index, limit)
+        url, address, reach = await _ssh(stack, host, ports, index, limit)
         if address is not None:
             svc = svc.model_copy(update={"host": address})
             host_cfg = host_cfg.model_copy(update={"service": svc})
@@ -376,7 +394,7 @@ async def _reach(
         ssl_context = _tls(host)
     with anyio.fail_after(limit):
         engine = await stack.enter_async_context(
-            DockerEngine(url, ssl_context=ssl_context, limits=cfg.engine)
+            DockerEngine(url, ssl_context=ssl_context, limits=cfg.engine, reach=reach)
         )
     return engine, host_cfg
 
