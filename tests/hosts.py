@@ -72,11 +72,13 @@ def _host2_engine_answers() -> bool:
 LIVE_RESTORE = "--live-restore"
 
 
-def restart_host2_engine(*, live_restore: bool = False) -> None:
+def restart_host2_engine(
+    *, live_restore: bool = False, while_down: Callable[[], None] | None = None
+) -> None:
     """Restart ru-host2's dockerd as a service manager does (SIGTERM, then start it again),
     with the command line scripts/test-hosts.sh gave it, in the host's network namespace;
     started again with ``--live-restore`` or without (its containers then keep running
-    through its next restart, or stop with it)."""
+    through its next restart, or stop with it). ``while_down`` runs once it has stopped."""
     found = _host2_engine_pid()
     assert found is not None, "ru-host2's dockerd does not run: run scripts/test-hosts.sh"
     command = Path(f"/proc/{found}/cmdline").read_bytes().decode().split("\0")[:-1]
@@ -91,6 +93,8 @@ def restart_host2_engine(*, live_restore: bool = False) -> None:
         while _host2_engine_pid() is not None:
             assert time.monotonic() < deadline, f"ru-host2's dockerd did not stop: {HOST2_LOG}"
             time.sleep(0.05)
+        if while_down is not None:
+            while_down()
     finally:
         # Started again whatever happened: every later test needs ru-host2's engine.
         if _host2_engine_pid() is None:
@@ -107,6 +111,30 @@ def restart_host2_engine(*, live_restore: bool = False) -> None:
     while not _host2_engine_answers():
         assert time.monotonic() < deadline, f"ru-host2's dockerd did not answer: {HOST2_LOG}"
         time.sleep(0.1)
+
+
+def reboot_host2(service_name: str) -> None:
+    """ru-host2 goes down and comes back: its engine stops (every container with it), the
+    kernel forgets the tool's nftables table there, the engine starts again and brings
+    back what its restart policies say."""
+
+    def forget_tables() -> None:
+        subprocess.run(
+            [
+                "nsenter",
+                "--net=/run/netns/ru-host2",
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                table_name(service_name),
+            ],
+            check=False,
+            capture_output=True,
+            timeout=10,
+        )
+
+    restart_host2_engine(live_restore=False, while_down=forget_tables)
 
 
 def host2_live_restore() -> bool:

@@ -21,7 +21,7 @@ import pytest
 from rolling_update._engine.docker import DockerEngine
 from rolling_update._handoff.connections import drained, own_endpoints, parse_established
 from rolling_update._handoff.nft import EngineFirewall, RedirectRule, table_name
-from rolling_update._hosts.hosts import for_unit, units_of
+from rolling_update._hosts.hosts import for_unit, pick, units_of
 from rolling_update._state.journal import Journal
 from tests.hosts import (
     HOST2,
@@ -34,6 +34,7 @@ from tests.hosts import (
     docker2,
     ensure_host2_engine,
     nft_image,
+    reboot_host2,
     restart_host2_engine,
     two_hosts,
 )
@@ -50,6 +51,7 @@ from tests.support import (
     get_json,
     swapped,
 )
+from tests.test_resource_faults_e2e import SmallDisk
 
 __all__ = ["two_hosts"]
 
@@ -452,10 +454,9 @@ def test_a_gradual_shift_on_the_second_host_splits_its_clients_through_the_nft_h
 REGISTRY = "10.231.2.1:5000"
 
 
-def test_registry_distribution_pushes_once_and_the_host_pulls(
-    service: Service, two_hosts: TwoHosts
-) -> None:
-    """distribute = registry pushes once; the other host pulls the same image id."""
+def through_registry(service: Service, two_hosts: TwoHosts) -> str:
+    """Both blues on 1.0.0, the config distributing v2 through the test registry; the
+    image's name there."""
     two_hosts.start_blues("1.0.0")
     path = two_hosts.config(extra='[rollout]\ndistribute = "registry"\n')
     image = f"{REGISTRY}/{service.repo}"
@@ -465,6 +466,14 @@ def test_registry_distribution_pushes_once_and_the_host_pulls(
         )
     )
     service.write_app("2.0.0")
+    return image
+
+
+def test_registry_distribution_pushes_once_and_the_host_pulls(
+    service: Service, two_hosts: TwoHosts
+) -> None:
+    """distribute = registry pushes once; the other host pulls the same image id."""
+    image = through_registry(service, two_hosts)
     config_dir = service.workdir / "docker-config"
     config_dir.mkdir()
     try:
@@ -478,6 +487,46 @@ def test_registry_distribution_pushes_once_and_the_host_pulls(
             "image", "inspect", "-f", "{{.Id}}", f"{image}:2.0.0"
         )
     finally:
+        docker("rmi", "-f", f"{image}:2.0.0", check=False)
+        docker2("rmi", "-f", f"{image}:2.0.0", check=False)
+
+
+REGISTRY_DATA = Path("/var/lib/rolling-update-hosts/registry/data")
+
+
+def test_the_registrys_disk_filling_during_the_image_copy_stops_before_the_host(
+    service: Service, two_hosts: TwoHosts, tmp_path: Path
+) -> None:
+    """The registry's disk is full when the image is pushed for the second host: the push
+    fails, so the rollout stops before h2 changes (exit 1, h2 refused, naming the push),
+    the canary keeps the new version; once there is room, the next deploy finishes h2."""
+    image = through_registry(service, two_hosts)
+    config_dir = service.workdir / "docker-config"
+    config_dir.mkdir()
+    environ = {"DOCKER_CONFIG": str(config_dir)}
+    disk = SmallDisk(tmp_path)
+    try:
+        disk.fill()
+        # Over the running registry's storage: it opens every path anew, so its uploads
+        # land on the full filesystem (what it stored before is hidden meanwhile).
+        subprocess.run(["mount", "--bind", str(disk.path), str(REGISTRY_DATA)], check=True)
+        try:
+            run = service.deploy(timeout=300, environ=environ)
+        finally:
+            subprocess.run(["umount", str(REGISTRY_DATA)], check=True)
+        assert run.code == 1, run.tail()
+        assert "h2: refused" in run.stderr and "docker push" in run.stderr, run.stderr
+        assert not run.event("image.pushed") and not run.event("image.pulled")
+        assert service.serving() == "2.0.0" and two_hosts.serving2() == "1.0.0"
+        assert service.containers() == [service.name]
+        assert two_hosts.containers2() == [service.name]
+        assert not two_hosts.redirected2() and not service.marked()
+        print(f"outcome: registry disk full, image copy: exit {run.code}; {run.stderr!r}")
+        again = service.deploy(timeout=300, environ=environ)
+        assert again.code == 0, again.tail()
+        assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "2.0.0")
+    finally:
+        disk.close()
         docker("rmi", "-f", f"{image}:2.0.0", check=False)
         docker2("rmi", "-f", f"{image}:2.0.0", check=False)
 
@@ -614,6 +663,23 @@ def test_a_remote_host_whose_network_goes_away_is_recovered_when_it_comes_back(
     assert not two_hosts.redirected2()
 
 
+def assert_both_settled(service: Service, two_hosts: TwoHosts, h2_version: str, why: str) -> None:
+    """The canary serves the new version, h2 ``h2_version``, each from one running production
+    container, with no redirect, journal or engine mark left on either host."""
+    assert service.serving() == "2.0.0"
+    assert two_hosts.serving2() == h2_version, why
+    assert service.containers() == [service.name]
+    assert two_hosts.containers2() == [service.name], why
+    assert docker2("inspect", "--format", "{{.State.Status}}", service.name) == "running"
+    assert not service.redirected() and not two_hosts.redirected2()
+    settings = service.settings()
+    for unit in units_of(settings):
+        journal = Journal.path_for(for_unit(settings, unit, first=False).state_dir)
+        assert not journal.exists(), unit.name
+    assert not service.marked()
+    assert not docker2("volume", "ls", "-q", "--filter", f"name={service.marker}")
+
+
 @pytest.fixture(params=[False, True], ids=["no-live-restore", "live-restore"])
 def host2_engine(request: pytest.FixtureRequest) -> bool:
     """ru-host2's dockerd running with the live-restore setting of the case."""
@@ -655,18 +721,7 @@ def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
         fixed = service.run("recover", "--host", "h2", timeout=240)
         assert fixed.code == 0, fixed.stderr
     h2_version = "1.0.0" if run.code == 1 else "2.0.0"
-    assert service.serving() == "2.0.0"
-    assert two_hosts.serving2() == h2_version, run.tail()
-    assert service.containers() == [service.name]
-    assert two_hosts.containers2() == [service.name], run.tail()
-    assert docker2("inspect", "--format", "{{.State.Status}}", service.name) == "running"
-    assert not service.redirected() and not two_hosts.redirected2()
-    settings = service.settings()
-    for unit in units_of(settings):
-        journal = Journal.path_for(for_unit(settings, unit, first=False).state_dir)
-        assert not journal.exists(), unit.name
-    assert not service.marked()
-    assert not docker2("volume", "ls", "-q", "--filter", f"name={service.marker}")
+    assert_both_settled(service, two_hosts, h2_version, run.tail())
     print(
         f"outcome: h2 engine restart, live-restore {host2_engine}, {phase}: exit {run.code}, "
         f"local 2.0.0, h2 {h2_version}, h2 {out.failures} failed, dark {out.dark:g}s; "
@@ -677,3 +732,38 @@ def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
         # The redirect and the switch make calls the restart can cut mid-flight (exit 1).
         if phase not in ("handoff", "switch"):
             assert run.code == 0, run.tail()
+
+
+@pytest.mark.parametrize("phase", ["green-health", "switch", "verify", "soak", "cleanup"])
+def test_a_remote_host_rebooting_mid_rollout_is_recovered(
+    service: Service, two_hosts: TwoHosts, phase: str
+) -> None:
+    """ru-host2 reboots during its deploy (its engine stopped, every container with it, the
+    tool's nftables table there forgotten, the engine started again) while the tool dies
+    with the operator's session: `recover` leaves each host one serving production
+    container, h2 on its old version, or the new one where its journal says committed."""
+    ensure_host2_engine(live_restore=False)
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
+    with Prober(f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status") as prober:
+        with service.cli("deploy", timeout=240) as cli:
+            cli.until_event("deploy.step.started", step=phase, host="h2")
+            cli.signal(signal.SIGKILL)
+            reboot_host2(service.name)
+            killed = cli.finish()
+        assert killed.code == -signal.SIGKILL
+        settings = service.settings()
+        (h2,) = pick(settings, "h2")
+        left = Journal.load(Journal.path_for(for_unit(settings, h2, first=False).state_dir))
+        assert left is not None
+        committed = left.record.committed
+        assert committed == (phase == "cleanup"), left.record
+        fixed = service.recover()
+    assert fixed.code == 0, fixed.tail()
+    h2_version = "2.0.0" if committed else "1.0.0"
+    assert_both_settled(service, two_hosts, h2_version, fixed.tail())
+    print(
+        f"outcome: h2 reboot, {phase}, recover: exit {fixed.code}, local 2.0.0, h2 {h2_version}, "
+        f"h2 {prober.failures} failed, dark {prober.longest_gap(to_end=True):.2f}s"
+    )

@@ -274,6 +274,34 @@ async def test_a_failing_second_host_takes_the_canary_back(
     assert hosts.a.tables == hosts.b.tables == {}
 
 
+async def test_running_a_stopped_rollout_again_finishes_the_hosts_left_behind(
+    hosts: Hosts, http: tuple[aiohttp.ClientSession, list[str]]
+) -> None:
+    """A rollout that stopped at b (v2 sick there) is finished by running it again once b is
+    fixed: the canary, already on v2, is left as it is (not rebuilt, not switched) and is
+    still where b's image comes from; a third run, every host on v2, refuses."""
+    hosts.b.sick.add("2")
+    with pytest.raises(RolloutFailed):
+        await rollout(hosts.cfg, engines=hosts.engines, http=http[0])
+    canary = production(hosts.a)
+    assert canary.spec.image == "app:2" and production(hosts.b).id == hosts.blue["b"].id
+    hosts.b.sick.clear()
+    await hosts.b.remove_image("app:2")
+    calls = len(hosts.a.calls)
+    result = await rollout(hosts.cfg, engines=hosts.engines, http=http[0])
+    assert [(o.host, o.result) for o in result.outcomes] == [
+        ("a", Outcome.DEPLOYED),
+        ("b", Outcome.DEPLOYED),
+    ]
+    assert result.outcomes[0].reason == "already runs 2: left as it is"
+    assert production(hosts.a).id == canary.id
+    assert not [c for c in hosts.a.calls[calls:] if c.startswith(("build", "create", "stop"))]
+    assert "load app:2" in hosts.b.calls and production(hosts.b).spec.image == "app:2"
+    with pytest.raises(RolloutFailed) as again:
+        await rollout(hosts.cfg, engines=hosts.engines, http=http[0])
+    assert [o.result for o in again.value.outcomes] == [Outcome.REFUSED, Outcome.NOT_STARTED]
+
+
 @pytest.mark.parametrize(
     "hosts",
     [{"rollout": {"distribute": "registry"}, "repo": "registry.invalid:5000/app"}],

@@ -30,7 +30,7 @@ from rolling_update._deploy.deploy import deploy
 from rolling_update._deploy.judge import judge
 from rolling_update._deploy.outcome import HostOutcome, Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
-from rolling_update._deploy.preflight import refuse_or_preflight, version_of
+from rolling_update._deploy.preflight import already_serving, refuse_or_preflight, version_of
 from rolling_update._deploy.release import Release, prepare
 from rolling_update._deploy.saga import SagaState
 from rolling_update._deploy.session import open_http
@@ -222,6 +222,9 @@ async def rollout(
                 outcome.from_version = version_of(
                     await connected.engine.inspect(connected.config.service.name)
                 )
+                if name in current:
+                    outcome.reason = f"already runs {release.version}: left as it is"
+                    return
                 if source is not None:
                     with (
                         anyio.fail_after(cfg.rollout.distribute_timeout),
@@ -281,6 +284,16 @@ async def rollout(
             for unit in units
         ]
         await check_all(connected, release, http)
+        # A rollout that stopped part-way is finished by running it again: a unit whose
+        # production already runs this version is left as it is (its engine has the image,
+        # so it can still be the canary others copy from). When every unit runs it, each
+        # refuses, as a deploy of what production runs does; --force deploys them all.
+        serving = {
+            c.name
+            for c in connected
+            if already_serving(await c.engine.inspect(c.config.service.name), release.version)
+        }
+        current: set[str] = serving if not force and len(serving) < len(connected) else set()
         log.info(
             "rollout.started",
             version=release.version,
