@@ -12,12 +12,15 @@ went unanswered.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests import faults
-from tests.support import Prober, Run, Service
+from tests.support import Prober, Run, Service, get_json, until
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -109,3 +112,107 @@ def test_disk_full_before_the_migration(fault_engine: None, service: Service) ->
     line = one_line(run)
     assert "no space left on device" in line.lower(), line
     rolled_back_then_deploys(service, prober)
+
+
+# The host's RAM as the fault engine's memory cgroup parent: what runs there when the test
+# sets it, plus this much room.
+Limit = Callable[[int], None]
+
+
+@pytest.fixture
+def host_memory(fault_engine: None, service: Service) -> Iterator[Limit]:
+    """``limit(room_mb)``: the memory of every container of the fault engine limited to
+    what they use now plus ``room_mb`` MiB (found through blue's process, so call it once
+    blue runs); the limit is lifted after the case, whatever it did."""
+    parents: list[Path] = []
+
+    def limit(room_mb: int) -> None:
+        pid = int(service.inspect(service.name)["State"]["Pid"])
+        parent = faults.memory_parent(pid)
+        parents.append(parent)
+        used = int((parent / "memory.usage_in_bytes").read_text())
+        (parent / "memory.limit_in_bytes").write_text(str(used + (room_mb << 20)))
+
+    try:
+        yield limit
+    finally:
+        for parent in parents:
+            (parent / "memory.limit_in_bytes").write_text("-1")
+
+
+@pytest.mark.parametrize(
+    ("blue_mb", "restart", "killed"),
+    [(0, "unless-stopped", "green"), (150, "unless-stopped", "blue"), (150, "no", "blue")],
+    ids=["green-the-biggest", "blue-the-biggest", "blue-the-biggest-no-restart"],
+)
+def test_host_out_of_memory_while_green_warms_up(
+    host_memory: Limit, service: Service, blue_mb: int, restart: str, killed: str
+) -> None:
+    """The host runs out of memory as green grows during its warm-up, blue holding
+    ``blue_mb``: the kernel kills the biggest (and, at times, the other too, before the
+    victim's memory is freed). The deploy stops at the first death it sees, green's or
+    blue's (whether blue's restart policy brought it back or not), with exit 1 saying
+    which was OOM-killed; the rollback leaves blue alone serving."""
+    service.start_blue(
+        "1.0.0", knobs={"MEMORY_MB": blue_mb}, args=("--network", "host", "--restart", restart)
+    )
+    service.write_app("2.0.0", knobs={"MEMORY_MB": 200, "ALLOC_MB_AFTER": 0.5, "BOOT_DELAY": 30})
+    service.config()
+    host_memory(100)
+    with Prober(service.version_url()) as prober:
+        run = service.deploy()
+        until(lambda: service.serving() is not None, "production's port answers", timeout=60)
+    report("host out of memory", f"green's warm-up, {killed} the biggest, {restart}", run, prober)
+    assert run.code == 1, run.tail()
+    line = one_line(run)
+    who = f"({re.escape(service.green)}|blue {re.escape(service.name)})"
+    # Blue brought back by its policy before the watch's next look: its restart is said.
+    how = r"(restarted 1 time\(s\); last it )?was OOM-killed \((SIGKILL, exit 137: )?out of memory"
+    assert re.search(f"{who} {how}", line), line
+    assert line.endswith("(rolled back: the previous version serves)"), line
+    blue = service.inspect(service.name)
+    if killed == "blue":
+        assert blue["State"]["OOMKilled"] or blue["RestartCount"] > 0, blue["State"]
+    assert_serves_only(service, "1.0.0")
+
+
+# What production takes during the soak: far past the room (production the biggest), or
+# just past it, green already holding more (green the biggest).
+GROWTH_MB = {"production": 100, "green": 40}
+
+
+@pytest.mark.parametrize("victim", ["production", "green"])
+def test_host_out_of_memory_during_the_soak(
+    host_memory: Limit, service: Service, victim: str
+) -> None:
+    """The host runs out of memory during the soak, as the new production container grows
+    while green still runs: the kernel kills the biggest. Production killed: the soak rolls
+    back (exit 1, saying it was OOM-killed) and blue serves again. Green killed: the
+    engine's ``oom`` event reaches production too, and is no death of it: the deploy ends
+    with exit 0 and the new version, unless the kernel kills production as well before
+    green's memory is freed (then exit 1, as for production)."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config(verify="timeout = 10\nsoak = 8\n")
+    since = time.time()
+    with Prober(service.version_url()) as prober, service.cli("deploy", timeout=180) as cli:
+        cli.until_event("deploy.step.started", step="soak")
+        host_memory(80)
+        if victim == "green":
+            get_json(service.url(port=service.green_port, path="/__standin/alloc?mb=60"))
+        get_json(service.url(path=f"/__standin/alloc?mb={GROWTH_MB[victim]}"), timeout=5)
+        run = cli.finish()
+        until(lambda: service.serving() is not None, "production's port answers", timeout=60)
+    report("host out of memory", f"soak, {victim} the biggest", run, prober)
+    name = service.green if victim == "green" else service.name
+    deaths = service.events_since(since, "die", "{{.Actor.Attributes.exitCode}}", f"name={name}")
+    assert "137" in deaths, deaths
+    if run.code == 0:
+        assert victim == "green", run.tail()
+        assert_serves_only(service, "2.0.0")
+        return
+    assert run.code == 1, run.tail()
+    line = one_line(run)
+    assert f"error: {service.name} was OOM-killed (SIGKILL, exit 137: out of memory" in line, line
+    assert line.endswith("(rolled back: the previous version serves)"), line
+    assert_serves_only(service, "1.0.0")
