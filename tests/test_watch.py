@@ -8,33 +8,13 @@ import aiohttp
 import anyio
 import pytest
 
-from rolling_update import ContainerSpec, DeployContext, GreenFailed
-from rolling_update._config.settings import parse_config
-from rolling_update._deploy.release import Release
+from rolling_update import ContainerSpec, GreenFailed
 from rolling_update._engine.model import ContainerEvent
 from rolling_update._watch.watch import watching
 from rolling_update.testing import FakeContainer, FakeEngine
+from tests.support import unit_config, unit_context
 
 pytestmark = pytest.mark.anyio
-
-
-def context(tmp_path: Path, engine: FakeEngine, http: aiohttp.ClientSession) -> DeployContext:
-    cfg = parse_config(
-        {
-            "service": {"name": "app", "green_name": "app-green", "port": 1, "green_port": 2},
-            "image": {"name": "app:{version}", "version_file": "p.json"},
-        },
-        base_dir=tmp_path,
-        environ={},
-        source="t.toml",
-    )
-    return DeployContext(
-        config=cfg,
-        engine=engine,
-        http=http,
-        deploy_id="d",
-        release=Release(version="2", image="app:2", env={}),
-    )
 
 
 async def watch_green(
@@ -42,7 +22,7 @@ async def watch_green(
 ) -> None:
     """Green watched while waiting for health, for ``seconds`` (None: until it fails)."""
     async with aiohttp.ClientSession() as http:
-        ctx = context(tmp_path, engine, http)
+        ctx = unit_context(unit_config(tmp_path), engine, http)
         async with watching(
             ctx,
             container_id=green.id,
