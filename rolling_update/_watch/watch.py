@@ -9,6 +9,7 @@ caller's (``anyio.fail_after`` around it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -155,12 +156,12 @@ async def watching(
         elif event.action == "destroy":
             raise await died("was removed")
         elif event.action in _FATAL_ACTIONS:
-            # Its state says whether the engine saw the OOM killer take it.
-            try:
-                info = await ctx.engine.inspect(container_id)
-            except EngineUnavailable:
-                info = None
-            oom_killed = info is not None and info.oom_killed
+            oom_killed = False
+            if event.exit_code == _SIGKILLED:
+                # Its state says whether the engine saw the OOM killer take it.
+                with contextlib.suppress(EngineUnavailable):
+                    info = await ctx.engine.inspect(container_id)
+                    oom_killed = info is not None and info.oom_killed
             raise await died(ended(event.exit_code, oom_killed=oom_killed))
 
     async def events(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
