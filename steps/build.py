@@ -26,13 +26,10 @@ from rolling_update.toolkit import (
     BuildOptions,
     DeployContext,
     choose_builder,
+    disk_full_said,
     redactor,
     run_logged,
 )
-
-# ENOSPC as libc and Go print it. A full disk fails a build through the step that met it
-# (its output says so; the build's own error says only that a command exited non-zero).
-_DISK_FULL = "no space left on device"
 
 # The build's last output lines searched for the cause of its failure.
 _TAIL = 30
@@ -81,10 +78,10 @@ class BuildImage:
         except TimeoutError:
             raise BuildFailed(f"build of {ctx.image} ran past {self.cfg.timeout:g}s") from None
         except BuildFailed as exc:
-            full = next((line for line in reversed(tail) if _DISK_FULL in line.lower()), None)
-            if full is None or _DISK_FULL in str(exc).lower():
+            said = disk_full_said(tail)
+            if not said or disk_full_said([str(exc)]):
                 raise
-            raise BuildFailed(f"{exc}; the disk is full: {full}") from exc
+            raise BuildFailed(f"{exc}{said}") from exc
         if not await ctx.engine.image_exists(ctx.image):
             raise BuildFailed(f"the build finished but image {ctx.image} does not exist")
 

@@ -12,7 +12,9 @@ went unanswered.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests import faults
-from tests.support import Prober, Run, Service, get_json, until
+from tests.support import Barrier, Prober, Run, Service, get_json, until
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -96,21 +98,51 @@ def test_disk_full_during_the_build(fault_engine: None, service: Service) -> Non
     rolled_back_then_deploys(service, prober)
 
 
-def test_disk_full_before_the_migration(fault_engine: None, service: Service) -> None:
-    """The engine's data root fills once the image is built, before the migration's one-off
-    container: exit 1 with one line saying the disk is full, no container left, blue serves
-    untouched; once there is room, the next deploy deploys."""
+def test_disk_full_as_the_migration_begins(fault_engine: None, service: Service) -> None:
+    """The engine's data root fills to its last block as the migration step begins: its
+    one-off container cannot be made or started (exit 1, the engine's error saying no
+    space is left), or, when the room a removal frees lets it start, it fails (exit 1; its
+    own lines, which the engine cannot store either, may be lost); no container is left,
+    blue serves untouched; once there is room, the next deploy deploys."""
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
     service.config()
     with Prober(service.version_url()) as prober, service.cli("deploy", timeout=180) as cli:
         cli.until_event("deploy.step.started", step="migrate")
-        faults.fill(leave_mb=0)
+        faults.fill()
         run = cli.finish()
-    report("disk full (engine)", "migrate", run, prober)
+    report("disk full (engine)", "migrate, as it begins", run, prober)
     assert run.code == 1, run.tail()
-    line = one_line(run)
-    assert "no space left on device" in line.lower(), line
+    line = run.stderr.strip().splitlines()[0]
+    engine_said = re.search(
+        r"docker (create|start) \S+ failed \(500\): .*no space left on device \(rolled", line
+    )
+    assert engine_said or "migration 'python3 /app/app.py migrate' exited with code 1" in line
+    assert line.endswith("(rolled back: the previous version serves)"), line
+    rolled_back_then_deploys(service, prober)
+
+
+def test_disk_full_while_a_migration_runs(
+    fault_engine: None, service: Service, barrier: Barrier
+) -> None:
+    """The engine's data root fills while a migration command runs (held at the test's
+    barrier), which then writes: exit 1, saying the disk is full with the command's own
+    line, no container left, blue serves untouched; once there is room, the next deploy
+    deploys."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    held = ["sh", "-c", f"{shlex.join(barrier.command)} && head -c 8M /dev/zero > /ballast"]
+    service.config(migrate=f"commands = {json.dumps([held])}\ntimeout = 60\n")
+    with Prober(service.version_url()) as prober, service.cli("deploy", timeout=180) as cli:
+        cli.until_event("container.log", line=Barrier.LINE)
+        faults.fill()
+        barrier.release()
+        run = cli.finish()
+    report("disk full (engine)", "migrate, while it runs", run, prober)
+    assert run.code == 1, run.tail()
+    line = run.stderr.strip().splitlines()[0]
+    assert "exited with code 1; the disk is full: head: error writing" in line, line
+    assert line.endswith("No space left on device (rolled back: the previous version serves)")
     rolled_back_then_deploys(service, prober)
 
 
