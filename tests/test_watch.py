@@ -18,9 +18,15 @@ pytestmark = pytest.mark.anyio
 
 
 async def watch_green(
-    tmp_path: Path, engine: FakeEngine, green: FakeContainer, *, seconds: float | None = None
+    tmp_path: Path,
+    engine: FakeEngine,
+    green: FakeContainer,
+    *,
+    seconds: float | None = None,
+    beside: str | None = None,
 ) -> None:
-    """Green watched while waiting for health, for ``seconds`` (None: until it fails)."""
+    """Green watched while waiting for health, for ``seconds`` (None: until it fails), blue
+    ``beside`` it."""
     async with aiohttp.ClientSession() as http:
         ctx = unit_context(unit_config(tmp_path), engine, http)
         async with watching(
@@ -30,6 +36,7 @@ async def watch_green(
             since_nano=0,
             failure=GreenFailed,
             doing="waiting for health",
+            beside=beside,
         ):
             if seconds is None:
                 await anyio.sleep_forever()
@@ -37,9 +44,11 @@ async def watch_green(
                 await anyio.sleep(seconds)
 
 
-async def watch_until_failure(tmp_path: Path, engine: FakeEngine, green: FakeContainer) -> str:
+async def watch_until_failure(
+    tmp_path: Path, engine: FakeEngine, green: FakeContainer, beside: str | None = None
+) -> str:
     with anyio.fail_after(5), pytest.raises(GreenFailed) as caught:
-        await watch_green(tmp_path, engine, green)
+        await watch_green(tmp_path, engine, green, beside=beside)
     return str(caught.value)
 
 
@@ -96,3 +105,24 @@ async def test_a_sigkill_says_out_of_memory_as_the_engine_saw_it(
     engine.events.append(ContainerEvent("die", green.id, time_nano=1, exit_code=137))
     message = await watch_until_failure(tmp_path, engine, green)
     assert message == f"app-green {how} while waiting for health"
+
+
+async def test_blue_killed_beside_green_ends_the_wait(tmp_path: Path) -> None:
+    """Blue, running beside green, killed (the host out of memory): the wait ends at once,
+    saying blue died and how, though green runs on."""
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name="app", image="app:1"))
+    green = engine.add(ContainerSpec(name="app-green", image="app:2"))
+    blue.running = green.running = True
+
+    async def kill_blue() -> None:
+        await anyio.sleep(0.2)
+        blue.running, blue.exit_code, blue.oom_killed = False, 137, True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kill_blue)
+        message = await watch_until_failure(tmp_path, engine, green, beside=blue.id)
+    assert message == (
+        "blue app was OOM-killed (SIGKILL, exit 137: out of memory, at its own limit or its "
+        "host's), beside app-green, while waiting for health"
+    )

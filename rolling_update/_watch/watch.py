@@ -222,11 +222,10 @@ async def watching(
                 what = ended_as_found(info, info.restart_count - before)
             else:
                 return
+            # Blue's own lines are not followed here: none are shown as its last.
             name = ctx.config.service.name
             raise failure(
-                f"blue {name} {what}, beside {container_name}, while {doing}",
-                container=name,
-                last_logs=list(watch.tail),
+                f"blue {name} {what}, beside {container_name}, while {doing}", container=name
             )
 
         await read_states(blue_id, judge_blue)
