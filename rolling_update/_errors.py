@@ -35,7 +35,7 @@ begun, so "nothing was changed" is only said when nothing was.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from rolling_update._observe.logs import redactor
@@ -208,3 +208,16 @@ class RolloutFailed(RollingUpdateError):
     def __init__(self, message: str, outcomes: Sequence[HostOutcome]) -> None:
         super().__init__(message)
         self.outcomes = list(outcomes)
+
+
+# ENOSPC as libc and Go print it.
+_DISK_FULL = "no space left on device"
+
+
+def disk_full_said(lines: Iterable[str]) -> str:
+    """``"; the disk is full: <line>"`` when one of a failed command's last output
+    ``lines`` met ENOSPC (the last such line), else ``""``: a build step or a migration
+    that meets a full disk fails through its own error, and its exit code alone does not
+    say why."""
+    full = [line for line in lines if _DISK_FULL in line.lower()]
+    return f"; the disk is full: {full[-1].strip()}" if full else ""

@@ -50,6 +50,7 @@ class FakeContainer:
     memory: int = 10 * 2**20
     restart_count: int = 0
     health: str | None = None
+    oom_killed: bool = False
     tcp: str = ""
     """Its network namespace's TCP tables (``/proc/net/tcp`` format), as a helper container
     joining it prints them: the connections it holds (none by default)."""
@@ -67,6 +68,7 @@ class FakeContainer:
             created=self.created,
             image_id=_image_id(self.spec.image),
             health=self.health,
+            oom_killed=self.oom_killed,
         )
 
 
@@ -93,6 +95,8 @@ class FakeEngine:
         self.calls: list[str] = []
         self.event_stream_ends = False
         """When true, every event stream ends at once, as on a daemon restart."""
+        self.events: list[ContainerEvent] = []
+        """Engine events each watch of their container is sent first (``die``, ``oom``...)."""
         self.failing: dict[str, Exception] = {}
         """Operation name (``start``, ``create``...) → the error that call raises."""
 
@@ -350,6 +354,9 @@ class FakeEngine:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
+        for event in self.events:
+            if event.container_id == container_id and event.time_nano >= since_nano:
+                await on_event(event)
         if not self.event_stream_ends:
             await anyio.sleep_forever()
 

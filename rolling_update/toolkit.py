@@ -80,6 +80,7 @@ from rolling_update._errors import (
     ShiftGateFailed,
     TickWaitFailed,
     VerificationFailed,
+    disk_full_said,
 )
 from rolling_update._handoff.connections import drained
 from rolling_update._handoff.port import PortHandoff
@@ -165,6 +166,7 @@ __all__ = [
     "client_session",
     "config_hash",
     "diff",
+    "disk_full_said",
     "drained",
     "judge_health",
     "made_by_compose",

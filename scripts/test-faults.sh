@@ -6,7 +6,9 @@
 # connection count work as on the main engine), with its own socket (/run/ru-fault/docker.sock),
 # data root, exec root, pid file and cgroup parent, and no bridge or iptables rules of its
 # own. Its command line is in tests/faults.py, which the tests use to restart it.
-# The test base image is loaded into it once.
+# Its data root is on a 4 GB ext4 filesystem of its own (a sparse file, loop-mounted), which
+# the disk-full tests fill; a fault engine that ran on a plain data root is stopped and
+# started on it. The test base image is loaded into it once.
 #
 # Idempotent; needs root. Its data lives under /var/lib/rolling-update-faults.
 set -euo pipefail

@@ -19,6 +19,7 @@ from rolling_update.toolkit import (
     MigrationFailed,
     ServiceConfig,
     clear_name,
+    disk_full_said,
     redactor,
     remove_ours,
     task_group,
@@ -158,7 +159,7 @@ class RunMigrations:
             ) from None
         if code != 0:
             raise MigrationFailed(
-                f"migration {' '.join(command)!r} exited with code {code}",
+                f"migration {' '.join(command)!r} exited with code {code}{disk_full_said(tail)}",
                 container=self.container_name,
                 last_logs=list(tail),
             )

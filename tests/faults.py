@@ -5,7 +5,10 @@ a dockerd of their own. It runs in this machine's network namespace: host-networ
 containers listen on this loopback, and the tool's nftables handoff and its count of
 connections in /proc work as they do on the main engine. It has its own socket, data
 root, exec root, pid file and cgroup parent, and no bridge and no iptables rules of its
-own (the main engine's chains are left alone; host-network services only).
+own (the main engine's chains are left alone; host-network services only). Its data root
+is on a filesystem of its own (a sparse file, loop-mounted), which a test may fill
+(:func:`fill`) without touching the machine's disk; its containers' memory cgroups
+share one parent (:func:`memory_parent`), which a test may limit as a host's RAM.
 
 Standard library only: ``scripts/test-faults.sh`` runs ``python3 tests/faults.py start``
 before the project's virtualenv may exist, so its command line is written once, here.
@@ -14,6 +17,7 @@ before the project's virtualenv may exist, so its command line is written once, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -27,6 +31,15 @@ SOCKET = RUN / "docker.sock"
 HOST = f"unix://{SOCKET}"
 PIDFILE = RUN / "docker.pid"
 LOG = ROOT / "dockerd.log"
+# The data root's filesystem: big enough for the base image (about 250 MB) and the
+# tests' builds, sparse, so it takes on the machine's disk only what is written to it.
+DISK_IMAGE = ROOT / "data-root.ext4"
+DISK_SIZE = "4G"
+DISK = ROOT / "disk"
+DATA_ROOT = DISK / "docker"
+FILLER = DISK / "filler"
+CGROUP_PARENT = "ru-fault"
+MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
 
 # dockerd answers within a few seconds of its start; its shutdown stops every container
@@ -50,13 +63,13 @@ def command(*, live_restore: bool) -> list[str]:
         "--host",
         HOST,
         "--data-root",
-        str(ROOT / "docker"),
+        str(DATA_ROOT),
         "--exec-root",
         str(RUN / "exec"),
         "--pidfile",
         str(PIDFILE),
         "--cgroup-parent",
-        "ru-fault",
+        CGROUP_PARENT,
         # A bridge of its own and no iptables chains: nothing to clash with the main
         # engine's. Not --bridge=none: dockerd then deletes the interface docker0 at start
         # (removeDefaultBridgeInterface), which is the main engine's default bridge.
@@ -94,8 +107,8 @@ def answers() -> bool:
     return done.returncode == 0
 
 
-def restoring() -> bool | None:
-    """Whether the running fault engine has live-restore (None: it does not run)."""
+def running_command() -> list[str] | None:
+    """The running fault dockerd's command line (None: it does not run)."""
     found = pid()
     if found is None:
         return None
@@ -103,12 +116,84 @@ def restoring() -> bool | None:
         args = Path(f"/proc/{found}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    return b"--live-restore" in args
+    return [arg.decode() for arg in args if arg]
+
+
+def restoring() -> bool | None:
+    """Whether the running fault engine has live-restore (None: it does not run)."""
+    args = running_command()
+    return None if args is None else "--live-restore" in args
+
+
+def mounted() -> bool:
+    """Whether the data root's own filesystem is mounted."""
+    return subprocess.run(["mountpoint", "-q", str(DISK)], check=False).returncode == 0
+
+
+def mount() -> None:
+    """The data root's filesystem made (once) and mounted (if it is not)."""
+    if mounted():
+        return
+    ROOT.mkdir(parents=True, exist_ok=True)
+    if not DISK_IMAGE.exists():
+        made = DISK_IMAGE.with_suffix(".tmp")
+        subprocess.run(["truncate", "-s", DISK_SIZE, str(made)], check=True)
+        # No blocks reserved for root: dockerd runs as root and must meet a full disk.
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(made)], check=True)
+        made.rename(DISK_IMAGE)
+    DISK.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(DISK_IMAGE), str(DISK)], check=True)
+
+
+def fill(*, leave_mb: int = 0) -> None:
+    """Fill the data root's filesystem with one file, leaving ``leave_mb`` MiB free (0: to
+    its last block)."""
+    with FILLER.open("ab") as f:
+        # The extents' own metadata takes blocks too: take the room in shrinking pieces.
+        for piece in (1 << 30, 1 << 20, 1 << 12):
+            while True:
+                stats = os.statvfs(DISK)
+                room = stats.f_bavail * stats.f_frsize - (leave_mb << 20)
+                if room < piece:
+                    break
+                try:
+                    os.posix_fallocate(f.fileno(), os.fstat(f.fileno()).st_size, piece)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+
+
+def free() -> None:
+    """Remove what :func:`fill` wrote."""
+    FILLER.unlink(missing_ok=True)
+
+
+def memory_parent(container_pid: int) -> Path:
+    """The memory cgroup that holds every container of the fault engine, found from one
+    of its containers' processes: dockerd places its cgroup parent under its own memory
+    cgroup (a relative ``--cgroup-parent``), wherever the machine started it."""
+    for line in Path(f"/proc/{container_pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            cgroup = MEMORY_CGROUPS / path.lstrip("/")
+            for parent in (cgroup, *cgroup.parents):
+                if parent.name == CGROUP_PARENT:
+                    return parent
+    raise FaultEngineError(f"process {container_pid} has no memory cgroup under {CGROUP_PARENT}")
 
 
 def start(*, live_restore: bool = False) -> None:
-    """Start the fault engine (if it does not run) and wait until it answers."""
+    """Start the fault engine (if it does not run) and wait until it answers.
+
+    One that runs with another data root (set up before the data root had a filesystem
+    of its own) is stopped first and started on the new one.
+    """
+    running = running_command()
+    if running is not None and str(DATA_ROOT) not in running:
+        stop()
     if pid() is None:
+        mount()
         if not Path(f"/sys/class/net/{BRIDGE}").exists():
             subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
             subprocess.run(["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE], check=True)
@@ -167,8 +252,14 @@ def ensure(*, live_restore: bool) -> None:
         start(live_restore=live_restore)
 
 
+def ready() -> None:
+    """The fault engine started, and its disk freed of a filler a test cut short left."""
+    start()
+    free()
+
+
 if __name__ == "__main__":
-    verbs = {"start": start, "stop": stop}
+    verbs = {"start": ready, "stop": stop}
     if len(sys.argv) != 2 or sys.argv[1] not in verbs:
         sys.exit(f"usage: {sys.argv[0]} start|stop")
     verbs[sys.argv[1]]()

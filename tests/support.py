@@ -27,9 +27,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
+import aiohttp
 import pytest
 
+from rolling_update import DeployContext
 from rolling_update._config.settings import Config, load_config, parse_config
+from rolling_update._deploy.records import Preflight
+from rolling_update._deploy.release import Release
+from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError
 from rolling_update._handoff.nft import RedirectRule, table_name
 from rolling_update._state.journal import Journal, JournalRecord
@@ -56,6 +61,31 @@ def swapped(text: str, swaps: Sequence[tuple[str, str]], what: str) -> str:
         text, count = re.subn(pattern, value, text)
         assert count, f"{what} no longer has {pattern}"
     return text
+
+
+def unit_config(tmp_path: Path, **tables: dict[str, Any]) -> Config:
+    """The smallest config, of service ``app`` (green ``app-green``), plus ``tables``."""
+    data = {
+        "service": {"name": "app", "green_name": "app-green", "port": 1, "green_port": 2},
+        "image": {"name": "app:{version}", "version_file": "p.json"},
+        **tables,
+    }
+    return parse_config(data, base_dir=tmp_path, environ={}, source="t.toml")
+
+
+def unit_context(
+    cfg: Config, engine: Engine, http: aiohttp.ClientSession, found: Preflight | None = None
+) -> DeployContext:
+    """A deploy of ``app:2`` with ``cfg`` on ``engine`` (a FakeEngine); ``found`` is what its
+    preflight found (nothing, by default)."""
+    return DeployContext(
+        config=cfg,
+        engine=engine,
+        http=http,
+        deploy_id="d",
+        release=Release(version="2", image="app:2", env={}),
+        found=found or Preflight(blue=None, blue_health=None),
+    )
 
 
 def require_engine() -> None:

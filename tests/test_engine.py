@@ -17,7 +17,13 @@ from rolling_update import ContainerInfo, ContainerSpec, DockerEngine, EngineUna
 from rolling_update._config.settings import EngineConfig
 from rolling_update._deploy.release import Release
 from rolling_update._engine.model import ContainerEvent
-from rolling_update._engine.parse import FrameDecoder, LineSplitter, memory_in_use, parse_event
+from rolling_update._engine.parse import (
+    FrameDecoder,
+    LineSplitter,
+    build_output,
+    memory_in_use,
+    parse_event,
+)
 from tests.engineproxy import EngineProxy
 from tests.support import BASE_IMAGE, docker, free_port, require_engine
 
@@ -181,6 +187,12 @@ def test_memory_in_use_leaves_out_page_cache() -> None:
     assert memory_in_use(v2) == 900
     assert memory_in_use(b'{"memory_stats": {}}') is None
     assert memory_in_use(b"[]") is None
+
+
+def test_build_lines_lose_the_classic_builders_colours() -> None:
+    """A step's stderr, which the classic builder colours, reads as its plain text."""
+    raw = b'{"stream": "\\u001b[91mhead: No space left on device\\n\\u001b[0m"}'
+    assert build_output(raw, "x:1") == ["head: No space left on device"]
 
 
 @pytest.mark.docker

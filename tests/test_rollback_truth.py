@@ -13,17 +13,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from rolling_update import Config, ContainerSpec, DeployContext, RestoreFailed
+from rolling_update import Config, ContainerSpec, RestoreFailed
 from rolling_update._cli.exits import outcome
 from rolling_update._config.settings import parse_config
 from rolling_update._deploy.guard import ConfirmBlue
 from rolling_update._deploy.records import BlueChecked, GreenStarted, Preflight, Switched
-from rolling_update._deploy.release import Release
 from rolling_update._deploy.saga import SagaState
 from rolling_update._watch.probe import Answer, HealthBaseline
 from rolling_update.testing import FakeEngine
 from steps import Switch, TagImage
-from tests.support import free_port
+from tests.support import free_port, unit_context
 
 pytestmark = pytest.mark.anyio
 
@@ -63,19 +62,6 @@ def config(tmp_path: Path, port: int, **sections: Any) -> Config:
     return parse_config(data, base_dir=tmp_path, environ={}, source="t.toml")
 
 
-def context(
-    cfg: Config, engine: FakeEngine, http: aiohttp.ClientSession, found: Preflight | None = None
-) -> DeployContext:
-    return DeployContext(
-        config=cfg,
-        engine=engine,
-        http=http,
-        deploy_id="d2",
-        release=Release(version="2", image="app:2", env={}),
-        found=found or Preflight(blue=None, blue_health=None),
-    )
-
-
 def healthy_baseline(cfg: Config) -> HealthBaseline:
     return HealthBaseline.of(Answer("u", status=200, body={"status": "healthy"}), cfg.health)
 
@@ -87,7 +73,7 @@ async def test_a_blue_left_degraded_is_not_rolled_back(tmp_path: Path, health: H
     blue = engine.add(ContainerSpec(name="app", image="app:1"))
     async with aiohttp.ClientSession() as http:
         found = Preflight(blue=await engine.inspect(blue.id), blue_health=healthy_baseline(cfg))
-        ctx = context(cfg, engine, http, found)
+        ctx = unit_context(cfg, engine, http, found)
         guard = ConfirmBlue(cfg.service, cfg.health, cfg.verify)
         await guard.compensate(ctx)
         health.status = "degraded"
@@ -107,7 +93,7 @@ async def test_another_container_under_blues_name_is_not_blue(
         stopped = await engine.inspect(blue.id)
         assert stopped is not None
         running = replace(stopped, running=True)  # as the preflight found it, serving
-        ctx = context(cfg, engine, http, Preflight(blue=running, blue_health=None))
+        ctx = unit_context(cfg, engine, http, Preflight(blue=running, blue_health=None))
         with pytest.raises(RestoreFailed, match="is not the running app"):
             await ConfirmBlue(cfg.service, cfg.health, cfg.verify).compensate(ctx)
 
@@ -119,7 +105,7 @@ async def test_a_blue_that_cannot_boot_is_not_restarted(tmp_path: Path, health: 
     blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
     production = engine.add(ContainerSpec(name="app", image="app:2"))
     async with aiohttp.ClientSession() as http:
-        ctx = context(cfg, engine, http)
+        ctx = unit_context(cfg, engine, http)
         ctx.give(Switched(blue_id=blue.id, blue_was_running=True))
         ctx.give(BlueChecked(bootable=False))
         switch = Switch(cfg.service, cfg.tick, cfg.health, cfg.verify)
@@ -138,7 +124,7 @@ async def test_extra_tags_follow_the_deploy_and_go_back_on_rollback(tmp_path: Pa
     engine = FakeEngine(images={"app:1", "app:2", "app:latest"})
     engine.aliases["app:latest"] = "app:1"
     async with aiohttp.ClientSession() as http:
-        ctx = context(cfg, engine, http)
+        ctx = unit_context(cfg, engine, http)
         step = TagImage(cfg.image)
         await step.run(ctx)
         assert await engine.image_id("app:latest") == await engine.image_id("app:2")
@@ -151,7 +137,7 @@ async def test_a_tag_that_named_nothing_is_removed_on_rollback(tmp_path: Path) -
     cfg = config(tmp_path, 3)
     engine = FakeEngine(images={"app:2"})
     async with aiohttp.ClientSession() as http:
-        ctx = context(cfg, engine, http)
+        ctx = unit_context(cfg, engine, http)
         step = TagImage(cfg.image)
         await step.run(ctx)
         assert "app:latest" in engine.images
@@ -163,7 +149,7 @@ async def test_waits_before_the_switch_share_the_dual_run_budget(tmp_path: Path)
     """A wait's deadline is its own or what is left of two_containers less blue's stop."""
     cfg = config(tmp_path, 3, limits={"two_containers": 100})
     async with aiohttp.ClientSession() as http:
-        ctx = context(cfg, FakeEngine(), http)
+        ctx = unit_context(cfg, FakeEngine(), http)
         assert ctx.wait_limit(300) == (300, "300s")
         ctx.give(GreenStarted(id="g", started=time.monotonic() - 80, since_nano=0))
         limit, bound = ctx.wait_limit(300)

@@ -263,8 +263,10 @@ class DeployContext:
             )
 
     def green_watch_args(self) -> dict[str, Any]:
-        """What every watch of green checks: its memory bar and the two-container deadline."""
+        """What every watch of green checks: its memory bar, the two-container deadline, and
+        blue beside it (if one serves)."""
         return {
+            "beside": self.found.blue_serving,
             "memory_limit": self.green_memory_limit,
             "deadline": self.two_container_deadline,
             "deadline_reason": (

@@ -5,6 +5,7 @@ push/pull streams, and the multiplexed log stream.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,10 @@ def progress_line(
         on_status(f"{chunk.get('id', '')}: {status}".lstrip(": "))
 
 
+# The classic builder colours a step's stderr (ESC[91m ... ESC[0m): not text of the line.
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def build_output(raw: bytes, tag: str) -> list[str]:
     """The printable lines of one line of the engine's build stream.
 
@@ -73,6 +78,7 @@ def build_output(raw: bytes, tag: str) -> list[str]:
     text = chunk.get("stream")
     if not isinstance(text, str):
         return []
+    text = _COLOUR.sub("", text)
     return [line.rstrip() for line in text.splitlines() if line.strip()]
 
 

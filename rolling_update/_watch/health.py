@@ -106,6 +106,7 @@ async def await_healthy(
     memory_limit: int | None = None,
     deadline: float | None = None,
     deadline_reason: str = "",
+    beside: str | None = None,
     on_first_answer: Callable[[], Awaitable[None]] | None = None,
     on_healthy: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[Answer, Watch]:
@@ -125,6 +126,7 @@ async def await_healthy(
         memory_limit=memory_limit,
         deadline=deadline,
         deadline_reason=deadline_reason,
+        beside=beside,
     ) as watch:
         if on_first_answer is not None:
             await poll_until_healthy(

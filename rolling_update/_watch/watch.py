@@ -9,9 +9,10 @@ caller's (``anyio.fail_after`` around it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -20,17 +21,49 @@ import structlog
 from anyio.abc import TaskStatus
 
 from rolling_update._deploy.context import DeployContext
-from rolling_update._engine.model import ContainerEvent
+from rolling_update._engine.model import ContainerEvent, ContainerInfo
 from rolling_update._errors import ContainerFailure, EngineUnavailable
 from rolling_update._observe.logs import redactor
 from rolling_update._watch.tasks import task_group
 
-_FATAL_ACTIONS = {"die", "oom", "destroy"}
+_FATAL_ACTIONS = {"die", "destroy"}
 
 
-# The engine's ``oom`` event (or State.OOMKilled): its memory limit, inherited from
-# blue, is what to look at; ``limits.green_memory_mb`` is the tool's own, lower bar.
-_OOM_KILLED = "was OOM-killed (out of memory: the kernel killed it at its memory limit)"
+# The exit code of a process killed by SIGKILL: the kernel's OOM killer, or a kill.
+_SIGKILLED = 137
+
+
+def ended(exit_code: int | None, *, oom_killed: bool, restarts: int = 0) -> str:
+    """How a container's run ended: the one place a death is told. ``exit_code`` is
+    None when unknown (a container its policy restarted says 0 again).
+
+    The engine's ``oom`` event is not a death: under cgroup v1 it is sent to every
+    container below a memory cgroup that ran out (the host's, a parent's), and the
+    kernel's OOM killer then kills one process among them all, maybe another container's.
+    A container it killed exits 137; the engine's State.OOMKilled says it saw an OOM
+    (its own limit, inherited from blue, or the host's: ``limits.green_memory_mb`` is
+    the tool's own, lower bar), a 137 without it may still be one.
+    """
+    how: str | None
+    if exit_code == _SIGKILLED and oom_killed:
+        how = "was OOM-killed (SIGKILL, exit 137: out of memory, at its own limit or its host's)"
+    elif exit_code is None and oom_killed:
+        how = "was OOM-killed (out of memory, at its own limit or its host's)"
+    elif exit_code == _SIGKILLED:
+        how = "was killed (SIGKILL, exit 137: out of memory?)"
+    else:
+        how = None if exit_code is None else f"exited with code {exit_code}"
+    if restarts:
+        return f"restarted {restarts} time(s)" + (f"; last it {how}" if how else "")
+    return how or "exited"
+
+
+def ended_as_found(info: ContainerInfo, restarts: int) -> str:
+    """:func:`ended` from a container's state: stopped, its exit code; running again after
+    ``restarts`` restarts by its policy, how its last run ended, as far as the state knows."""
+    if not info.running:
+        return ended(info.exit_code, oom_killed=info.oom_killed)
+    return ended(None, oom_killed=info.oom_killed, restarts=restarts)
 
 
 # The container's state is read this often besides its events; a death the
@@ -67,16 +100,23 @@ async def watching(
     memory_limit: int | None = None,
     deadline: float | None = None,
     deadline_reason: str = "",
+    beside: str | None = None,
 ) -> AsyncIterator[Watch]:
     """Run the body while watching a container; abort it the moment the container fails.
 
     Meanwhile the container's log lines stream into the log (from its start
     when ``replay_logs``, else only new ones), and its engine events, memory
-    and the monotonic ``deadline`` are watched. A ``die``/``oom``/``destroy``
+    and the monotonic ``deadline`` are watched. A ``die``/``destroy``
     event, memory above ``memory_limit`` bytes, or the deadline passing raises
     ``failure`` with the last log lines, cancelling the body. The events are
     backed by the container's state (inspect, twice a second): a death is
     never missed, not when the event stream ends, nor past the engine's replay.
+
+    ``beside`` is blue's id, when blue runs beside it: its state is read as often, and
+    its death (a restart included: its policy may bring it back at once) ends the wait
+    as well. Two versions that do not fit the host's memory side by side get one of
+    them killed, blue as likely as the new one: the rollback brings blue back (or finds
+    it back) at once, rather than when the new one fails on its own.
     """
     log = structlog.get_logger()
     watch = Watch(container_name)
@@ -111,10 +151,18 @@ async def watching(
 
     async def on_event(event: ContainerEvent) -> None:
         if event.action == "oom":
-            raise await died(_OOM_KILLED)
-        if event.action in _FATAL_ACTIONS:
-            code = f" with code {event.exit_code}" if event.exit_code is not None else ""
-            raise await died(f"{'exited' if event.action == 'die' else event.action}{code}")
+            # Its death, if it is the OOM killer's victim, comes as its own ``die``.
+            log.warning("container.oom", container=container_name)
+        elif event.action == "destroy":
+            raise await died("was removed")
+        elif event.action in _FATAL_ACTIONS:
+            oom_killed = False
+            if event.exit_code == _SIGKILLED:
+                # Its state says whether the engine saw the OOM killer take it.
+                with contextlib.suppress(EngineUnavailable):
+                    info = await ctx.engine.inspect(container_id)
+                    oom_killed = info is not None and info.oom_killed
+            raise await died(ended(event.exit_code, oom_killed=oom_killed))
 
     async def events(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         # The stream ends when the daemon restarts (or a proxy drops it): pick it
@@ -136,12 +184,14 @@ async def watching(
             status = anyio.TASK_STATUS_IGNORED
         raise fail("could not be watched: the engine's event stream kept ending")
 
-    async def check_state() -> None:
+    async def read_states(
+        name: str, judge: Callable[[ContainerInfo | None], Awaitable[None]]
+    ) -> None:
         # Bounded by the watch itself: cancelled when the body ends.
         cut = False
         while True:
             try:
-                info = await ctx.engine.inspect(container_id)
+                info = await ctx.engine.inspect(name)
             except EngineUnavailable:
                 # One call cut by an engine restart is asked again (its connection waits
                 # for the engine to be back); two in a row are the engine's failure.
@@ -150,16 +200,35 @@ async def watching(
                 cut = True
                 continue
             cut = False
-            if info is None:
-                raise await died("was removed")
-            if info.oom_killed:
-                raise await died(_OOM_KILLED)
-            if not info.running or info.restart_count > 0:
-                how = f"restarted {info.restart_count} time(s)" if info.running else "exited"
-                raise await died(f"{how} (last exit code {info.exit_code})")
-            if info.health == "unhealthy" and ctx.config.health.docker != "ignore":
-                raise fail("is unhealthy by its Docker healthcheck")
+            await judge(info)
             await anyio.sleep(_STATE_CHECK_INTERVAL)
+
+    async def judge_state(info: ContainerInfo | None) -> None:
+        if info is None:
+            raise await died("was removed")
+        if not info.running or info.restart_count > 0:
+            raise await died(ended_as_found(info, info.restart_count))
+        if info.health == "unhealthy" and ctx.config.health.docker != "ignore":
+            raise fail("is unhealthy by its Docker healthcheck")
+
+    async def check_beside(blue_id: str) -> None:
+        first = await ctx.engine.inspect(blue_id)
+        before = 0 if first is None else first.restart_count
+
+        async def judge_blue(info: ContainerInfo | None) -> None:
+            if info is None:
+                what = "was removed"
+            elif not info.running or info.restart_count > before:
+                what = ended_as_found(info, info.restart_count - before)
+            else:
+                return
+            # Blue's own lines are not followed here: none are shown as its last.
+            name = ctx.config.service.name
+            raise failure(
+                f"blue {name} {what}, beside {container_name}, while {doing}", container=name
+            )
+
+        await read_states(blue_id, judge_blue)
 
     async def on_memory(used: int) -> None:
         if used > watch.memory_peak:
@@ -178,7 +247,9 @@ async def watching(
     async with task_group() as tg:
         await tg.start(follow)
         await tg.start(events)
-        tg.start_soon(check_state)
+        tg.start_soon(read_states, container_id, judge_state)
+        if beside is not None:
+            tg.start_soon(check_beside, beside)
         if memory_limit is not None:
             await tg.start(ctx.engine.watch_memory, container_id, on_memory)
         if deadline is not None:
