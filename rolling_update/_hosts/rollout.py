@@ -219,9 +219,7 @@ async def rollout(
         error: BaseException | None = None
         try:
             with structlog.contextvars.bound_contextvars(host=name):
-                outcome.from_version = version_of(
-                    await connected.engine.inspect(connected.config.service.name)
-                )
+                outcome.from_version = version_of(productions[name])
                 if name in current:
                     outcome.reason = f"already runs {release.version}: left as it is"
                     return
@@ -288,11 +286,10 @@ async def rollout(
         # production already runs this version is left as it is (its engine has the image,
         # so it can still be the canary others copy from). When every unit runs it, each
         # refuses, as a deploy of what production runs does; --force deploys them all.
-        serving = {
-            c.name
-            for c in connected
-            if already_serving(await c.engine.inspect(c.config.service.name), release.version)
-        }
+        # Read once, before anything changes: what each unit runs is also what
+        # rollback-all brings it back to.
+        productions = {c.name: await c.engine.inspect(c.config.service.name) for c in connected}
+        serving = {n for n, p in productions.items() if already_serving(p, release.version)}
         current: set[str] = serving if not force and len(serving) < len(connected) else set()
         log.info(
             "rollout.started",
