@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import Prober, Service
+from tests.support import Service, assert_serves_only, deploy_with_fault
 
 pytestmark = pytest.mark.docker
 
@@ -77,17 +77,13 @@ def test_a_clock_step_mid_deploy_moves_no_deadline(
     tick wait, the switch or the soak changes nothing: exit 0, the new version serves from
     one container, not one request fails, and every duration the deploy reports is real."""
     prepared(service)
-    with Prober(service.version_url()) as prober:
-        with service.cli("deploy", timeout=180) as cli:
-            cli.until_event("deploy.step.started", step=step)
-            clock.step(seconds)
-            run = cli.finish()
-        clock.restore()
+    out = deploy_with_fault(
+        service, step, lambda: clock.step(seconds), timeout=180, undo=clock.restore
+    )
+    run = out.run
     assert run.code == 0, run.tail()
-    assert service.serving() == "2.0.0"
-    assert service.containers() == [service.name]
-    assert not service.redirected() and not service.journal.exists() and not service.marked()
-    assert prober.failures == 0, run.tail()
+    assert_serves_only(service, "2.0.0")
+    assert out.failures == 0, run.tail()
     # A duration read from the wall clock would be off by the hour.
     (done,) = run.event("deploy.done")
     assert 0 < done["seconds"] < run.seconds
@@ -95,7 +91,7 @@ def test_a_clock_step_mid_deploy_moves_no_deadline(
     assert finished and all(0 <= s < run.seconds for s in finished), finished
     print(
         f"\nOUTCOME fault=clock step {seconds:+.0f}s phase={step} exit={run.code} "
-        f"failed={prober.failures} of={len(prober.samples)} dark={prober.longest_gap():.2f}"
+        f"failed={out.failures} of={out.probes} dark={out.dark:.2f}"
     )
 
 
@@ -111,14 +107,9 @@ def test_a_clock_stepped_back_does_not_stretch_a_deadline(
         health='path = "/api/brain/health"\nexpect_json = { status = "healthy" }\n'
         'version_path = "/api/brain/hardening/status"\ninterval = 0.1\nattempts = 30\n',
     )
-    with Prober(service.version_url()) as prober:
-        with service.cli("deploy", timeout=120) as cli:
-            cli.until_event("deploy.step.started", step="green-health")
-            clock.step(-HOUR)
-            run = cli.finish()
-        clock.restore()
-    assert run.code == 1, run.tail()
-    assert service.serving() == "1.0.0"
-    assert service.containers() == [service.name]
-    assert not service.redirected() and not service.journal.exists() and not service.marked()
-    assert prober.failures == 0, run.tail()
+    out = deploy_with_fault(
+        service, "green-health", lambda: clock.step(-HOUR), timeout=120, undo=clock.restore
+    )
+    assert out.run.code == 1, out.run.tail()
+    assert_serves_only(service, "1.0.0")
+    assert out.failures == 0, out.run.tail()

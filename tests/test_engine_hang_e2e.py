@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from tests.engineproxy import EngineProxy
-from tests.support import Cli, Prober, Run, Service
+from tests.support import Cli, Prober, Run, Service, assert_serves_only
 
 pytestmark = pytest.mark.docker
 
@@ -80,14 +80,6 @@ def report(phase: str, fault: str, comes_back: bool, run: Run, prober: Prober) -
     )
 
 
-def assert_clean(service: Service, version: str) -> None:
-    """Exactly one production container serving ``version``, nothing else left."""
-    assert service.serving() == version
-    assert service.containers() == [service.name]
-    assert not service.redirected()
-    assert not service.journal.exists() and not service.marked()
-
-
 def assert_gave_up(service: Service, proxy: EngineProxy, run: Run) -> None:
     """Exit 3, with one line saying what a human must do; the journal and mark are kept
     for `recover`, which (once the engine answers) brings back exactly one blue."""
@@ -99,14 +91,14 @@ def assert_gave_up(service: Service, proxy: EngineProxy, run: Run) -> None:
     proxy.pass_()
     recovered = service.recover()
     assert recovered.code == 0, recovered.tail()
-    assert_clean(service, "1.0.0")
+    assert_serves_only(service, "1.0.0")
 
 
 def assert_rolled_back(service: Service, run: Run) -> None:
     """Exit 1 naming the engine's failure; blue alone serves, nothing left."""
     assert run.code == 1, run.tail()
     assert "the Docker engine failed during the deploy" in run.stderr, run.stderr
-    assert_clean(service, "1.0.0")
+    assert_serves_only(service, "1.0.0")
 
 
 def assert_finished_by_recover(service: Service, proxy: EngineProxy, run: Run) -> None:
@@ -119,7 +111,7 @@ def assert_finished_by_recover(service: Service, proxy: EngineProxy, run: Run) -
     proxy.pass_()
     recovered = service.recover()
     assert recovered.code == 0, recovered.tail()
-    assert_clean(service, "2.0.0")
+    assert_serves_only(service, "2.0.0")
 
 
 @pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
@@ -175,7 +167,7 @@ def test_engine_fails_at_blues_stop(
         elif fault == "stall":
             # The held stop reaches the engine within its own deadline (grace + call_timeout).
             assert run.code == 0, run.tail()
-            assert_clean(service, "2.0.0")
+            assert_serves_only(service, "2.0.0")
         else:
             assert_rolled_back(service, run)
     report("switch (blue's stop)", fault, comes_back, run, prober)
@@ -199,7 +191,7 @@ def test_engine_hangs_during_the_rollback(
         if comes_back:
             assert run.code == 1, run.tail()
             assert "did not serve 2.0.0 healthily" in run.stderr
-            assert_clean(service, "1.0.0")
+            assert_serves_only(service, "1.0.0")
         else:
             # The redirect to green is kept: something serves production's port meanwhile.
             assert service.serving() is not None

@@ -24,6 +24,7 @@ from rolling_update._handoff.nft import EngineFirewall, RedirectRule, table_name
 from rolling_update._hosts.hosts import for_unit, pick, units_of
 from rolling_update._state.journal import Journal
 from tests.hosts import (
+    CERTS,
     HOST2,
     HOST2_GREEN,
     HOST2_PORT,
@@ -35,6 +36,7 @@ from tests.hosts import (
     ensure_host2_engine,
     nft_image,
     reboot_host2,
+    require_host2,
     restart_host2_engine,
     two_hosts,
 )
@@ -249,6 +251,24 @@ def test_tcp_tls_host_deploys_and_status_history_show_every_host(
     back = service.run("rollback", "--host", "h2", timeout=120)
     assert back.code == 0, back.stderr
     assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "1.0.0")
+
+
+def test_an_engine_named_by_docker_tls_verify_is_reached_over_tls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An engine named only as the docker CLI takes it (DOCKER_HOST=tcp://, DOCKER_TLS_VERIFY,
+    DOCKER_CERT_PATH) is reached over TLS with those certificates: the context aiodocker
+    settles on is the one the tool's own connector speaks with."""
+    require_host2()
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://{HOST2}:2376")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(CERTS))
+
+    async def main() -> None:
+        async with DockerEngine() as engine:
+            assert await engine.inspect("no-such-container-here") is None
+
+    anyio.run(main)
 
 
 def test_parallel_hosts_after_the_canary_with_ssh_probes(

@@ -22,7 +22,7 @@ import pytest
 
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._observe import history
-from tests.support import Prober, Run, Service, get_json, until
+from tests.support import Prober, Run, Service, assert_serves_only, get_json, until
 
 pytestmark = pytest.mark.docker
 
@@ -85,15 +85,6 @@ def on_disk(service: Service, disk: SmallDisk, *, soak: float = 1) -> None:
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
     service.config(state=f'dir = "{disk.path}"\n', verify=f"timeout = 10\nsoak = {soak:g}\n")
-
-
-def assert_serves_only(service: Service, version: str) -> None:
-    """Exactly one production container serving ``version``, nothing else of the tool's."""
-    assert service.serving() == version
-    assert service.containers() == [service.name]
-    assert not service.redirected()
-    assert not service.journal.exists() and not service.marked()
-    assert not list(service.journal.parent.glob("*.tmp"))
 
 
 def report(fault: str, phase: str, run: Run, prober: Prober) -> None:

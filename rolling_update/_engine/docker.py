@@ -241,7 +241,8 @@ class DockerEngine:
             elif isinstance(found, aiohttp.TCPConnector):
                 host = client.docker_host
                 # The TLS context aiodocker settled on (ours, a docker context's, or
-                # DOCKER_TLS_VERIFY's).
+                # DOCKER_TLS_VERIFY's). aiohttp has no public way to read it back; the
+                # DOCKER_TLS_VERIFY case in tests/test_hosts_e2e.py fails if it moves.
                 connector = _RestartingTcp(host, ssl=found._ssl, limit=limit)
             else:
                 await client.close()
