@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import structlog
@@ -96,14 +97,22 @@ class StartGreen:
 
 
 def watching_green(
-    ctx: DeployContext, green: GreenStarted, doing: str, *, memory_mb: float | None = None
+    ctx: DeployContext,
+    green: GreenStarted,
+    doing: str,
+    *,
+    memory_mb: float | None = None,
+    with_blue: bool = True,
 ) -> AbstractAsyncContextManager[Watch]:
     """Green watched while a later step waits (new log lines only): its death, restart or
-    OOM kill, its memory bar (``memory_mb``, else ``limits.green_memory_mb``) and the
-    two-container deadline end the wait with :class:`GreenFailed`."""
+    OOM kill, its memory bar (``memory_mb``, else ``limits.green_memory_mb``), the
+    two-container deadline and, ``with_blue``, blue's death end the wait with
+    :class:`GreenFailed`."""
     args = ctx.green_watch_args()
     if memory_mb is not None:
         args["memory_limit"] = int(memory_mb * 2**20)
+    if not with_blue:
+        args["beside"] = None
     return watching(
         ctx,
         container_id=green.id,
@@ -114,6 +123,23 @@ def watching_green(
         replay_logs=False,
         **args,
     )
+
+
+@asynccontextmanager
+async def green_serving(ctx: DeployContext, doing: str) -> AsyncIterator[None]:
+    """While production's port is redirected to green, green watched as in the tick wait,
+    blue not (the switch stops it): green dead leaves the port dark, so the step ends, and
+    the deploy rolls back, the moment it is seen rather than when a probe of production
+    fails or nothing does. Without the redirect nothing is watched."""
+    green = ctx.find(GreenStarted)
+    if green is None or not ctx.handoff_active:
+        yield
+        return
+    async with watching_green(ctx, green, doing, with_blue=False) as watch:
+        try:
+            yield
+        finally:
+            ctx.note_green_memory(watch.memory_peak)
 
 
 async def drain_green(ctx: DeployContext, green_id: str, port: int, limit: float) -> None:

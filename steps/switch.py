@@ -46,6 +46,7 @@ from rolling_update.toolkit import (
     watching,
 )
 
+from .green import green_serving
 from .tick import wait_for_tick_boundary
 
 
@@ -74,6 +75,10 @@ class Switch:
         return ctx.spec("production", self.service.name, self.service.port)
 
     async def run(self, ctx: DeployContext) -> None:
+        async with green_serving(ctx, "serving production's port in the switch"):
+            await self._switch(ctx)
+
+    async def _switch(self, ctx: DeployContext) -> None:
         log = structlog.get_logger()
         blue = await ctx.engine.inspect(self.service.name)
         if blue is not None:
@@ -266,6 +271,10 @@ class VerifyProduction(_ProductionStep):
     title = "Verifying production serves the new version"
 
     async def run(self, ctx: DeployContext) -> None:
+        async with green_serving(ctx, "serving production's port while the new one is verified"):
+            await self._verify(ctx)
+
+    async def _verify(self, ctx: DeployContext) -> None:
         info = await self.production(ctx)
         # The engine's word on the version: production runs the image this deploy built
         # (the Brain's health has no version field to ask).

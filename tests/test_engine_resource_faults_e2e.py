@@ -22,13 +22,26 @@ from pathlib import Path
 import pytest
 
 from tests import faults
-from tests.support import Barrier, Prober, Run, Service, get_json, until
+from tests.support import (
+    FAULT_TICK,
+    Barrier,
+    Prober,
+    Run,
+    Service,
+    assert_serves_only,
+    deploy_with_fault,
+    get_json,
+    until,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
 # What the build writes: far more than the room a filled disk leaves.
 BALLAST = "RUN sleep 2 && head -c 64M /dev/zero > /ballast"
 LEFT_MB = 4
+# How the engine words a write its full disk refused (a layer directory it could not make
+# shows, a moment later, as one missing).
+REFUSED = "(no space left on device|no such file or directory)"
 
 
 @pytest.fixture
@@ -47,16 +60,6 @@ def one_line(run: Run) -> str:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
     return lines[0]
-
-
-def assert_serves_only(service: Service, version: str) -> None:
-    """Exactly one production container, running and serving ``version``; nothing else of
-    the tool's: no redirect, journal or engine mark."""
-    assert service.serving() == version
-    assert service.containers() == [service.name]
-    assert service.inspect(service.name)["State"]["Status"] == "running"
-    assert not service.redirected()
-    assert not service.journal.exists() and not service.marked()
 
 
 def rolled_back_then_deploys(service: Service, prober: Prober) -> None:
@@ -114,9 +117,7 @@ def test_disk_full_as_the_migration_begins(fault_engine: None, service: Service)
     report("disk full (engine)", "migrate, as it begins", run, prober)
     assert run.code == 1, run.tail()
     line = run.stderr.strip().splitlines()[0]
-    engine_said = re.search(
-        r"docker (create|start) \S+ failed \(500\): .*no space left on device \(rolled", line
-    )
+    engine_said = re.search(rf"docker (create|start) \S+ failed \(500\): .*{REFUSED} \(", line)
     assert engine_said or "migration 'python3 /app/app.py migrate' exited with code 1" in line
     assert line.endswith("(rolled back: the previous version serves)"), line
     rolled_back_then_deploys(service, prober)
@@ -146,20 +147,59 @@ def test_disk_full_while_a_migration_runs(
     rolled_back_then_deploys(service, prober)
 
 
+@pytest.mark.parametrize(
+    "phase", ["green-health", "tick-boundary", "handoff", "switch", "verify", "soak", "cleanup"]
+)
+def test_disk_full_at_a_phase_past_the_migration(
+    fault_engine: None, service: Service, phase: str
+) -> None:
+    """The engine's data root fills to its last block as a phase of the deploy past the
+    migration begins: not one request fails, and the deploy ends with one production
+    container serving: the new version (exit 0) where what is left to do needs no room,
+    the old one (exit 1) where the engine could not write a container's config or layer
+    (its own "no space left on device" in the line) or a container starting could not
+    write and exited (its lines, which the engine cannot store, lost). Where blue, once
+    stopped, cannot be started again (the engine writes its config to start it), green
+    keeps serving behind the redirect and the deploy exits 3 saying to run `recover`,
+    which, once there is room, brings blue back (exit 4 past the commit: the new
+    version). Nothing else is left."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
+    service.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
+    out = deploy_with_fault(service, phase, faults.fill)
+    run = out.run
+    print(
+        f"\nOUTCOME fault=disk full (engine) phase={phase} exit={run.code}"
+        f" seconds={run.seconds:.1f} failed={out.failures} of={out.probes} dark={out.dark}"
+        f" line={run.stderr.strip()[-300:]!r}"
+    )
+    assert run.code in (0, 1, 3, 4), run.tail()
+    assert out.failures == 0, run.tail()
+    if run.code == 1:
+        line = one_line(run)
+        assert re.search(REFUSED, line) or " exited with code 1 while " in line, line
+    if run.code in (3, 4):
+        assert "run `rolling-update recover`" in one_line(run).lower(), run.stderr
+        faults.free()
+        fixed = service.recover()
+        assert fixed.code == 0, fixed.tail()
+    assert_serves_only(service, "1.0.0" if run.code in (1, 3) else "2.0.0")
+
+
 # The host's RAM as the fault engine's memory cgroup parent: what runs there when the test
 # sets it, plus this much room.
-Limit = Callable[[int], None]
+Limit = Callable[..., None]
 
 
 @pytest.fixture
 def host_memory(fault_engine: None, service: Service) -> Iterator[Limit]:
-    """``limit(room_mb)``: the memory of every container of the fault engine limited to
-    what they use now plus ``room_mb`` MiB (found through blue's process, so call it once
-    blue runs); the limit is lifted after the case, whatever it did."""
+    """``limit(room_mb, of=name)``: the memory of every container of the fault engine
+    limited to what they use now plus ``room_mb`` MiB (found through container ``of``'s
+    process, blue's by default); the limit is lifted after the case, whatever it did."""
     parents: list[Path] = []
 
-    def limit(room_mb: int) -> None:
-        pid = int(service.inspect(service.name)["State"]["Pid"])
+    def limit(room_mb: int, *, of: str | None = None) -> None:
+        pid = int(service.inspect(of or service.name)["State"]["Pid"])
         parent = faults.memory_parent(pid)
         parents.append(parent)
         used = int((parent / "memory.usage_in_bytes").read_text())
@@ -222,7 +262,8 @@ def test_host_out_of_memory_during_the_soak(
     back (exit 1, saying it was OOM-killed) and blue serves again. Green killed: the
     engine's ``oom`` event reaches production too, and is no death of it: the deploy ends
     with exit 0 and the new version, unless the kernel kills production as well before
-    green's memory is freed (then exit 1, as for production)."""
+    green's memory is freed, or production, stalled while the kernel reclaims, misses the
+    soak's health check (then exit 1, saying which, as for production)."""
     service.start_blue("1.0.0")
     service.write_app("2.0.0")
     service.config(verify="timeout = 10\nsoak = 8\n")
@@ -245,6 +286,51 @@ def test_host_out_of_memory_during_the_soak(
         return
     assert run.code == 1, run.tail()
     line = one_line(run)
-    assert f"error: {service.name} was OOM-killed (SIGKILL, exit 137: out of memory" in line, line
+    killed = f"error: {service.name} was OOM-killed (SIGKILL, exit 137: out of memory"
+    stalled = f"error: {service.name} turned unhealthy during the 8s soak: no answer within"
+    assert killed in line or (victim == "green" and stalled in line), line
     assert line.endswith("(rolled back: the previous version serves)"), line
     assert_serves_only(service, "1.0.0")
+
+
+@pytest.mark.parametrize(
+    ("phase", "killed"),
+    [
+        ("tick-boundary", "green"),
+        ("tick-boundary", "blue"),
+        ("handoff", "green"),
+        ("switch", "green"),
+        ("verify", "green"),
+    ],
+)
+def test_host_out_of_memory_at_a_phase_of_the_switch(
+    host_memory: Limit, service: Service, phase: str, killed: str
+) -> None:
+    """The host runs out of memory as green grows at blue's tick wait, the redirect, the
+    switch or the verify, green or blue the biggest: the kernel kills it, and the deploy
+    ends with one production container serving, the new version with exit 0 or the old
+    one with exit 1 saying which was OOM-killed; nothing else is left."""
+    service.start_blue("1.0.0", knobs={"MEMORY_MB": 150 if killed == "blue" else 0})
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
+    service.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
+    name = service.green if killed == "green" else service.name
+    since = time.time()
+
+    def grow() -> None:
+        host_memory(40, of=service.green)
+        get_json(service.url(port=service.green_port, path="/__standin/alloc?mb=80"), timeout=5)
+
+    out = deploy_with_fault(service, phase, grow)
+    run = out.run
+    print(
+        f"\nOUTCOME fault=host out of memory phase={phase}, {killed} the biggest exit={run.code}"
+        f" seconds={run.seconds:.1f} failed={out.failures} of={out.probes} dark={out.dark}"
+        f" line={run.stderr.strip()[-300:]!r}"
+    )
+    deaths = service.events_since(since, "die", "{{.Actor.Attributes.exitCode}}", f"name={name}")
+    assert "137" in deaths, deaths
+    assert run.code in (0, 1), run.tail()
+    if run.code == 1:
+        line = one_line(run)
+        assert "was OOM-killed" in line, line
+    assert_serves_only(service, "1.0.0" if run.code == 1 else "2.0.0")
