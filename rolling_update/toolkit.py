@@ -49,7 +49,7 @@ from rolling_update._deploy.records import (
     Verified,
 )
 from rolling_update._deploy.release import Release
-from rolling_update._deploy.saga import Step
+from rolling_update._deploy.saga import Step, engine_away
 from rolling_update._deploy.session import client_session
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
@@ -168,6 +168,7 @@ __all__ = [
     "diff",
     "disk_full_said",
     "drained",
+    "engine_away",
     "judge_health",
     "made_by_compose",
     "measures",

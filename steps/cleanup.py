@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
 import structlog
@@ -10,15 +12,35 @@ import structlog
 from rolling_update.toolkit import (
     LABEL_SERVICE,
     DeployContext,
-    EngineUnavailable,
     GreenStarted,
     Redirected,
     RollingUpdateError,
     ServiceConfig,
     Switched,
+    engine_away,
 )
 
 from .green import drain_green
+
+# Between two tries of a cleanup call the engine refused or left unanswered.
+_AGAIN = 0.5
+
+
+async def _again(ctx: DeployContext, call: Callable[[], Awaitable[None]], *, ends: float) -> None:
+    """``call`` (idempotent) tried again while the engine is away (a restart or a hang)
+    until another try would pass ``ends``, the end of the cleanup's budget: then its error
+    is raised, so what is left is said and becomes work for `recover` (exit 4)."""
+    while True:  # bounded: it gives up once another try would pass ``ends``
+        try:
+            await call()
+            return
+        except RollingUpdateError as exc:
+            if not engine_away(exc):
+                raise
+            if anyio.current_time() + _AGAIN + ctx.config.engine.call_timeout > ends:
+                raise
+            structlog.get_logger().info("cleanup.again", error=str(exc), pause=_AGAIN)
+        await anyio.sleep(_AGAIN)
 
 
 class RemoveOld:
@@ -37,19 +59,25 @@ class RemoveOld:
     async def run(self, ctx: DeployContext) -> None:
         # Shielded: an interrupt now (the deploy is verified) waits the few
         # hundred milliseconds this takes rather than leave leftovers.
-        with anyio.move_on_after(ctx.config.rollback.step_timeout, shield=True):
-            await self._remove(ctx)
+        budget = ctx.config.rollback.step_timeout
+        with anyio.move_on_after(budget, shield=True):
+            await self._remove(ctx, ends=anyio.current_time() + budget)
 
-    async def _remove(self, ctx: DeployContext) -> None:
+    async def _remove(self, ctx: DeployContext, *, ends: float) -> None:
         redirected = ctx.find(Redirected)
         green = ctx.find(GreenStarted)
         took_traffic = redirected is not None and redirected.began is not None
         if redirected is not None and redirected.ended is not None and green is not None:
             # Green keeps serving the connections it took during the handoff, until they
             # close (at most switch.drain after the handoff ended).
-            left = ctx.config.switch.drain - (time.monotonic() - redirected.ended)
-            await drain_green(ctx, green.id, self.service.green_port, left)
-        await self._remove_containers(ctx, took_traffic=took_traffic)
+            ended = redirected.ended
+
+            async def drain() -> None:
+                left = ctx.config.switch.drain - (time.monotonic() - ended)
+                await drain_green(ctx, green.id, self.service.green_port, left)
+
+            await _again(ctx, drain, ends=ends)
+        await self._remove_containers(ctx, took_traffic=took_traffic, ends=ends)
         if ctx.config.build.enabled and ctx.config.build.keep:
             await self._prune_images(ctx)
 
@@ -77,7 +105,9 @@ class RemoveOld:
                 else:
                     log.info("cleanup.image_removed", image=ref)
 
-    async def _remove_containers(self, ctx: DeployContext, *, took_traffic: bool) -> None:
+    async def _remove_containers(
+        self, ctx: DeployContext, *, took_traffic: bool, ends: float
+    ) -> None:
         log = structlog.get_logger()
         switched = ctx.find(Switched) or Switched()
         for label, container_id in (("green", ctx.green_id), ("old", switched.blue_id)):
@@ -85,12 +115,9 @@ class RemoveOld:
                 continue
             forget = label == "green" and took_traffic
             try:
-                try:
-                    await self._remove_one(ctx, container_id, forget=forget)
-                except EngineUnavailable:
-                    # The engine went away mid-call (a restart): asked once more, on a
-                    # connection that waits for it to be back (both calls are idempotent).
-                    await self._remove_one(ctx, container_id, forget=forget)
+                await _again(
+                    ctx, partial(self._remove_one, ctx, container_id, forget=forget), ends=ends
+                )
             except RollingUpdateError as exc:
                 log.warning(
                     "cleanup.leftover", container=label, id=container_id[:12], error=str(exc)

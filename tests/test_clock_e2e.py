@@ -69,13 +69,15 @@ def prepared(service: Service, **knobs: object) -> None:
 
 
 @pytest.mark.parametrize("seconds", [HOUR, -HOUR], ids=["forward", "back"])
-@pytest.mark.parametrize("step", ["green-health", "tick-boundary", "switch", "soak"])
+@pytest.mark.parametrize(
+    "step", ["green-health", "tick-boundary", "handoff", "switch", "verify", "soak", "cleanup"]
+)
 def test_a_clock_step_mid_deploy_moves_no_deadline(
     clock: SteppedClock, service: Service, step: str, seconds: float
 ) -> None:
-    """An hour's step of the wall clock, forward or back, during green's warm-up, blue's
-    tick wait, the switch or the soak changes nothing: exit 0, the new version serves from
-    one container, not one request fails, and every duration the deploy reports is real."""
+    """An hour's step of the wall clock, forward or back, at any phase from green's warm-up
+    to the cleanup changes nothing: exit 0, the new version serves from one container,
+    not one request fails, and every duration the deploy reports is real."""
     prepared(service)
     out = deploy_with_fault(
         service, step, lambda: clock.step(seconds), timeout=180, undo=clock.restore

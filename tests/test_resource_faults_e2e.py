@@ -22,7 +22,16 @@ import pytest
 
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._observe import history
-from tests.support import Prober, Run, Service, assert_serves_only, get_json, until
+from tests.support import (
+    FAULT_TICK,
+    Prober,
+    Run,
+    Service,
+    assert_serves_only,
+    deploy_with_fault,
+    get_json,
+    until,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -140,6 +149,28 @@ def test_production_oom_killed_during_the_soak(service: Service) -> None:
     report("OOM kill", "soak (new production)", run, prober)
 
 
+@pytest.mark.parametrize("phase", ["tick-boundary", "handoff", "switch", "verify"])
+def test_green_oom_killed_past_its_warm_up(service: Service, phase: str) -> None:
+    """Green outgrows blue's inherited memory limit at blue's tick wait, or from the
+    redirect on while it serves production's port (the redirect, the switch, the verify):
+    the kernel kills it, the deploy rolls back with exit 1 naming the OOM kill, and blue
+    alone serves."""
+    service.start_blue("1.0.0", args=("--network", "host", "--memory", f"{LIMIT_MB}m"))
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
+    service.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
+    alloc = service.url(port=service.green_port, path=f"/__standin/alloc?mb={4 * LIMIT_MB}")
+    out = deploy_with_fault(service, phase, lambda: get_json(alloc, timeout=5))
+    run = out.run
+    print(
+        f"\nOUTCOME fault=OOM kill phase={phase} exit={run.code} seconds={run.seconds:.1f}"
+        f" failed={out.failures} of={out.probes} dark={out.dark} line={run.stderr[-200:]!r}"
+    )
+    assert run.code == 1, run.tail()
+    line = one_line(run)
+    assert f"{service.green} was OOM-killed" in line and "rolled back" in line, line
+    assert_serves_only(service, "1.0.0")
+
+
 @pytest.mark.parametrize(("spare_blocks", "file"), [(0, "lock"), (1, "journal.json")])
 def test_disk_full_before_the_deploy(
     service: Service, disk: SmallDisk, spare_blocks: int, file: str
@@ -162,7 +193,9 @@ def test_disk_full_before_the_deploy(
     report("disk full", f"start ({file})", run, prober)
 
 
-@pytest.mark.parametrize("phase", ["green-health", "switch", "verify"])
+@pytest.mark.parametrize(
+    "phase", ["migrate", "green-health", "tick-boundary", "handoff", "switch", "verify"]
+)
 def test_disk_full_mid_deploy(service: Service, disk: SmallDisk, phase: str) -> None:
     """The state directory's disk fills during a phase: the next journal write fails, the
     deploy rolls back without stopping on its own records (exit 1, one line naming the
@@ -218,6 +251,27 @@ def test_disk_full_at_the_commit(service: Service, disk: SmallDisk) -> None:
     disk.free()
     again = service.deploy()
     assert again.code == 0, again.tail()
+    assert_serves_only(service, "2.0.0")
+
+
+def test_disk_full_in_the_cleanup(service: Service, disk: SmallDisk) -> None:
+    """The state directory's disk fills as the cleanup begins, past the commit: the new
+    version serves whatever the journal's next write meets, and the exit code says whether
+    the cleanup finished (0) or `recover` must finish it once there is room (4)."""
+    on_disk(service, disk)
+    with Prober(service.version_url()) as prober, service.cli("deploy", timeout=180) as cli:
+        cli.until_event("deploy.step.started", step="cleanup")
+        disk.fill()
+        run = cli.finish()
+    report("disk full", "cleanup (past the commit)", run, prober)
+    assert run.code in (0, 4), run.tail()
+    assert prober.failures == 0
+    assert service.serving() == "2.0.0"
+    disk.free()
+    if run.code == 4:
+        assert "run `rolling-update recover`" in one_line(run), run.stderr
+        fixed = service.recover()
+        assert fixed.code == 0, fixed.tail()
     assert_serves_only(service, "2.0.0")
 
 

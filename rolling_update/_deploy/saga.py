@@ -180,15 +180,17 @@ async def run_saga(
 
 # An engine restarting answers 500s while it shuts down ("database not open"), then
 # nothing: an undo failing so is tried again, within its budget.
-def _passing(exc: BaseException | None) -> bool:
-    """Whether an undo's failure is the engine's passing state, not an answer to its request
-    (also where the engine's failure is the cause: a remote handoff's helper that could not run)."""
+def engine_away(exc: BaseException | None) -> bool:
+    """Whether a failure is the engine's passing state (unreachable, unanswered, or a 500
+    while it restarts), not an answer to the request: an idempotent call failing so is
+    worth trying again (also where the engine's failure is the cause: a remote handoff's
+    helper that could not run)."""
     if exc is None:
         return False
     return (
         isinstance(exc, EngineUnavailable)
         or (isinstance(exc, EngineError) and exc.status >= 500)
-        or _passing(exc.__cause__)
+        or engine_away(exc.__cause__)
     )
 
 
@@ -202,7 +204,7 @@ async def _undo(step: Step[C], ctx: C, unanswered: list[Exception]) -> None:
             await step.compensate(ctx)
             return
         except Exception as exc:
-            if not _passing(exc):
+            if not engine_away(exc):
                 raise
             unanswered.append(exc)
             log.warning("deploy.compensate.retry", error=redactor.scrub(str(exc)))

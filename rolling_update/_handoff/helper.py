@@ -75,5 +75,5 @@ class Helper:
                 f"the {tool} helper did not end within {HELPER_LIMIT * 2:g}s"
             ) from None
         except EngineError as exc:
-            # Its cause kept: an undo tries again on an engine restarting (saga's _passing).
+            # Its cause kept: an undo tries again on an engine restarting (saga's engine_away).
             raise HandoffError(f"the {tool} helper could not run: {exc}") from exc
