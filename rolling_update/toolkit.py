@@ -49,7 +49,7 @@ from rolling_update._deploy.records import (
     Verified,
 )
 from rolling_update._deploy.release import Release
-from rolling_update._deploy.saga import Step, engine_away
+from rolling_update._deploy.saga import Step, again_while_away
 from rolling_update._deploy.session import client_session
 from rolling_update._deploy.twin import diff
 from rolling_update._engine.builder import choose_builder
@@ -157,6 +157,7 @@ __all__ = [
     "Verified",
     "VerifyConfig",
     "Watch",
+    "again_while_away",
     "ask_to_stop_accepting",
     "await_docker_healthy",
     "await_healthy",
@@ -168,7 +169,6 @@ __all__ = [
     "diff",
     "disk_full_said",
     "drained",
-    "engine_away",
     "judge_health",
     "made_by_compose",
     "measures",

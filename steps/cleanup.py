@@ -17,30 +17,10 @@ from rolling_update.toolkit import (
     RollingUpdateError,
     ServiceConfig,
     Switched,
-    engine_away,
+    again_while_away,
 )
 
 from .green import drain_green
-
-# Between two tries of a cleanup call the engine refused or left unanswered.
-_AGAIN = 0.5
-
-
-async def _again(ctx: DeployContext, call: Callable[[], Awaitable[None]], *, ends: float) -> None:
-    """``call`` (idempotent) tried again while the engine is away (a restart or a hang)
-    until another try would pass ``ends``, the end of the cleanup's budget: then its error
-    is raised, so what is left is said and becomes work for `recover` (exit 4)."""
-    while True:  # bounded: it gives up once another try would pass ``ends``
-        try:
-            await call()
-            return
-        except RollingUpdateError as exc:
-            if not engine_away(exc):
-                raise
-            if anyio.current_time() + _AGAIN + ctx.config.engine.call_timeout > ends:
-                raise
-            structlog.get_logger().info("cleanup.again", error=str(exc), pause=_AGAIN)
-        await anyio.sleep(_AGAIN)
 
 
 class RemoveOld:
@@ -76,7 +56,7 @@ class RemoveOld:
                 left = ctx.config.switch.drain - (time.monotonic() - ended)
                 await drain_green(ctx, green.id, self.service.green_port, left)
 
-            await _again(ctx, drain, ends=ends)
+            await self._again(ctx, drain, ends=ends)
         await self._remove_containers(ctx, took_traffic=took_traffic, ends=ends)
         if ctx.config.build.enabled and ctx.config.build.keep:
             await self._prune_images(ctx)
@@ -115,7 +95,7 @@ class RemoveOld:
                 continue
             forget = label == "green" and took_traffic
             try:
-                await _again(
+                await self._again(
                     ctx, partial(self._remove_one, ctx, container_id, forget=forget), ends=ends
                 )
             except RollingUpdateError as exc:
@@ -124,6 +104,16 @@ class RemoveOld:
                 )
             else:
                 log.info("cleanup.removed", container=label, id=container_id[:12])
+
+    async def _again(
+        self, ctx: DeployContext, call: Callable[[], Awaitable[None]], *, ends: float
+    ) -> None:
+        """``call`` tried again while the engine is away (a restart, a hang) until another
+        try would pass ``ends``, the end of the cleanup's budget; then its error is raised,
+        so what is left is said, and `recover` finishes it (exit 4)."""
+        await again_while_away(
+            call, event="cleanup.again", ends=ends, reserve=ctx.config.engine.call_timeout
+        )
 
     async def _remove_one(self, ctx: DeployContext, container_id: str, *, forget: bool) -> None:
         await ctx.engine.stop(container_id, grace=self.service.stop_timeout)

@@ -26,7 +26,13 @@ from rolling_update._deploy.preflight import (
 from rolling_update._deploy.record import record_end, record_timeline
 from rolling_update._deploy.records import Verified, check_plan
 from rolling_update._deploy.release import prepare
-from rolling_update._deploy.saga import SagaState, Step, StepRecord, run_saga
+from rolling_update._deploy.saga import (
+    SagaState,
+    Step,
+    StepRecord,
+    again_while_away,
+    run_saga,
+)
 from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import LABEL_DEPLOY, Engine
 from rolling_update._errors import (
@@ -235,7 +241,12 @@ async def _deploy(
                         try:
                             # The mark first: when the engine fails its removal (it is
                             # going down), the journal is left for `recover` to read.
-                            await docker.remove_marker(marker_name(service))
+                            # Asked again while it is away (a restart), within the limit.
+                            await again_while_away(
+                                lambda: docker.remove_marker(marker_name(service)),
+                                event="deploy.mark.again",
+                                ends=anyio.current_time() + MARK_LIMIT,
+                            )
                         except EngineError as exc:
                             left = str(exc)
                         else:

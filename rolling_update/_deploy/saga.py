@@ -18,7 +18,7 @@ hung for a while answers a later try.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -97,7 +97,7 @@ class StepRecord:
 C = TypeVar("C")
 
 
-# Between tries of an undo the engine did not answer: an engine that refuses connections
+# Between tries of a call the engine did not answer: an engine that refuses connections
 # fails each try at once.
 _UNDO_RETRY_PAUSE = 0.5
 
@@ -194,21 +194,39 @@ def engine_away(exc: BaseException | None) -> bool:
     )
 
 
-async def _undo(step: Step[C], ctx: C, unanswered: list[Exception]) -> None:
-    """``step``'s undo, tried again (undos are idempotent) for as long as the engine does not
-    answer or answers as a restarting engine does (each such try is put in ``unanswered``);
-    bounded by the caller's budget."""
-    log = structlog.get_logger()
-    while True:
+async def again_while_away(
+    call: Callable[[], Awaitable[object]],
+    *,
+    event: str,
+    ends: float | None = None,
+    reserve: float = 0.0,
+    tried: list[Exception] | None = None,
+) -> None:
+    """``call`` (idempotent), tried again for as long as it fails as an engine that is away
+    does (:func:`engine_away`; each such failure logged as ``event`` and put in ``tried``).
+    Bounded by the caller's budget; given ``ends`` (``anyio.current_time()``), the failure
+    is raised instead once another try, with ``reserve`` s for it, would pass ``ends``, so
+    the caller can say what it was."""
+    while True:  # bounded by the caller's budget, or by ``ends``
         try:
-            await step.compensate(ctx)
+            await call()
             return
         except Exception as exc:
             if not engine_away(exc):
                 raise
-            unanswered.append(exc)
-            log.warning("deploy.compensate.retry", error=redactor.scrub(str(exc)))
+            if ends is not None and anyio.current_time() + _UNDO_RETRY_PAUSE + reserve > ends:
+                raise
+            if tried is not None:
+                tried.append(exc)
+            structlog.get_logger().warning(event, error=redactor.scrub(str(exc)))
         await anyio.sleep(_UNDO_RETRY_PAUSE)
+
+
+async def _undo(step: Step[C], ctx: C, unanswered: list[Exception]) -> None:
+    """``step``'s undo (undos are idempotent), tried again while the engine is away."""
+    await again_while_away(
+        lambda: step.compensate(ctx), event="deploy.compensate.retry", tried=unanswered
+    )
 
 
 async def _unwind(
