@@ -147,15 +147,25 @@ def reboot(cli: Cli, service: Service) -> None:
     faults.start(live_restore=False)
 
 
-@pytest.mark.parametrize("step", FAULT_PHASES[1:])
-def test_reboot_mid_deploy_then_recover(reboot_engine: None, service: Service, step: str) -> None:
-    """A reboot at any phase past the build, then `recover` as a boot unit runs it: one
-    production container serves the previous version, or the new one where the journal
-    says the deploy was committed (the cleanup), and nothing of the deploy is left."""
-    prepared(service)
+@pytest.mark.parametrize("step", ["build", "migrate", *FAULT_PHASES[1:]])
+def test_reboot_mid_deploy_then_recover(
+    reboot_engine: None, service: Service, barrier: Barrier, step: str
+) -> None:
+    """A reboot at any phase (during the build, while a migration runs, and each phase
+    after), then `recover` as a boot unit runs it: one production container serves the
+    previous version, or the new one where the journal says the deploy was committed (the
+    cleanup), and nothing of the deploy is left."""
+    prepared(
+        service,
+        build=SLOW_BUILD if step == "build" else "",
+        migrate=barrier.migration() if step == "migrate" else None,
+    )
     with Prober(service.version_url()) as prober:
         with service.cli("deploy", timeout=240) as cli:
-            cli.until_event("deploy.step.started", step=step)
+            if step == "migrate":
+                cli.until_event("container.log", line=Barrier.LINE)
+            else:
+                cli.until_event("deploy.step.started", step=step)
             reboot(cli, service)
             killed = cli.finish()
         assert killed.code == -signal.SIGKILL
