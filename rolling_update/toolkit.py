@@ -104,7 +104,7 @@ from rolling_update._watch.probe import (
     tick_state,
 )
 from rolling_update._watch.tasks import task_group
-from rolling_update._watch.watch import Watch, watching
+from rolling_update._watch.watch import Watch, ended_as_found, watching
 
 __all__ = [
     "CONFIG_HASH",
@@ -169,6 +169,7 @@ __all__ = [
     "diff",
     "disk_full_said",
     "drained",
+    "ended_as_found",
     "judge_health",
     "made_by_compose",
     "measures",

@@ -20,6 +20,7 @@ from rolling_update.toolkit import (
     ServiceConfig,
     clear_name,
     disk_full_said,
+    ended_as_found,
     redactor,
     remove_ours,
     task_group,
@@ -158,8 +159,11 @@ class RunMigrations:
                 last_logs=list(tail),
             ) from None
         if code != 0:
+            # Told as every death is: the engine knows whether the kernel killed it.
+            info = await ctx.engine.inspect(container_id)
+            how = f"exited with code {code}" if info is None else ended_as_found(info, 0)
             raise MigrationFailed(
-                f"migration {' '.join(command)!r} exited with code {code}{disk_full_said(tail)}",
+                f"migration {' '.join(command)!r} {how}{disk_full_said(tail)}",
                 container=self.container_name,
                 last_logs=list(tail),
             )

@@ -334,3 +334,52 @@ def test_host_out_of_memory_at_a_phase_of_the_switch(
         line = one_line(run)
         assert "was OOM-killed" in line, line
     assert_serves_only(service, "1.0.0" if run.code == 1 else "2.0.0")
+
+
+def test_host_out_of_memory_while_a_migration_runs(host_memory: Limit, service: Service) -> None:
+    """The host runs out of memory as a migration grows past the room left: the kernel kills
+    it (the biggest), the deploy rolls back with exit 1 naming the migration's kill, no
+    container is left, and blue serves untouched."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    grow = ["python3", "-c", "import time; b = bytearray(200 << 20); time.sleep(30)"]
+    service.config(migrate=f"commands = {json.dumps([grow])}\ntimeout = 60\n")
+    host_memory(80)
+    with Prober(service.version_url()) as prober:
+        run = service.deploy()
+    report("host out of memory", "a migration running", run, prober)
+    assert run.code == 1, run.tail()
+    line = one_line(run)
+    assert "time.sleep(30)' was OOM-killed (SIGKILL, exit 137: out of memory" in line, line
+    assert line.endswith("(rolled back: the previous version serves)"), line
+    assert prober.failures == 0
+    assert_serves_only(service, "1.0.0")
+
+
+def test_host_out_of_memory_in_the_cleanup(host_memory: Limit, service: Service) -> None:
+    """The host runs out of memory as the cleanup begins, past the commit, production the
+    biggest: the kernel kills it and its restart policy brings it back; the deploy, already
+    committed, ends with exit 0 and the new version alone serves."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0")
+    service.config(verify="timeout = 10\nsoak = 1\n")
+    since = time.time()
+    alloc = service.url(path=f"/__standin/alloc?mb={GROWTH_MB['production']}")
+
+    def grow() -> None:
+        host_memory(80)
+        get_json(alloc, timeout=5)
+
+    out = deploy_with_fault(service, "cleanup", grow)
+    run = out.run
+    print(
+        f"\nOUTCOME fault=host out of memory phase=cleanup exit={run.code}"
+        f" seconds={run.seconds:.1f} failed={out.failures} of={out.probes} dark={out.dark}"
+        f" line={run.stderr.strip()[-300:]!r}"
+    )
+    deaths = service.events_since(
+        since, "die", "{{.Actor.Attributes.exitCode}}", f"name={service.name}"
+    )
+    assert "137" in deaths, deaths
+    assert run.code == 0, run.tail()
+    assert_serves_only(service, "2.0.0")
