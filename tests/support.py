@@ -885,6 +885,17 @@ FAULT_PHASES = [
 ]
 
 
+def assert_serves_only(service: Service, version: str) -> None:
+    """Exactly one production container, running and serving ``version``; nothing else of
+    the tool's: no redirect, journal (nor its temporary file) or engine mark."""
+    assert service.serving() == version
+    assert service.containers() == [service.name]
+    assert service.inspect(service.name)["State"]["Status"] == "running"
+    assert not service.redirected()
+    assert not service.journal.exists() and not service.marked()
+    assert not list(service.journal.parent.glob("*.tmp"))
+
+
 @dataclass
 class Struck:
     """A deploy a fault struck: how it ended, and what a client on a production port saw."""
@@ -892,6 +903,7 @@ class Struck:
     run: Run
     failures: int
     dark: float
+    probes: int
 
 
 def deploy_with_fault(
@@ -902,22 +914,28 @@ def deploy_with_fault(
     event: str = "deploy.step.started",
     url: str | None = None,
     serving: Callable[[], str | None] | None = None,
+    timeout: float = 240,
+    undo: Callable[[], None] | None = None,
     **fields: object,
 ) -> Struck:
-    """A deploy, ``fault`` struck once the log says ``phase`` started (or shows ``event``
-    with ``fields``); production's port (or ``url``, which ``serving`` reads) probed until
-    some version serves again (what restart policies bring back may come after the exit)."""
+    """A deploy bounded by ``timeout``, ``fault`` struck once the log says ``phase`` started
+    (or shows ``event`` with ``fields``) and ``undo`` run once the deploy ended; production's
+    port (or ``url``, which ``serving`` reads) probed until some version serves again (what
+    restart policies bring back may come after the exit)."""
     answers = serving or service.serving
     with Prober(url or service.version_url()) as prober:
-        with service.cli("deploy", timeout=240) as cli:
+        with service.cli("deploy", timeout=timeout) as cli:
             cli.until_event(event, **(fields or {"step": phase}))
             # Struck from another thread: the CLI's output is read meanwhile.
             striking = threading.Thread(target=fault)
             striking.start()
             run = cli.finish()
             striking.join(120)
+        if undo is not None:
+            undo()
         until(lambda: answers() is not None, "production's port answers", timeout=60)
-    return Struck(run, prober.failures, round(prober.longest_gap(to_end=True), 2))
+    dark = round(prober.longest_gap(to_end=True), 2)
+    return Struck(run, prober.failures, dark, len(prober.samples))
 
 
 @pytest.fixture

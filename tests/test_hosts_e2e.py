@@ -23,6 +23,7 @@ from rolling_update._handoff.connections import drained, own_endpoints, parse_es
 from rolling_update._handoff.nft import EngineFirewall, RedirectRule, table_name
 from rolling_update._hosts.hosts import for_unit, pick, units_of
 from rolling_update._state.journal import Journal
+from tests.engineproxy import EngineProxy, proxied
 from tests.hosts import (
     HOST2,
     HOST2_GREEN,
@@ -52,6 +53,7 @@ from tests.support import (
     get_json,
     swapped,
 )
+from tests.test_engine_hang_e2e import BOUND, CALL_TIMEOUT, later
 from tests.test_resource_faults_e2e import SmallDisk
 
 __all__ = ["two_hosts"]
@@ -793,4 +795,77 @@ def test_a_remote_host_rebooting_mid_rollout_is_recovered(
     print(
         f"outcome: h2 reboot, {phase}, recover: exit {fixed.code}, local 2.0.0, h2 {h2_version}, "
         f"h2 {prober.failures} failed, dark {prober.longest_gap(to_end=True):.2f}s"
+    )
+
+
+@pytest.fixture
+def host2_proxy() -> Iterator[EngineProxy]:
+    """A proxy in front of ru-host2's engine socket, which the tool reaches over SSH; the
+    test's own ``docker2()`` calls still go straight to the engine."""
+    with proxied(HOST2_SOCKET) as proxy:
+        yield proxy
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
+@pytest.mark.parametrize(
+    "phase", ["green-health", "tick-boundary", "handoff", "verify", "soak", "cleanup"]
+)
+def test_a_remote_engine_hanging_mid_rollout(
+    service: Service, two_hosts: TwoHosts, host2_proxy: EngineProxy, phase: str, comes_back: bool
+) -> None:
+    """ru-host2's engine stalls (its SSH link up) as a phase of its deploy begins: an engine
+    that answers again 4 s later gets h2 rolled back (exit 1 naming h2); one that never does
+    gets exit 3 by the rollback's deadlines, and `recover --host h2` once it answers; past
+    h2's commit (its cleanup) exit 4, and `recover --host h2` finishes. The canary keeps
+    the new version, each host is left one serving production container, no redirect,
+    journal or mark: h2 on its old version, or the new one where its journal says committed."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(
+        socket2=str(host2_proxy.path),
+        engine=f"call_timeout = {CALL_TIMEOUT}\n",
+        rollback="step_timeout = 8\ntimeout = 20\n",
+        tick=FAULT_TICK,
+        # A soak long enough for an unanswered call to fail inside it.
+        verify="timeout = 10\nsoak = 6\n",
+    )
+    service.write_app("2.0.0")
+
+    def hang() -> None:
+        host2_proxy.stall()
+        later(host2_proxy, comes_back)
+
+    out = deploy_with_fault(
+        service,
+        phase,
+        hang,
+        url=f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status",
+        serving=two_hosts.serving2,
+        timeout=BOUND,
+        step=phase,
+        host="h2",
+    )
+    run = out.run
+    committed = False
+    if phase == "cleanup":
+        committed = h2_committed(service)
+        assert committed, phase
+        assert run.code == 4, run.tail()
+    elif comes_back:
+        assert run.code == 1, run.tail()
+    else:
+        assert run.code == 3, run.tail()
+        assert not h2_committed(service), phase
+    assert "h2" in run.stderr.strip().splitlines()[-1], run.stderr
+    if run.code == 1:
+        h2_version = "1.0.0"
+        assert_both_settled(service, two_hosts, h2_version, run.tail())
+    else:
+        host2_proxy.pass_()
+        h2_version = recovered_h2(service, two_hosts, run, committed=committed)
+    print(
+        f"\nOUTCOME fault=h2-engine-stall phase={phase}"
+        f" back={'after' if comes_back else 'never'} exit={run.code}"
+        f" seconds={run.seconds:.1f} recover={'-' if run.code == 1 else 0}"
+        f" h2={h2_version} failed={out.failures} of={out.probes} dark={out.dark:.2f}"
+        f" line={run.stderr.strip()[-200:]!r}"
     )
