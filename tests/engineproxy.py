@@ -202,15 +202,22 @@ class EngineProxy:
             conn.client.sendall(conn.held_down.pop(0))
 
 
-@pytest.fixture
-def engine_proxy() -> Iterator[EngineProxy]:
-    """A proxy in front of the engine; the tool reaches it through ``proxy.url`` as its
-    DOCKER_HOST, while the test's own ``docker()`` calls still go straight to the engine."""
+@contextlib.contextmanager
+def proxied(upstream: str = ENGINE_SOCKET) -> Iterator[EngineProxy]:
+    """A proxy in front of the engine at ``upstream``, closed whatever happens."""
     # Not under tmp_path: a unix socket's path must fit in 108 bytes.
     where = Path(tempfile.mkdtemp(prefix="ru-proxy-"))
-    proxy = EngineProxy(where / "engine.sock")
+    proxy = EngineProxy(where / "engine.sock", upstream)
     try:
         yield proxy
     finally:
         proxy.close()
         shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def engine_proxy() -> Iterator[EngineProxy]:
+    """A proxy in front of the engine; the tool reaches it through ``proxy.url`` as its
+    DOCKER_HOST, while the test's own ``docker()`` calls still go straight to the engine."""
+    with proxied() as proxy:
+        yield proxy

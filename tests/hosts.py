@@ -236,19 +236,27 @@ class TwoHosts:
         self.start_blue2(version)
 
     def config(
-        self, *, engine2: str = "ssh", extra: str = "", h2_extra: str = "", **sections: str
+        self,
+        *,
+        engine2: str = "ssh",
+        socket2: str = HOST2_SOCKET,
+        extra: str = "",
+        h2_extra: str = "",
+        **sections: str,
     ) -> Path:
         """The service's config with [[hosts]]: local (canary) first, then ru-host2;
+        ``socket2``: the engine socket SSH forwards to there (ru-host2 shares this
+        machine's files: a proxy's socket here is reached through its sshd);
         ``sections`` replace whole tables, as for :meth:`Service.config`."""
         svc = self.svc
         if engine2 == "ssh":
             h2 = (
-                f'engine = "ssh://root@{HOST2}"\nsocket = "{HOST2_SOCKET}"\n'
+                f'engine = "ssh://root@{HOST2}"\nsocket = "{socket2}"\n'
                 f'ssh_config = "{SSH_CONFIG}"\n'
             )
         elif engine2 == "ssh-probe":
             h2 = (
-                f'engine = "ssh://root@{HOST2}"\nsocket = "{HOST2_SOCKET}"\n'
+                f'engine = "ssh://root@{HOST2}"\nsocket = "{socket2}"\n'
                 f'ssh_config = "{SSH_CONFIG}"\nprobe = "ssh"\n'
             )
         else:

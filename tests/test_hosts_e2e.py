@@ -23,6 +23,7 @@ from rolling_update._handoff.connections import drained, own_endpoints, parse_es
 from rolling_update._handoff.nft import EngineFirewall, RedirectRule, table_name
 from rolling_update._hosts.hosts import for_unit, pick, units_of
 from rolling_update._state.journal import Journal
+from tests.engineproxy import EngineProxy, proxied
 from tests.hosts import (
     CERTS,
     HOST2,
@@ -46,6 +47,7 @@ from tests.support import (
     FAULT_TICK,
     ROOT,
     Prober,
+    Run,
     Service,
     deploy_with_fault,
     docker,
@@ -53,6 +55,7 @@ from tests.support import (
     get_json,
     swapped,
 )
+from tests.test_engine_hang_e2e import BOUND, CALL_TIMEOUT, later
 from tests.test_resource_faults_e2e import SmallDisk
 
 __all__ = ["two_hosts"]
@@ -653,19 +656,35 @@ def two_hosts_engine_answers() -> bool:
         return False
 
 
-@pytest.mark.parametrize("phase", ["green-health", "switch", "soak"])
+def h2_committed(service: Service) -> bool:
+    """Whether h2's journal, left by a deploy that did not finish there, says committed:
+    what `recover --host h2` must then leave serving is the new version, else the old."""
+    settings = service.settings()
+    (h2,) = pick(settings, "h2")
+    left = Journal.load(Journal.path_for(for_unit(settings, h2, first=False).state_dir))
+    assert left is not None, "h2's journal is gone"
+    return left.record.committed
+
+
+# Every phase of h2's own deploy: the build and migrations run on the canary only.
+H2_PHASES = ["green-health", "tick-boundary", "handoff", "switch", "verify", "soak", "cleanup"]
+
+
+@pytest.mark.parametrize("phase", H2_PHASES)
 def test_a_remote_host_whose_network_goes_away_is_recovered_when_it_comes_back(
     service: Service, two_hosts: TwoHosts, phase: str
 ) -> None:
-    """ru-host2's link goes down at the start of its warm-up, switch or soak (tcp+TLS engine):
-    the rollout ends by its deadlines with exit 3 naming the host and what to run, the canary
-    keeps the new version; once the link is back, `recover --host h2` brings back its old
-    version alone, the redirect gone."""
+    """ru-host2's link goes down as a phase of its deploy begins (tcp+TLS engine): the
+    rollout ends by its deadlines with exit 3 (4 past h2's commit, in its cleanup) naming
+    the host and what to run, the canary keeping the new version; once the link is back,
+    `recover --host h2` leaves h2 one serving production container, no redirect, journal
+    or mark: its old version, or the new one where its journal says committed."""
     two_hosts.start_blues("1.0.0")
     two_hosts.config(
         engine2="tls",
         extra="[engine]\ncall_timeout = 2\n\n",
         rollback="step_timeout = 6\ntimeout = 20\n",
+        tick=FAULT_TICK,
         verify="timeout = 10\nsoak = 3\n",
     )
     service.write_app("2.0.0")
@@ -673,14 +692,28 @@ def test_a_remote_host_whose_network_goes_away_is_recovered_when_it_comes_back(
         cli.until_event("deploy.step.started", step=phase, host="h2")
         with host2_unplugged():
             run = cli.finish()
-    assert run.code == 3, run.stderr
-    assert "h2" in run.stderr and "recover" in run.stderr
+    committed = h2_committed(service)
+    assert committed == (phase == "cleanup"), phase
+    # Past its commit, h2 serves the new version: the cleanup is what is left to finish.
+    assert run.code == (4 if committed else 3), run.tail()
     assert service.serving() == "2.0.0"
+    h2_version = recovered_h2(service, two_hosts, run, committed=committed)
+    print(
+        f"\nOUTCOME fault=h2-link-down phase={phase} exit={run.code} seconds={run.seconds:.1f}"
+        f" committed={committed} recover=0 h2={h2_version} line={run.stderr.strip()[-200:]!r}"
+    )
+
+
+def recovered_h2(service: Service, two_hosts: TwoHosts, run: Run, *, committed: bool) -> str:
+    """A rollout that left h2 part-way says to run `recover --host h2`, which exits 0 and
+    leaves both hosts settled, h2 on the new version if its journal said committed, else
+    the old: that version."""
+    assert "h2: " in run.stderr and "`rolling-update recover --host h2`" in run.stderr, run.stderr
     fixed = service.run("recover", "--host", "h2", timeout=240)
-    assert fixed.code == 0, fixed.stderr
-    assert two_hosts.serving2() == "1.0.0"  # never committed there
-    assert two_hosts.containers2() == [service.name]
-    assert not two_hosts.redirected2()
+    assert fixed.code == 0, fixed.tail()
+    h2_version = "2.0.0" if committed else "1.0.0"
+    assert_both_settled(service, two_hosts, h2_version, fixed.tail())
+    return h2_version
 
 
 def assert_both_settled(service: Service, two_hosts: TwoHosts, h2_version: str, why: str) -> None:
@@ -773,12 +806,8 @@ def test_a_remote_host_rebooting_mid_rollout_is_recovered(
             reboot_host2(service.name)
             killed = cli.finish()
         assert killed.code == -signal.SIGKILL
-        settings = service.settings()
-        (h2,) = pick(settings, "h2")
-        left = Journal.load(Journal.path_for(for_unit(settings, h2, first=False).state_dir))
-        assert left is not None
-        committed = left.record.committed
-        assert committed == (phase == "cleanup"), left.record
+        committed = h2_committed(service)
+        assert committed == (phase == "cleanup"), phase
         fixed = service.recover()
     assert fixed.code == 0, fixed.tail()
     h2_version = "2.0.0" if committed else "1.0.0"
@@ -786,4 +815,77 @@ def test_a_remote_host_rebooting_mid_rollout_is_recovered(
     print(
         f"outcome: h2 reboot, {phase}, recover: exit {fixed.code}, local 2.0.0, h2 {h2_version}, "
         f"h2 {prober.failures} failed, dark {prober.longest_gap(to_end=True):.2f}s"
+    )
+
+
+@pytest.fixture
+def host2_proxy() -> Iterator[EngineProxy]:
+    """A proxy in front of ru-host2's engine socket, which the tool reaches over SSH; the
+    test's own ``docker2()`` calls still go straight to the engine."""
+    with proxied(HOST2_SOCKET) as proxy:
+        yield proxy
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
+@pytest.mark.parametrize(
+    "phase", ["green-health", "tick-boundary", "handoff", "verify", "soak", "cleanup"]
+)
+def test_a_remote_engine_hanging_mid_rollout(
+    service: Service, two_hosts: TwoHosts, host2_proxy: EngineProxy, phase: str, comes_back: bool
+) -> None:
+    """ru-host2's engine stalls (its SSH link up) as a phase of its deploy begins: an engine
+    that answers again 4 s later gets h2 rolled back (exit 1 naming h2); one that never does
+    gets exit 3 by the rollback's deadlines, and `recover --host h2` once it answers; past
+    h2's commit (its cleanup) exit 4, and `recover --host h2` finishes. The canary keeps
+    the new version, each host is left one serving production container, no redirect,
+    journal or mark: h2 on its old version, or the new one where its journal says committed."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(
+        socket2=str(host2_proxy.path),
+        engine=f"call_timeout = {CALL_TIMEOUT}\n",
+        rollback="step_timeout = 8\ntimeout = 20\n",
+        tick=FAULT_TICK,
+        # A soak long enough for an unanswered call to fail inside it.
+        verify="timeout = 10\nsoak = 6\n",
+    )
+    service.write_app("2.0.0")
+
+    def hang() -> None:
+        host2_proxy.stall()
+        later(host2_proxy, comes_back)
+
+    out = deploy_with_fault(
+        service,
+        phase,
+        hang,
+        url=f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status",
+        serving=two_hosts.serving2,
+        timeout=BOUND,
+        step=phase,
+        host="h2",
+    )
+    run = out.run
+    committed = False
+    if phase == "cleanup":
+        committed = h2_committed(service)
+        assert committed, phase
+        assert run.code == 4, run.tail()
+    elif comes_back:
+        assert run.code == 1, run.tail()
+    else:
+        assert run.code == 3, run.tail()
+        assert not h2_committed(service), phase
+    assert "h2" in run.stderr.strip().splitlines()[-1], run.stderr
+    if run.code == 1:
+        h2_version = "1.0.0"
+        assert_both_settled(service, two_hosts, h2_version, run.tail())
+    else:
+        host2_proxy.pass_()
+        h2_version = recovered_h2(service, two_hosts, run, committed=committed)
+    print(
+        f"\nOUTCOME fault=h2-engine-stall phase={phase}"
+        f" back={'after' if comes_back else 'never'} exit={run.code}"
+        f" seconds={run.seconds:.1f} recover={'-' if run.code == 1 else 0}"
+        f" h2={h2_version} failed={out.failures} of={out.probes} dark={out.dark:.2f}"
+        f" line={run.stderr.strip()[-200:]!r}"
     )

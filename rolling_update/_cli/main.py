@@ -159,6 +159,16 @@ def _version() -> str:
         return "(not installed)"
 
 
+# What the operator runs for a unit a rollout left part-way, by how it ended there: each
+# needs `recover` on that unit alone (exit 3 or 4), as a single host's line says.
+_LEFT_TO_RECOVER = {
+    Outcome.ROLLBACK_INCOMPLETE: "once its engine answers, run `rolling-update recover {flags}`",
+    Outcome.FAILED_AFTER_COMMIT: (
+        "the new version serves; run `rolling-update recover {flags}` to finish"
+    ),
+}
+
+
 def _rollout(cfg: Config, *, force: bool = False) -> int:
     """Every host, canary first; one line per host, then the exit code of the worst."""
     report: list[HostOutcome] = []
@@ -188,11 +198,11 @@ def _rollout(cfg: Config, *, force: bool = False) -> int:
             if interrupt.signum is not None
             else str(error)
         )
-        stuck = {h.host for h in report if h.result == Outcome.ROLLBACK_INCOMPLETE}
+        left = {h.host: Outcome(h.result) for h in report}
         then = "".join(
-            f"; {unit.name}: once its engine answers, run `rolling-update recover {unit.flags}`"
+            f"; {unit.name}: {_LEFT_TO_RECOVER[left[unit.name]].format(flags=unit.flags)}"
             for unit in units_of(cfg)
-            if unit.name in stuck
+            if left.get(unit.name) in _LEFT_TO_RECOVER
         )
         print(f"error: {redactor.scrub(cause)}{then}", file=sys.stderr, flush=True)
     return code
