@@ -905,6 +905,15 @@ class Struck:
     dark: float
     probes: int
 
+    def report(self, fault: str, phase: str) -> None:
+        """The outcome-table row of this case, for the README (pytest -s shows it)."""
+        run = self.run
+        print(
+            f"\nOUTCOME fault={fault} phase={phase} exit={run.code} seconds={run.seconds:.1f}"
+            f" failed={self.failures} of={self.probes} dark={self.dark:.2f}"
+            f" line={run.stderr.strip()[-300:]!r}"
+        )
+
 
 def deploy_with_fault(
     service: Service,

@@ -91,10 +91,7 @@ def test_a_clock_step_mid_deploy_moves_no_deadline(
     assert 0 < done["seconds"] < run.seconds
     finished = [e["seconds"] for e in run.event("deploy.step.done")]
     assert finished and all(0 <= s < run.seconds for s in finished), finished
-    print(
-        f"\nOUTCOME fault=clock step {seconds:+.0f}s phase={step} exit={run.code} "
-        f"failed={out.failures} of={out.probes} dark={out.dark:.2f}"
-    )
+    out.report(f"clock step {seconds:+.0f}s", step)
 
 
 def test_a_clock_stepped_back_does_not_stretch_a_deadline(

@@ -167,12 +167,8 @@ def test_disk_full_at_a_phase_past_the_migration(
     service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
     service.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
     out = deploy_with_fault(service, phase, faults.fill)
+    out.report("disk full (engine)", phase)
     run = out.run
-    print(
-        f"\nOUTCOME fault=disk full (engine) phase={phase} exit={run.code}"
-        f" seconds={run.seconds:.1f} failed={out.failures} of={out.probes} dark={out.dark}"
-        f" line={run.stderr.strip()[-300:]!r}"
-    )
     assert run.code in (0, 1, 3, 4), run.tail()
     assert out.failures == 0, run.tail()
     if run.code == 1:
@@ -321,12 +317,8 @@ def test_host_out_of_memory_at_a_phase_of_the_switch(
         get_json(service.url(port=service.green_port, path="/__standin/alloc?mb=80"), timeout=5)
 
     out = deploy_with_fault(service, phase, grow)
+    out.report("host out of memory", f"{phase}, {killed} the biggest")
     run = out.run
-    print(
-        f"\nOUTCOME fault=host out of memory phase={phase}, {killed} the biggest exit={run.code}"
-        f" seconds={run.seconds:.1f} failed={out.failures} of={out.probes} dark={out.dark}"
-        f" line={run.stderr.strip()[-300:]!r}"
-    )
     deaths = service.events_since(since, "die", "{{.Actor.Attributes.exitCode}}", f"name={name}")
     assert "137" in deaths, deaths
     assert run.code in (0, 1), run.tail()
@@ -371,12 +363,8 @@ def test_host_out_of_memory_in_the_cleanup(host_memory: Limit, service: Service)
         get_json(alloc, timeout=5)
 
     out = deploy_with_fault(service, "cleanup", grow)
+    out.report("host out of memory", "cleanup")
     run = out.run
-    print(
-        f"\nOUTCOME fault=host out of memory phase=cleanup exit={run.code}"
-        f" seconds={run.seconds:.1f} failed={out.failures} of={out.probes} dark={out.dark}"
-        f" line={run.stderr.strip()[-300:]!r}"
-    )
     deaths = service.events_since(
         since, "die", "{{.Actor.Attributes.exitCode}}", f"name={service.name}"
     )

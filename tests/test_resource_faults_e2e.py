@@ -160,11 +160,8 @@ def test_green_oom_killed_past_its_warm_up(service: Service, phase: str) -> None
     service.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
     alloc = service.url(port=service.green_port, path=f"/__standin/alloc?mb={4 * LIMIT_MB}")
     out = deploy_with_fault(service, phase, lambda: get_json(alloc, timeout=5))
+    out.report("OOM kill", phase)
     run = out.run
-    print(
-        f"\nOUTCOME fault=OOM kill phase={phase} exit={run.code} seconds={run.seconds:.1f}"
-        f" failed={out.failures} of={out.probes} dark={out.dark} line={run.stderr[-200:]!r}"
-    )
     assert run.code == 1, run.tail()
     line = one_line(run)
     assert f"{service.green} was OOM-killed" in line and "rolled back" in line, line
