@@ -51,6 +51,9 @@ class FakeContainer:
     restart_count: int = 0
     health: str | None = None
     oom_killed: bool = False
+    restarting: bool = False
+    """Between its restart policy's attempts: running as the engine says, without a network
+    sandbox (renaming it fails, as Docker's does), until stopped."""
     tcp: str = ""
     """Its network namespace's TCP tables (``/proc/net/tcp`` format), as a helper container
     joining it prints them: the connections it holds (none by default)."""
@@ -61,7 +64,7 @@ class FakeContainer:
             name=self.name,
             image=self.spec.image,
             running=self.running,
-            status="running" if self.running else "exited",
+            status="restarting" if self.restarting else "running" if self.running else "exited",
             labels=dict(self.spec.labels),
             restart_count=self.restart_count,
             exit_code=self.exit_code,
@@ -305,7 +308,7 @@ class FakeEngine:
         container = self._find(container_id)
         if container is not None and container.running:
             self.calls.append(f"stop {container.name}")
-            container.running = False
+            container.running = container.restarting = False
 
     async def kill(self, container_id: str, signal: str) -> None:
         self._check("kill")
@@ -322,6 +325,8 @@ class FakeEngine:
 
     async def rename(self, container_id: str, name: str) -> None:
         container = self._get("rename", container_id)
+        if container.restarting:
+            raise EngineError("rename", container_id[:12], 404, "sandbox 1f2e not found")
         if self._find(name) not in (None, container):
             raise EngineError("rename", name, 409, f"name {name} is already in use")
         self.calls.append(f"rename {container.name} {name}")

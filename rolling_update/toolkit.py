@@ -12,7 +12,8 @@ of a custom step. From here a step gets:
   a body runs; health polls; a wait that says what it waits for);
 - HTTP probes and their pure judges (health body, tick status), and a client's session
   (its sockets unmarked: the handoff's redirect applies to it);
-- what may be removed (:func:`remove_ours`, :func:`clear_name`);
+- what may be removed (:func:`remove_ours`, :func:`clear_name`), and blue renamed
+  (:func:`rename_blue`);
 - lifecycle actions, logged commands, secret redaction, the builder choice,
   blue's twin's differences and compose's config hash;
 - the errors to raise::
@@ -35,7 +36,7 @@ from rolling_update._config.settings import (
 from rolling_update._deploy.actions import ask_to_stop_accepting, run_actions
 from rolling_update._deploy.compose import CONFIG_HASH, config_hash, made_by_compose
 from rolling_update._deploy.context import DeployContext
-from rolling_update._deploy.policy import clear_name, remove_ours
+from rolling_update._deploy.policy import clear_name, remove_ours, rename_blue
 from rolling_update._deploy.process import run_logged
 from rolling_update._deploy.records import (
     BlueChecked,
@@ -179,6 +180,7 @@ __all__ = [
     "probe",
     "redactor",
     "remove_ours",
+    "rename_blue",
     "restore_wait",
     "run_actions",
     "run_logged",

@@ -144,9 +144,10 @@ async def green_serving(ctx: DeployContext, doing: str) -> AsyncIterator[None]:
 
 async def drain_green(ctx: DeployContext, green_id: str, port: int, limit: float) -> None:
     """Green took connections through the redirect: they finish, and close, before green's
-    SIGTERM (at most ``limit`` s); how long that took, and how many were left, is logged."""
-    seconds, left = await drained(ctx.engine, green_id, port, firewall=ctx.firewall, limit=limit)
-    structlog.get_logger().info("handoff.green_drained", seconds=seconds, left=left)
+    SIGTERM (at most ``limit`` s); how long that took, and how many there were and were left,
+    is logged."""
+    waited = await drained(ctx.engine, green_id, port, firewall=ctx.firewall, limit=limit)
+    structlog.get_logger().info("handoff.green_drained", **waited._asdict())
 
 
 class AwaitGreenHealthy:

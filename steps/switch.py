@@ -40,6 +40,7 @@ from rolling_update.toolkit import (
     measures,
     probe,
     remove_ours,
+    rename_blue,
     restore_wait,
     run_actions,
     waiting,
@@ -158,7 +159,7 @@ class Switch:
                     await ask_to_stop_accepting(ctx, blue_id)
                 if asked.cancelled_caught:
                     log.warning("switch.drain_ask_unanswered", bound=bound)
-            _, left = await drained(
+            _, left, at_start = await drained(
                 ctx.engine, blue_id, port, firewall=ctx.firewall,
                 limit=limit - (time.monotonic() - began),
             )  # fmt: skip
@@ -168,11 +169,11 @@ class Switch:
             ctx.measured[measures.BLUE_CONNECTIONS_LEFT] = left
         if left:
             log.warning(
-                "switch.blue_drained", seconds=seconds, left=left, bound=bound,
+                "switch.blue_drained", seconds=seconds, at_start=at_start, left=left, bound=bound,
                 consequence="these connections end with blue's SIGTERM",
             )  # fmt: skip
         else:
-            log.info("switch.blue_drained", seconds=seconds, left=left)
+            log.info("switch.blue_drained", seconds=seconds, at_start=at_start, left=left)
 
     async def _compose_labelled(self, ctx: DeployContext, spec: ContainerSpec) -> ContainerSpec:
         """``spec`` with the config hash compose now computes, for a blue compose made."""
@@ -217,8 +218,10 @@ class Switch:
         blue = await ctx.engine.inspect(switched.blue_id)
         if blue is None:
             raise RestoreFailed(f"blue ({switched.blue_id[:12]}) no longer exists")
-        if blue.name != self.service.name:
-            await ctx.engine.rename(switched.blue_id, self.service.name)
+        if blue.name != self.service.name and await rename_blue(
+            ctx.engine, blue.id, self.service.name, grace=self.service.stop_timeout
+        ):
+            blue = replace(blue, running=False)
         if switched.told_to_drain and blue.running:
             if bootable is False:
                 log.warning(

@@ -15,6 +15,23 @@ def anyio_backend() -> str:
 
 pytest_plugins = ["tests.support", "tests.engineproxy"]
 
+
+@pytest.fixture(scope="session")
+def host2_swept() -> None:
+    """What a run cut short left on ru-host2, swept before this session's first use of it."""
+    from tests.leftovers import sweep_host2  # after pytest_plugins: tests.support is rewritten
+
+    sweep_host2()
+
+
+@pytest.fixture(scope="session")
+def fault_engine_swept() -> None:
+    """What a run cut short left on the fault engine, swept before this session's first use."""
+    from tests.leftovers import sweep_fault_engine
+
+    sweep_fault_engine()
+
+
 # Tests marked `realbrain` deploy the real Brain of ../shared/realbrain (RU_REALBRAIN).
 # Without that directory (a user's checkout) they are deselected and the summary says so
 # in one line; in CI (CI=true) its absence fails the session instead.

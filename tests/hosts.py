@@ -321,7 +321,7 @@ class TwoHosts:
 
 
 @pytest.fixture
-def two_hosts(service: Service) -> Iterator[TwoHosts]:
+def two_hosts(service: Service, host2_swept: None) -> Iterator[TwoHosts]:
     require_engine()
     require_host2()
     hosts = TwoHosts(service)

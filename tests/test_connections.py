@@ -96,7 +96,7 @@ class Closing(FakeEngine):
 def blue_on(engine: FakeEngine) -> tuple[FakeContainer, EngineFirewall]:
     blue = engine.add(ContainerSpec(name="app", image="app:1"))
     blue.tcp = TCP.splitlines(keepends=True)[0] + ROW
-    return blue, EngineFirewall(engine, "app:1", bypass_port=15221)
+    return blue, EngineFirewall(engine, "app:1", service="svc", bypass_port=15221)
 
 
 @pytest.mark.anyio
@@ -105,7 +105,7 @@ async def test_a_remote_drain_counts_through_a_helper_in_the_containers_namespac
     the host's cat by chroot); the drain ends, none left, once blue's connection closed."""
     engine = Closing()
     engine.blue, firewall = blue_on(engine)
-    _, left = await drained(engine, engine.blue.id, 0x1466, firewall=firewall, limit=30)
+    _, left, _ = await drained(engine, engine.blue.id, 0x1466, firewall=firewall, limit=30)
     assert left == 0
     assert len(engine.runs) == 3
     body = engine.runs[0].to_api()
@@ -124,12 +124,12 @@ async def test_a_remote_drain_that_cannot_count_waits_its_limit_and_says_why() -
     blue, firewall = blue_on(engine)
     engine.failing["run_once"] = EngineError("create", "helper", 500, "no chroot in the image")
     with capture_logs() as logs:
-        _, left = await drained(engine, blue.id, 0x1466, firewall=firewall, limit=0.1)
+        _, left, _ = await drained(engine, blue.id, 0x1466, firewall=firewall, limit=0.1)
     assert left is None
     (line,) = [e for e in logs if e["event"] == "handoff.connections_uncounted"]
     assert "no chroot in the image" in line["why"]
     blue.running = False
-    assert await drained(engine, blue.id, 0x1466, firewall=firewall, limit=30) == (0.0, 0)
+    assert await drained(engine, blue.id, 0x1466, firewall=firewall, limit=30) == (0.0, 0, 0)
 
 
 def test_a_listener_on_the_port_is_seen_and_none_after_it_closes() -> None:

@@ -75,7 +75,7 @@ async def test_a_remote_host_deletes_through_its_conntrack_command() -> None:
     engine = FakeEngine(images={"app:1"})
     answers = iter([(0, DELETED.format(2)), (1, DELETED.format(0))])
     engine.run_answer = lambda spec: next(answers)
-    firewall = EngineFirewall(engine, "app:1", bypass_port=15221)
+    firewall = EngineFirewall(engine, "app:1", service="svc", bypass_port=15221)
     assert await firewall.forget(5221, 5222) == 2
     v4, v6 = (run.to_api() for run in engine.runs)
     assert v4["Entrypoint"] == ["chroot", "/host", "conntrack"]
@@ -93,7 +93,7 @@ async def test_a_host_without_conntrack_is_a_warning_said_once_per_firewall() ->
     firewall remembers, so the next call runs no helper."""
     engine = FakeEngine(images={"app:1"})
     engine.run_answer = lambda spec: (127, "chroot: failed to run command 'conntrack'\n")
-    firewall = EngineFirewall(engine, "app:1", bypass_port=15221)
+    firewall = EngineFirewall(engine, "app:1", service="svc", bypass_port=15221)
     handoff = PortHandoff(firewall, "app", 5221, 5222)
     with capture_logs() as logs:
         await handoff.forget(5222)

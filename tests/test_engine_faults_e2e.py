@@ -33,7 +33,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
 
 @pytest.fixture(params=[False, True], ids=["no-live-restore", "live-restore"])
-def fault_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
+def fault_engine(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, fault_engine_swept: None
+) -> Iterator[bool]:
     """The fault engine running with the live-restore setting of the case, and every docker
     call of the test and the tool pointed at it; requested before ``service``, so that the
     service is removed from it before DOCKER_HOST is restored."""
@@ -46,7 +48,7 @@ def fault_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture
-def reboot_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def reboot_engine(monkeypatch: pytest.MonkeyPatch, fault_engine_swept: None) -> Iterator[None]:
     """The fault engine as a host's engine that a reboot stops (no live-restore: a reboot
     stops every container anyway), everything pointed at it (requested before ``service``)."""
     faults.ensure(live_restore=False)

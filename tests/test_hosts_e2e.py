@@ -319,7 +319,9 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
 
     async def main() -> None:
         async with DockerEngine(f"unix://{HOST2_SOCKET}") as engine:
-            firewall = EngineFirewall(engine, image, bypass_port=15221, own_nft=own_nft)
+            firewall = EngineFirewall(
+                engine, image, service=service.name, bypass_port=15221, own_nft=own_nft
+            )
             assert await firewall.unavailable() is None
             table = table_name(service.name)
             await firewall.redirect(table, HOST2_PORT, HOST2_GREEN)
@@ -329,7 +331,7 @@ def test_remote_redirect_moves_new_connections_and_the_bypass_port_reaches_produ
             await firewall.remove(table)
             assert await firewall.target(table) is None
             assert await anyio.to_thread.run_sync(port_behind, HOST2_PORT) == HOST2_PORT
-            helpers = docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=nft")
+            helpers = docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=helper")
             assert helpers == ""
 
     anyio.run(main)
@@ -351,7 +353,9 @@ def test_remote_connection_count_sees_blues_clients_and_knows_the_tools_own(
     async def main() -> None:
         async with DockerEngine(f"unix://{HOST2_SOCKET}") as engine:
             blue = docker2("inspect", "-f", "{{.Id}}", service.name)
-            firewall = EngineFirewall(engine, image, bypass_port=15221, own_nft=own_nft)
+            firewall = EngineFirewall(
+                engine, image, service=service.name, bypass_port=15221, own_nft=own_nft
+            )
             table = table_name(service.name)
             await firewall.redirect(table, HOST2_PORT, HOST2_GREEN)
             try:
@@ -361,11 +365,11 @@ def test_remote_connection_count_sees_blues_clients_and_knows_the_tools_own(
                     # Seen from ru-host2, our end is the same address: the redirect of the
                     # bypass port changed the destination only.
                     assert await count(firewall, blue, ignore=own_endpoints()) == 0
-                _, left = await drained(engine, blue, HOST2_PORT, firewall=firewall, limit=30)
+                _, left, _ = await drained(engine, blue, HOST2_PORT, firewall=firewall, limit=30)
                 assert left == 0
             finally:
                 await firewall.remove(table)
-        assert docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=cat") == ""
+        assert docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=helper") == ""
 
     anyio.run(main)
 
@@ -466,7 +470,7 @@ def test_a_gradual_shift_on_the_second_host_splits_its_clients_through_the_nft_h
     assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "2.0.0")
     assert two_hosts.containers2() == [service.name]
     assert not two_hosts.redirected2()
-    assert docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=nft") == ""
+    assert docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=helper") == ""
     print(
         f"outcome: h2 10% hold: {during.count('2.0.0')} of {len(during)} client requests to "
         f"green, gate {gate['answers']} answers through h2's port; "
@@ -718,11 +722,13 @@ def recovered_h2(service: Service, two_hosts: TwoHosts, run: Run, *, committed: 
 
 def assert_both_settled(service: Service, two_hosts: TwoHosts, h2_version: str, why: str) -> None:
     """The canary serves the new version, h2 ``h2_version``, each from one running production
-    container, with no redirect, journal or engine mark left on either host."""
+    container, with no helper, redirect, journal or engine mark left on either host."""
     assert service.serving() == "2.0.0"
     assert two_hosts.serving2() == h2_version, why
     assert service.containers() == [service.name]
     assert two_hosts.containers2() == [service.name], why
+    # Nor a helper container a deploy cut short left behind: recover removes it.
+    assert docker2("ps", "-aq", "--filter", "label=io.rolling-update.role=helper") == "", why
     assert docker2("inspect", "--format", "{{.State.Status}}", service.name) == "running"
     assert not service.redirected() and not two_hosts.redirected2()
     settings = service.settings()

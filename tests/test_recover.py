@@ -23,6 +23,7 @@ from rolling_update._engine.model import (
     LABEL_ROLE,
     LABEL_SERVICE,
 )
+from rolling_update._handoff.helper import HELPER_ROLE
 from rolling_update._handoff.nft import LocalFirewall
 from rolling_update._operate.recover import preview, recover
 from rolling_update._state.journal import Journal
@@ -109,6 +110,26 @@ async def test_kill_mid_switch_restores_blue(tmp_path: Path, port: int) -> None:
     assert not Journal.path_for(cfg.state_dir).exists()
 
 
+async def test_a_blue_caught_in_its_restart_loop_is_stopped_renamed_and_started(
+    tmp_path: Path, port: int
+) -> None:
+    """Blue, killed under the tool (the kernel's OOM killer), waits between its restart
+    policy's attempts, which the engine will not rename: stopped first, renamed, started."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"))
+    blue.restarting = True
+    journal(cfg, step="switch", blue_id=blue.id, blue_was_running=True)
+    report = await recover(cfg, engine=engine)
+    assert engine.calls == [
+        f"stop {cfg.service.old_name}",
+        f"rename {cfg.service.old_name} app",
+        "start app",
+    ]
+    assert engine.containers[blue.id].running and not blue.restarting
+    assert report.outcome == "the previous version serves"
+
+
 async def test_kill_after_verification_keeps_the_new_version(tmp_path: Path, port: int) -> None:
     """A verified deploy killed in cleanup: green and old blue go, the new production stays."""
     cfg = config(tmp_path, port)
@@ -120,6 +141,24 @@ async def test_kill_after_verification_keeps_the_new_version(tmp_path: Path, por
     report = await recover(cfg, engine=engine)
     assert engine.names() == ["app"] and engine.containers[new.id].name == "app"
     assert report.outcome == "the new version 2 serves"
+
+
+async def test_a_helper_a_deploy_cut_short_left_behind_is_removed(
+    tmp_path: Path, port: int
+) -> None:
+    """A helper container outlived by its deploy (an engine away past the helper's own
+    clean-up) carries the service's label: recover removes it, whatever the outcome."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
+    new = engine.add(ours("app", "production", "d2"))
+    labels = {LABEL_MANAGED: "true", LABEL_SERVICE: "app", LABEL_ROLE: HELPER_ROLE}
+    helper = ContainerSpec(name="rolling-update-cat-1", image="app:1", labels=labels)
+    engine.add(helper, running=False)
+    journal(cfg, step="cleanup", blue_id=blue.id, committed=True)
+    report = await recover(cfg, engine=engine)
+    assert engine.names() == ["app"] and new.id in engine.containers
+    assert any("rolling-update-cat-1" in line for line in report.actions), report.actions
 
 
 async def test_kill_before_the_switch_only_removes_the_deploys_own_containers(

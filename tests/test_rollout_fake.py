@@ -57,7 +57,7 @@ class ServingEngine(FakeEngine):
 
     def _nft(self, spec: ContainerSpec) -> tuple[int, str]:
         args = list(spec.command or [])
-        if spec.labels.get(LABEL_ROLE) == "conntrack":
+        if "conntrack" in (spec.base.get("Entrypoint") or []):
             # The host's conntrack, finding no connection reset: it exits 1 on none.
             return 1, "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.\n"
         if args == ["list", "tables"]:

@@ -236,7 +236,7 @@ async def test_status_shows_the_share_of_a_shift_left_in_place(tmp_path: Path) -
     cfg = cfg.model_copy(update={"state": cfg.state.model_copy(update={"dir": tmp_path})})
     engine = FakeEngine(images={"app:1"})
     engine.run_answer = lambda spec: (0, LISTED_AT_50)
-    firewall = EngineFirewall(engine, "app:1", bypass_port=18000)
+    firewall = EngineFirewall(engine, "app:1", service="svc", bypass_port=18000)
     report = await status(cfg, engine=engine, firewall=firewall)
     assert (report["redirect_to"], report["redirect_share"]) == (8001, 50)
     listed = [list(spec.command or ())[-4:] for spec in engine.runs]
@@ -254,7 +254,7 @@ async def test_on_a_remote_host_the_gates_client_probes_go_to_production_not_the
     cfg = config(steps=[10, 100])
     remote = cfg.service.model_copy(update={"host": "10.0.0.5"})
     cfg = cfg.model_copy(update={"service": remote})
-    firewall = EngineFirewall(FakeEngine(), "app:1", bypass_port=18000)
+    firewall = EngineFirewall(FakeEngine(), "app:1", service="svc", bypass_port=18000)
     async with aiohttp.ClientSession() as http:
         ctx = DeployContext(
             config=cfg,

@@ -19,7 +19,7 @@ from rolling_update._engine.model import (
     ContainerInfo,
     Engine,
 )
-from rolling_update._errors import RollingUpdateError
+from rolling_update._errors import EngineError, RollingUpdateError
 
 _DISPOSABLE = {"green", "migrate"}
 
@@ -60,3 +60,29 @@ async def remove_ours(engine: Engine, name: str, deploy_id: str, *, grace: int =
         if grace and found.running:
             await engine.stop(found.id, grace=grace)
         await engine.remove(found.id)
+
+
+async def rename_blue(engine: Engine, container_id: str, name: str, *, grace: int) -> bool:
+    """Rename blue (back) to ``name``; whether it had to be stopped for that.
+
+    Killed under the tool (the kernel's OOM killer), blue waits between its restart
+    policy's attempts with no network sandbox, and the engine refuses to rename it
+    ("sandbox ... not found"). Stopped, its restart loop ends and the rename goes through;
+    the caller starts it again where it ran."""
+    stopped = await _end_restart_loop(engine, await engine.inspect(container_id), grace)
+    try:
+        await engine.rename(container_id, name)
+    except EngineError:
+        # Killed again between the look and the rename.
+        if not await _end_restart_loop(engine, await engine.inspect(container_id), grace):
+            raise
+        await engine.rename(container_id, name)
+        return True
+    return stopped
+
+
+async def _end_restart_loop(engine: Engine, found: ContainerInfo | None, grace: int) -> bool:
+    if found is None or found.status != "restarting":
+        return False
+    await engine.stop(found.id, grace=grace)
+    return True

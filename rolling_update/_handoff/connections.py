@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 import structlog
@@ -176,9 +176,22 @@ async def helper_tables(helper: Helper, network: str) -> str:
 
 @dataclass
 class Held:
-    """The latest count of a wait for connections to close (``None``: not counted yet)."""
+    """The first and the latest count of a wait for connections to close (``None``: not
+    counted yet)."""
 
+    first: int | None = None
     count: int | None = None
+
+
+class Drained(NamedTuple):
+    """How a wait for a container's connections to close ended."""
+
+    seconds: float
+    """How long it waited."""
+    left: int | None
+    """Connections still held at its end (``None``: they could not be counted)."""
+    at_start: int | None
+    """Connections held when it began: requests in flight it let finish."""
 
 
 async def until_closed(
@@ -191,6 +204,8 @@ async def until_closed(
         began = time.monotonic()
         tables = await firewall.tcp_tables(container_id, pid)
         held.count = parse_established(tables, port, own_endpoints())
+        if held.first is None:
+            held.first = held.count
         if not held.count:
             return
         await anyio.sleep(max(_POLL, 2 * (time.monotonic() - began)))
@@ -198,19 +213,18 @@ async def until_closed(
 
 async def drained(
     engine: Engine, container_id: str, port: int, *, firewall: Sockets, limit: float
-) -> tuple[float, int | None]:
+) -> Drained:
     """Wait at most ``limit`` s until the container holds no established connection on
     ``port`` (its clients' requests finish, idle keep-alive connections close), counted on
-    the host ``firewall`` is for. Returns the seconds waited and the connections left. A
-    container that does not run holds none: no wait. Where its connections cannot be
-    counted (a helper cannot run there) it gets the whole ``limit``, said in the log, and
-    ``None`` is left. A count under way when the limit passes is let finish (a helper
-    container, ~0.2 s, is not left behind)."""
+    the host ``firewall`` is for. A container that does not run holds none: no wait. Where
+    its connections cannot be counted (a helper cannot run there) it gets the whole
+    ``limit``, said in the log, and ``None`` is left. A count under way when the limit
+    passes is let finish (a helper container, ~0.2 s, is not left behind)."""
     began = time.monotonic()
     raw = await engine.inspect_raw(container_id)
     state = (raw or {}).get("State") or {}
     if not state.get("Running"):
-        return 0.0, 0
+        return Drained(0.0, 0, 0)
     held = Held()
     try:
         with anyio.move_on_after(max(0.0, limit)):
@@ -218,7 +232,7 @@ async def drained(
     except HandoffError as exc:
         info = await engine.inspect(container_id)
         if info is None or not info.running:
-            return round(time.monotonic() - began, 3), 0
+            return Drained(round(time.monotonic() - began, 3), 0, held.first)
         structlog.get_logger().warning(
             "handoff.connections_uncounted",
             container=container_id[:12],
@@ -226,5 +240,5 @@ async def drained(
             consequence=f"the whole {limit:g}s is waited",
         )
         await anyio.sleep(max(0.0, limit - (time.monotonic() - began)))
-        return round(time.monotonic() - began, 3), None
-    return round(time.monotonic() - began, 3), held.count or 0
+        return Drained(round(time.monotonic() - began, 3), None, held.first)
+    return Drained(round(time.monotonic() - began, 3), held.count or 0, held.first)

@@ -14,11 +14,22 @@ from typing import Any
 
 import anyio
 
-from rolling_update._engine.model import LABEL_MANAGED, LABEL_ROLE, ContainerSpec, Engine
+from rolling_update._engine.model import (
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    ContainerSpec,
+    Engine,
+)
 from rolling_update._errors import EngineError, HandoffError
 
 HELPER_LIMIT = 10.0
 """Seconds a helper may run; its whole life (create to remove) gets twice that."""
+
+HELPER_ROLE = "helper"
+"""The role label of every helper container, whatever tool it runs: one a deploy cut short
+left behind (its removal outlived by an engine away for longer) is found by ``recover``
+under its service's label."""
 
 
 class Helper:
@@ -31,9 +42,12 @@ class Helper:
     root is not mounted at all (stricter, and fit for SELinux hosts).
     """
 
-    def __init__(self, engine: Engine, image: str, *, own_tools: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, image: str, *, service: str, own_tools: bool = False
+    ) -> None:
         self.engine = engine
         self.image = image
+        self.service = service
         self.own_tools = own_tools
 
     async def run(
@@ -59,7 +73,7 @@ class Helper:
             command=list(args),
             network=network,
             restart="no",
-            labels={LABEL_MANAGED: "true", LABEL_ROLE: tool},
+            labels={LABEL_MANAGED: "true", LABEL_ROLE: HELPER_ROLE, LABEL_SERVICE: self.service},
             stop_timeout=None,
             base={
                 "Entrypoint": [tool] if self.own_tools else ["chroot", "/host", tool],

@@ -278,9 +278,9 @@ class EngineFirewall:
     """
 
     def __init__(
-        self, engine: Engine, image: str, *, bypass_port: int, own_nft: bool = False
+        self, engine: Engine, image: str, *, service: str, bypass_port: int, own_nft: bool = False
     ) -> None:
-        self.helper = Helper(engine, image, own_tools=own_nft)
+        self.helper = Helper(engine, image, service=service, own_tools=own_nft)
         self.bypass_port: int | None = bypass_port
         self._no_conntrack: str | None = None
 

@@ -354,6 +354,7 @@ async def connect(
             else EngineFirewall(
                 engine,
                 host.helper_image or "",
+                service=host_cfg.service.name,
                 bypass_port=bypass,
                 own_nft=host.helper_image is not None,
             )

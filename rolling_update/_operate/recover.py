@@ -24,7 +24,7 @@ import structlog
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.outcome import Outcome
-from rolling_update._deploy.policy import in_the_way
+from rolling_update._deploy.policy import in_the_way, rename_blue
 from rolling_update._deploy.session import open_engine, open_http
 from rolling_update._engine.model import (
     LABEL_DEPLOY,
@@ -35,6 +35,7 @@ from rolling_update._engine.model import (
     Engine,
 )
 from rolling_update._errors import EngineError, RecoveryFailed
+from rolling_update._handoff.helper import HELPER_ROLE
 from rolling_update._handoff.nft import Firewall, LocalFirewall
 from rolling_update._handoff.port import PortHandoff
 from rolling_update._observe.history import Attempt
@@ -177,6 +178,11 @@ class _Decision:
 
     async def decide(self) -> RecoveryPlan:
         self.plan.outcome = await self._decide(self.record)
+        for info in await self.ours():
+            # A deploy's helpers end within its run (the service's lock, held here, says
+            # none runs): one found was left by a deploy cut short.
+            if info.labels.get(LABEL_ROLE) == HELPER_ROLE:
+                self.remove(info, "a helper container a deploy cut short left behind")
         if not self.plan.redirected and self.cfg.switch.mode == "handoff":
             await self._hand_over()
         return self.plan
@@ -310,7 +316,10 @@ class _Carrying:
             await self.engine.remove(action.container_id)
         elif action.verb == "rename":
             assert action.new_name is not None
-            await self.engine.rename(action.container_id, action.new_name)
+            grace = self.cfg.service.stop_timeout
+            if await rename_blue(self.engine, action.container_id, action.new_name, grace=grace):
+                # Stopped out of its restart loop to be renamed: it ran, and runs again.
+                await self.engine.start(action.container_id)
         elif action.verb == "start":
             await self.engine.start(action.container_id)
         elif action.verb == "restart":

@@ -1,0 +1,57 @@
+"""What a test run cut short (CI's time limit, Ctrl-C, a machine stopped mid-run) leaves
+on the hosts the suite owns, swept once per session before its first test that uses one.
+
+A killed run skips every fixture's clean-up. Its blue, started ``unless-stopped``, comes
+back with ru-host2's engine and keeps that host's fixed port 5221, so every later two-host
+test's blue crash-loops there; a fault case leaves the fault engine's disk full or its
+memory limited, a link-down case ru-host2 unreachable. Only ru-host2 and the fault engine
+are swept: each serves one session at a time (fixed ports, one shared disk and memory
+limit), while this machine's own engine may be running another session's containers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+from pathlib import Path
+
+from tests import faults
+from tests.hosts import HOST2_SOCKET
+from tests.support import DOCKER
+
+
+def _run(*command: str) -> str:
+    found = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    return found.stdout
+
+
+def _remove_every_container(socket: str) -> None:
+    """An engine that does not run has nothing to sweep."""
+    docker = (DOCKER, "-H", f"unix://{socket}")
+    ids = _run(*docker, "ps", "-aq").split()
+    if ids:
+        _run(*docker, "rm", "-f", "-v", *ids)
+
+
+def sweep_host2() -> None:
+    """ru-host2 as scripts/test-hosts.sh made it: linked, no container, no tool's table."""
+    _run("ip", "link", "set", "ru-h2a", "up")
+    _remove_every_container(HOST2_SOCKET)
+    if not Path("/run/netns/ru-host2").exists():
+        return
+    prefix = ("ip", "netns", "exec", "ru-host2")
+    for table in re.findall(
+        r"^table inet (rolling_update_\S+)$", _run(*prefix, "nft", "list", "tables"), re.M
+    ):
+        _run(*prefix, "nft", "delete", "table", "inet", table)
+
+
+def sweep_fault_engine() -> None:
+    """The fault engine as scripts/test-faults.sh made it: no container, its disk free, its
+    containers' memory unlimited."""
+    _remove_every_container(str(faults.SOCKET))
+    faults.free()
+    for parent in faults.MEMORY_CGROUPS.glob(f"**/{faults.CGROUP_PARENT}"):
+        with contextlib.suppress(OSError):
+            (parent / "memory.limit_in_bytes").write_text("-1")
