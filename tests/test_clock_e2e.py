@@ -14,6 +14,7 @@ one test at a time); each step is taken back in a ``finally``.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -112,3 +113,28 @@ def test_a_clock_stepped_back_does_not_stretch_a_deadline(
     assert out.run.code == 1, out.run.tail()
     assert_serves_only(service, "1.0.0")
     assert out.failures == 0, out.run.tail()
+
+
+@pytest.mark.parametrize("seconds", [HOUR, -HOUR], ids=["forward", "back"])
+@pytest.mark.parametrize("step", ["build", "migrate"])
+def test_a_clock_step_in_the_build_or_a_migration_moves_no_deadline(
+    clock: SteppedClock, service: Service, step: str, seconds: float
+) -> None:
+    """An hour's step of the wall clock, forward or back, while the build runs a slow step
+    of its own or a 3 s migration runs: neither's deadline moves (exit 0, the new version
+    serves from one container, not one request fails, every duration real)."""
+    service.start_blue("1.0.0")
+    service.write_app("2.0.0", dockerfile_extra="RUN sleep 3" if step == "build" else "")
+    slow = ["python3", "-c", "import time; time.sleep(3)"]
+    service.config(migrate=f"commands = [{json.dumps(slow)}]\ntimeout = 30\n")
+    out = deploy_with_fault(
+        service, step, lambda: clock.step(seconds), timeout=180, undo=clock.restore
+    )
+    run = out.run
+    assert run.code == 0, run.tail()
+    assert_serves_only(service, "2.0.0")
+    assert out.failures == 0, run.tail()
+    (done,) = [e for e in run.event("deploy.step.done") if e.get("step") == step]
+    # The step took what it ran (3 s and a little), not an hour more or less.
+    assert 3 <= done["seconds"] < run.seconds, done
+    out.report(f"clock step {seconds:+.0f}s", step)

@@ -12,12 +12,13 @@ the engine never came back, ``recover`` (once it answers) finishes the job.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
 from tests.engineproxy import EngineProxy
-from tests.support import Cli, Prober, Run, Service, assert_serves_only
+from tests.support import BASE_IMAGE, Cli, Prober, Run, Service, assert_serves_only
 
 pytestmark = pytest.mark.docker
 
@@ -205,3 +206,40 @@ def test_engine_hangs_during_the_rollback(
             assert service.serving() is not None
             assert_gave_up(service, engine_proxy, run)
     report("rollback", "stall", comes_back, run, prober)
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
+@pytest.mark.parametrize("phase", ["build", "migrate"])
+def test_engine_hangs_during_the_build_or_a_migration(
+    service: Service, engine_proxy: EngineProxy, phase: str, comes_back: bool
+) -> None:
+    """The engine stalls as the build or the migrations begin, before anything serving is
+    touched. The build's stream waits (bounded by build.timeout): an engine back after a
+    while lets it finish and the deploy goes on (exit 0); the migration's first call fails
+    by engine.call_timeout and the rollback finishes once the engine answers (exit 1).
+    Never back, either gives up by its deadlines with exit 3, `recover` to run; blue
+    serves throughout."""
+    prepared(service)
+    slow = ["python3", "-c", "import time; time.sleep(3)"]
+    service.config(
+        engine=f"call_timeout = {CALL_TIMEOUT}\n",
+        rollback="step_timeout = 8\ntimeout = 20\n",
+        build=f'context = "brain"\nargs = {{ BASE = "{BASE_IMAGE}" }}\ntimeout = 15\n',
+        migrate=f"commands = [{json.dumps(slow)}]\ntimeout = 15\n",
+    )
+    with Prober(service.version_url()) as prober:
+        with through(engine_proxy, service) as cli:
+            cli.until_event("deploy.step.started", step=phase)
+            engine_proxy.stall()
+            later(engine_proxy, comes_back)
+            run = cli.finish()
+        assert prober.failures == 0, prober.errors
+        if not comes_back:
+            assert_gave_up(service, engine_proxy, run)
+        elif phase == "build":
+            assert run.code == 0, run.tail()
+            assert_serves_only(service, "2.0.0")
+        else:
+            assert "did not answer" in run.stderr
+            assert_rolled_back(service, run)
+    report(phase, "stall", comes_back, run, prober)
