@@ -184,6 +184,12 @@ class FailedAfterCommit(RollingUpdateError):
         super().__init__(f"{step or 'a step'} failed after the new version was committed: {cause}")
 
 
+class ProductionDown(RollingUpdateError):
+    """Past the commit, the new production container stopped and nothing brought it back:
+    production's port is dark, and a human must decide (exit 3). The previous version's
+    container is kept."""
+
+
 class RecoveryFailed(RollingUpdateError):
     """``recover`` could not bring the host to a consistent, serving state."""
 

@@ -13,11 +13,13 @@ from rolling_update.toolkit import (
     LABEL_SERVICE,
     DeployContext,
     GreenStarted,
+    ProductionDown,
     Redirected,
     RollingUpdateError,
     ServiceConfig,
     Switched,
     again_while_away,
+    ended_as_found,
 )
 
 from .green import drain_green
@@ -58,6 +60,7 @@ class RemoveOld:
 
             await self._again(ctx, drain, ends=ends)
         await self._remove_containers(ctx, took_traffic=took_traffic, ends=ends)
+        await self._production_runs(ctx, ctx.find(Switched) or Switched())
         if ctx.config.build.enabled and ctx.config.build.keep:
             await self._prune_images(ctx)
 
@@ -93,6 +96,9 @@ class RemoveOld:
         for label, container_id in (("green", ctx.green_id), ("old", switched.blue_id)):
             if container_id is None:
                 continue
+            if label == "old":
+                # The previous version is the one container left that could serve.
+                await self._production_runs(ctx, switched)
             forget = label == "green" and took_traffic
             try:
                 await self._again(
@@ -104,6 +110,27 @@ class RemoveOld:
                 )
             else:
                 log.info("cleanup.removed", container=label, id=container_id[:12])
+
+    async def _production_runs(self, ctx: DeployContext, switched: Switched) -> None:
+        """Raise :class:`ProductionDown` if the new production container stopped and its
+        restart policy (if any) is not bringing it back: past the commit nothing watches it
+        but this, and the deploy must not end saying it serves. An engine that cannot say
+        is left to the removals' own handling."""
+        if switched.production_id is None:
+            return
+        try:
+            info = await ctx.engine.inspect(switched.production_id)
+        except RollingUpdateError:
+            return
+        if info is not None and info.running:
+            return
+        how = "is gone" if info is None else ended_as_found(info, 0)
+        blue = None if switched.blue_id is None else await ctx.engine.inspect(switched.blue_id)
+        kept = "" if blue is None else f"; the previous version is kept as {blue.name}"
+        raise ProductionDown(
+            f"{self.service.name}, the new version, {how} during the cleanup and nothing "
+            f"restarted it: production's port is dark{kept}"
+        )
 
     async def _again(
         self, ctx: DeployContext, call: Callable[[], Awaitable[None]], *, ends: float

@@ -328,6 +328,26 @@ def test_host_out_of_memory_at_a_phase_of_the_switch(
     assert_serves_only(service, "1.0.0" if run.code == 1 else "2.0.0")
 
 
+def test_host_out_of_memory_during_the_build(host_memory: Limit, service: Service) -> None:
+    """The host runs out of memory as a step of the build grows past the room left: the
+    kernel kills it, the build fails, the deploy rolls back with exit 1 naming the build,
+    no container is left, and blue serves untouched."""
+    service.start_blue("1.0.0")
+    grow = 'RUN python3 -c "import time; b = bytearray(200 << 20); time.sleep(5)"'
+    service.write_app("2.0.0", dockerfile_extra=grow)
+    service.config()
+    host_memory(80)
+    with Prober(service.version_url()) as prober:
+        run = service.deploy()
+    report("host out of memory", "the build", run, prober)
+    assert run.code == 1, run.tail()
+    line = one_line(run)
+    assert line.startswith(f"error: build of {service.repo}:2.0.0 failed"), line
+    assert line.endswith("(rolled back: the previous version serves)"), line
+    assert prober.failures == 0
+    assert_serves_only(service, "1.0.0")
+
+
 def test_host_out_of_memory_while_a_migration_runs(host_memory: Limit, service: Service) -> None:
     """The host runs out of memory as a migration grows past the room left: the kernel kills
     it (the biggest), the deploy rolls back with exit 1 naming the migration's kill, no

@@ -10,7 +10,13 @@ from rolling_update._cli.exits import EXIT_TABLE
 from rolling_update._deploy.judge import judge
 from rolling_update._deploy.outcome import Outcome, worst
 from rolling_update._deploy.saga import SagaState
-from rolling_update._errors import ConfigError, EngineError, FailedAfterCommit, RollingUpdateError
+from rolling_update._errors import (
+    ConfigError,
+    EngineError,
+    FailedAfterCommit,
+    ProductionDown,
+    RollingUpdateError,
+)
 
 
 def test_every_outcome_has_an_exit_code_the_table_documents() -> None:
@@ -32,6 +38,14 @@ def test_every_outcome_has_an_exit_code_the_table_documents() -> None:
             True,
             None,
             Outcome.FAILED_AFTER_COMMIT,
+        ),
+        # Production found dead past the commit: nothing serves, a human must act.
+        (
+            FailedAfterCommit(ProductionDown("app was OOM-killed"), "cleanup"),
+            True,
+            True,
+            None,
+            Outcome.ROLLBACK_INCOMPLETE,
         ),
         # The engine failing the mark's removal after the steps: the new version serves.
         (

@@ -13,7 +13,9 @@ probing production's port all along counts what failed.
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +168,64 @@ def test_green_oom_killed_past_its_warm_up(service: Service, phase: str) -> None
     line = one_line(run)
     assert f"{service.green} was OOM-killed" in line and "rolled back" in line, line
     assert_serves_only(service, "1.0.0")
+
+
+def test_a_migration_oom_killed_at_its_inherited_limit(service: Service) -> None:
+    """A migration outgrows blue's memory limit, which its one-off container inherits: the
+    kernel kills it, the deploy rolls back with exit 1 naming the kill, and blue, never
+    touched, serves throughout."""
+    service.start_blue("1.0.0", args=("--network", "host", "--memory", f"{LIMIT_MB}m"))
+    service.write_app("2.0.0")
+    grow = ["python3", "-c", f"import time; b = bytearray({4 * LIMIT_MB} << 20); time.sleep(30)"]
+    service.config(migrate=f"commands = [{json.dumps(grow)}]\ntimeout = 60\n")
+    with Prober(service.version_url()) as prober:
+        run = service.deploy()
+    report("OOM kill", "a migration running", run, prober)
+    assert run.code == 1, run.tail()
+    line = one_line(run)
+    assert "time.sleep(30)' was OOM-killed (SIGKILL, exit 137: out of memory" in line, line
+    assert line.endswith("(rolled back: the previous version serves)"), line
+    assert prober.failures == 0
+    assert_serves_only(service, "1.0.0")
+
+
+@pytest.mark.parametrize("restart", ["unless-stopped", "no"])
+def test_production_oom_killed_in_the_cleanup(service: Service, restart: str) -> None:
+    """The new production container outgrows blue's inherited limit as the cleanup begins,
+    past the commit: the kernel kills it. Brought back by its restart policy, the deploy
+    ends with exit 0 and the new version alone serves. With no policy, nothing serves: the
+    deploy keeps the previous version's container and exits 3 saying so, never 0, and
+    `recover` starts the new version again."""
+    args = ("--network", "host", "--memory", f"{LIMIT_MB}m", "--restart", restart)
+    service.start_blue("1.0.0", args=args)
+    service.write_app("2.0.0")
+    service.config(verify="timeout = 10\nsoak = 1\n")
+    since = time.time()
+    alloc = service.url(path=f"/__standin/alloc?mb={4 * LIMIT_MB}")
+    recovered: list[Run] = []
+
+    def recover() -> None:
+        if restart == "no":
+            assert service.serving() is None
+            assert service.old_name in service.containers()
+            recovered.append(service.recover())
+
+    out = deploy_with_fault(service, "cleanup", lambda: get_json(alloc, timeout=5), undo=recover)
+    out.report("OOM kill", f"cleanup, restart {restart}")
+    deaths = service.events_since(
+        since, "die", "{{.Actor.Attributes.exitCode}}", f"name={service.name}"
+    )
+    assert "137" in deaths, deaths
+    if restart == "no":
+        assert out.run.code == 3, out.run.tail()
+        line = one_line(out.run)
+        assert f"error: {service.name}, the new version, was OOM-killed" in line, line
+        assert "during the cleanup and nothing restarted it: production's port is dark" in line
+        assert f"the previous version is kept as {service.old_name}" in line, line
+        assert recovered[0].code == 0, recovered[0].tail()
+    else:
+        assert out.run.code == 0, out.run.tail()
+    assert_serves_only(service, "2.0.0")
 
 
 @pytest.mark.parametrize(("spare_blocks", "file"), [(0, "lock"), (1, "journal.json")])

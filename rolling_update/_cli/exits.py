@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 
-from rolling_update._deploy.judge import judge
+from rolling_update._deploy.judge import down, judge
 from rolling_update._deploy.outcome import (
     Outcome,
 )
@@ -50,6 +50,12 @@ def outcome(
     if result is Outcome.ROLLBACK_INCOMPLETE:
         if isinstance(exc, RecoveryFailed):
             return code, f"error: recovery incomplete: {exc}"
+        dead = down(exc)
+        if dead is not None:
+            return code, (
+                f"error: {dead}. `rolling-update recover` starts the new version again; "
+                "check why it stopped first (`docker logs`)."
+            )
         then = "Run `rolling-update recover`, or check `docker ps -a`."
         if state is not None and state.engine_unanswered:
             then = (

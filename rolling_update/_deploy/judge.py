@@ -9,6 +9,7 @@ from rolling_update._errors import (
     EngineError,
     FailedAfterCommit,
     PreflightError,
+    ProductionDown,
     RecoveryFailed,
     RollbackIncomplete,
     StateWriteFailed,
@@ -20,6 +21,13 @@ def untouched(exc: BaseException) -> bool:
     return isinstance(exc, ConfigError | PreflightError | EngineError | StateWriteFailed)
 
 
+def down(exc: BaseException | None) -> ProductionDown | None:
+    """The production container found dead past the commit, behind ``exc``."""
+    if isinstance(exc, FailedAfterCommit):
+        exc = exc.cause
+    return exc if isinstance(exc, ProductionDown) else None
+
+
 def judge(
     exc: BaseException | None, state: SagaState | None = None, signum: int | None = None
 ) -> Outcome:
@@ -27,7 +35,7 @@ def judge(
     (``None``: no step could have begun), ``signum`` the first SIGINT/SIGTERM received."""
     committed = state is not None and state.committed
     began = state is not None and state.current is not None
-    if isinstance(exc, RollbackIncomplete | RecoveryFailed):
+    if isinstance(exc, RollbackIncomplete | RecoveryFailed) or down(exc) is not None:
         return Outcome.ROLLBACK_INCOMPLETE
     if isinstance(exc, FailedAfterCommit) or (committed and isinstance(exc, Exception)):
         # Also any other failure once committed, outside the steps (the deploy's own
