@@ -885,6 +885,34 @@ FAULT_PHASES = [
 ]
 
 
+def one_line(run: Run) -> str:
+    """The one line a run printed to stderr (more than one fails the test)."""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
+MIGRATION_OOM_KILLED = "time.sleep(30)' was OOM-killed (SIGKILL, exit 137: out of memory"
+"""What the one line says of :func:`growing_migration`'s command killed for memory."""
+
+
+def growing_migration(mb: int) -> str:
+    """A ``[migrate]`` table whose one command takes ``mb`` MiB and holds it for 30 s."""
+    grow = ["python3", "-c", f"import time; b = bytearray({mb} << 20); time.sleep(30)"]
+    return f"commands = {json.dumps([grow])}\ntimeout = 60\n"
+
+
+def assert_rolled_back_untouched(service: Service, run: Run, prober: Prober, says: str) -> None:
+    """Exit 1, one line saying ``says`` and that the previous version serves; not one request
+    failed, and blue alone serves."""
+    assert run.code == 1, run.tail()
+    line = one_line(run)
+    assert says in line, line
+    assert line.endswith("(rolled back: the previous version serves)"), line
+    assert prober.failures == 0, prober.errors
+    assert_serves_only(service, "1.0.0")
+
+
 def assert_serves_only(service: Service, version: str) -> None:
     """Exactly one production container, running and serving ``version``; nothing else of
     the tool's: no redirect, journal (nor its temporary file) or engine mark."""

@@ -13,7 +13,6 @@ probing production's port all along counts what failed.
 from __future__ import annotations
 
 import errno
-import json
 import subprocess
 import time
 import uuid
@@ -26,12 +25,16 @@ from rolling_update._deploy.outcome import Outcome
 from rolling_update._observe import history
 from tests.support import (
     FAULT_TICK,
+    MIGRATION_OOM_KILLED,
     Prober,
     Run,
     Service,
+    assert_rolled_back_untouched,
     assert_serves_only,
     deploy_with_fault,
     get_json,
+    growing_migration,
+    one_line,
     until,
 )
 
@@ -107,12 +110,6 @@ def report(fault: str, phase: str, run: Run, prober: Prober) -> None:
     )
 
 
-def one_line(run: Run) -> str:
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    return lines[0]
-
-
 def test_green_oom_killed_while_warming_up(service: Service) -> None:
     """Green, under blue's inherited memory limit, outgrows it during its boot: the kernel
     kills it, the deploy rolls back with exit 1 naming the OOM kill, and blue serves
@@ -176,17 +173,11 @@ def test_a_migration_oom_killed_at_its_inherited_limit(service: Service) -> None
     touched, serves throughout."""
     service.start_blue("1.0.0", args=("--network", "host", "--memory", f"{LIMIT_MB}m"))
     service.write_app("2.0.0")
-    grow = ["python3", "-c", f"import time; b = bytearray({4 * LIMIT_MB} << 20); time.sleep(30)"]
-    service.config(migrate=f"commands = [{json.dumps(grow)}]\ntimeout = 60\n")
+    service.config(migrate=growing_migration(4 * LIMIT_MB))
     with Prober(service.version_url()) as prober:
         run = service.deploy()
     report("OOM kill", "a migration running", run, prober)
-    assert run.code == 1, run.tail()
-    line = one_line(run)
-    assert "time.sleep(30)' was OOM-killed (SIGKILL, exit 137: out of memory" in line, line
-    assert line.endswith("(rolled back: the previous version serves)"), line
-    assert prober.failures == 0
-    assert_serves_only(service, "1.0.0")
+    assert_rolled_back_untouched(service, run, prober, MIGRATION_OOM_KILLED)
 
 
 @pytest.mark.parametrize("restart", ["unless-stopped", "no"])
