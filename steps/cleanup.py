@@ -29,7 +29,8 @@ class RemoveOld:
     """Stop and remove green and the old blue.
 
     Runs after the point of no return, so a failure here is a warning naming
-    the leftover, never a rollback of a verified deploy.
+    the leftover, never a rollback of a verified deploy; but a new production container
+    found dead with nothing to restart it keeps blue and ends the deploy with exit 3.
     """
 
     name = "cleanup"
@@ -113,19 +114,25 @@ class RemoveOld:
 
     async def _production_runs(self, ctx: DeployContext, switched: Switched) -> None:
         """Raise :class:`ProductionDown` if the new production container stopped and its
-        restart policy (if any) is not bringing it back: past the commit nothing watches it
-        but this, and the deploy must not end saying it serves. An engine that cannot say
-        is left to the removals' own handling."""
+        restart policy will not bring it back: past the commit nothing watches it but this,
+        and the deploy must not end saying it serves. One that ``always`` or
+        ``unless-stopped`` restarts (an engine restarting stops it for a while) is let be,
+        as the deploy always let it; an engine that cannot say is left to the removals' own
+        handling."""
         if switched.production_id is None:
             return
         try:
             info = await ctx.engine.inspect(switched.production_id)
+            if info is not None and info.running:
+                return
+            raw = None if info is None else await ctx.engine.inspect_raw(info.id)
+            blue = None if switched.blue_id is None else await ctx.engine.inspect(switched.blue_id)
         except RollingUpdateError:
             return
-        if info is not None and info.running:
+        policy = ((raw or {}).get("HostConfig") or {}).get("RestartPolicy") or {}
+        if policy.get("Name") in ("always", "unless-stopped"):
             return
         how = "is gone" if info is None else ended_as_found(info, 0)
-        blue = None if switched.blue_id is None else await ctx.engine.inspect(switched.blue_id)
         kept = "" if blue is None else f"; the previous version is kept as {blue.name}"
         raise ProductionDown(
             f"{self.service.name}, the new version, {how} during the cleanup and nothing "

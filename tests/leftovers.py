@@ -50,8 +50,9 @@ def sweep_host2() -> None:
 def sweep_fault_engine() -> None:
     """The fault engine as scripts/test-faults.sh made it: no container, its disk free, its
     containers' memory unlimited."""
-    _remove_every_container(str(faults.SOCKET))
+    # The disk first: a full data root can fail the removals.
     faults.free()
+    _remove_every_container(str(faults.SOCKET))
     for parent in faults.MEMORY_CGROUPS.glob(f"**/{faults.CGROUP_PARENT}"):
         with contextlib.suppress(OSError):
             (parent / "memory.limit_in_bytes").write_text("-1")

@@ -124,7 +124,9 @@ def test_a_clock_step_in_the_build_or_a_migration_moves_no_deadline(
     of its own or a 3 s migration runs: neither's deadline moves (exit 0, the new version
     serves from one container, not one request fails, every duration real)."""
     service.start_blue("1.0.0")
-    service.write_app("2.0.0", dockerfile_extra="RUN sleep 3" if step == "build" else "")
+    # Its own line: a build cache kept from another case or run would skip the step.
+    slow_step = f"RUN sleep 3 && echo {service.name}"
+    service.write_app("2.0.0", dockerfile_extra=slow_step if step == "build" else "")
     slow = ["python3", "-c", "import time; time.sleep(3)"]
     service.config(migrate=f"commands = [{json.dumps(slow)}]\ntimeout = 30\n")
     out = deploy_with_fault(

@@ -161,6 +161,38 @@ async def test_a_helper_a_deploy_cut_short_left_behind_is_removed(
     assert any("rolling-update-cat-1" in line for line in report.actions), report.actions
 
 
+async def test_a_committed_production_found_stopped_answers_before_blue_goes(
+    tmp_path: Path, port: int
+) -> None:
+    """Committed, but the new production container stopped (the cleanup's exit 3): recover
+    starts it and removes blue, the one container that could serve instead, only once the
+    new version answers."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"), running=False)
+    engine.add(ours("app", "production", "d2"), running=False)
+    journal(cfg, step="cleanup", blue_id=blue.id, committed=True)
+    report = await recover(cfg, engine=engine)
+    assert engine.calls == ["start app", f"rm {cfg.service.old_name}"]
+    assert report.outcome == "the new version 2 serves"
+
+
+async def test_a_blue_in_its_restart_loop_that_cannot_boot_is_not_brought_back(
+    tmp_path: Path, port: int
+) -> None:
+    """Blue, crash-looping between its policy's restarts on the migrated schema, counts as
+    not running: recover keeps the new version rather than rename blue back into its loop."""
+    cfg = config(tmp_path, port)
+    engine = FakeEngine()
+    blue = engine.add(ContainerSpec(name=cfg.service.old_name, image="app:1"))
+    blue.restarting = True
+    new = engine.add(ours("app", "production", "d2"), running=False)
+    journal(cfg, step="switch", blue_id=blue.id, blue_was_running=True, blue_bootable=False)
+    report = await recover(cfg, engine=engine)
+    assert engine.containers[new.id].name == "app" and engine.containers[new.id].running
+    assert report.outcome == "the new version 2 serves"
+
+
 async def test_kill_before_the_switch_only_removes_the_deploys_own_containers(
     tmp_path: Path, port: int
 ) -> None:

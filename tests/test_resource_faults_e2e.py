@@ -194,7 +194,9 @@ def test_production_oom_killed_in_the_cleanup(service: Service, restart: str) ->
     `recover` starts the new version again."""
     args = ("--network", "host", "--memory", f"{LIMIT_MB}m", "--restart", restart)
     service.start_blue("1.0.0", args=args)
-    service.write_app("2.0.0")
+    # Green serves 2 s past its SIGTERM: the kill lands while the cleanup stops green,
+    # before it looks at production and removes blue.
+    service.write_app("2.0.0", knobs={"SHUTDOWN_DELAY": 2})
     service.config(verify="timeout = 10\nsoak = 1\n")
     since = time.time()
     alloc = service.url(path=f"/__standin/alloc?mb={4 * LIMIT_MB}")

@@ -28,7 +28,8 @@ exit codes (what the host is left in):
   1    failed and rolled back: the old version serves, as healthy as it was found
   2    nothing was changed: usage, config or preflight error, engine unreachable,
        service locked, or the version asked for already serves (--force)
-  3    the rollback or recovery is incomplete: a human must act (the message says what)
+  3    the rollback or recovery is incomplete, or the new version died past the commit
+       with nothing to restart it: a human must act (the message says what)
   4    the new version serves, but a step after the point of no return failed;
        `recover` finishes what it left
   130  interrupted by SIGINT, rolled back: the old version serves

@@ -158,6 +158,10 @@ class _Decision:
             blue = await self.engine.inspect(record.blue_id)
             if blue is not None:
                 self.remove(blue, "the previous version, replaced")
+                if not prod.running:
+                    # Started again, the new version answers before the one container
+                    # that could serve instead goes.
+                    self.plan.actions[-1] = replace(self.plan.actions[-1], last=True)
         if not prod.running:
             self.plan.actions.append(Action("start", self.name, record.version, prod.id))
         return f"the new version {record.version} serves"
@@ -179,9 +183,9 @@ class _Decision:
     async def decide(self) -> RecoveryPlan:
         self.plan.outcome = await self._decide(self.record)
         for info in await self.ours():
-            # A deploy's helpers end within its run (the service's lock, held here, says
-            # none runs): one found was left by a deploy cut short.
-            if info.labels.get(LABEL_ROLE) == HELPER_ROLE:
+            # A deploy's helpers end within its run; a running one may be a `status`'s
+            # (which takes no lock), and one left behind has ended or never started.
+            if info.labels.get(LABEL_ROLE) == HELPER_ROLE and not info.running:
                 self.remove(info, "a helper container a deploy cut short left behind")
         if not self.plan.redirected and self.cfg.switch.mode == "handoff":
             await self._hand_over()
@@ -231,7 +235,7 @@ class _Decision:
             record is not None
             and record.blue_bootable is False
             and blue is not None
-            and not blue.running
+            and (not blue.running or blue.status == "restarting")
             and new is not None
         ):
             # Started again, blue would crash-loop on the schema the migrations left.
