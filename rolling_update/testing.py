@@ -65,6 +65,7 @@ class FakeContainer:
             image=self.spec.image,
             running=self.running,
             status="restarting" if self.restarting else "running" if self.running else "exited",
+            restart=self.spec.restart,
             labels=dict(self.spec.labels),
             restart_count=self.restart_count,
             exit_code=self.exit_code,

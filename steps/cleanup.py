@@ -123,14 +123,10 @@ class RemoveOld:
             return
         try:
             info = await ctx.engine.inspect(switched.production_id)
-            if info is not None and info.running:
+            if info is not None and (info.running or info.restart in ("always", "unless-stopped")):
                 return
-            raw = None if info is None else await ctx.engine.inspect_raw(info.id)
             blue = None if switched.blue_id is None else await ctx.engine.inspect(switched.blue_id)
         except RollingUpdateError:
-            return
-        policy = ((raw or {}).get("HostConfig") or {}).get("RestartPolicy") or {}
-        if policy.get("Name") in ("always", "unless-stopped"):
             return
         how = "is gone" if info is None else ended_as_found(info, 0)
         kept = "" if blue is None else f"; the previous version is kept as {blue.name}"

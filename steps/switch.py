@@ -199,8 +199,7 @@ class Switch:
         bootable = None if checked is None else checked.bootable
         if switched.blue_id is not None and switched.blue_was_running and bootable is False:
             blue = await ctx.engine.inspect(switched.blue_id)
-            # Between its policy's restarts, it is already crash-looping.
-            if blue is not None and (not blue.running or blue.status == "restarting"):
+            if blue is not None and not blue.up:
                 # Started again, blue would crash-loop on the schema the migrations
                 # left; whatever the new version still does beats a dead port.
                 raise RestoreFailed(

@@ -117,10 +117,18 @@ class ContainerInfo:
     """Docker's own healthcheck status (starting, healthy, unhealthy), if it has one."""
     oom_killed: bool = False
     """Whether the kernel killed it for going past its memory limit (until it starts again)."""
+    restart: str = "no"
+    """Its restart policy's name (``no``, ``always``, ``unless-stopped``, ``on-failure``)."""
 
     @property
     def managed(self) -> bool:
         return self.labels.get(LABEL_MANAGED) == "true"
+
+    @property
+    def up(self) -> bool:
+        """Running, and not between its restart policy's attempts (the engine says such a
+        container runs, though it is crash-looping, with no network sandbox)."""
+        return self.running and self.status != "restarting"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ def container_info(data: Mapping[str, Any]) -> ContainerInfo:
         image_id=str(data.get("Image", "")),
         health=(state.get("Health") or {}).get("Status"),
         oom_killed=bool(state.get("OOMKilled")),
+        restart=str(
+            ((data.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
+        ),
     )
 
 

@@ -124,9 +124,10 @@ class _Decision:
         self.old_name = cfg.service.old_name
         self.plan = RecoveryPlan(outcome="", redirected=redirected)
 
-    def remove(self, info: ContainerInfo, why: str) -> None:
+    def remove(self, info: ContainerInfo, why: str, *, last: bool = False) -> None:
+        """``last``: only once production answers (a green behind a redirect is always)."""
         green = info.labels.get(LABEL_ROLE) == "green"
-        last = self.plan.redirected and green
+        last = last or (self.plan.redirected and green)
         self.plan.actions.append(Action("remove", info.name, why, info.id, last=last, green=green))
 
     def removed(self, info: ContainerInfo | None) -> bool:
@@ -157,11 +158,9 @@ class _Decision:
         if record.blue_id and record.blue_id != prod.id:
             blue = await self.engine.inspect(record.blue_id)
             if blue is not None:
-                self.remove(blue, "the previous version, replaced")
-                if not prod.running:
-                    # Started again, the new version answers before the one container
-                    # that could serve instead goes.
-                    self.plan.actions[-1] = replace(self.plan.actions[-1], last=True)
+                # Started again, the new version answers before the one container that
+                # could serve instead goes.
+                self.remove(blue, "the previous version, replaced", last=not prod.running)
         if not prod.running:
             self.plan.actions.append(Action("start", self.name, record.version, prod.id))
         return f"the new version {record.version} serves"
@@ -235,7 +234,7 @@ class _Decision:
             record is not None
             and record.blue_bootable is False
             and blue is not None
-            and (not blue.running or blue.status == "restarting")
+            and not blue.up
             and new is not None
         ):
             # Started again, blue would crash-loop on the schema the migrations left.
