@@ -896,6 +896,12 @@ MIGRATION_OOM_KILLED = "time.sleep(30)' was OOM-killed (SIGKILL, exit 137: out o
 """What the one line says of :func:`growing_migration`'s command killed for memory."""
 
 
+def slow_migration(seconds: int, *, timeout: int) -> str:
+    """A ``[migrate]`` table whose one command runs ``seconds`` s (a fault lands inside it)."""
+    wait = ["python3", "-c", f"import time; time.sleep({seconds})"]
+    return f"commands = {json.dumps([wait])}\ntimeout = {timeout}\n"
+
+
 def growing_migration(mb: int) -> str:
     """A ``[migrate]`` table whose one command takes ``mb`` MiB and holds it for 30 s."""
     grow = ["python3", "-c", f"import time; b = bytearray({mb} << 20); time.sleep(30)"]

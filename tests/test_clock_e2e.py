@@ -14,14 +14,13 @@ one test at a time); each step is taken back in a ``finally``.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import Service, assert_serves_only, deploy_with_fault
+from tests.support import Run, Service, assert_serves_only, deploy_with_fault, slow_migration
 
 pytestmark = pytest.mark.docker
 
@@ -80,6 +79,12 @@ def test_a_clock_step_mid_deploy_moves_no_deadline(
     to the cleanup changes nothing: exit 0, the new version serves from one container,
     not one request fails, and every duration the deploy reports is real."""
     prepared(service)
+    stepped_mid_deploy(clock, service, step, seconds)
+
+
+def stepped_mid_deploy(clock: SteppedClock, service: Service, step: str, seconds: float) -> Run:
+    """The deploy, the clock stepped by ``seconds`` as ``step`` begins: exit 0, the new
+    version alone serves, not one request failed, every duration it reports is real."""
     out = deploy_with_fault(
         service, step, lambda: clock.step(seconds), timeout=180, undo=clock.restore
     )
@@ -93,6 +98,7 @@ def test_a_clock_step_mid_deploy_moves_no_deadline(
     finished = [e["seconds"] for e in run.event("deploy.step.done")]
     assert finished and all(0 <= s < run.seconds for s in finished), finished
     out.report(f"clock step {seconds:+.0f}s", step)
+    return run
 
 
 def test_a_clock_stepped_back_does_not_stretch_a_deadline(
@@ -127,16 +133,8 @@ def test_a_clock_step_in_the_build_or_a_migration_moves_no_deadline(
     # Its own line: a build cache kept from another case or run would skip the step.
     slow_step = f"RUN sleep 3 && echo {service.name}"
     service.write_app("2.0.0", dockerfile_extra=slow_step if step == "build" else "")
-    slow = ["python3", "-c", "import time; time.sleep(3)"]
-    service.config(migrate=f"commands = [{json.dumps(slow)}]\ntimeout = 30\n")
-    out = deploy_with_fault(
-        service, step, lambda: clock.step(seconds), timeout=180, undo=clock.restore
-    )
-    run = out.run
-    assert run.code == 0, run.tail()
-    assert_serves_only(service, "2.0.0")
-    assert out.failures == 0, run.tail()
+    service.config(migrate=slow_migration(3, timeout=30))
+    run = stepped_mid_deploy(clock, service, step, seconds)
     (done,) = [e for e in run.event("deploy.step.done") if e.get("step") == step]
     # The step took what it ran (3 s and a little), not an hour more or less.
     assert 3 <= done["seconds"] < run.seconds, done
-    out.report(f"clock step {seconds:+.0f}s", step)

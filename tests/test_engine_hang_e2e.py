@@ -12,13 +12,22 @@ the engine never came back, ``recover`` (once it answers) finishes the job.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 from tests.engineproxy import EngineProxy
-from tests.support import BASE_IMAGE, Cli, Prober, Run, Service, assert_serves_only
+from tests.support import (
+    BASE_IMAGE,
+    Cli,
+    Prober,
+    Run,
+    Service,
+    assert_serves_only,
+    slow_migration,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -60,6 +69,27 @@ def later(proxy: EngineProxy, comes_back: bool) -> None:
         timer = threading.Timer(WHILE, proxy.pass_)
         timer.daemon = True
         timer.start()
+
+
+@contextlib.contextmanager
+def stalled(
+    service: Service,
+    proxy: EngineProxy,
+    comes_back: bool,
+    *,
+    event: str = "deploy.step.started",
+    **fields: str,
+) -> Iterator[tuple[Run, Prober]]:
+    """A deploy through ``proxy`` whose engine stalls once its log shows ``event`` (with
+    ``fields``) and answers again ``WHILE`` s later, or never: the run, and the probe of
+    production's port, which goes on while the block looks at the host."""
+    with Prober(service.version_url()) as prober:
+        with through(proxy, service) as cli:
+            cli.until_event(event, **fields)
+            proxy.stall()
+            later(proxy, comes_back)
+            run = cli.finish()
+        yield run, prober
 
 
 def hang_at_blue_stop(proxy: EngineProxy, fault: str) -> None:
@@ -131,12 +161,7 @@ def test_engine_hangs_during_a_phase(
     budget, exit 4 and `recover` finishes."""
     # A soak long enough for an unanswered call to fail inside it.
     prepared(service, verify="timeout = 10\nsoak = 6\n")
-    with Prober(service.version_url()) as prober:
-        with through(engine_proxy, service) as cli:
-            cli.until_event("deploy.step.started", step=phase)
-            engine_proxy.stall()
-            later(engine_proxy, comes_back)
-            run = cli.finish()
+    with stalled(service, engine_proxy, comes_back, step=phase) as (run, prober):
         if phase == "cleanup" and comes_back:
             # Asked again within the cleanup's budget, the removals land once it answers.
             assert run.code == 0, run.tail()
@@ -191,12 +216,10 @@ def test_engine_hangs_during_the_rollback(
     that answers again gets blue back (exit 1); one that never does gets exit 3 by the
     rollback's deadline, with what to do, and the redirect keeps production's port served."""
     prepared(service, knobs={"FAIL_ON_PORT": service.port}, verify="timeout = 3\nsoak = 1\n")
-    with Prober(service.version_url()) as prober:
-        with through(engine_proxy, service) as cli:
-            cli.until_event("deploy.compensate.started")
-            engine_proxy.stall()
-            later(engine_proxy, comes_back)
-            run = cli.finish()
+    with stalled(service, engine_proxy, comes_back, event="deploy.compensate.started") as (
+        run,
+        prober,
+    ):
         if comes_back:
             assert run.code == 1, run.tail()
             assert "did not serve 2.0.0 healthily" in run.stderr
@@ -220,19 +243,13 @@ def test_engine_hangs_during_the_build_or_a_migration(
     Never back, either gives up by its deadlines with exit 3, `recover` to run; blue
     serves throughout."""
     prepared(service)
-    slow = ["python3", "-c", "import time; time.sleep(3)"]
     service.config(
         engine=f"call_timeout = {CALL_TIMEOUT}\n",
         rollback="step_timeout = 8\ntimeout = 20\n",
         build=f'context = "brain"\nargs = {{ BASE = "{BASE_IMAGE}" }}\ntimeout = 15\n',
-        migrate=f"commands = [{json.dumps(slow)}]\ntimeout = 15\n",
+        migrate=slow_migration(3, timeout=15),
     )
-    with Prober(service.version_url()) as prober:
-        with through(engine_proxy, service) as cli:
-            cli.until_event("deploy.step.started", step=phase)
-            engine_proxy.stall()
-            later(engine_proxy, comes_back)
-            run = cli.finish()
+    with stalled(service, engine_proxy, comes_back, step=phase) as (run, prober):
         assert prober.failures == 0, prober.errors
         if not comes_back:
             assert_gave_up(service, engine_proxy, run)
