@@ -2,14 +2,14 @@
 # Makes this machine ready for the test suite, idempotently:
 #   a running Docker engine (installed from Debian's packages if missing), nftables
 #   (for the kernel handoff) and the offline test base image (a debootstrapped Debian
-#   with python3, built once), and a second Docker host in a network namespace
+#   with python3 and tini, built once), and a second Docker host in a network namespace
 #   (scripts/test-hosts.sh: its own dockerd, sshd and TLS endpoint), and the fault engine
 #   (scripts/test-faults.sh: a second dockerd the fault tests restart).
 # Needs root, as on the project's machines. Real users keep BASE in their registry.
 set -euo pipefail
 
 DOCKER=/usr/bin/docker   # /usr/local/bin/docker is a newer client than the engine
-BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm}
+BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm-tini}
 
 if [ ! -x "$DOCKER" ] || ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
   || ! command -v nft >/dev/null; then
@@ -37,7 +37,7 @@ if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   echo "test-env: building $BASE_IMAGE with debootstrap (about 80 s, once per machine)"
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
-  debootstrap --variant=minbase --include=python3-minimal,libpython3.11-stdlib \
+  debootstrap --variant=minbase --include=python3-minimal,libpython3.11-stdlib,tini \
     bookworm "$root" >/tmp/rolling-update-debootstrap.log 2>&1 \
     || { tail -20 /tmp/rolling-update-debootstrap.log; exit 1; }
   tar -C "$root" -c . | "$DOCKER" import - "$BASE_IMAGE" >/dev/null

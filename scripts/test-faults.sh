@@ -14,7 +14,7 @@
 set -euo pipefail
 
 DOCKER=/usr/bin/docker
-BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm}
+BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm-tini}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SOCK=/run/ru-fault/docker.sock
 

@@ -17,7 +17,7 @@
 set -euo pipefail
 
 DOCKER=/usr/bin/docker
-BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm}
+BASE_IMAGE=${RU_TEST_BASE:-rolling-update-test-base:bookworm-tini}
 COUNT=${1:-1}
 ROOT=/var/lib/rolling-update-hosts
 

@@ -41,7 +41,7 @@ from rolling_update._state.journal import Journal, JournalRecord
 from rolling_update._state.mark import marker_name
 
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
-BASE_IMAGE = os.environ.get("RU_TEST_BASE", "rolling-update-test-base:bookworm")
+BASE_IMAGE = os.environ.get("RU_TEST_BASE", "rolling-update-test-base:bookworm-tini")
 APP_DIR = Path(__file__).resolve().parent / "app"
 ROOT = APP_DIR.parent.parent
 
@@ -340,8 +340,8 @@ class Barrier:
 
     ``command`` prints a line and waits there: as a migration command, it holds a deploy
     in its migrate step (the lock held, the engine marked) for as long as the test needs.
-    SIGTERM ends it at once, as it ends a migration with a handler (as PID 1 without one,
-    it would be ignored until the engine's SIGKILL).
+    SIGTERM ends it at once, as it ends a migration with a handler (as a PID 1 without an
+    init such as the stand-in's tini, it would be ignored until the engine's SIGKILL).
     """
 
     LINE = "waiting at the test's barrier"
