@@ -45,7 +45,7 @@ def test_every_outcome_has_an_exit_code_the_table_documents() -> None:
             True,
             True,
             None,
-            Outcome.ROLLBACK_INCOMPLETE,
+            Outcome.PRODUCTION_DOWN,
         ),
         # The engine failing the mark's removal after the steps: the new version serves.
         (
@@ -73,6 +73,7 @@ def test_a_rollout_exits_with_its_worst_host() -> None:
     """A host that needs a human outweighs a failure after commit, which outweighs a rollback."""
     needs_a_human = ["deployed", "revert-failed", "failed-after-commit"]
     assert worst(needs_a_human, failed=True, signum=None) == 3
+    assert worst(["production-down", "failed-after-commit"], failed=True, signum=None) == 3
     assert worst(["deployed", "failed-after-commit"], failed=True, signum=None) == 4
     assert worst(["deployed", "rolled-back", "not-started"], failed=True, signum=None) == 1
     assert worst(["refused", "not-started"], failed=True, signum=None) == 2

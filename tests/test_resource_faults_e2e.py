@@ -190,8 +190,8 @@ def test_production_oom_killed_in_the_cleanup(service: Service, restart: str) ->
     """The new production container outgrows blue's inherited limit as the cleanup begins,
     past the commit: the kernel kills it. Brought back by its restart policy, the deploy
     ends with exit 0 and the new version alone serves. With no policy, nothing serves: the
-    deploy keeps the previous version's container and exits 3 saying so, never 0, and
-    `recover` starts the new version again."""
+    deploy keeps the previous version's container and exits 3 saying so, never 0 (its audit
+    entry: ``production-down``), and `recover` starts the new version again."""
     args = ("--network", "host", "--memory", f"{LIMIT_MB}m", "--restart", restart)
     service.start_blue("1.0.0", args=args)
     # Green serves 2 s past its SIGTERM: the kill lands while the cleanup stops green,
@@ -221,6 +221,8 @@ def test_production_oom_killed_in_the_cleanup(service: Service, restart: str) ->
         assert "during the cleanup and nothing restarted it: production's port is dark" in line
         assert f"the previous version is kept as {service.old_name}" in line, line
         assert recovered[0].code == 0, recovered[0].tail()
+        results = [e.result for e in history.read(service.journal.parent)]
+        assert results[-2:] == [Outcome.PRODUCTION_DOWN, Outcome.RECOVERED], results
     else:
         assert out.run.code == 0, out.run.tail()
     assert_serves_only(service, "2.0.0")

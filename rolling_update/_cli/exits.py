@@ -48,15 +48,14 @@ def outcome(
     code = result.exit_code(signum)
     if result is Outcome.DEPLOYED:
         return code, None
+    if result is Outcome.PRODUCTION_DOWN:
+        return code, (
+            f"error: {down(exc)}. `rolling-update recover` starts the new version again; "
+            "check why it stopped first (`docker logs`)."
+        )
     if result is Outcome.ROLLBACK_INCOMPLETE:
         if isinstance(exc, RecoveryFailed):
             return code, f"error: recovery incomplete: {exc}"
-        dead = down(exc)
-        if dead is not None:
-            return code, (
-                f"error: {dead}. `rolling-update recover` starts the new version again; "
-                "check why it stopped first (`docker logs`)."
-            )
         then = "Run `rolling-update recover`, or check `docker ps -a`."
         if state is not None and state.engine_unanswered:
             then = (

@@ -166,6 +166,10 @@ _LEFT_TO_RECOVER = {
     Outcome.FAILED_AFTER_COMMIT: (
         "the new version serves; run `rolling-update recover {flags}` to finish"
     ),
+    Outcome.PRODUCTION_DOWN: (
+        "the new version died past its commit; run `rolling-update recover {flags}` to "
+        "start it again"
+    ),
 }
 
 

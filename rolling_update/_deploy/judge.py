@@ -35,7 +35,9 @@ def judge(
     (``None``: no step could have begun), ``signum`` the first SIGINT/SIGTERM received."""
     committed = state is not None and state.committed
     began = state is not None and state.current is not None
-    if isinstance(exc, RollbackIncomplete | RecoveryFailed) or down(exc) is not None:
+    if down(exc) is not None:
+        return Outcome.PRODUCTION_DOWN
+    if isinstance(exc, RollbackIncomplete | RecoveryFailed):
         return Outcome.ROLLBACK_INCOMPLETE
     if isinstance(exc, FailedAfterCommit) or (committed and isinstance(exc, Exception)):
         # Also any other failure once committed, outside the steps (the deploy's own

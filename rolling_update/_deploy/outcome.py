@@ -28,6 +28,8 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"
     ROLLBACK_INCOMPLETE = "rollback-incomplete"
     FAILED_AFTER_COMMIT = "failed-after-commit"
+    PRODUCTION_DOWN = "production-down"
+    """Past the commit the new version died and nothing restarted it: nothing serves."""
     NOT_STARTED = "not-started"
     """Several hosts: the rollout stopped before this host's turn."""
     REVERTED = "reverted"
@@ -55,6 +57,7 @@ _EXIT = {
     Outcome.RECOVERED: EXIT_OK,
     Outcome.RECOVERY_FAILED: EXIT_ROLLBACK_INCOMPLETE,
     Outcome.FAILED_AFTER_COMMIT: EXIT_FAILED_AFTER_COMMIT,
+    Outcome.PRODUCTION_DOWN: EXIT_ROLLBACK_INCOMPLETE,
 }
 
 
@@ -62,9 +65,10 @@ def worst(outcomes: Iterable[str], *, failed: bool, signum: int | None) -> int:
     """A rollout's exit code from its hosts' outcomes: a host that needs a human first, then
     one that failed after its commit, then the interrupt; refusals alone are a usage error."""
     results = {Outcome(o) for o in outcomes}
-    if results & {Outcome.ROLLBACK_INCOMPLETE, Outcome.REVERT_FAILED}:
+    codes = {_EXIT.get(result) for result in results}
+    if EXIT_ROLLBACK_INCOMPLETE in codes:
         return EXIT_ROLLBACK_INCOMPLETE
-    if Outcome.FAILED_AFTER_COMMIT in results:
+    if EXIT_FAILED_AFTER_COMMIT in codes:
         return EXIT_FAILED_AFTER_COMMIT
     if signum is not None:
         return EXIT_OK if results == {Outcome.DEPLOYED} else EXIT_SIGNAL_BASE + signum
@@ -78,8 +82,8 @@ def worst(outcomes: Iterable[str], *, failed: bool, signum: int | None) -> int:
 @dataclass
 class HostOutcome:
     """How one host ended: ``deployed``, ``rolled-back``, ``refused``, ``interrupted``,
-    ``rollback-incomplete``, ``failed-after-commit``, ``not-started``, ``reverted``
-    (rollback-all took it back) or ``revert-failed``."""
+    ``rollback-incomplete``, ``failed-after-commit``, ``production-down``, ``not-started``,
+    ``reverted`` (rollback-all took it back) or ``revert-failed``."""
 
     host: str
     result: str = Outcome.NOT_STARTED

@@ -9,7 +9,6 @@ import structlog
 from rolling_update._config.settings import Config
 from rolling_update._deploy.context import DeployContext
 from rolling_update._deploy.hooks import run_post_hook
-from rolling_update._deploy.judge import down
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.records import GreenStarted, Redirected, Shifted, Switched
 from rolling_update._deploy.saga import SagaState
@@ -61,7 +60,7 @@ async def record_end(
     if result is Outcome.REFUSED:
         return
     # A production found dead past the commit rolled nothing back: the deploy happened.
-    deployed = result in (Outcome.DEPLOYED, Outcome.FAILED_AFTER_COMMIT) or bool(down(error))
+    deployed = result in (Outcome.DEPLOYED, Outcome.FAILED_AFTER_COMMIT, Outcome.PRODUCTION_DOWN)
     hook = "post_deploy" if deployed else "post_rollback"
     await run_post_hook(cfg, hook, entry)
     write_metrics(cfg)
