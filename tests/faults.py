@@ -169,18 +169,35 @@ def free() -> None:
     FILLER.unlink(missing_ok=True)
 
 
-def memory_parent(container_pid: int) -> Path:
-    """The memory cgroup that holds every container of the fault engine, found from one
-    of its containers' processes: dockerd places its cgroup parent under its own memory
-    cgroup (a relative ``--cgroup-parent``), wherever the machine started it."""
+def memory_parent(container_pid: int, name: str = CGROUP_PARENT) -> Path:
+    """The memory cgroup that holds every container of an engine started with the
+    relative ``--cgroup-parent name`` (the fault engine's; ru-host2's is its own), found
+    from one of its containers' processes: dockerd places its cgroup parent under its
+    own memory cgroup, wherever the machine started it."""
     for line in Path(f"/proc/{container_pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if "memory" in controllers.split(","):
             cgroup = MEMORY_CGROUPS / path.lstrip("/")
             for parent in (cgroup, *cgroup.parents):
-                if parent.name == CGROUP_PARENT:
+                if parent.name == name:
                     return parent
-    raise FaultEngineError(f"process {container_pid} has no memory cgroup under {CGROUP_PARENT}")
+    raise FaultEngineError(f"process {container_pid} has no memory cgroup under {name}")
+
+
+def limit_memory(container_pid: int, room_mb: int, name: str = CGROUP_PARENT) -> Path:
+    """Limit the memory of every container under ``name`` (see :func:`memory_parent`) to
+    what they use now plus ``room_mb`` MiB, as a host's RAM; returns the cgroup limited."""
+    parent = memory_parent(container_pid, name)
+    used = int((parent / "memory.usage_in_bytes").read_text())
+    (parent / "memory.limit_in_bytes").write_text(str(used + (room_mb << 20)))
+    return parent
+
+
+def unlimit_memory(name: str = CGROUP_PARENT) -> None:
+    """Lift every limit :func:`limit_memory` set under ``name``, wherever it is."""
+    for parent in MEMORY_CGROUPS.glob(f"**/{name}"):
+        with contextlib.suppress(OSError):
+            (parent / "memory.limit_in_bytes").write_text("-1")
 
 
 def start(*, live_restore: bool = False) -> None:

@@ -27,6 +27,8 @@ from tests.support import BASE_IMAGE, DOCKER, Service, get_json, require_engine
 
 HOST2 = "10.231.2.2"
 HOST2_SOCKET = "/run/ru-host2/docker.sock"
+# Its dockerd's --cgroup-parent (scripts/test-hosts.sh): its containers' memory shares it.
+HOST2_CGROUP = "ru-host2"
 HOST2_PORT, HOST2_GREEN = 5221, 5222
 HOSTS_ROOT = Path("/var/lib/rolling-update-hosts")
 SSH_CONFIG = HOSTS_ROOT / "ssh" / "config"

@@ -4,20 +4,20 @@ on the hosts the suite owns, swept once per session before its first test that u
 A killed run skips every fixture's clean-up. Its blue, started ``unless-stopped``, comes
 back with ru-host2's engine and keeps that host's fixed port 5221, so every later two-host
 test's blue crash-loops there; a fault case leaves the fault engine's disk full or its
-memory limited, a link-down case ru-host2 unreachable. Only ru-host2 and the fault engine
-are swept: each serves one session at a time (fixed ports, one shared disk and memory
-limit), while this machine's own engine may be running another session's containers.
+memory limited, a link-down case ru-host2 unreachable (an out-of-memory case, its memory
+limited). Only ru-host2 and the fault engine are swept: each serves one session at a time
+(fixed ports, one shared disk and memory limit), while this machine's own engine may be
+running another session's containers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 from pathlib import Path
 
 from tests import faults
-from tests.hosts import HOST2_SOCKET
+from tests.hosts import HOST2_CGROUP, HOST2_SOCKET
 from tests.support import DOCKER
 
 
@@ -35,9 +35,11 @@ def _remove_every_container(socket: str) -> None:
 
 
 def sweep_host2() -> None:
-    """ru-host2 as scripts/test-hosts.sh made it: linked, no container, no tool's table."""
+    """ru-host2 as scripts/test-hosts.sh made it: linked, no container, no tool's table,
+    its containers' memory unlimited."""
     _run("ip", "link", "set", "ru-h2a", "up")
     _remove_every_container(HOST2_SOCKET)
+    faults.unlimit_memory(HOST2_CGROUP)
     if not Path("/run/netns/ru-host2").exists():
         return
     prefix = ("ip", "netns", "exec", "ru-host2")
@@ -53,6 +55,4 @@ def sweep_fault_engine() -> None:
     # The disk first: a full data root can fail the removals.
     faults.free()
     _remove_every_container(str(faults.SOCKET))
-    for parent in faults.MEMORY_CGROUPS.glob(f"**/{faults.CGROUP_PARENT}"):
-        with contextlib.suppress(OSError):
-            (parent / "memory.limit_in_bytes").write_text("-1")
+    faults.unlimit_memory()

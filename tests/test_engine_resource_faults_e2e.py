@@ -17,7 +17,6 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -190,20 +189,14 @@ def host_memory(fault_engine: None, service: Service) -> Iterator[Limit]:
     """``limit(room_mb, of=name)``: the memory of every container of the fault engine
     limited to what they use now plus ``room_mb`` MiB (found through container ``of``'s
     process, blue's by default); the limit is lifted after the case, whatever it did."""
-    parents: list[Path] = []
 
     def limit(room_mb: int, *, of: str | None = None) -> None:
-        pid = int(service.inspect(of or service.name)["State"]["Pid"])
-        parent = faults.memory_parent(pid)
-        parents.append(parent)
-        used = int((parent / "memory.usage_in_bytes").read_text())
-        (parent / "memory.limit_in_bytes").write_text(str(used + (room_mb << 20)))
+        faults.limit_memory(int(service.inspect(of or service.name)["State"]["Pid"]), room_mb)
 
     try:
         yield limit
     finally:
-        for parent in parents:
-            (parent / "memory.limit_in_bytes").write_text("-1")
+        faults.unlimit_memory()
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,13 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from rolling_update._handoff.connections import drained, own_endpoints, parse_es
 from rolling_update._handoff.nft import EngineFirewall, RedirectRule, table_name
 from rolling_update._hosts.hosts import for_unit, pick, units_of
 from rolling_update._state.journal import Journal
+from tests import faults
 from tests.engineproxy import EngineProxy, proxied
 from tests.hosts import (
     CERTS,
     HOST2,
+    HOST2_CGROUP,
     HOST2_GREEN,
     HOST2_PORT,
     HOST2_SOCKET,
@@ -895,4 +898,59 @@ def test_a_remote_engine_hanging_mid_rollout(
         f" seconds={run.seconds:.1f} recover={'-' if run.code in (0, 1) else 0}"
         f" h2={h2_version} failed={out.failures} of={out.probes} dark={out.dark:.2f}"
         f" line={run.stderr.strip()[-200:]!r}"
+    )
+
+
+@pytest.fixture
+def host2_memory(service: Service) -> Iterator[Callable[[int], None]]:
+    """``limit(room_mb)``: the memory of every container on ru-host2 limited to what they
+    use now plus ``room_mb`` MiB, as that host's RAM; lifted after the case, whatever it did."""
+
+    def limit(room_mb: int) -> None:
+        pid = int(docker2("inspect", "--format", "{{.State.Pid}}", service.name))
+        faults.limit_memory(pid, room_mb, HOST2_CGROUP)
+
+    try:
+        yield limit
+    finally:
+        faults.unlimit_memory(HOST2_CGROUP)
+
+
+def test_the_second_host_out_of_memory_in_its_soak(
+    service: Service, two_hosts: TwoHosts, host2_memory: Callable[[int], None]
+) -> None:
+    """ru-host2 runs out of memory in its soak as its new production container grows far
+    past the room: the kernel kills it there, and h2 alone is rolled back (exit 1, h2's line
+    saying it was OOM-killed, as its SSH engine's events and state tell; or that it gave no
+    answer, where the kernel stalled it for seconds first); the canary keeps the new
+    version, h2 its old one, each host one production container, no redirect, journal or
+    mark."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(tick=FAULT_TICK, verify="timeout = 10\nsoak = 8\n")
+    service.write_app("2.0.0")
+
+    def grow() -> None:
+        host2_memory(80)
+        get_json(f"http://{HOST2}:{HOST2_PORT}/__standin/alloc?mb=100", timeout=5)
+
+    out = deploy_with_fault(
+        service,
+        "soak",
+        grow,
+        url=f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status",
+        serving=two_hosts.serving2,
+        step="soak",
+        host="h2",
+    )
+    run = out.run
+    assert run.code == 1, run.tail()
+    died = re.search(r"h2\s+rolled-back\s+1\.0\.0 -> 2\.0\.0: (.*)$", run.stderr, re.MULTILINE)
+    assert died, run.stderr
+    killed = f"{service.name} was OOM-killed (SIGKILL, exit 137: out of memory"
+    stalled = f"{service.name} turned unhealthy during the 8s soak: no answer within"
+    assert killed in died[1] or stalled in died[1], died[1]
+    assert_both_settled(service, two_hosts, "1.0.0", run.tail())
+    print(
+        f"\nOUTCOME fault=h2-out-of-memory phase=soak exit={run.code} seconds={run.seconds:.1f}"
+        f" failed={out.failures} of={out.probes} dark={out.dark:.2f} line={died[1]!r}"
     )
