@@ -833,7 +833,7 @@ def host2_proxy() -> Iterator[EngineProxy]:
 
 @pytest.mark.parametrize("comes_back", [True, False], ids=["back-after-a-while", "never-back"])
 @pytest.mark.parametrize(
-    "phase", ["green-health", "tick-boundary", "handoff", "verify", "soak", "cleanup"]
+    "phase", ["green-health", "tick-boundary", "handoff", "switch", "verify", "soak", "cleanup"]
 )
 def test_a_remote_engine_hanging_mid_rollout(
     service: Service, two_hosts: TwoHosts, host2_proxy: EngineProxy, phase: str, comes_back: bool
