@@ -792,7 +792,7 @@ def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
             assert run.code == 0, run.tail()
 
 
-@pytest.mark.parametrize("phase", ["green-health", "switch", "verify", "soak", "cleanup"])
+@pytest.mark.parametrize("phase", REMOTE_PHASES)
 def test_a_remote_host_rebooting_mid_rollout_is_recovered(
     service: Service, two_hosts: TwoHosts, phase: str
 ) -> None:
