@@ -26,6 +26,7 @@ from tests.support import (
     Run,
     Service,
     assert_serves_only,
+    one_line,
     slow_migration,
 )
 
@@ -78,15 +79,17 @@ def stalled(
     comes_back: bool,
     *,
     event: str = "deploy.step.started",
+    fault: str = "stall",
     **fields: str,
 ) -> Iterator[tuple[Run, Prober]]:
-    """A deploy through ``proxy`` whose engine stalls once its log shows ``event`` (with
-    ``fields``) and answers again ``WHILE`` s later, or never: the run, and the probe of
-    production's port, which goes on while the block looks at the host."""
+    """A deploy through ``proxy`` whose engine stalls (or, ``fault="drop"``, drops every
+    connection) once its log shows ``event`` (with ``fields``) and answers again ``WHILE``
+    s later, or never: the run, and the probe of production's port, which goes on while
+    the block looks at the host."""
     with Prober(service.version_url()) as prober:
         with through(proxy, service) as cli:
             cli.until_event(event, **fields)
-            proxy.stall()
+            proxy.drop() if fault == "drop" else proxy.stall()
             later(proxy, comes_back)
             run = cli.finish()
         yield run, prober
@@ -260,3 +263,36 @@ def test_engine_hangs_during_the_build_or_a_migration(
             assert "did not answer" in run.stderr
             assert_rolled_back(service, run)
     report(phase, "stall", comes_back, run, prober)
+
+
+@pytest.mark.parametrize(
+    "phase",
+    ["build", "migrate", "green-health", "tick-boundary", "handoff", "verify", "soak", "cleanup"],
+)
+def test_engine_drops_every_connection_during_a_phase(
+    service: Service, engine_proxy: EngineProxy, phase: str
+) -> None:
+    """The engine's socket drops every connection (an engine going away) as a phase begins,
+    and takes them again 4 s later: the first call cut fails the step, one line names the
+    unreachable engine by its address, and the rollback finishes once it answers (exit 1,
+    blue serving throughout, nothing left); in the cleanup, past the commit, the removals
+    are asked again (exit 0, the new version alone)."""
+    prepared(service, verify="timeout = 10\nsoak = 6\n")
+    service.config(
+        engine=f"call_timeout = {CALL_TIMEOUT}\n",
+        rollback="step_timeout = 8\ntimeout = 20\n",
+        tick="settle = 1\nguard = 1\ninterval = 0.1\ntimeout = 30\n",
+        verify="timeout = 10\nsoak = 6\n",
+        build=f'context = "brain"\nargs = {{ BASE = "{BASE_IMAGE}" }}\ntimeout = 15\n',
+        migrate=slow_migration(3, timeout=15),
+    )
+    with stalled(service, engine_proxy, True, fault="drop", step=phase) as (run, prober):
+        assert prober.failures == 0, prober.errors
+        if phase == "cleanup":
+            assert run.code == 0, run.tail()
+            assert_serves_only(service, "2.0.0")
+        else:
+            assert run.code == 1, run.tail()
+            assert f"Docker engine unreachable at {engine_proxy.url}: " in one_line(run), run.tail()
+            assert_serves_only(service, "1.0.0")
+    report(phase, "drop", True, run, prober)

@@ -153,7 +153,7 @@ def test_engine_unreachable_exits_2(service: Service) -> None:
     prepared(service)
     run = service.deploy(environ={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert run.code == 2
-    assert "Docker engine unreachable" in run.stderr
+    assert "Docker engine unreachable at unix:///nonexistent/docker.sock: " in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert service.serving() == "1.0.0"
 

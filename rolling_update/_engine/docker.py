@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -187,9 +188,11 @@ class DockerEngine:
         ssl_context: ssl.SSLContext | None = None,
         limits: EngineConfig | None = None,
         reach: Reach | None = None,
+        address: str | None = None,
     ) -> None:
         """``reach``: the transport's check that the engine's socket accepts (an SSH
-        forward's, see :data:`Reach`), made before each new connection."""
+        forward's, see :data:`Reach`), made before each new connection; ``address``: the
+        engine as the operator named it, where ``url`` is not that (an SSH forward's socket)."""
         # An engine that leaves a call unanswered this long is not coming back in time.
         # Kept short: an interrupted deploy waits for the call in flight before its
         # rollback, and the two together must fit a service manager's stop timeout (README).
@@ -206,6 +209,10 @@ class DockerEngine:
         self._reach = reach
         self._client: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
+        # Where the engine was looked for, as the operator set it (url, DOCKER_HOST, a
+        # docker context): what an unreachable engine's line names.
+        self._named = address
+        self._address = address or url or "the Docker engine"
 
     async def __aenter__(self) -> DockerEngine:
         self._client = await self._new_client()
@@ -234,7 +241,9 @@ class DockerEngine:
             # default), through our connector instead of its own.
             connector: _WaitsForRestart
             limit = self._connections or 100
+            self._address = self._named or client.docker_host
             if isinstance(found, aiohttp.UnixConnector):
+                self._address = self._named or f"unix://{found.path}"
                 connector = _RestartingUnix(found.path, limit=limit)
                 # As aiodocker sets it when it makes the unix connector itself.
                 host = "http://localhost"
@@ -268,10 +277,22 @@ class DockerEngine:
             yield
         except aiodocker.DockerError as exc:
             if exc.status == 900:
-                raise EngineUnavailable(f"Docker engine unreachable: {exc.message}") from exc
+                # aiodocker's "Cannot connect to Docker Engine via <its own URL> [why]"
+                # names http://localhost for any unix socket, raised while handling why.
+                raise self._unreachable(exc.__context__ or exc) from exc
             raise EngineError(operation, target, exc.status, str(exc.message).strip()) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from exc
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: BaseException) -> EngineUnavailable:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            # Its text repeats the address ("Cannot connect to unix socket …"): the cause.
+            exc = exc.os_error
+        why = str(exc)
+        if isinstance(exc, OSError) and exc.errno:
+            # asyncio's strerror reads "Connect call failed (address)"; errno says why.
+            why = os.strerror(exc.errno)
+        return EngineUnavailable(f"Docker engine unreachable at {self._address}: {why}")
 
     def _unanswered(self, call: str, limit: float) -> EngineUnavailable:
         return EngineUnavailable(

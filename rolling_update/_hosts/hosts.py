@@ -382,12 +382,14 @@ async def _reach(
     url: str | None = host.engine
     ssl_context = None
     reach: Reach | None = None
+    named: str | None = None
     if not cfg.hosts:
         url = None  # DOCKER_HOST, or the default socket, as before hosts existed
     elif host.engine.startswith("ssh://"):
         svc = host_cfg.service
         ports = [svc.port, svc.green_port, bypass]
         url, address, reach = await _ssh(stack, host, ports, index, limit)
+        named = host.engine  # not the forward's local socket
         if address is not None:
             svc = svc.model_copy(update={"host": address})
             host_cfg = host_cfg.model_copy(update={"service": svc})
@@ -395,7 +397,9 @@ async def _reach(
         ssl_context = _tls(host)
     with anyio.fail_after(limit):
         engine = await stack.enter_async_context(
-            DockerEngine(url, ssl_context=ssl_context, limits=cfg.engine, reach=reach)
+            DockerEngine(
+                url, ssl_context=ssl_context, limits=cfg.engine, reach=reach, address=named
+            )
         )
     return engine, host_cfg
 
