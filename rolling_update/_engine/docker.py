@@ -201,6 +201,9 @@ class DockerEngine:
         # a leak shows at once with 1, which is how the tests prove there is none.
         # aiodocker keeps a tcp:// address as it is when it is given a TLS context,
         # and aiohttp speaks neither tcp:// nor TLS to an http:// URL.
+        # Where the engine was looked for, as the operator set it (else DOCKER_HOST or a
+        # docker context, found on entry): what an unreachable engine's line names.
+        self._named = address or url
         if url is not None and url.startswith("tcp://"):
             url = ("https://" if ssl_context is not None else "http://") + url[len("tcp://") :]
         self._url = url
@@ -209,10 +212,7 @@ class DockerEngine:
         self._reach = reach
         self._client: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
-        # Where the engine was looked for, as the operator set it (url, DOCKER_HOST, a
-        # docker context): what an unreachable engine's line names.
-        self._named = address
-        self._address = address or url or "the Docker engine"
+        self._address = self._named or "the Docker engine"
 
     async def __aenter__(self) -> DockerEngine:
         self._client = await self._new_client()

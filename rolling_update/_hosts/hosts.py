@@ -382,14 +382,14 @@ async def _reach(
     url: str | None = host.engine
     ssl_context = None
     reach: Reach | None = None
-    named: str | None = None
+    # Named as configured: not the SSH forward's local socket, nor the https:// it becomes.
+    named: str | None = host.engine if cfg.hosts else None
     if not cfg.hosts:
         url = None  # DOCKER_HOST, or the default socket, as before hosts existed
     elif host.engine.startswith("ssh://"):
         svc = host_cfg.service
         ports = [svc.port, svc.green_port, bypass]
         url, address, reach = await _ssh(stack, host, ports, index, limit)
-        named = host.engine  # not the forward's local socket
         if address is not None:
             svc = svc.model_copy(update={"host": address})
             host_cfg = host_cfg.model_copy(update={"service": svc})
