@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -244,12 +244,14 @@ class TwoHosts:
         socket2: str = HOST2_SOCKET,
         extra: str = "",
         h2_extra: str = "",
+        env2: Mapping[str, object] | None = None,
         **sections: str,
     ) -> Path:
         """The service's config with [[hosts]]: local (canary) first, then ru-host2;
         ``socket2``: the engine socket SSH forwards to there (ru-host2 shares this
-        machine's files: a proxy's socket here is reached through its sshd);
-        ``sections`` replace whole tables, as for :meth:`Service.config`."""
+        machine's files: a proxy's socket here is reached through its sshd); ``env2``:
+        h2's own env for its new containers (knobs of tests/app/app.py: green misbehaves
+        there alone); ``sections`` replace whole tables, as for :meth:`Service.config`."""
         svc = self.svc
         if engine2 == "ssh":
             h2 = (
@@ -267,7 +269,9 @@ class TwoHosts:
             '[[hosts]]\nname = "local"\nengine = "unix:///var/run/docker.sock"\n\n'
             f'[[hosts]]\nname = "h2"\n{h2}port = {HOST2_PORT}\ngreen_port = {HOST2_GREEN}\n'
             f"{h2_extra}"
-            '[hosts.env]\nENV_REGION = "hk"\n\n'
+            '[hosts.env]\nENV_REGION = "hk"\n'
+            + "".join(f'{key} = "{value}"\n' for key, value in (env2 or {}).items())
+            + "\n"
         )
         # Table names only: none of them is Service.config's own ``env``.
         configure: Callable[..., Path] = svc.config

@@ -919,6 +919,7 @@ def host2_memory(service: Service) -> Iterator[Callable[[int], None]]:
 # Who grows past the room at each phase of h2's deploy: green while it is a candidate or
 # serves production's port through the redirect, production once it serves alone.
 H2_GROWS = {
+    "green-health": "green",
     "tick-boundary": "green",
     "handoff": "green",
     "switch": "green",
@@ -940,15 +941,24 @@ def test_the_second_host_out_of_memory_mid_rollout(
     first), or deployed (exit 0) where the kill did not stop it (past its commit, the
     restart policy brings production back). The canary keeps the new version."""
     two_hosts.start_blues("1.0.0")
-    two_hosts.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 8\n")
+    # In its warm-up h2's green grows by itself (its own env's knobs), booting for 30 s.
+    warming = {"MEMORY_MB": 200, "ALLOC_MB_AFTER": 0.5, "BOOT_DELAY": 30}
+    two_hosts.config(
+        tick=FAULT_TICK,
+        verify="timeout = 20\nsoak = 8\n",
+        env2=warming if phase == "green-health" else None,
+    )
     service.write_app("2.0.0", knobs={"SHUTDOWN_DELAY": 2} if phase == "cleanup" else {})
     grows = H2_GROWS[phase]
     name, port = (service.green, HOST2_GREEN) if grows == "green" else (service.name, HOST2_PORT)
     since = f"{time.time():.3f}"
+    if phase == "green-health":
+        host2_memory(80)
 
     def grow() -> None:
-        host2_memory(80)
-        get_json(f"http://{HOST2}:{port}/__standin/alloc?mb=160", timeout=5)
+        if phase != "green-health":
+            host2_memory(80)
+            get_json(f"http://{HOST2}:{port}/__standin/alloc?mb=160", timeout=5)
 
     out = deploy_with_fault(
         service,
