@@ -17,6 +17,8 @@ from rolling_update._errors import (
     ProductionDown,
     RollingUpdateError,
 )
+from rolling_update._observe.history import HistoryEntry
+from rolling_update._operate.rollback import previous_version
 
 
 def test_every_outcome_has_an_exit_code_the_table_documents() -> None:
@@ -79,3 +81,26 @@ def test_a_rollout_exits_with_its_worst_host() -> None:
     assert worst(["refused", "not-started"], failed=True, signum=None) == 2
     assert worst(["deployed", "interrupted"], failed=True, signum=signal.SIGTERM) == 143
     assert worst(["deployed"], failed=False, signum=None) == 0
+
+
+def _run(result: Outcome, came: str, went: str) -> HistoryEntry:
+    return HistoryEntry(
+        id="a1", kind="deploy", service="svc", started_at="", ended_at="", user="u", host="h",
+        from_version=came, to_version=went, result=result,
+    )  # fmt: skip
+
+
+def test_a_rollback_goes_back_to_what_came_before_the_commit_of_what_serves() -> None:
+    """A deploy that died or failed past its commit took the host to its version as one that
+    ended cleanly did: rollback's default is where the newest of them came from."""
+    history = [
+        _run(Outcome.DEPLOYED, "1.0.0", "2.0.0"),
+        _run(Outcome.ROLLED_BACK, "2.0.0", "3.0.0"),
+        _run(Outcome.PRODUCTION_DOWN, "2.0.0", "3.0.0"),
+        _run(Outcome.RECOVERED, "3.0.0", "3.0.0"),
+    ]
+    assert previous_version(history, "3.0.0") == "2.0.0"
+    assert previous_version(history, "2.0.0") == "1.0.0"
+    failed = [_run(Outcome.FAILED_AFTER_COMMIT, "1.0.0", "2.0.0")]
+    assert previous_version(failed, "2.0.0") == "1.0.0"
+    assert previous_version(history[1:2], "3.0.0") is None

@@ -39,6 +39,12 @@ class Outcome(StrEnum):
     """``recover``: the host is consistent again."""
     RECOVERY_FAILED = "recovery-failed"
 
+    @property
+    def committed(self) -> bool:
+        """The run took the host to its new version past the point of no return (it serves,
+        or served and died there): what came before it is what a rollback goes back to."""
+        return self in _COMMITTED
+
     def exit_code(self, signum: int | None = None) -> int:
         """The CLI's exit code for this outcome (``signum``: the signal that interrupted)."""
         if self is Outcome.INTERRUPTED:
@@ -46,6 +52,7 @@ class Outcome(StrEnum):
         return _EXIT[self]
 
 
+_COMMITTED = frozenset({Outcome.DEPLOYED, Outcome.FAILED_AFTER_COMMIT, Outcome.PRODUCTION_DOWN})
 _EXIT = {
     Outcome.DEPLOYED: EXIT_OK,
     Outcome.ROLLED_BACK: EXIT_ROLLED_BACK,

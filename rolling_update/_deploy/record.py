@@ -60,8 +60,7 @@ async def record_end(
     if result is Outcome.REFUSED:
         return
     # A production found dead past the commit rolled nothing back: the deploy happened.
-    deployed = result in (Outcome.DEPLOYED, Outcome.FAILED_AFTER_COMMIT, Outcome.PRODUCTION_DOWN)
-    hook = "post_deploy" if deployed else "post_rollback"
+    hook = "post_deploy" if result.committed else "post_rollback"
     await run_post_hook(cfg, hook, entry)
     write_metrics(cfg)
 

@@ -7,7 +7,6 @@ import structlog
 
 from rolling_update._config.settings import Config
 from rolling_update._deploy.deploy import DeployResult, deploy
-from rolling_update._deploy.outcome import Outcome
 from rolling_update._deploy.plan import PlanFactory, default_plan
 from rolling_update._deploy.preflight import version_of
 from rolling_update._deploy.saga import SagaState
@@ -15,7 +14,7 @@ from rolling_update._deploy.session import open_engine
 from rolling_update._engine.model import Engine
 from rolling_update._errors import ConfigError, PreflightError
 from rolling_update._handoff.nft import Firewall
-from rolling_update._observe.history import read
+from rolling_update._observe.history import HistoryEntry, read
 
 
 async def known_versions(cfg: Config, docker: Engine) -> list[str]:
@@ -32,6 +31,14 @@ async def known_versions(cfg: Config, docker: Engine) -> list[str]:
             if repo == repository and version not in versions:
                 versions.append(version)
     return versions
+
+
+def previous_version(history: list[HistoryEntry], current: str | None) -> str | None:
+    """The version the newest run that committed ``current`` came from: a deploy that failed
+    past its commit (then finished by ``recover``) took the host there as much as one that
+    ended cleanly."""
+    came = [e.from_version for e in history if e.result.committed and e.to_version == current]
+    return next((v for v in reversed(came) if v), None)
 
 
 async def rollback(
@@ -51,14 +58,12 @@ async def rollback(
         known = await known_versions(cfg, docker)
         current = version_of(await docker.inspect(cfg.service.name))
     if version is None:
-        runs = [e for e in read(cfg.state_dir) if e.result == Outcome.DEPLOYED]
-        previous = [e.from_version for e in runs if e.to_version == current and e.from_version]
-        if not previous:
+        version = previous_version(read(cfg.state_dir), current)
+        if version is None:
             raise PreflightError(
                 f"no previous version of {cfg.service.name} is recorded in its history; "
                 f"name one: {', '.join(known) or 'no images found'}"
             )
-        version = previous[-1]
     if version not in known:
         raise ConfigError(
             f"no image for version {version!r}; known versions: {', '.join(known) or 'none'}",
