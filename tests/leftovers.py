@@ -38,8 +38,9 @@ def sweep_host2() -> None:
     """ru-host2 as scripts/test-hosts.sh made it: linked, no container, no tool's table,
     its containers' memory unlimited."""
     _run("ip", "link", "set", "ru-h2a", "up")
-    _remove_every_container(HOST2_SOCKET)
+    # The memory first: containers stalled at their limit stop slowly.
     faults.unlimit_memory(HOST2_CGROUP)
+    _remove_every_container(HOST2_SOCKET)
     if not Path("/run/netns/ru-host2").exists():
         return
     prefix = ("ip", "netns", "exec", "ru-host2")

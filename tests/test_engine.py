@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import errno
+import socket
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
 
 from rolling_update import ContainerInfo, ContainerSpec, DockerEngine, EngineUnavailable
 from rolling_update._config.settings import EngineConfig
 from rolling_update._deploy.release import Release
+from rolling_update._engine.docker import unreachable_why
 from rolling_update._engine.model import ContainerEvent
 from rolling_update._engine.parse import (
     FrameDecoder,
@@ -54,6 +59,41 @@ def test_spec_to_api_is_the_docker_create_body() -> None:
 def test_spec_repr_hides_env_values() -> None:
     """Printing a spec (in a log or traceback) never shows env values."""
     assert "hunter2" not in repr(ContainerSpec(name="a", image="b", env={"PW": "hunter2"}))
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(errno.ENOENT, "No such file or directory"), "No such file or directory"),
+        # asyncio's text names the address, which the line names already: the errno's.
+        (
+            OSError(errno.ECONNREFUSED, "Connect call failed ('10.0.0.2', 2376)"),
+            "Connection refused",
+        ),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "Name or service not known",
+        ),
+        # An SSH forward's own check: its text names the remote socket.
+        (
+            aiohttp.ClientOSError(errno.ECONNREFUSED, "/var/run/docker.sock on h2: refused"),
+            "/var/run/docker.sock on h2: refused",
+        ),
+        (
+            aiohttp.ClientConnectorError(
+                ConnectionKey("h2", 2376, True, True, None, None, None),
+                ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed"),
+            ),
+            "certificate verify failed: self-signed",
+        ),
+        (aiohttp.ServerDisconnectedError(), "Server disconnected"),
+        (TimeoutError(), "TimeoutError"),
+    ],
+)
+def test_an_unreachable_engine_is_told_by_its_cause(error: Exception, said: str) -> None:
+    """Why a connection failed is the cause's own words (TLS, DNS, an SSH forward's check),
+    the errno's where asyncio's text only repeats the address, and never an empty string."""
+    assert said in unreachable_why(error)
 
 
 def test_frames_and_lines_survive_arbitrary_chunking() -> None:

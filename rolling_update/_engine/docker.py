@@ -173,6 +173,23 @@ def _was_cut(exc: BaseException) -> bool:
     return False
 
 
+def unreachable_why(exc: Exception) -> str:
+    """Why a connection to the engine failed, in the words that say it best: a TLS or DNS
+    failure's own, an SSH forward's check's (its text names the remote socket), else the
+    system's for the errno (asyncio's own text is "Connect call failed (address)")."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Its text repeats the address ("Cannot connect to unix socket …"): the cause.
+        exc = exc.os_error
+    if isinstance(exc, ssl.SSLError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        if exc.strerror and not exc.strerror.startswith("Connect call failed"):
+            return exc.strerror
+        if exc.errno is not None and exc.errno > 0:
+            return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
 class DockerEngine:
     """:class:`Engine` on a real Docker engine, through aiodocker.
 
@@ -212,7 +229,7 @@ class DockerEngine:
         self._reach = reach
         self._client: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
-        self._address = self._named or "the Docker engine"
+        self._address = ""
 
     async def __aenter__(self) -> DockerEngine:
         self._client = await self._new_client()
@@ -241,9 +258,14 @@ class DockerEngine:
             # default), through our connector instead of its own.
             connector: _WaitsForRestart
             limit = self._connections or 100
-            self._address = self._named or client.docker_host
+            # aiodocker's docker_host is its rewrite (unix://localhost, https://…).
+            self._address = (
+                self._named
+                or os.environ.get("DOCKER_HOST")
+                or (f"unix://{found.path}" if isinstance(found, aiohttp.UnixConnector) else "")
+                or client.docker_host
+            )
             if isinstance(found, aiohttp.UnixConnector):
-                self._address = self._named or f"unix://{found.path}"
                 connector = _RestartingUnix(found.path, limit=limit)
                 # As aiodocker sets it when it makes the unix connector itself.
                 host = "http://localhost"
@@ -279,20 +301,15 @@ class DockerEngine:
             if exc.status == 900:
                 # aiodocker's "Cannot connect to Docker Engine via <its own URL> [why]"
                 # names http://localhost for any unix socket, raised while handling why.
-                raise self._unreachable(exc.__context__ or exc) from exc
+                cause = exc.__context__
+                why = unreachable_why(cause) if isinstance(cause, Exception) else exc.message
+                raise EngineUnavailable(self._unreachable(str(why))) from exc
             raise EngineError(operation, target, exc.status, str(exc.message).strip()) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise self._unreachable(exc) from exc
+            raise EngineUnavailable(self._unreachable(unreachable_why(exc))) from exc
 
-    def _unreachable(self, exc: BaseException) -> EngineUnavailable:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            # Its text repeats the address ("Cannot connect to unix socket …"): the cause.
-            exc = exc.os_error
-        why = str(exc)
-        if isinstance(exc, OSError) and exc.errno:
-            # asyncio's strerror reads "Connect call failed (address)"; errno says why.
-            why = os.strerror(exc.errno)
-        return EngineUnavailable(f"Docker engine unreachable at {self._address}: {why}")
+    def _unreachable(self, why: str) -> str:
+        return f"Docker engine unreachable at {self._address}: {why}"
 
     def _unanswered(self, call: str, limit: float) -> EngineUnavailable:
         return EngineUnavailable(
