@@ -208,6 +208,11 @@ class HandoffError(RollingUpdateError):
     connections of a container could not be counted."""
 
 
+class HelperNotRun(HandoffError):
+    """The engine refused to make or start a helper container (its disk full, say): what
+    the helper was to run never ran, so it changed nothing on the host."""
+
+
 class RolloutFailed(RollingUpdateError):
     """A host failed (or was interrupted); the rollout stopped. ``outcomes`` says where."""
 

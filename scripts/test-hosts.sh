@@ -4,6 +4,9 @@
 # (10.231.N.2, this side 10.231.N.1), its own dockerd (own sockets, data root, exec root,
 # so 5221/5222 are free there), an sshd (the ssh:// transport) and a TLS endpoint
 # (tcp://10.231.N.2:2376, client certificates generated here, DOCKER_CERT_PATH-style).
+# Each data root is on a 4 GB ext4 filesystem of its own (a sparse file, loop-mounted), as
+# the fault engine's is, which the second host's disk-full tests fill; a dockerd that ran
+# on a plain data root is stopped and started on it (its images are loaded again).
 # dockerd enters only the namespace's network (nsenter, not `ip netns exec`, which would
 # mount a /sys without the cgroup hierarchy dockerd needs).
 # The test base image is loaded into each engine once.
@@ -77,6 +80,32 @@ for n in $(seq 2 $((COUNT + 1))); do
       -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server-cert.pem" 2>/dev/null
   fi
 
+  disk=$dir/disk
+  if ! mountpoint -q "$disk"; then
+    if [ ! -f "$dir/data-root.ext4" ]; then
+      truncate -s 4G "$dir/data-root.ext4.tmp"
+      # No blocks reserved for root: dockerd runs as root and must meet a full disk.
+      mkfs.ext4 -q -F -m 0 "$dir/data-root.ext4.tmp"
+      mv "$dir/data-root.ext4.tmp" "$dir/data-root.ext4"
+    fi
+    mkdir -p "$disk"
+    mount -o loop "$dir/data-root.ext4" "$disk"
+  fi
+  pidfile=/run/$ns/docker.pid
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null \
+    && ! tr '\0' '\n' <"/proc/$(cat "$pidfile")/cmdline" | grep -qxF "$disk/docker"; then
+    echo "test-hosts: moving $ns's dockerd onto its own filesystem"
+    kill "$(cat "$pidfile")"
+    for _ in $(seq 1 600); do
+      kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || break
+      sleep 0.1
+    done
+    # The plain data root it left: dockerd's own bind mount of it first, and not while
+    # anything else is still mounted in it.
+    ! mountpoint -q "$dir/docker" || umount "$dir/docker"
+    grep -qF " $dir/docker/" /proc/mounts || rm -rf "$dir/docker"
+  fi
+
   sock=/run/$ns/docker.sock
   if ! "$DOCKER" -H "unix://$sock" info >/dev/null 2>&1; then
     if [ -f "/run/$ns/docker.pid" ] && ! kill -0 "$(cat "/run/$ns/docker.pid")" 2>/dev/null; then
@@ -85,7 +114,7 @@ for n in $(seq 2 $((COUNT + 1))); do
     mkdir -p "/run/$ns"
     echo "test-hosts: starting dockerd in $ns (log: $dir/dockerd.log)"
     nohup nsenter --net="/run/netns/$ns" dockerd \
-      --data-root "$dir/docker" --exec-root "/run/$ns/exec" --pidfile "/run/$ns/docker.pid" \
+      --data-root "$disk/docker" --exec-root "/run/$ns/exec" --pidfile "/run/$ns/docker.pid" \
       -H "unix://$sock" -H "tcp://$there:2376" \
       --tlsverify --tlscacert "$certs/ca.pem" --tlscert "$dir/server-cert.pem" \
       --tlskey "$dir/server-key.pem" \

@@ -23,6 +23,7 @@ import structlog
 from rolling_update.toolkit import (
     DeployContext,
     HealthConfig,
+    HelperNotRun,
     Redirected,
     RestoreFailed,
     ServiceConfig,
@@ -48,14 +49,23 @@ class Redirect:
             return
         # Recorded first: a kill between the two leaves recover a table to look for.
         ctx.record(redirect=True, shift_share=None)
-        await ctx.port_handoff.to_green()
+        try:
+            await ctx.port_handoff.to_green()
+        except HelperNotRun:
+            # The change never ran: the port is as it was (a gradual shift's share aside),
+            # and the undo, which would need a helper too, has nothing to give back.
+            if ctx.find(Redirected) is None:
+                ctx.record(redirect=False)
+                ctx.give(Redirected(active=False))
+            raise
         ctx.give(Redirected(active=True, began=time.monotonic()))
         structlog.get_logger().info(
             "handoff.redirect", port=self.service.port, to=self.service.green_port
         )
 
     async def compensate(self, ctx: DeployContext) -> None:
-        if not ctx.handoff:
+        redirected = ctx.find(Redirected)
+        if not ctx.handoff or (redirected is not None and redirected.began is None):
             return
         await give_port_back(ctx, self.service, self.health)
 

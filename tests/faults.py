@@ -37,7 +37,8 @@ DISK_IMAGE = ROOT / "data-root.ext4"
 DISK_SIZE = "4G"
 DISK = ROOT / "disk"
 DATA_ROOT = DISK / "docker"
-FILLER = DISK / "filler"
+# The one file fill() writes on a disk.
+FILLER = "filler"
 CGROUP_PARENT = "ru-fault"
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 DOCKER = os.environ.get("DOCKER_CLI", "/usr/bin/docker")
@@ -145,14 +146,14 @@ def mount() -> None:
     subprocess.run(["mount", "-o", "loop", str(DISK_IMAGE), str(DISK)], check=True)
 
 
-def fill(*, leave_mb: int = 0) -> None:
-    """Fill the data root's filesystem with one file, leaving ``leave_mb`` MiB free (0: to
-    its last block)."""
-    with FILLER.open("ab") as f:
+def fill(*, leave_mb: int = 0, disk: Path = DISK) -> None:
+    """Fill a data root's filesystem (the fault engine's, or ``disk``: ru-host2's) with one
+    file, leaving ``leave_mb`` MiB free (0: to its last block)."""
+    with (disk / FILLER).open("ab") as f:
         # The extents' own metadata takes blocks too: take the room in shrinking pieces.
         for piece in (1 << 30, 1 << 20, 1 << 12):
             while True:
-                stats = os.statvfs(DISK)
+                stats = os.statvfs(disk)
                 room = stats.f_bavail * stats.f_frsize - (leave_mb << 20)
                 if room < piece:
                     break
@@ -164,9 +165,9 @@ def fill(*, leave_mb: int = 0) -> None:
                     break
 
 
-def free() -> None:
-    """Remove what :func:`fill` wrote."""
-    FILLER.unlink(missing_ok=True)
+def free(disk: Path = DISK) -> None:
+    """Remove what :func:`fill` wrote on ``disk``."""
+    (disk / FILLER).unlink(missing_ok=True)
 
 
 def memory_parent(container_pid: int, name: str = CGROUP_PARENT) -> Path:

@@ -31,6 +31,8 @@ HOST2_SOCKET = "/run/ru-host2/docker.sock"
 HOST2_CGROUP = "ru-host2"
 HOST2_PORT, HOST2_GREEN = 5221, 5222
 HOSTS_ROOT = Path("/var/lib/rolling-update-hosts")
+# Its data root's own filesystem (scripts/test-hosts.sh), which a test may fill.
+HOST2_DISK = HOSTS_ROOT / "ru-host2" / "disk"
 SSH_CONFIG = HOSTS_ROOT / "ssh" / "config"
 CERTS = HOSTS_ROOT / "certs"
 

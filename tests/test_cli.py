@@ -20,7 +20,10 @@ from rolling_update import (
     RollbackIncomplete,
 )
 from rolling_update._cli.exits import outcome
+from rolling_update._cli.main import left_to_do
 from rolling_update._cli.signals import Interrupt, interruptible
+from rolling_update._config.settings import load_config
+from rolling_update._deploy.outcome import HostOutcome, Outcome
 from rolling_update._deploy.saga import SagaState
 from tests.support import replicated_config, run_cli
 
@@ -158,3 +161,32 @@ def test_each_unit_of_hosts_with_replicas_is_headed_by_its_label(tmp_path: Path)
         "== host hk, replica app-1",
         "== host hk, replica app-2",
     ]
+
+
+def test_a_rollouts_closing_words_say_what_to_run_for_each_unit_left_part_way(
+    tmp_path: Path,
+) -> None:
+    """The rollout's last line names, in the config's order, what to run for each unit it
+    left part-way: `recover` for an unfinished rollback, a commit or a dead production,
+    and `recover` then `rollback` to the version it had for a revert of rollback-all."""
+    path = tmp_path / "ru.toml"
+    path.write_text(
+        '[image]\nname = "app:{version}"\nversion_file = "package.json"\n'
+        '[state]\ndir = "state"\n'
+        '[service]\nname = "app"\ngreen_name = "app-green"\nport = 5221\ngreen_port = 5222\n'
+        '[[hosts]]\nname = "us"\n[[hosts]]\nname = "hk"\nengine = "ssh://hk.example.com"\n'
+        '[[hosts]]\nname = "eu"\nengine = "ssh://eu.example.com"\n'
+    )
+    cfg = load_config(path, environ={})
+    report = [
+        HostOutcome("eu", Outcome.ROLLBACK_INCOMPLETE, "1.0.0", "2.0.0"),
+        HostOutcome("us", Outcome.REVERT_FAILED, "1.0.0", "2.0.0"),
+        HostOutcome("hk", Outcome.ROLLED_BACK, "1.0.0", "2.0.0"),
+    ]
+    assert left_to_do(cfg, report) == (
+        "; us: its revert to 1.0.0 did not finish (its line says why); run "
+        "`rolling-update recover --host us`, then `rolling-update rollback 1.0.0 --host us`"
+        "; eu: its rollback did not finish (its line says why); once that is mended, run "
+        "`rolling-update recover --host eu`"
+    )
+    assert left_to_do(cfg, report[2:]) == ""

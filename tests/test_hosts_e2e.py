@@ -30,6 +30,7 @@ from tests.hosts import (
     CERTS,
     HOST2,
     HOST2_CGROUP,
+    HOST2_DISK,
     HOST2_GREEN,
     HOST2_PORT,
     HOST2_SOCKET,
@@ -52,6 +53,7 @@ from tests.support import (
     Prober,
     Run,
     Service,
+    Struck,
     deploy_with_fault,
     docker,
     free_port,
@@ -59,6 +61,7 @@ from tests.support import (
     swapped,
 )
 from tests.test_engine_hang_e2e import BOUND, CALL_TIMEOUT, later
+from tests.test_engine_resource_faults_e2e import REFUSED
 from tests.test_resource_faults_e2e import SmallDisk
 
 __all__ = ["two_hosts"]
@@ -673,6 +676,30 @@ def h2_committed(service: Service) -> bool:
     return left.record.committed
 
 
+def strike_h2(
+    service: Service, two_hosts: TwoHosts, phase: str, fault: Callable[[], None], **options: Any
+) -> Struck:
+    """A rollout with ``fault`` struck as h2's ``phase`` begins, h2's production port probed
+    (``options`` as for :func:`deploy_with_fault`)."""
+    return deploy_with_fault(
+        service,
+        phase,
+        fault,
+        url=f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status",
+        serving=two_hosts.serving2,
+        step=phase,
+        host="h2",
+        **options,
+    )
+
+
+def h2_rolled_back_because(run: Run) -> str:
+    """Why h2 rolled back 1.0.0 -> 2.0.0, as its line in the rollout's report says."""
+    rolled = re.search(r"h2\s+rolled-back\s+1\.0\.0 -> 2\.0\.0: (.*)$", run.stderr, re.M)
+    assert rolled, run.stderr
+    return rolled[1]
+
+
 # Every phase of h2's own deploy: the build and migrations run on the canary only.
 REMOTE_PHASES = [phase for phase in FAULT_PHASES if phase != "build"]
 
@@ -762,14 +789,8 @@ def test_a_remote_engine_restart_mid_rollout_ends_with_both_hosts_serving(
     two_hosts.start_blues("1.0.0")
     two_hosts.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
     service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
-    out = deploy_with_fault(
-        service,
-        phase,
-        lambda: restart_host2_engine(live_restore=host2_engine),
-        url=f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status",
-        serving=two_hosts.serving2,
-        step=phase,
-        host="h2",
+    out = strike_h2(
+        service, two_hosts, phase, lambda: restart_host2_engine(live_restore=host2_engine)
     )
     run = out.run
     assert run.code in (0, 1, 4), run.tail()
@@ -860,16 +881,7 @@ def test_a_remote_engine_hanging_mid_rollout(
         host2_proxy.stall()
         later(host2_proxy, comes_back)
 
-    out = deploy_with_fault(
-        service,
-        phase,
-        hang,
-        url=f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status",
-        serving=two_hosts.serving2,
-        timeout=BOUND,
-        step=phase,
-        host="h2",
-    )
+    out = strike_h2(service, two_hosts, phase, hang, timeout=BOUND)
     run = out.run
     committed = False
     if phase == "cleanup" and comes_back:
@@ -963,15 +975,7 @@ def test_the_second_host_out_of_memory_mid_rollout(
             host2_memory(80, of=name)
             get_json(f"http://{HOST2}:{port}/__standin/alloc?mb=160", timeout=5)
 
-    out = deploy_with_fault(
-        service,
-        phase,
-        grow,
-        url=f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status",
-        serving=two_hosts.serving2,
-        step=phase,
-        host="h2",
-    )
+    out = strike_h2(service, two_hosts, phase, grow)
     run = out.run
     deaths = docker2(
         "events", "--since", since, "--until", f"{time.time():.3f}",
@@ -986,9 +990,7 @@ def test_the_second_host_out_of_memory_mid_rollout(
     allowed = {"cleanup": (0,), "handoff": (0, 1), "switch": (0, 1), "verify": (0, 1)}
     assert run.code in allowed.get(phase, (1,)), run.tail()
     if run.code == 1:
-        died = re.search(r"h2\s+rolled-back\s+1\.0\.0 -> 2\.0\.0: (.*)$", run.stderr, re.M)
-        assert died, run.stderr
-        line = died[1]
+        line = h2_rolled_back_because(run)
         stalled = f"{service.name} turned unhealthy during the 8s soak: no answer within"
         assert "was OOM-killed (SIGKILL, exit 137" in line or stalled in line, line
     assert_both_settled(service, two_hosts, "1.0.0" if run.code else "2.0.0", run.tail())
@@ -997,3 +999,127 @@ def test_the_second_host_out_of_memory_mid_rollout(
         f" seconds={run.seconds:.1f} failed={out.failures} of={out.probes} dark={out.dark:.2f}"
         f" line={line!r}"
     )
+
+
+@pytest.fixture
+def host2_disk() -> Iterator[Callable[..., None]]:
+    """``fill(leave_mb=0)``: ru-host2's data root filled, leaving ``leave_mb`` MiB (0: to
+    its last block); freed after the case, whatever it did."""
+
+    def fill(leave_mb: int = 0) -> None:
+        faults.fill(leave_mb=leave_mb, disk=HOST2_DISK)
+
+    try:
+        yield fill
+    finally:
+        faults.free(HOST2_DISK)
+
+
+# How h2's deploy ends with its disk full from a phase on: the helper container a change
+# of its nft table runs in is refused, so once the redirect is in place (switch, verify)
+# the rollback cannot remove it (3, or 1 should the helper need no new container).
+H2_DISK_FULL = {
+    "green-health": (1,),
+    "tick-boundary": (1,),
+    "handoff": (1,),
+    "switch": (1, 3),
+    "verify": (1, 3),
+    "soak": (0,),
+    "cleanup": (0,),
+}
+
+
+@pytest.mark.parametrize("phase", list(H2_DISK_FULL))
+def test_the_second_host_disk_full_mid_rollout(
+    service: Service, two_hosts: TwoHosts, host2_disk: Callable[..., None], phase: str
+) -> None:
+    """ru-host2's data root fills to its last block as a phase of its deploy begins: not one
+    request to h2 fails, and h2 ends with one production container serving: the new version
+    (exit 0) where what is left needs no room, the old one (exit 1, h2's line with its
+    engine's "no space left on device", or a container that could not write and exited;
+    a redirect whose helper the engine refused never ran, and is not undone); where the
+    redirect in place cannot be removed, exit 3 naming `recover --host h2`, which, once
+    there is room, settles h2. The canary keeps the new version; nothing else is left."""
+    two_hosts.start_blues("1.0.0")
+    two_hosts.config(tick=FAULT_TICK, verify="timeout = 20\nsoak = 4\n")
+    service.write_app("2.0.0", knobs={"BOOT_DELAY": 2})
+    out = strike_h2(service, two_hosts, phase, host2_disk)
+    run = out.run
+    assert run.code in H2_DISK_FULL[phase], run.tail()
+    assert out.failures == 0, run.tail()
+    line = run.stderr.strip().splitlines()[-1] if run.code else ""
+    if run.code == 1:
+        line = h2_rolled_back_because(run)
+        assert re.search(REFUSED, line) or " exited with code 1 while " in line, line
+    if run.code == 3:
+        committed = h2_committed(service)
+        assert not committed, run.stderr
+        faults.free(HOST2_DISK)
+        h2_version = recovered_h2(service, two_hosts, run, committed=committed)
+    else:
+        h2_version = "1.0.0" if run.code == 1 else "2.0.0"
+        assert_both_settled(service, two_hosts, h2_version, run.tail())
+    print(
+        f"\nOUTCOME fault=h2-disk-full phase={phase} exit={run.code} seconds={run.seconds:.1f}"
+        f" h2={h2_version} failed={out.failures} of={out.probes} dark={out.dark:.2f}"
+        f" line={line[-300:]!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("distribute", "leave_mb"), [("stream", 64), ("registry", 0)], ids=["stream", "registry"]
+)
+def test_the_image_copy_into_a_full_data_root_stops_before_the_host(
+    service: Service,
+    two_hosts: TwoHosts,
+    host2_disk: Callable[..., None],
+    distribute: str,
+    leave_mb: int,
+) -> None:
+    """ru-host2's data root is (nearly) full as the new image is copied there: streamed from
+    the canary (its engine stores the whole stream before it loads it: the stream is cut
+    once 64 MiB are written) or pulled from the registry (its new layer): the copy fails, so
+    the rollout stops before h2 changes (exit 1, h2 refused, its engine's "no space left on
+    device" in the line), the canary keeps the new version and h2 its old one, untouched;
+    once there is room, the next deploy finishes h2."""
+    if distribute == "registry":
+        image = through_registry(service, two_hosts)
+        environ = {"DOCKER_CONFIG": str(service.workdir / "docker-config")}
+        (service.workdir / "docker-config").mkdir()
+    else:
+        two_hosts.start_blues("1.0.0")
+        two_hosts.config()
+        service.write_app("2.0.0")
+        image, environ = service.repo, {}
+    try:
+        with (
+            Prober(f"http://{HOST2}:{HOST2_PORT}/api/brain/hardening/status") as prober,
+            service.cli("deploy", timeout=300, environ=environ) as cli,
+        ):
+            # The canary's cleanup is the last thing before h2's copy.
+            cli.until_event("deploy.step.started", step="cleanup", host="local")
+            host2_disk(leave_mb)
+            run = cli.finish()
+        assert run.code == 1, run.tail()
+        assert re.search(rf"h2\s+refused\s.*{REFUSED}", run.stderr, re.I), run.stderr
+        copied = run.event("image.copied") + run.event("image.pulled")
+        assert not [e for e in copied if e.get("host") == "h2"], copied
+        assert docker2("image", "ls", "-q", f"{image}:2.0.0") == ""
+        assert service.serving() == "2.0.0" and two_hosts.serving2() == "1.0.0"
+        assert service.containers() == [service.name]
+        assert two_hosts.containers2() == [service.name]
+        assert not two_hosts.redirected2() and not service.marked()
+        assert prober.failures == 0, prober.errors
+        print(
+            f"\nOUTCOME fault=h2-disk-full phase=image-copy via={distribute} exit={run.code}"
+            f" seconds={run.seconds:.1f} failed={prober.failures} of={len(prober.samples)}"
+            f" line={run.stderr.strip()[-300:]!r}"
+        )
+        faults.free(HOST2_DISK)
+        again = service.deploy(timeout=300, environ=environ)
+        assert again.code == 0, again.tail()
+        assert (service.serving(), two_hosts.serving2()) == ("2.0.0", "2.0.0")
+    finally:
+        if distribute == "registry":
+            docker("rmi", "-f", f"{image}:2.0.0", check=False)
+            docker2("rmi", "-f", f"{image}:2.0.0", check=False)

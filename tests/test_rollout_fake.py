@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from rolling_update import Config, ContainerSpec, RolloutFailed, rollout
+from rolling_update import Config, ContainerSpec, EngineError, RolloutFailed, rollout
 from rolling_update._config.settings import bypass_of, parse_config
 from rolling_update._deploy.outcome import Outcome
 from rolling_update._engine.model import LABEL_ROLE, LABEL_VERSION
@@ -272,6 +272,33 @@ async def test_a_failing_second_host_takes_the_canary_back(
     assert production(hosts.b).id == hosts.blue["b"].id
     assert "load app:2" in hosts.b.calls
     assert hosts.a.tables == hosts.b.tables == {}
+
+
+async def test_a_host_whose_engine_refuses_the_nft_helper_is_rolled_back_untouched(
+    hosts: Hosts, http: tuple[aiohttp.ClientSession, list[str]]
+) -> None:
+    """b's engine refuses to make any helper container from its redirect on (its disk full):
+    the redirect never ran, so b is rolled back without the undo that would need one
+    (rolled-back, not rollback-incomplete), its blue untouched and no table left."""
+    refused = EngineError(
+        "create", "rolling-update-nft-0", 500, "mkdir /x-init: no space left on device"
+    )
+    nft = hosts.b.run_answer
+
+    def answer(spec: ContainerSpec) -> tuple[int, str]:
+        if "redirect to" in " ".join(spec.command or []):
+            hosts.b.failing["run_once"] = refused
+            raise refused
+        return nft(spec)
+
+    hosts.b.run_answer = answer
+    with pytest.raises(RolloutFailed) as failed:
+        await rollout(hosts.cfg, engines=hosts.engines, http=http[0])
+    (a, b) = failed.value.outcomes
+    assert (a.result, b.result) == (Outcome.DEPLOYED, Outcome.ROLLED_BACK), b.reason
+    assert b.reason is not None and "the nft helper could not run" in b.reason, b.reason
+    assert production(hosts.b).id == hosts.blue["b"].id
+    assert hosts.b.tables == {} and hosts.b.scripts == []
 
 
 async def test_running_a_stopped_rollout_again_finishes_the_hosts_left_behind(

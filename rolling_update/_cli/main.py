@@ -160,9 +160,13 @@ def _version() -> str:
 
 
 # What the operator runs for a unit a rollout left part-way, by how it ended there: each
-# needs `recover` on that unit alone (exit 3 or 4), as a single host's line says.
+# needs `recover` on that unit alone (exit 3 or 4), as a single host's line says; a revert
+# of rollback-all that failed is asked for again once the unit is settled.
 _LEFT_TO_RECOVER = {
-    Outcome.ROLLBACK_INCOMPLETE: "once its engine answers, run `rolling-update recover {flags}`",
+    Outcome.ROLLBACK_INCOMPLETE: (
+        "its rollback did not finish (its line says why); once that is mended, run "
+        "`rolling-update recover {flags}`"
+    ),
     Outcome.FAILED_AFTER_COMMIT: (
         "the new version serves; run `rolling-update recover {flags}` to finish"
     ),
@@ -170,7 +174,24 @@ _LEFT_TO_RECOVER = {
         "the new version died past its commit; run `rolling-update recover {flags}` to "
         "start it again"
     ),
+    Outcome.REVERT_FAILED: (
+        "its revert to {version} did not finish (its line says why); run "
+        "`rolling-update recover {flags}`, then `rolling-update rollback {version} {flags}`"
+    ),
 }
+
+
+def left_to_do(cfg: Config, report: Sequence[HostOutcome]) -> str:
+    """What to run for each unit the rollout left part-way, in the config's order:
+    ``"; h2: ..."`` for each, or nothing."""
+    left = {h.host: h for h in report}
+    said = ""
+    for unit in units_of(cfg):
+        host = left.get(unit.name)
+        if host is not None and host.result in _LEFT_TO_RECOVER:
+            todo = _LEFT_TO_RECOVER[Outcome(host.result)]
+            said += f"; {unit.name}: {todo.format(flags=unit.flags, version=host.from_version)}"
+    return said
 
 
 def _rollout(cfg: Config, *, force: bool = False) -> int:
@@ -202,12 +223,7 @@ def _rollout(cfg: Config, *, force: bool = False) -> int:
             if interrupt.signum is not None
             else str(error)
         )
-        left = {h.host: Outcome(h.result) for h in report}
-        then = "".join(
-            f"; {unit.name}: {_LEFT_TO_RECOVER[left[unit.name]].format(flags=unit.flags)}"
-            for unit in units_of(cfg)
-            if left.get(unit.name) in _LEFT_TO_RECOVER
-        )
+        then = left_to_do(cfg, report)
         print(f"error: {redactor.scrub(cause)}{then}", file=sys.stderr, flush=True)
     return code
 

@@ -21,7 +21,7 @@ from rolling_update._engine.model import (
     ContainerSpec,
     Engine,
 )
-from rolling_update._errors import EngineError, HandoffError
+from rolling_update._errors import EngineError, HandoffError, HelperNotRun
 
 HELPER_LIMIT = 10.0
 """Seconds a helper may run; its whole life (create to remove) gets twice that."""
@@ -89,5 +89,9 @@ class Helper:
                 f"the {tool} helper did not end within {HELPER_LIMIT * 2:g}s"
             ) from None
         except EngineError as exc:
+            said = f"the {tool} helper could not run: {exc}"
+            if exc.operation in ("create", "start") and exc.status >= 400:
+                # The engine answered no: unlike a call cut short, nothing of it ran.
+                raise HelperNotRun(said) from exc
             # Its cause kept: an undo tries again on an engine restarting (saga's engine_away).
-            raise HandoffError(f"the {tool} helper could not run: {exc}") from exc
+            raise HandoffError(said) from exc
