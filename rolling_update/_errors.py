@@ -22,6 +22,7 @@ once, where they enter, with ``raise ... from exc``::
     ├── ActionFailed           a lifecycle HTTP action failed
     ├── RestoreFailed          blue could not be brought back
     ├── HandoffError           an nftables change (or connection count) of the handoff failed
+    │   └── HelperNotRun       the engine refused the helper container: nothing of it ran
     ├── RollbackIncomplete     a compensation failed: a human must act
     ├── FailedAfterCommit      a step after the point of no return failed
     ├── RecoveryFailed         recover could not reach a consistent state

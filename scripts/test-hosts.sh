@@ -91,22 +91,31 @@ for n in $(seq 2 $((COUNT + 1))); do
     mkdir -p "$disk"
     mount -o loop "$dir/data-root.ext4" "$disk"
   fi
-  pidfile=/run/$ns/docker.pid
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null \
-    && ! tr '\0' '\n' <"/proc/$(cat "$pidfile")/cmdline" | grep -qxF "$disk/docker"; then
+  sock=/run/$ns/docker.sock
+  pid=$(cat "/run/$ns/docker.pid" 2>/dev/null || true)
+  # A dockerd (not whatever took a stale pid file's number) on another data root.
+  if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] \
+    && tr '\0' '\n' <"/proc/$pid/cmdline" | sed -n 1p | grep 'dockerd$' >/dev/null \
+    && ! tr '\0' '\n' <"/proc/$pid/cmdline" | grep -xF "$disk/docker" >/dev/null; then
     echo "test-hosts: moving $ns's dockerd onto its own filesystem"
-    kill "$(cat "$pidfile")"
+    # Its containers first: with live-restore they would outlive it, unseen by the next.
+    ids=$("$DOCKER" -H "unix://$sock" ps -aq 2>/dev/null || true)
+    [ -z "$ids" ] || "$DOCKER" -H "unix://$sock" rm -f $ids >/dev/null || true
+    kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 600); do
-      kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "test-hosts: $ns's dockerd ($pid) did not stop within 60 s" >&2
+      exit 1
+    fi
     # The plain data root it left: dockerd's own bind mount of it first, and not while
     # anything else is still mounted in it.
     ! mountpoint -q "$dir/docker" || umount "$dir/docker"
     grep -qF " $dir/docker/" /proc/mounts || rm -rf "$dir/docker"
   fi
 
-  sock=/run/$ns/docker.sock
   if ! "$DOCKER" -H "unix://$sock" info >/dev/null 2>&1; then
     if [ -f "/run/$ns/docker.pid" ] && ! kill -0 "$(cat "/run/$ns/docker.pid")" 2>/dev/null; then
       rm -f "/run/$ns/docker.pid"

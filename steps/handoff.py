@@ -65,6 +65,7 @@ class Redirect:
 
     async def compensate(self, ctx: DeployContext) -> None:
         redirected = ctx.find(Redirected)
+        # Given without a beginning only by a run whose nft change never ran (see run).
         if not ctx.handoff or (redirected is not None and redirected.began is None):
             return
         await give_port_back(ctx, self.service, self.health)

@@ -149,6 +149,9 @@ def mount() -> None:
 def fill(*, leave_mb: int = 0, disk: Path = DISK) -> None:
     """Fill a data root's filesystem (the fault engine's, or ``disk``: ru-host2's) with one
     file, leaving ``leave_mb`` MiB free (0: to its last block)."""
+    if not os.path.ismount(disk):
+        # Unmounted (a machine started again without its scripts), it is the machine's disk.
+        raise FaultEngineError(f"{disk} is not a filesystem of its own: run the test scripts")
     with (disk / FILLER).open("ab") as f:
         # The extents' own metadata takes blocks too: take the room in shrinking pieces.
         for piece in (1 << 30, 1 << 20, 1 << 12):

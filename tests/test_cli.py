@@ -185,7 +185,8 @@ def test_a_rollouts_closing_words_say_what_to_run_for_each_unit_left_part_way(
     ]
     assert left_to_do(cfg, report) == (
         "; us: its revert to 1.0.0 did not finish (its line says why); run "
-        "`rolling-update recover --host us`, then `rolling-update rollback 1.0.0 --host us`"
+        "`rolling-update recover --host us`, then, unless it serves 1.0.0 by then, "
+        "`rolling-update rollback 1.0.0 --host us`"
         "; eu: its rollback did not finish (its line says why); once that is mended, run "
         "`rolling-update recover --host eu`"
     )

@@ -17,6 +17,8 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from rolling_update._errors import EngineError, EngineUnavailable, HandoffError, HelperNotRun
+from rolling_update._handoff.helper import Helper
 from rolling_update._handoff.nft import (
     TRACK_TABLE,
     LocalFirewall,
@@ -30,6 +32,7 @@ from rolling_update._handoff.nft import (
     target,
 )
 from rolling_update._handoff.port import PortHandoff
+from rolling_update.testing import FakeEngine
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -236,3 +239,26 @@ async def test_a_connection_blue_reset_misroutes_none_once_forgotten(
         assert lands(host, source, prod_port, green=green) == "green"
     finally:
         await remove(table)
+
+
+@pytest.mark.parametrize(
+    ("error", "never_ran"),
+    [
+        (EngineError("create", "h", 500, "mkdir /x-init: no space left on device"), True),
+        (EngineError("start", "h", 500, "write /x/hostconfig.json: no space left on device"), True),
+        (EngineError("wait", "h", 500, "the engine went away"), False),
+        (EngineUnavailable("Server disconnected"), False),
+    ],
+    ids=["create-refused", "start-refused", "wait-failed", "engine-away"],
+)
+async def test_a_helper_the_engine_refused_is_told_from_one_cut_short(
+    error: EngineError, never_ran: bool
+) -> None:
+    """An engine that answers no to a helper's create or start raises HelperNotRun (nothing
+    of it ran); a failure later, or an engine that does not answer, a plain HandoffError."""
+    engine = FakeEngine({"img"})
+    engine.failing["run_once"] = error
+    with pytest.raises(HandoffError) as raised:
+        await Helper(engine, "img", service="app").run("nft", "list", "tables")
+    assert isinstance(raised.value, HelperNotRun) == never_ran
+    assert str(raised.value).startswith("the nft helper could not run: ")

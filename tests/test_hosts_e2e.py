@@ -1009,6 +1009,8 @@ def host2_disk() -> Iterator[Callable[..., None]]:
     def fill(leave_mb: int = 0) -> None:
         faults.fill(leave_mb=leave_mb, disk=HOST2_DISK)
 
+    root = docker2("info", "--format", "{{.DockerRootDir}}")
+    assert root == str(HOST2_DISK / "docker"), f"{root}: run scripts/test-hosts.sh"
     try:
         yield fill
     finally:
@@ -1017,11 +1019,13 @@ def host2_disk() -> Iterator[Callable[..., None]]:
 
 # How h2's deploy ends with its disk full from a phase on: the helper container a change
 # of its nft table runs in is refused, so once the redirect is in place (switch, verify)
-# the rollback cannot remove it (3, or 1 should the helper need no new container).
+# the rollback cannot remove it (3), unless a container it removed first freed the blocks
+# a helper needs (1: the new production, dead at the verify). The disk filled as the
+# redirect begins may land before its helper is made (1) or just after.
 H2_DISK_FULL = {
     "green-health": (1,),
     "tick-boundary": (1,),
-    "handoff": (1,),
+    "handoff": (1, 3),
     "switch": (1, 3),
     "verify": (1, 3),
     "soak": (0,),
@@ -1101,7 +1105,7 @@ def test_the_image_copy_into_a_full_data_root_stops_before_the_host(
             host2_disk(leave_mb)
             run = cli.finish()
         assert run.code == 1, run.tail()
-        assert re.search(rf"h2\s+refused\s.*{REFUSED}", run.stderr, re.I), run.stderr
+        assert re.search(r"h2\s+refused\s.*no space left on device", run.stderr), run.stderr
         copied = run.event("image.copied") + run.event("image.pulled")
         assert not [e for e in copied if e.get("host") == "h2"], copied
         assert docker2("image", "ls", "-q", f"{image}:2.0.0") == ""

@@ -176,7 +176,8 @@ _LEFT_TO_RECOVER = {
     ),
     Outcome.REVERT_FAILED: (
         "its revert to {version} did not finish (its line says why); run "
-        "`rolling-update recover {flags}`, then `rolling-update rollback {version} {flags}`"
+        "`rolling-update recover {flags}`, then, unless it serves {version} by then, "
+        "`rolling-update rollback {version} {flags}`"
     ),
 }
 

@@ -58,8 +58,9 @@ class Helper:
 
         Shielded and bounded by its own limit, so that a helper is never left behind
         (a create cut short could make one nobody removes): a caller's deadline is
-        honoured once the run under way has ended. Raises :class:`HandoffError` when the
-        helper cannot run or does not end in time."""
+        honoured once the run under way has ended. Raises :class:`HelperNotRun` when the
+        engine refuses to make or start it, :class:`HandoffError` when it cannot run
+        otherwise or does not end in time."""
         host_config: dict[str, Any] = {
             "CapAdd": list(caps),
             "LogConfig": {"Type": "json-file", "Config": {}},

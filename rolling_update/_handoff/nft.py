@@ -52,7 +52,7 @@ import anyio
 
 from rolling_update._config.settings import bad_share
 from rolling_update._engine.model import Engine
-from rolling_update._errors import HandoffError
+from rolling_update._errors import HandoffError, HelperNotRun
 from rolling_update._handoff import conntrack
 from rolling_update._handoff.connections import Sockets, helper_tables, proc_tables
 from rolling_update._handoff.helper import Helper
@@ -313,6 +313,9 @@ class EngineFirewall:
     async def target(self, table: str, port: int | None = None) -> RedirectRule | None:
         try:
             text = await self._nft("list", "table", "inet", table)
+        except HelperNotRun:
+            # Not looked at is not "no table": recover would remove green behind it.
+            raise
         except HandoffError:
             return None
         return _target_in(text, port)
