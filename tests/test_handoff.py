@@ -21,6 +21,7 @@ from rolling_update._errors import EngineError, EngineUnavailable, HandoffError,
 from rolling_update._handoff.helper import Helper
 from rolling_update._handoff.nft import (
     TRACK_TABLE,
+    EngineFirewall,
     LocalFirewall,
     RedirectRule,
     _nft,
@@ -262,3 +263,14 @@ async def test_a_helper_the_engine_refused_is_told_from_one_cut_short(
         await Helper(engine, "img", service="app").run("nft", "list", "tables")
     assert isinstance(raised.value, HelperNotRun) == never_ran
     assert str(raised.value).startswith("the nft helper could not run: ")
+
+
+async def test_a_helper_with_no_image_to_run_never_reaches_the_engine() -> None:
+    """With no container of the service to lend its image, a helper is refused before any
+    container is made, and the host's redirect reads as none (none could hide a green)."""
+    engine = FakeEngine()
+    with pytest.raises(HelperNotRun, match="no image to run it in"):
+        await Helper(engine, "", service="app").run("nft", "list", "tables")
+    firewall = EngineFirewall(engine, "", service="app", bypass_port=1)
+    assert await firewall.target("rolling_update_app", 80) is None
+    assert engine.runs == []

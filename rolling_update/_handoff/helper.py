@@ -61,6 +61,12 @@ class Helper:
         honoured once the run under way has ended. Raises :class:`HelperNotRun` when the
         engine refuses to make or start it, :class:`HandoffError` when it cannot run
         otherwise or does not end in time."""
+        if not self.image:
+            # The engine would make a container of no image, refused only at its start.
+            raise HelperNotRun(
+                f"the {tool} helper could not run: no image to run it in (no container of "
+                f"{self.service} on this host to lend its image, and no helper_image configured)"
+            )
         host_config: dict[str, Any] = {
             "CapAdd": list(caps),
             "LogConfig": {"Type": "json-file", "Config": {}},

@@ -311,6 +311,10 @@ class EngineFirewall:
         await self._nft(_replace(table, ""))
 
     async def target(self, table: str, port: int | None = None) -> RedirectRule | None:
+        if not self.helper.image:
+            # No container of the service here (none lent its image): a table left behind
+            # redirects to no container of it, so none could be removed behind it.
+            return None
         try:
             text = await self._nft("list", "table", "inet", table)
         except HelperNotRun:
