@@ -179,6 +179,7 @@ def test_engine_hangs_during_a_phase(
         else:
             assert "did not answer" in run.stderr
             assert_gave_up(service, engine_proxy, run)
+    assert prober.failures == 0, prober.errors
     report(phase, "stall", comes_back, run, prober)
 
 
@@ -207,6 +208,7 @@ def test_engine_fails_at_blues_stop(
             assert_serves_only(service, "2.0.0")
         else:
             assert_rolled_back(service, run)
+    assert prober.failures == 0, prober.errors
     report("switch (blue's stop)", fault, comes_back, run, prober)
 
 
